@@ -1,0 +1,5 @@
+//! facteur(1): see `facteur_commands::facteur`.
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(facteur_commands::facteur::main(args));
+}

@@ -1,0 +1,5 @@
+//! postconf(1): see `facteur_commands::postconf`.
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(facteur_commands::postconf::main(args));
+}

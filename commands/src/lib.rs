@@ -1,0 +1,5 @@
+//! The user-facing commands; each `src/bin/NAME.rs` is a thin `main` over one
+//! module here.
+
+pub mod facteur;
+pub mod postconf;

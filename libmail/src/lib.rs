@@ -1,0 +1,9 @@
+//! libmail: the library every Facteur program links.
+//!
+//! It holds what the daemons and commands share — configuration, lookup
+//! tables, queue files, addresses, protocol cores — and no daemon logic.
+//! Each module has one concern; see `ARCHITECTURE.md` at the top of the
+//! repository for the map.
+
+pub mod cli;
+pub mod config;

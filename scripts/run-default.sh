@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run Facteur on its built-in default configuration, as an ordinary user,
+# on loopback, with the queue and the mailboxes under ./run.
+#
+# It copies conf/ to ./run/etc (once; delete ./run/etc to start over),
+# points the paths at ./run with postconf -e, checks the configuration,
+# and starts the mail system in the foreground.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+
+cargo build --quiet --bins
+bin=$top/target/debug
+
+if [ ! -f run/etc/main.cf ]; then
+  mkdir -p run/etc run/queue run/data run/mail
+  cp conf/main.cf conf/master.cf run/etc/
+  "$bin/postconf" -c run/etc -e \
+    "queue_directory = $top/run/queue" \
+    "data_directory = $top/run/data" \
+    "mail_spool_directory = $top/run/mail/" \
+    "mail_owner = $(id -un)" \
+    "setgid_group = $(id -gn)" \
+    "default_privs = $(id -un)"
+fi
+
+echo "== configuration in run/etc (postconf -n):"
+"$bin/postconf" -c run/etc -n
+echo "== facteur check:"
+"$bin/facteur" -c run/etc check -v && echo "configuration OK"
+
+if [ -x "$bin/master" ]; then
+  exec "$bin/facteur" -c run/etc start-fg
+fi
+echo "== The daemons are not part of this build yet (see docs/compatibility.md);"
+echo "   this checked and showed the configuration Facteur will run with."

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run Facteur's whole test suite on a Debian machine.
+#
+# Installs what the tests need when it is missing (Postfix, whose postconf is
+# the reference the differential tests compare against; swaks), then runs
+# every test with cargo-nextest when present, else cargo test.
+#
+# Usage: scripts/test.sh [extra arguments for the test runner]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v /usr/sbin/postconf >/dev/null 2>&1 || need+=(postfix)
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "scripts/test.sh: installing ${need[*]} (needed by the tests)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  # Postfix's package asks how to configure itself; "No configuration" keeps
+  # it from touching the machine: the tests use throwaway config dirs.
+  echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  # nextest does not run doctests.
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
