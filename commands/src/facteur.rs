@@ -32,6 +32,14 @@ pub fn main(args: Vec<String>) -> i32 {
         println!("{USAGE}");
         return 0;
     }
+    if args.iter().any(|a| a == "--version") {
+        println!(
+            "facteur {} (follows Postfix {})",
+            env!("CARGO_PKG_VERSION"),
+            libmail::config::registry::lookup("mail_version").map_or("", |p| p.default)
+        );
+        return 0;
+    }
     let opts = match getopt(&args, "c:vD") {
         Ok(o) => o,
         Err(e) => {
@@ -117,7 +125,11 @@ pub fn check_diagnostics(config_dir: &str) -> Vec<Diagnostic> {
     };
     let mut params = Params::new(config_dir, main);
     if let Some(m) = &master {
-        params.add_services(m.services.iter().map(|s| (s.name.as_str(), s.command.as_str())));
+        params.add_services(
+            m.services
+                .iter()
+                .map(|s| (s.name.as_str(), s.command.as_str())),
+        );
         params.add_reference_sources(
             m.services
                 .iter()
@@ -137,7 +149,9 @@ fn status(config_dir: &str) -> i32 {
         return 1;
     }
     let params = Params::new(config_dir, main);
-    let name = params.value("mail_name").unwrap_or_else(|_| "Postfix".into());
+    let name = params
+        .value("mail_name")
+        .unwrap_or_else(|_| "Postfix".into());
     let queue = params.value("queue_directory").unwrap_or_default();
     let pid_file = format!("{queue}/pid/master.pid");
     let pid = std::fs::read_to_string(&pid_file)

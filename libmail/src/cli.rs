@@ -22,9 +22,9 @@ pub struct Parsed {
 
 impl Parsed {
     pub fn has(&self, c: char) -> bool {
-        self.opts
-            .iter()
-            .any(|o| matches!(o, Opt::Flag(f) if *f == c) || matches!(o, Opt::WithArg(f, _) if *f == c))
+        self.opts.iter().any(|o| {
+            matches!(o, Opt::Flag(f) if *f == c) || matches!(o, Opt::WithArg(f, _) if *f == c)
+        })
     }
 
     /// The last argument given to option `c`.
@@ -114,7 +114,20 @@ mod tests {
 
     #[test]
     fn bundles_args_and_permutation() {
-        let p = getopt(&v(&["-nx", "relayhost", "-c", "/etc/x", "-M#", "-o", "a=b", "-obb=c"]), "c:nxM#o:").unwrap();
+        let p = getopt(
+            &v(&[
+                "-nx",
+                "relayhost",
+                "-c",
+                "/etc/x",
+                "-M#",
+                "-o",
+                "a=b",
+                "-obb=c",
+            ]),
+            "c:nxM#o:",
+        )
+        .unwrap();
         assert_eq!(
             p.opts,
             vec![
@@ -134,7 +147,10 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(getopt(&v(&["-z"]), "n").unwrap_err(), "invalid option -- 'z'");
+        assert_eq!(
+            getopt(&v(&["-z"]), "n").unwrap_err(),
+            "invalid option -- 'z'"
+        );
         assert_eq!(
             getopt(&v(&["-c"]), "c:").unwrap_err(),
             "option requires an argument -- 'c'"

@@ -22,7 +22,7 @@ use libmail::config::edit::{self, Edit};
 use libmail::config::lines::normalize_whitespace;
 use libmail::config::maincf::{read_config_file, split_name_value, MainCf};
 use libmail::config::mastercf;
-use libmail::config::params::Params;
+use libmail::config::params::{references, Params};
 use libmail::config::{self, registry, Severity};
 
 const USAGE: &str = "usage: postconf [-c config_dir] [-C class] [-dfhHnx] [-o name=value] [name...]
@@ -88,7 +88,11 @@ pub fn main(args: Vec<String>) -> i32 {
         list(&mut out, &["flock", "fcntl", "dotlock"])
     } else if opts.has('M') || opts.has('F') || opts.has('P') {
         master::dispatch(&opts, &config_dir, &mut out)
-    } else if opts.has('e') || opts.has('X') || opts.has('#') || opts.operands.iter().any(|a| a.contains('=')) {
+    } else if opts.has('e')
+        || opts.has('X')
+        || opts.has('#')
+        || opts.operands.iter().any(|a| a.contains('='))
+    {
         edit_main(&opts, &config_dir)
     } else {
         show_parameters(&opts, &config_dir, explicit_dir.as_deref(), &mut out)
@@ -116,18 +120,23 @@ pub fn load_params(
     overrides: &[&str],
 ) -> Result<Params, i32> {
     let main_path = format!("{config_dir}/main.cf");
-    let text = match read_config_file(&main_path) {
-        Ok(t) => t,
-        Err(e) => return Err(fatal(&format!("open {main_path}: {e}"))),
+    // `-d` never reads main.cf (a broken main.cf does not hide defaults).
+    let (mut main, diags) = if defaults_only {
+        (MainCf::default(), Vec::new())
+    } else {
+        let text = match read_config_file(&main_path) {
+            Ok(t) => t,
+            Err(e) => return Err(fatal(&format!("open {main_path}: {e}"))),
+        };
+        MainCf::parse(&text, &main_path)
     };
-    let (mut main, diags) = MainCf::parse(&text, &main_path);
     for d in &diags {
         if d.severity == Severity::Error {
-            return Err(fatal(&d.located()));
+            return Err(fatal(&d.postfix_located()));
         }
     }
     for d in &diags {
-        say(d.level_word(), &d.located());
+        say(d.level_word(), &d.postfix_located());
     }
     if let Some(dir) = explicit_dir {
         // Postfix records -c / MAIL_CONFIG as if main.cf set it.
@@ -152,7 +161,11 @@ pub fn load_params(
         }
     }
     if let Some(m) = &master {
-        params.add_services(m.services.iter().map(|s| (s.name.as_str(), s.command.as_str())));
+        params.add_services(
+            m.services
+                .iter()
+                .map(|s| (s.name.as_str(), s.command.as_str())),
+        );
         params.add_reference_sources(
             m.services
                 .iter()
@@ -161,7 +174,24 @@ pub fn load_params(
     }
     if !defaults_only {
         for name in params.undefined_references() {
-            say("warning", &format!("{main_path}: undefined parameter: {name}"));
+            say(
+                "warning",
+                &format!("{main_path}: undefined parameter: {name}"),
+            );
+        }
+        if let Some(m) = &master {
+            let mut seen: Vec<String> = Vec::new();
+            for (_, value) in m.services.iter().flat_map(|s| s.overrides.iter()) {
+                for name in references(value) {
+                    if params.raw(&name).is_none() && !seen.contains(&name) {
+                        say(
+                            "warning",
+                            &format!("{master_path}: undefined parameter: {name}"),
+                        );
+                        seen.push(name);
+                    }
+                }
+            }
         }
         for (name, value) in params.unused() {
             say(
@@ -180,6 +210,26 @@ pub fn load_params(
                     }
                 }
             }
+        }
+    }
+    if !defaults_only {
+        // Postfix expands every value when it loads them, so a broken
+        // expansion or a bad host-dependent setting stops every mode.
+        for e in params.main.effective() {
+            let expandable = params.class_of(&e.name).is_some()
+                && !registry::lookup(&e.name).is_some_and(|p| p.raw);
+            if expandable {
+                if let Err(err) = params.value(&e.name) {
+                    say("warning", &err.to_string());
+                    return Err(fatal("macro processing error"));
+                }
+            }
+        }
+        if params.explicit("mynetworks").is_none() {
+            let _ = params.value("mynetworks");
+        }
+        if let Some(problem) = params.problems().first() {
+            return Err(fatal(problem));
         }
     }
     Ok(params)
@@ -325,9 +375,6 @@ fn edit_main(opts: &Parsed, config_dir: &str) -> i32 {
     let (new_text, multiple) = edit::apply(&text, &edits);
     for n in multiple {
         say("warning", &format!("{path}: multiple entries for \"{n}\""));
-    }
-    if new_text == text {
-        return 0;
     }
     if let Err(e) = edit::write_atomically(std::path::Path::new(&path), &new_text) {
         return fatal(&format!("write {path}: {e}"));

@@ -109,8 +109,24 @@ const INDEXED_TYPES: &[(&str, &str)] = &[
 const FILE_TYPES: &[&str] = &["texthash", "regexp", "pcre", "cidr"];
 /// Table types Facteur knows that need no file.
 const OTHER_TYPES: &[&str] = &[
-    "inline", "static", "fail", "unix", "unionmap", "pipemap", "proxy", "environ", "internal",
-    "randmap", "socketmap", "tcp", "nis", "ldap", "mysql", "pgsql", "sqlite", "memcache",
+    "inline",
+    "static",
+    "fail",
+    "unix",
+    "unionmap",
+    "pipemap",
+    "proxy",
+    "environ",
+    "internal",
+    "randmap",
+    "socketmap",
+    "tcp",
+    "nis",
+    "ldap",
+    "mysql",
+    "pgsql",
+    "sqlite",
+    "memcache",
 ];
 
 /// `type:name` references inside a list value (restriction lists carry
@@ -120,7 +136,11 @@ fn table_references(value: &str) -> Vec<(&str, &str)> {
         .into_iter()
         .filter_map(|item| {
             let (t, n) = item.split_once(':')?;
-            if t.is_empty() || !t.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+            if t.is_empty()
+                || !t
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
                 return None;
             }
             Some((t, n))
@@ -167,6 +187,9 @@ fn check_tables(value: &str) -> Vec<(Severity, String)> {
 pub fn check_config(params: &Params, master: Option<&MasterCf>) -> Vec<Diagnostic> {
     let path = params.main.path.clone();
     let mut out = Vec::new();
+    // Each expansion loop is reported once, at the first entry that meets
+    // it, not again for every entry that leads into it.
+    let mut loops_seen: Vec<Vec<String>> = Vec::new();
     for e in params.main.effective() {
         let line = Some(e.line);
         let reg = registry::lookup(&e.name);
@@ -205,6 +228,15 @@ pub fn check_config(params: &Params, master: Option<&MasterCf>) -> Vec<Diagnosti
             match params.value(&e.name) {
                 Ok(v) => v,
                 Err(err) => {
+                    if let super::expand::ExpandError::Loop { chain } = &err {
+                        let mut cycle = chain.clone();
+                        cycle.sort();
+                        cycle.dedup();
+                        if loops_seen.contains(&cycle) {
+                            continue;
+                        }
+                        loops_seen.push(cycle);
+                    }
                     out.push(Diagnostic::new(
                         Severity::Error,
                         &path,
@@ -342,23 +374,19 @@ mod tests {
 
     #[test]
     fn whole_config_reports_each_problem_with_its_line() {
-        let got = run(
-            "biff = no\n\
+        let got = run("biff = no\n\
              smtpd_helo_required = maybe\n\
              smtpd_recipient_limit = lots\n\
              a = $b\nb = $a\nsmtpd_client_restrictions = $a\n\
              maximal_queue_lifetime = 5x\n\
              relyhost = [typo]\n\
-             alias_maps = hash:/nonexistent/aliases\n",
-        );
+             alias_maps = hash:/nonexistent/aliases\n");
         assert_eq!(
             got,
             vec![
                 "fatal: /cf/main.cf, line 2: bad boolean configuration: smtpd_helo_required = maybe (use yes or no)",
                 "fatal: /cf/main.cf, line 3: bad numerical configuration: smtpd_recipient_limit = lots",
                 "fatal: /cf/main.cf, line 4: a: expansion loop: $a -> $b -> $a",
-                "fatal: /cf/main.cf, line 5: b: expansion loop: $b -> $a -> $b",
-                "fatal: /cf/main.cf, line 6: smtpd_client_restrictions: expansion loop: $a -> $b -> $a",
                 "fatal: /cf/main.cf, line 7: bad time configuration: maximal_queue_lifetime = 5x (a number with an optional unit s, m, h, d or w)",
                 "warning: /cf/main.cf, line 8: unused parameter: relyhost=[typo] (not a Postfix parameter, nor used by one; a typo?)",
                 "fatal: /cf/main.cf, line 9: alias_maps: table hash:/nonexistent/aliases: file /nonexistent/aliases.db does not exist; create /nonexistent/aliases and run \"postmap hash:/nonexistent/aliases\"",

@@ -25,6 +25,10 @@ pub struct Diagnostic {
     /// 1-based line of the logical line, when the problem has one.
     pub line: Option<usize>,
     pub message: String,
+    /// Whether Postfix names the line in its version of this message (it
+    /// does not for some, e.g. `logical line must not start with
+    /// whitespace`); see [`Diagnostic::postfix_located`].
+    pub postfix_names_line: bool,
 }
 
 impl Diagnostic {
@@ -34,6 +38,22 @@ impl Diagnostic {
             path: path.to_string(),
             line,
             message,
+            postfix_names_line: true,
+        }
+    }
+
+    /// Mark this as a message Postfix words without a line number.
+    pub fn without_postfix_line(mut self) -> Self {
+        self.postfix_names_line = false;
+        self
+    }
+
+    /// The message placed as Postfix places it (for postconf's output).
+    pub fn postfix_located(&self) -> String {
+        if self.postfix_names_line {
+            self.located()
+        } else {
+            format!("{}: {}", self.path, self.message)
         }
     }
 

@@ -177,7 +177,14 @@ mod tests {
 
     #[test]
     fn set_replaces_every_entry_and_keeps_comments() {
-        let (out, multi) = apply(ORIG, &[set("relayhost", "[new]:587"), set("myorigin", "p"), set("mydomain", "d e")]);
+        let (out, multi) = apply(
+            ORIG,
+            &[
+                set("relayhost", "[new]:587"),
+                set("myorigin", "p"),
+                set("mydomain", "d e"),
+            ],
+        );
         assert_eq!(
             out,
             "# top\na = 1\n# mid\nrelayhost = [new]:587\n# in\nmyorigin = p\nrelayhost = [new]:587\n# end\nmydomain = d e\n"
@@ -187,9 +194,19 @@ mod tests {
 
     #[test]
     fn delete_and_comment_out() {
-        let (out, _) = apply(ORIG, &[Edit::Delete { name: "relayhost".into() }]);
+        let (out, _) = apply(
+            ORIG,
+            &[Edit::Delete {
+                name: "relayhost".into(),
+            }],
+        );
         assert_eq!(out, "# top\na = 1\n# mid\n# in\nmyorigin = o\n# end\n");
-        let (out, _) = apply(ORIG, &[Edit::CommentOut { name: "relayhost".into() }]);
+        let (out, _) = apply(
+            ORIG,
+            &[Edit::CommentOut {
+                name: "relayhost".into(),
+            }],
+        );
         assert_eq!(
             out,
             "# top\na = 1\n# mid\n#relayhost = x\n#  y\n# in\n#  z\nmyorigin = o\n#relayhost = dup\n# end\n"
@@ -214,7 +231,10 @@ mod tests {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
         write_atomically(&p, "a = 2\n").unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "a = 2\n");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         assert!(!dir.join("main.cf.tmp").exists());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -150,7 +150,7 @@ impl Expansion {
                 Some(&open @ (b'{' | b'(')) => {
                     let close = if open == b'{' { b'}' } else { b')' };
                     let end = matching(b, i, open, close).ok_or_else(|| ExpandError::Syntax {
-                        message: format!("unbalanced {{ or ( in \"{text}\""),
+                        message: format!("truncated macro reference: \"{text}\""),
                     })?;
                     let inner = &text[i + 1..end];
                     self.expand_braced(inner, lookup, out)?;
@@ -193,6 +193,8 @@ impl Expansion {
         if trimmed.starts_with('{') {
             return self.expand_relational(trimmed, lookup, out);
         }
+        // Postfix allows blanks around the name: `${ name }`, `${name ?x}`.
+        let inner = trimmed;
         let b = inner.as_bytes();
         let mut i = 0;
         while i < b.len() && is_name_byte(b[i]) {
@@ -204,14 +206,16 @@ impl Expansion {
                 message: format!("empty macro name: \"${{{inner}}}\""),
             });
         }
-        let rest = &inner[i..];
+        let rest = inner[i..].trim_start();
         if rest.is_empty() {
             return self.expand_name(name, lookup, out);
         }
         let op = rest.as_bytes()[0];
         if op != b'?' && op != b':' {
             return Err(ExpandError::Syntax {
-                message: format!("unexpected text \"{rest}\" after attribute name in \"${{{inner}}}\""),
+                message: format!(
+                    "unexpected text \"{rest}\" after attribute name in \"${{{inner}}}\""
+                ),
             });
         }
         let non_empty = !self.value_of(name, lookup)?.is_empty();
@@ -344,7 +348,10 @@ pub fn compare_levels(a: &str, b: &str) -> std::cmp::Ordering {
     let (x, y) = (parse(a), parse(b));
     let n = x.len().max(y.len());
     for k in 0..n {
-        let (p, q) = (x.get(k).copied().unwrap_or(0), y.get(k).copied().unwrap_or(0));
+        let (p, q) = (
+            x.get(k).copied().unwrap_or(0),
+            y.get(k).copied().unwrap_or(0),
+        );
         if p != q {
             return p.cmp(&q);
         }
@@ -428,6 +435,7 @@ mod tests {
         let d = [("a", "A"), ("b", "[$a]")];
         assert_eq!(ok(&d, "$a ${a} $(a) $b"), "A A A [A]");
         assert_eq!(ok(&d, "x$$y"), "x$y");
+        assert_eq!(ok(&d, "${ a } $( a ) ${a }"), "A A A");
         assert_eq!(ok(&d, "cost $5"), "cost ");
         assert!(matches!(run(&d, "a $"), Err(ExpandError::Syntax { .. })));
         assert!(matches!(run(&d, "a $-x"), Err(ExpandError::Syntax { .. })));
@@ -448,7 +456,10 @@ mod tests {
         assert_eq!(ok(&d, "${set?{x}:y}"), "x");
         assert_eq!(ok(&d, "${empty?{x}:y}"), "y");
         assert_eq!(ok(&d, "${set?b:c}"), "b:c");
-        assert!(matches!(run(&d, "${set:{x}:{y}}"), Err(ExpandError::Syntax { .. })));
+        assert!(matches!(
+            run(&d, "${set:{x}:{y}}"),
+            Err(ExpandError::Syntax { .. })
+        ));
     }
 
     #[test]
@@ -462,7 +473,10 @@ mod tests {
         assert_eq!(ok(&d, "${{a} != {a} ? {diff}}"), "");
         assert_eq!(ok(&d, "${{a} == {a}}"), "true");
         assert_eq!(ok(&d, "${{1} < {02} ? {y} : {n}}"), "y");
-        assert!(matches!(run(&d, "${{a} === {a} ? {y}}"), Err(ExpandError::Syntax { .. })));
+        assert!(matches!(
+            run(&d, "${{a} === {a} ? {y}}"),
+            Err(ExpandError::Syntax { .. })
+        ));
     }
 
     #[test]
@@ -492,7 +506,10 @@ mod tests {
         let mut defs = Vec::new();
         let names: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
         for i in 0..39 {
-            defs.push((names[i].clone(), format!("${}${}", names[i + 1], names[i + 1])));
+            defs.push((
+                names[i].clone(),
+                format!("${}${}", names[i + 1], names[i + 1]),
+            ));
         }
         defs.push((names[39].clone(), "xxxxxxxx".into()));
         let d: Vec<(&str, &str)> = defs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
@@ -502,7 +519,10 @@ mod tests {
     #[test]
     fn malformed_forms_are_errors() {
         assert!(matches!(run(&[], "${a"), Err(ExpandError::Syntax { .. })));
-        assert!(matches!(run(&[], "${{a} ?? {b}}"), Err(ExpandError::Syntax { .. })));
+        assert!(matches!(
+            run(&[], "${{a} ?? {b}}"),
+            Err(ExpandError::Syntax { .. })
+        ));
     }
 
     #[test]

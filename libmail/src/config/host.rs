@@ -123,7 +123,11 @@ pub fn protocols(inet_protocols: &str) -> Result<(bool, bool), String> {
             }
             "ipv4" => v4 = true,
             "ipv6" => v6 = true,
-            other => return Err(format!("bad inet_protocols value: {other}")),
+            _ => {
+                return Err(format!(
+                    "unknown inet_protocols value \"{word}\" in \"{inet_protocols}\""
+                ))
+            }
         }
     }
     Ok((v4, v6))
@@ -143,9 +147,14 @@ pub fn default_mynetworks(
             style.trim()
         ));
     }
+    let style_text = style;
     let style = words[0].to_ascii_lowercase();
     if !matches!(style.as_str(), "host" | "subnet" | "class") {
-        return Err(format!("unknown mynetworks_style value: {}", words[0]));
+        return Err(format!(
+            "unknown mynetworks mask style value \"{}\" in \"{}\"",
+            words[0],
+            style_text.trim()
+        ));
     }
     let mut out: Vec<String> = Vec::new();
     let ordered = ifaces
@@ -181,7 +190,11 @@ pub fn default_mynetworks(
 
 fn mask_v4(a: Ipv4Addr, len: u8) -> Ipv4Addr {
     let bits = u32::from(a);
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    };
     Ipv4Addr::from(bits & mask)
 }
 
@@ -193,6 +206,61 @@ fn mask_v6(a: Ipv6Addr, len: u8) -> Ipv6Addr {
         u128::MAX << (128 - len as u32)
     };
     Ipv6Addr::from(bits & mask)
+}
+
+/// The interface addresses named by `inet_interfaces` (`all`,
+/// `loopback-only`, or a list of addresses and host names), each with the
+/// netmask of its interface. A name that is not a local address is an
+/// error, worded like Postfix's.
+pub fn listen_interfaces(
+    inet_interfaces: &str,
+    ifaces: &[InterfaceAddr],
+) -> Result<Vec<InterfaceAddr>, String> {
+    let words: Vec<&str> = inet_interfaces
+        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.iter().any(|w| w.eq_ignore_ascii_case("all")) {
+        return Ok(ifaces.to_vec());
+    }
+    let mut out: Vec<InterfaceAddr> = Vec::new();
+    let add = |i: &InterfaceAddr, out: &mut Vec<InterfaceAddr>| {
+        if !out.contains(i) {
+            out.push(*i);
+        }
+    };
+    for w in words {
+        if w.eq_ignore_ascii_case("loopback-only") {
+            for i in ifaces.iter().filter(|i| i.addr.is_loopback()) {
+                add(i, &mut out);
+            }
+            continue;
+        }
+        let literal = w.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<IpAddr> = match literal.parse::<IpAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => {
+                use std::net::ToSocketAddrs;
+                (w, 0)
+                    .to_socket_addrs()
+                    .map(|it| it.map(|sa| sa.ip()).collect())
+                    .unwrap_or_default()
+            }
+        };
+        let mut found = false;
+        for a in addrs {
+            if let Some(i) = ifaces.iter().find(|i| i.addr == a) {
+                add(i, &mut out);
+                found = true;
+            }
+        }
+        if !found {
+            return Err(format!(
+                "parameter inet_interfaces: no local interface found for {w}"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The running program's name, as Postfix's `process_name` (basename of
@@ -252,12 +320,33 @@ mod tests {
     }
 
     #[test]
+    fn listen_interfaces_select_addresses() {
+        let all = ifs();
+        assert_eq!(listen_interfaces("all", &all).unwrap(), all);
+        let lo = listen_interfaces("loopback-only", &all).unwrap();
+        assert_eq!(lo.len(), 2);
+        assert!(lo.iter().all(|i| i.addr.is_loopback()));
+        let two = listen_interfaces("172.20.3.4, [::1]", &all).unwrap();
+        assert_eq!(two, vec![all[2], all[1]]);
+        assert_eq!(
+            listen_interfaces("10.9.9.9", &all).unwrap_err(),
+            "parameter inet_interfaces: no local interface found for 10.9.9.9"
+        );
+    }
+
+    #[test]
     fn names() {
         assert_eq!(default_mydomain("host.example.com"), "example.com");
         assert_eq!(default_mydomain("a.b"), "b");
         assert_eq!(default_mydomain("vm"), "localdomain");
-        assert_eq!(default_myhostname("vm", || "example.org".into()), "vm.example.org");
-        assert_eq!(default_myhostname("mx.example.net", || unreachable!()), "mx.example.net");
+        assert_eq!(
+            default_myhostname("vm", || "example.org".into()),
+            "vm.example.org"
+        );
+        assert_eq!(
+            default_myhostname("mx.example.net", || unreachable!()),
+            "mx.example.net"
+        );
     }
 
     #[test]

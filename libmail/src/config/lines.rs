@@ -183,7 +183,13 @@ mod tests {
     fn overlong_line_is_skipped_with_problem() {
         let big = format!("a = {}\nb = 1\n", "x".repeat(MAX_LOGICAL_LINE + 1));
         let (lines, problems) = logical_lines(&big);
-        assert_eq!(lines, vec![LogicalLine { text: "b = 1".into(), line: 2 }]);
+        assert_eq!(
+            lines,
+            vec![LogicalLine {
+                text: "b = 1".into(),
+                line: 2
+            }]
+        );
         assert_eq!(problems, vec![LineProblem::TooLong { line: 1 }]);
     }
 

@@ -38,12 +38,16 @@ impl MainCf {
         let (lines, problems) = logical_lines(text);
         for p in problems {
             diags.push(match p {
-                LineProblem::LeadingWhitespace { text, .. } => Diagnostic::new(
+                LineProblem::LeadingWhitespace { text, line } => Diagnostic::new(
                     Severity::Warning,
                     path,
-                    None,
-                    format!("logical line must not start with whitespace: \"{text}\""),
-                ),
+                    Some(line),
+                    format!(
+                        "logical line must not start with whitespace: \"{}\"",
+                        abbreviate(&text, 30)
+                    ),
+                )
+                .without_postfix_line(),
                 LineProblem::TooLong { line } => Diagnostic::new(
                     Severity::Error,
                     path,
@@ -80,12 +84,7 @@ impl MainCf {
                         line: ll.line,
                     });
                 }
-                Err(msg) => diags.push(Diagnostic::new(
-                    Severity::Error,
-                    path,
-                    Some(ll.line),
-                    msg,
-                )),
+                Err(msg) => diags.push(Diagnostic::new(Severity::Error, path, Some(ll.line), msg)),
             }
         }
         (cf, diags)
@@ -154,6 +153,15 @@ pub fn read_config_file(path: &str) -> std::io::Result<String> {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     })
+}
+
+/// The first `max` characters of `text` and `...` when it is longer, as
+/// Postfix quotes long input in warnings.
+pub fn abbreviate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
 }
 
 /// Split `name = value`. Errors are worded like Postfix's.

@@ -201,10 +201,7 @@ impl Params {
 
     fn compute_default(&self, p: &Param, which: &'static str) -> String {
         if self.computing.borrow().contains(&which) {
-            self.note_problem(format!(
-                "the default of {} refers back to itself",
-                p.name
-            ));
+            self.note_problem(format!("the default of {} refers back to itself", p.name));
             return String::new();
         }
         self.computing.borrow_mut().push(which);
@@ -246,8 +243,16 @@ impl Params {
                         (true, true)
                     }
                 };
-                let ifaces = self.interfaces.get_or_init(host::interface_addresses);
-                match host::default_mynetworks(&style, ifaces, v4, v6) {
+                let all = self.interfaces.get_or_init(host::interface_addresses);
+                let listen = self.expanded_or_note("inet_interfaces");
+                let ifaces = match host::listen_interfaces(&listen, all) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        self.note_problem(e);
+                        return String::new();
+                    }
+                };
+                match host::default_mynetworks(&style, &ifaces, v4, v6) {
                     Ok(v) => v,
                     Err(e) => {
                         self.note_problem(e);
@@ -273,8 +278,7 @@ impl Params {
                 return user;
             }
             let mut todo: Vec<String> = Vec::new();
-            let is_known =
-                |n: &str| registry::lookup(n).is_some() || self.services.contains_key(n);
+            let is_known = |n: &str| registry::lookup(n).is_some() || self.services.contains_key(n);
             let set_names: Vec<(String, String)> = self
                 .main
                 .effective()
@@ -327,6 +331,11 @@ impl Params {
         }
         let mut out: Vec<String> = Vec::new();
         for e in self.main.effective() {
+            // Raw parameters are expanded per use, with names (`$user`,
+            // `$recipient`) that only exist then.
+            if registry::lookup(&e.name).is_some_and(|p| p.raw) {
+                continue;
+            }
             for r in references(&e.value) {
                 if self.raw(&r).is_none() && !out.contains(&r) {
                     out.push(r);
@@ -517,7 +526,13 @@ mod tests {
     fn list_splitting() {
         assert_eq!(
             split_list("a, b  c,{ check_policy_service inet:x:1, timeout=10s },d"),
-            vec!["a", "b", "c", "{ check_policy_service inet:x:1, timeout=10s }", "d"]
+            vec![
+                "a",
+                "b",
+                "c",
+                "{ check_policy_service inet:x:1, timeout=10s }",
+                "d"
+            ]
         );
         assert_eq!(split_list(" , "), Vec::<&str>::new());
     }

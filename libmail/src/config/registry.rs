@@ -110,7 +110,11 @@ fn registry() -> &'static Registry {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .map(|l| parse_line(l).unwrap_or_else(|e| panic!("params.tsv: {e}: {l:?}")))
             .collect();
-        let index = params.iter().enumerate().map(|(i, p)| (p.name, i)).collect();
+        let index = params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name, i))
+            .collect();
         Registry { params, index }
     })
 }
@@ -242,7 +246,10 @@ pub fn service_parameters(service: &str, program: &str) -> Vec<(String, String)>
         }
     }
     if COMMAND_PROGRAMS.contains(&program) {
-        out.push((format!("{service}_time_limit"), "$command_time_limit".into()));
+        out.push((
+            format!("{service}_time_limit"),
+            "$command_time_limit".into(),
+        ));
     }
     out.retain(|(n, _)| lookup(n).is_none());
     out
