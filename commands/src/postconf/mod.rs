@@ -75,7 +75,11 @@ pub fn main(args: Vec<String>) -> i32 {
 
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let rc = if opts.has('m') {
+    // master.cf modes first: their option check also refuses `-Mm` and
+    // friends with Postfix's "specify one of" message.
+    let rc = if opts.has('M') || opts.has('F') || opts.has('P') {
+        master::dispatch(&opts, &config_dir, &mut out)
+    } else if opts.has('m') {
         list(&mut out, TABLE_TYPES)
     } else if opts.has('a') {
         list(&mut out, &["dovecot"])
@@ -86,8 +90,6 @@ pub fn main(args: Vec<String>) -> i32 {
         list(&mut out, &["cyrus"])
     } else if opts.has('l') {
         list(&mut out, &["flock", "fcntl", "dotlock"])
-    } else if opts.has('M') || opts.has('F') || opts.has('P') {
-        master::dispatch(&opts, &config_dir, &mut out)
     } else if opts.has('e')
         || opts.has('X')
         || opts.has('#')
