@@ -10,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-command -v /usr/sbin/postconf >/dev/null 2>&1 || need+=(postfix)
+{ command -v /usr/sbin/postconf && /usr/sbin/postconf -m | grep -x pcre; } >/dev/null 2>&1 || need+=(postfix postfix-pcre)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+command -v cdb >/dev/null 2>&1 || need+=(tinycdb)
 if [ ${#need[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need[*]} (needed by the tests)"
   sudo=""

@@ -125,16 +125,7 @@ pub fn check_diagnostics(config_dir: &str) -> Vec<Diagnostic> {
     };
     let mut params = Params::new(config_dir, main);
     if let Some(m) = &master {
-        params.add_services(
-            m.services
-                .iter()
-                .map(|s| (s.name.as_str(), s.command.as_str())),
-        );
-        params.add_reference_sources(
-            m.services
-                .iter()
-                .flat_map(|s| s.overrides.iter().map(|(_, v)| v.clone())),
-        );
+        params.add_master(m);
     }
     diags.extend(check_config(&params, master.as_ref()));
     diags

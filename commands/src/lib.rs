@@ -2,4 +2,6 @@
 //! module here.
 
 pub mod facteur;
+pub mod postalias;
 pub mod postconf;
+pub mod postmap;

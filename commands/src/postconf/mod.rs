@@ -39,12 +39,6 @@ See postconf(1) in docs/man/postconf.1.md.";
 /// Options accepted, getopt style. `-v` is accepted and ignored.
 const SPEC: &str = "aAbc:C:deEfhHlmMno:pPtTvxX#F";
 
-/// Table types Facteur's libmail opens (postconf -m).
-pub const TABLE_TYPES: &[&str] = &[
-    "btree", "cdb", "cidr", "fail", "hash", "inline", "pcre", "pipemap", "regexp", "static",
-    "texthash", "unionmap", "unix",
-];
-
 /// Print `postconf: LEVEL: message` on stderr.
 fn say(level: &str, msg: &str) {
     eprintln!("postconf: {level}: {msg}");
@@ -80,7 +74,7 @@ pub fn main(args: Vec<String>) -> i32 {
     let rc = if opts.has('M') || opts.has('F') || opts.has('P') {
         master::dispatch(&opts, &config_dir, &mut out)
     } else if opts.has('m') {
-        list(&mut out, TABLE_TYPES)
+        list(&mut out, libmail::table::TYPES)
     } else if opts.has('a') {
         list(&mut out, &["dovecot"])
     } else if opts.has('A') {
@@ -163,16 +157,7 @@ pub fn load_params(
         }
     }
     if let Some(m) = &master {
-        params.add_services(
-            m.services
-                .iter()
-                .map(|s| (s.name.as_str(), s.command.as_str())),
-        );
-        params.add_reference_sources(
-            m.services
-                .iter()
-                .flat_map(|s| s.overrides.iter().map(|(_, v)| v.clone())),
-        );
+        params.add_master(m);
     }
     if !defaults_only {
         for name in params.undefined_references() {

@@ -108,6 +108,23 @@ impl Params {
         self.user = OnceCell::new();
     }
 
+    /// Take in what master.cf contributes: its services' derived
+    /// parameters and the `$name` references of its `-o` values.
+    pub fn add_master(&mut self, master: &super::mastercf::MasterCf) {
+        self.add_services(
+            master
+                .services
+                .iter()
+                .map(|s| (s.name.as_str(), s.command.as_str())),
+        );
+        self.add_reference_sources(
+            master
+                .services
+                .iter()
+                .flat_map(|s| s.overrides.iter().map(|(_, v)| v.clone())),
+        );
+    }
+
     /// Values (master.cf `-o` values) whose `$name` references count, like
     /// main.cf's, when deciding which names are user-defined.
     pub fn add_reference_sources(&mut self, values: impl IntoIterator<Item = String>) {

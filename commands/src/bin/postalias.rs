@@ -1,0 +1,5 @@
+//! postalias(1): see `facteur_commands::postalias`.
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(facteur_commands::postalias::main(args));
+}
