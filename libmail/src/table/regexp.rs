@@ -170,7 +170,7 @@ pub const DFA_SIZE_LIMIT: usize = 2 << 20;
 /// patterns would only be a way to exhaust the stack).
 pub const MAX_NESTING: usize = 200;
 /// Backtracking steps allowed to one fancy-regex match (PCRE2's default
-/// match limit is 10 million; one million takes some milliseconds).
+/// match limit is 10 million; reaching one million takes about 40 ms).
 pub const BACKTRACK_LIMIT: usize = 1_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
