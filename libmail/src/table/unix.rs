@@ -42,10 +42,33 @@ fn cstr(p: *const libc::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-fn passwd(name: &CString) -> Result<Option<String>, TableError> {
+/// Call a `get*nam_r` function with a buffer that grows on `ERANGE` (up
+/// to [`MAX_BUF`]); `call` returns the libc result code and, when found,
+/// the formatted entry.
+fn with_growing_buffer(
+    what: &str,
+    mut call: impl FnMut(&mut [libc::c_char]) -> (i32, Option<String>),
+) -> Result<Option<String>, TableError> {
     let mut size = 1024;
     loop {
         let mut buf = vec![0 as libc::c_char; size];
+        let (rc, found) = call(&mut buf);
+        if rc == libc::ERANGE && size < MAX_BUF {
+            size *= 4;
+            continue;
+        }
+        if rc != 0 {
+            return Err(TableError::Temporary(format!(
+                "{what}: {}",
+                std::io::Error::from_raw_os_error(rc)
+            )));
+        }
+        return Ok(found);
+    }
+}
+
+fn passwd(name: &CString) -> Result<Option<String>, TableError> {
+    with_growing_buffer("getpwnam_r", |buf| {
         // SAFETY: zeroed passwd is a valid out-parameter for getpwnam_r.
         let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -59,20 +82,10 @@ fn passwd(name: &CString) -> Result<Option<String>, TableError> {
                 &mut result,
             )
         };
-        if rc == libc::ERANGE && size < MAX_BUF {
-            size *= 4;
-            continue;
+        if rc != 0 || result.is_null() {
+            return (rc, None);
         }
-        if rc != 0 {
-            return Err(TableError::Temporary(format!(
-                "getpwnam_r: {}",
-                std::io::Error::from_raw_os_error(rc)
-            )));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        return Ok(Some(format!(
+        let line = format!(
             "{}:{}:{}:{}:{}:{}:{}",
             cstr(pw.pw_name),
             cstr(pw.pw_passwd),
@@ -81,14 +94,13 @@ fn passwd(name: &CString) -> Result<Option<String>, TableError> {
             cstr(pw.pw_gecos),
             cstr(pw.pw_dir),
             cstr(pw.pw_shell)
-        )));
-    }
+        );
+        (0, Some(line))
+    })
 }
 
 fn group(name: &CString) -> Result<Option<String>, TableError> {
-    let mut size = 1024;
-    loop {
-        let mut buf = vec![0 as libc::c_char; size];
+    with_growing_buffer("getgrnam_r", |buf| {
         // SAFETY: zeroed group is a valid out-parameter for getgrnam_r.
         let mut gr: libc::group = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::group = std::ptr::null_mut();
@@ -102,18 +114,8 @@ fn group(name: &CString) -> Result<Option<String>, TableError> {
                 &mut result,
             )
         };
-        if rc == libc::ERANGE && size < MAX_BUF {
-            size *= 4;
-            continue;
-        }
-        if rc != 0 {
-            return Err(TableError::Temporary(format!(
-                "getgrnam_r: {}",
-                std::io::Error::from_raw_os_error(rc)
-            )));
-        }
-        if result.is_null() {
-            return Ok(None);
+        if rc != 0 || result.is_null() {
+            return (rc, None);
         }
         let mut members = Vec::new();
         let mut p = gr.gr_mem;
@@ -124,14 +126,15 @@ fn group(name: &CString) -> Result<Option<String>, TableError> {
                 p = p.add(1);
             }
         }
-        return Ok(Some(format!(
+        let line = format!(
             "{}:{}:{}:{}",
             cstr(gr.gr_name),
             cstr(gr.gr_passwd),
             gr.gr_gid,
             members.join(",")
-        )));
-    }
+        );
+        (0, Some(line))
+    })
 }
 
 impl Table for UnixTable {
