@@ -43,7 +43,7 @@ use libmail::cli::getopt;
 use libmail::config::check::parse_bool;
 use libmail::config::lines::{logical_lines, LineProblem};
 use libmail::config::maincf::{read_config_file, MainCf};
-use libmail::config::params::Params;
+use libmail::config::params::{split_list, Params};
 use libmail::config::{self, Severity};
 use libmail::table::cdb::{CdbTable, CdbWriter};
 use libmail::table::indexed::{Added, IndexedTable, IndexedWriter, OnDuplicate, TableWriter};
@@ -161,6 +161,9 @@ struct Ctx {
     utf8: bool,
     /// For postalias's YP_MASTER_NAME.
     hostname: String,
+    /// `-F`: values are lists of files, stored base64-encoded, decoded on
+    /// output (TLS SNI maps).
+    file_values: bool,
 }
 
 /// Run postmap or postalias.
@@ -192,7 +195,7 @@ pub fn run(prog: Program, args: Vec<String>) -> i32 {
     if distinct > 1 || opts.args('q').len() > 1 || opts.args('d').len() > 1 {
         return say.fatal("specify only one of -s -q or -d");
     }
-    for unsupported in ['b', 'h', 'm', 'F'] {
+    for unsupported in ['b', 'h', 'm'] {
         if opts.has(unsupported) {
             return say.fatal(&format!(
                 "option -{unsupported} is not supported by this postmap yet"
@@ -239,6 +242,7 @@ pub fn run(prog: Program, args: Vec<String>) -> i32 {
         default_type,
         utf8,
         hostname,
+        file_values: opts.has('F') && prog == Program::Postmap,
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -339,7 +343,22 @@ fn query(ctx: &Ctx, key: &str, operands: &[String], out: &mut dyn Write) -> i32 
     let lookup = |k: &str| -> Result<Option<String>, TableError> {
         for t in &tables {
             if let Some(v) = t.lookup(k)? {
-                return Ok(Some(v));
+                if !ctx.file_values {
+                    return Ok(Some(v));
+                }
+                return match decode_file_value(&v) {
+                    Some(decoded) => Ok(Some(decoded)),
+                    None => {
+                        ctx.say.warn(&format!(
+                            "table {}: key {k}: malformed BASE64 value: {v}",
+                            table_file_name(t.name())
+                        ));
+                        Err(TableError::Temporary(format!(
+                            "table {}: query error",
+                            table_file_name(t.name())
+                        )))
+                    }
+                };
             }
         }
         Ok(None)
@@ -385,6 +404,54 @@ fn query(ctx: &Ctx, key: &str, operands: &[String], out: &mut dyn Write) -> i32 
         0
     } else {
         1
+    }
+}
+
+/// Largest file `-F` reads into one value.
+const MAX_FILE_VALUE: u64 = 1 << 20;
+
+/// `-F` build: the files named in `value` (commas and/or blanks), their
+/// contents joined by a newline, base64-encoded.
+fn encode_file_value(value: &str) -> Result<String, String> {
+    use base64::Engine;
+    let mut joined: Vec<u8> = Vec::new();
+    for (i, file) in split_list(value).into_iter().enumerate() {
+        let mut f =
+            std::fs::File::open(file).map_err(|e| format!("open {file}: {}", io_reason(&e)))?;
+        if i > 0 {
+            joined.push(b'\n');
+        }
+        let before = joined.len();
+        (&mut f)
+            .take(MAX_FILE_VALUE + 1)
+            .read_to_end(&mut joined)
+            .map_err(|e| format!("read {file}: {}", io_reason(&e)))?;
+        if (joined.len() - before) as u64 > MAX_FILE_VALUE {
+            return Err(format!(
+                "{file}: file is larger than {MAX_FILE_VALUE} bytes"
+            ));
+        }
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(joined))
+}
+
+/// `-F` query and dump: the stored base64 value decoded.
+fn decode_file_value(value: &str) -> Option<String> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// `hash:/x/y` → `hash:/x/y.db`, as Postfix names tables in query errors.
+fn table_file_name(spec: &str) -> String {
+    match spec.split_once(':') {
+        Some((kind, name)) => match output_path(kind, name) {
+            Some(path) => format!("{kind}:{path}"),
+            None => spec.to_string(),
+        },
+        None => spec.to_string(),
     }
 }
 
@@ -467,7 +534,27 @@ fn dump(ctx: &Ctx, operand: &str, out: &mut dyn Write) -> i32 {
         return ctx.say.fatal(&e.to_string());
     }
     let suffix = ctx.prog.key_suffix().as_bytes();
+    let table_name = format!("{kind}:{}", output_path(kind, name).unwrap_or_default());
     let r = t.for_each(|k, v| {
+        let decoded;
+        let v = if ctx.file_values {
+            match decode_file_value(&String::from_utf8_lossy(v)) {
+                Some(d) => {
+                    decoded = d;
+                    decoded.as_bytes()
+                }
+                None => {
+                    ctx.say.warn(&format!(
+                        "table {table_name}: key {}: malformed BASE64 value: {}",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(v)
+                    ));
+                    return Ok(());
+                }
+            }
+        } else {
+            v
+        };
         out.write_all(k)?;
         out.write_all(suffix)?;
         out.write_all(b"\t")?;
@@ -785,7 +872,19 @@ fn build(ctx: &Ctx, operand: &str, incremental: bool) -> i32 {
                         "{src_name}, line {line}: record is in \"key: value\" format; is this an alias file?"
                     ));
                 }
-                sink.add(&k, &v)
+                if ctx.file_values {
+                    match encode_file_value(&v) {
+                        Ok(encoded) => sink.add(&k, &encoded),
+                        Err(why) => {
+                            ctx.say.warn(&format!(
+                                "{src_name}, line {line}: {why}: skipping this entry"
+                            ));
+                            Ok(())
+                        }
+                    }
+                } else {
+                    sink.add(&k, &v)
+                }
             }
             Parsed::Skip(why) => {
                 ctx.say.warn(&format!("{src_name}, line {line}: {why}"));

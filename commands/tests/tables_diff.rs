@@ -340,10 +340,72 @@ fn lookups_match_postfix() {
     }
 
     assert!(lookups >= 150, "only {lookups} lookups: the corpus shrank");
+    eprintln!("{lookups} lookups compared with Postfix");
     assert!(
         failures.is_empty(),
         "{} difference(s) in {lookups} lookups:\n{}",
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// `postmap -F`: values are lists of files, stored base64-encoded and
+/// decoded by `-q` and `-s`; missing files and malformed values are
+/// reported like Postfix.
+#[test]
+fn file_valued_tables_match_postfix() {
+    require_postfix();
+    let ours = Scratch::new("F-ours");
+    let theirs = Scratch::new("F-theirs");
+    let mut failures = Vec::new();
+    for sc in [&ours, &theirs] {
+        fs::write(sc.0.join("f1"), "line1\nline2\n").unwrap();
+        fs::write(sc.0.join("f2"), "abc").unwrap();
+        let d = sc.0.to_str().unwrap();
+        fs::write(
+            sc.0.join("sni"),
+            format!(
+                "k1 {d}/f1\nk2 {d}/f1, {d}/f2\nk3 {d}/f2 {d}/f1\nk4 {d}/missing\nk5 relative\n"
+            ),
+        )
+        .unwrap();
+        fs::write(sc.0.join("bad"), "x !!!notbase64\ny YWJj\n").unwrap();
+    }
+    let norm = |s: &str, sc: &Scratch| s.replace(sc.0.to_str().unwrap(), "DIR");
+    let cmds: &[(&[&str], &str)] = &[
+        (&["-F"], "hash:sni"),
+        (&["-F", "-s"], "hash:sni"),
+        (&["-F", "-q", "k2"], "hash:sni"),
+        (&["-F", "-q", "k9"], "hash:sni"),
+        (&["-F", "-q", "-"], "hash:sni"),
+        (&[], "hash:bad"),
+        (&["-F", "-q", "x"], "hash:bad"),
+        (&["-F", "-q", "y"], "hash:bad"),
+        (&["-F", "-s"], "hash:bad"),
+    ];
+    for (flags, table) in cmds {
+        let mut results = Vec::new();
+        for (prog, sc) in [(OURS_POSTMAP, &ours), (THEIRS_POSTMAP, &theirs)] {
+            let etc = sc.etc();
+            let tbl = table.replace("hash:", &format!("hash:{}/", sc.0.to_str().unwrap()));
+            let mut args: Vec<&str> = vec!["-c", &etc];
+            args.extend_from_slice(flags);
+            args.push(&tbl);
+            let o = run(prog, &args, "k1\nk2\nk3\nk4\nk9\n");
+            let mut out: Vec<String> = norm(&o.stdout, sc).lines().map(str::to_string).collect();
+            if flags.contains(&"-s") {
+                out.sort();
+            }
+            results.push((o.status, out, warning_set(&o.stderr, sc)));
+        }
+        if results[0] != results[1] {
+            failures.push(format!(
+                "=== postmap {} {table}\n--- Postfix\n{:#?}\n--- Facteur\n{:#?}",
+                flags.join(" "),
+                results[1],
+                results[0]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
