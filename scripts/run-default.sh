@@ -13,7 +13,7 @@ cargo build --quiet --bins
 bin=$top/target/debug
 
 if [ ! -f run/etc/main.cf ]; then
-  mkdir -p run/etc run/queue run/data run/mail
+  mkdir -p run/etc run/data run/mail
   cp conf/main.cf conf/master.cf run/etc/
   "$bin/postconf" -c run/etc -e \
     "queue_directory = $top/run/queue" \
@@ -28,6 +28,8 @@ echo "== configuration in run/etc (postconf -n):"
 "$bin/postconf" -c run/etc -n
 echo "== facteur check:"
 "$bin/facteur" -c run/etc check -v && echo "configuration OK"
+echo "== facteur set-permissions (queue directory under ./run/queue):"
+"$bin/facteur" -c run/etc set-permissions
 
 if [ -x "$bin/master" ]; then
   exec "$bin/facteur" -c run/etc start-fg

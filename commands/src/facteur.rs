@@ -6,8 +6,9 @@
 //!
 //! `check` validates main.cf and master.cf and reports every problem with
 //! file and line, exiting non-zero when any is an error. `status` reads the
-//! master's pid file. The commands that need the master daemon say so
-//! plainly until it exists (see docs/compatibility.md).
+//! master's pid file. `set-permissions` creates or repairs the queue
+//! directory. The commands that need the master daemon say so plainly
+//! until it exists (see docs/compatibility.md).
 
 use libmail::cli::getopt;
 use libmail::config::check::check_config;
@@ -55,7 +56,8 @@ pub fn main(args: Vec<String>) -> i32 {
     match command.as_str() {
         "check" => check(&config_dir, opts.has('v')),
         "status" => status(&config_dir),
-        "start" | "start-fg" | "stop" | "abort" | "reload" | "flush" | "set-permissions" => {
+        "set-permissions" => set_permissions(&config_dir),
+        "start" | "start-fg" | "stop" | "abort" | "reload" | "flush" => {
             eprintln!(
                 "facteur: fatal: {command}: the master daemon and the queue are not part of this \
                  build yet; 'facteur check' and 'postconf' work today (see docs/compatibility.md)"
@@ -129,6 +131,83 @@ pub fn check_diagnostics(config_dir: &str) -> Vec<Diagnostic> {
     }
     diags.extend(check_config(&params, master.as_ref()));
     diags
+}
+
+/// `set-permissions`: create the queue directory and its subdirectories
+/// where missing and repair their modes (and, as root, their owners:
+/// `mail_owner`, with `setgid_group` on maildrop and public). Each change
+/// is reported on its own line.
+fn set_permissions(config_dir: &str) -> i32 {
+    let (main, diags) = MainCf::load(config_dir);
+    if let Some(d) = diags.iter().find(|d| d.severity == Severity::Error) {
+        eprintln!("facteur: fatal: {}", d.located());
+        return 1;
+    }
+    let params = Params::new(config_dir, main);
+    let layout = match libmail::queue::dirs::QueueLayout::from_params(&params) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("facteur: fatal: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    let ownership = if unsafe { libc::geteuid() } == 0 {
+        let value = |n: &str| params.value(n).unwrap_or_default();
+        match (
+            user_id(&value("mail_owner")),
+            group_id(&value("setgid_group")),
+        ) {
+            (Some(mail_owner), Some(setgid_group)) => libmail::queue::dirs::Ownership::System {
+                mail_owner,
+                setgid_group,
+            },
+            (None, _) => {
+                eprintln!(
+                    "facteur: fatal: mail_owner {}: no such user; create it or set mail_owner in main.cf",
+                    value("mail_owner")
+                );
+                return 1;
+            }
+            (_, None) => {
+                eprintln!(
+                    "facteur: fatal: setgid_group {}: no such group; create it or set setgid_group in main.cf",
+                    value("setgid_group")
+                );
+                return 1;
+            }
+        }
+    } else {
+        libmail::queue::dirs::Ownership::CurrentUser
+    };
+    match layout.create_or_repair(&ownership) {
+        Ok(changes) => {
+            for c in changes {
+                eprintln!("facteur: {c}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "facteur: fatal: {}: {e}",
+                params.value("queue_directory").unwrap_or_default()
+            );
+            1
+        }
+    }
+}
+
+fn user_id(name: &str) -> Option<u32> {
+    let table =
+        libmail::table::unix::UnixTable::open("unix:passwd.byname", "passwd.byname").ok()?;
+    let line = libmail::table::Table::lookup(&table, name).ok()??;
+    line.split(':').nth(2)?.parse().ok()
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let table = libmail::table::unix::UnixTable::open("unix:group.byname", "group.byname").ok()?;
+    let line = libmail::table::Table::lookup(&table, name).ok()??;
+    line.split(':').nth(2)?.parse().ok()
 }
 
 /// `status`: running when `$queue_directory/pid/master.pid` names a live

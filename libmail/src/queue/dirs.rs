@@ -381,6 +381,7 @@ impl QueueLayout {
             dirs.push((self.root.join(name), mode, o, group, false));
         }
         for (path, mode, o, group, is_queue) in dirs {
+            let mut created = false;
             match fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
@@ -396,10 +397,18 @@ impl QueueLayout {
                         mode,
                     });
                     created_in_root = true;
+                    created = true;
                 }
                 Err(e) => return Err(e),
             }
-            fix(&path, false, mode, o, group, owner, &mut changes)?;
+            // A directory just created gets its final mode (the umask may
+            // have cut it) and owner here; that is part of "created", not a
+            // repair worth its own line.
+            let mut fixes = Vec::new();
+            fix(&path, false, mode, o, group, owner, &mut fixes)?;
+            if !created {
+                changes.extend(fixes);
+            }
             if is_queue {
                 self.repair_hash_dirs(&path, 0, owner, &mut changes)?;
             }
