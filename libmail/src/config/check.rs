@@ -11,8 +11,6 @@
 //! `$name` references, and table files that do not exist (with the
 //! `postmap` command that builds them).
 
-use std::path::Path;
-
 use super::mastercf::MasterCf;
 use super::params::{split_list, Params};
 use super::registry::{self, ParamType, TimeUnit};
@@ -95,88 +93,34 @@ pub fn check_value(name: &str, kind: ParamType, value: &str) -> Result<(), Strin
     }
 }
 
-/// Table types whose source must be compiled by `postmap` into a file with
-/// this suffix.
-const INDEXED_TYPES: &[(&str, &str)] = &[
-    ("hash", ".db"),
-    ("btree", ".db"),
-    ("cdb", ".cdb"),
-    ("lmdb", ".lmdb"),
-    ("dbm", ".dir"),
-    ("sdbm", ".dir"),
-];
-/// Table types read straight from their file.
-const FILE_TYPES: &[&str] = &["texthash", "regexp", "pcre", "cidr"];
-/// Table types Facteur knows that need no file.
-const OTHER_TYPES: &[&str] = &[
-    "inline",
-    "static",
-    "fail",
-    "unix",
-    "unionmap",
-    "pipemap",
-    "proxy",
-    "environ",
-    "internal",
-    "randmap",
-    "socketmap",
-    "tcp",
-    "nis",
-    "ldap",
-    "mysql",
-    "pgsql",
-    "sqlite",
-    "memcache",
-];
-
 /// `type:name` references inside a list value (restriction lists carry
-/// them too, after `check_*_access`).
-fn table_references(value: &str) -> Vec<(&str, &str)> {
+/// them too, after `check_*_access`), for the table types Facteur opens.
+/// Other `word:text` items (`inet:host:port` of a policy service) are not
+/// tables and are left alone.
+fn table_references(value: &str) -> Vec<&str> {
     split_list(value)
         .into_iter()
-        .filter_map(|item| {
-            let (t, n) = item.split_once(':')?;
-            if t.is_empty()
-                || !t
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            {
-                return None;
-            }
-            Some((t, n))
+        .filter(|item| {
+            item.split_once(':')
+                .is_some_and(|(t, _)| crate::table::TYPES.contains(&t))
         })
         .collect()
 }
 
-/// Problems with the tables a value names (missing files, unknown types).
+/// Open every table `value` names, as a daemon would: a table that cannot
+/// be opened is an error (a missing `.db` names the postmap command to
+/// run), and what the table reported while reading (skipped rules,
+/// duplicates) are warnings with the table file's own line numbers.
 fn check_tables(value: &str) -> Vec<(Severity, String)> {
     let mut out = Vec::new();
-    for (t, name) in table_references(value) {
-        if let Some((_, suffix)) = INDEXED_TYPES.iter().find(|(ty, _)| *ty == t) {
-            let file = format!("{name}{suffix}");
-            if name.starts_with('/') && !Path::new(&file).exists() {
-                let hint = if Path::new(name).exists() {
-                    format!("run \"postmap {t}:{name}\" to build it")
-                } else {
-                    format!("create {name} and run \"postmap {t}:{name}\"")
-                };
-                out.push((
-                    Severity::Error,
-                    format!("table {t}:{name}: file {file} does not exist; {hint}"),
-                ));
+    for spec in table_references(value) {
+        match crate::table::open(spec, &crate::table::OpenOptions::default()) {
+            Ok(t) => {
+                for w in t.warnings() {
+                    out.push((Severity::Warning, format!("table {spec}: {}", w.located())));
+                }
             }
-        } else if FILE_TYPES.contains(&t) {
-            if name.starts_with('/') && !Path::new(name).exists() {
-                out.push((
-                    Severity::Error,
-                    format!("table {t}:{name}: file {name} does not exist"),
-                ));
-            }
-        } else if !OTHER_TYPES.contains(&t) {
-            // Could be something else with a colon (inet:host:port in a
-            // policy service, a time like 10:00); only flag what looks
-            // like a table after a table-taking keyword, which the
-            // restriction parser will do. Here, say nothing.
+            Err(e) => out.push((Severity::Error, format!("table {spec}: {e}"))),
         }
     }
     out
@@ -389,9 +333,34 @@ mod tests {
                 "fatal: /cf/main.cf, line 4: a: expansion loop: $a -> $b -> $a",
                 "fatal: /cf/main.cf, line 7: bad time configuration: maximal_queue_lifetime = 5x (a number with an optional unit s, m, h, d or w)",
                 "warning: /cf/main.cf, line 8: unused parameter: relyhost=[typo] (not a Postfix parameter, nor used by one; a typo?)",
-                "fatal: /cf/main.cf, line 9: alias_maps: table hash:/nonexistent/aliases: file /nonexistent/aliases.db does not exist; create /nonexistent/aliases and run \"postmap hash:/nonexistent/aliases\"",
+                "fatal: /cf/main.cf, line 9: alias_maps: table hash:/nonexistent/aliases: open database /nonexistent/aliases.db: No such file or directory; run \"postmap hash:/nonexistent/aliases\" to build it",
             ]
         );
+    }
+
+    #[test]
+    fn tables_are_opened_and_their_warnings_reported() {
+        let dir = std::env::temp_dir().join(format!("facteur-check-tables-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let re = dir.join("header_checks");
+        std::fs::write(&re, "/^Subject: ok/ WARN fine\n/unclosed( REJECT\n").unwrap();
+        let text = format!(
+            "header_checks = regexp:{}\n\
+             smtpd_client_restrictions = check_policy_service inet:127.0.0.1:10023, \
+             check_client_access inline:{{ 1.2.3.4=REJECT }}\n",
+            re.display()
+        );
+        let got = run(&text);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(
+            got[0].starts_with(&format!(
+                "warning: /cf/main.cf, line 1: header_checks: table regexp:{}: regexp map {}, line 2: ",
+                re.display(),
+                re.display()
+            )),
+            "{got:#?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -359,6 +359,10 @@ pub fn ntop(v6: bool, addr: u128) -> String {
 }
 
 impl Table for CidrTable {
+    fn warnings(&self) -> &[Diagnostic] {
+        CidrTable::warnings(self)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -79,6 +79,12 @@ pub trait Table: Send + Sync {
     fn changed(&self) -> bool {
         false
     }
+
+    /// Problems found while reading the table that did not stop it from
+    /// opening (skipped lines, duplicate keys), with file and line.
+    fn warnings(&self) -> &[crate::config::Diagnostic] {
+        &[]
+    }
 }
 
 /// An in-memory key → value map with Postfix's key folding: keys are

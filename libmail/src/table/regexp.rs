@@ -321,6 +321,10 @@ impl RegexpTable {
 }
 
 impl Table for RegexpTable {
+    fn warnings(&self) -> &[Diagnostic] {
+        RegexpTable::warnings(self)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -52,6 +52,10 @@ impl TextHashTable {
 }
 
 impl Table for TextHashTable {
+    fn warnings(&self) -> &[Diagnostic] {
+        TextHashTable::warnings(self)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
