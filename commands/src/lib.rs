@@ -5,3 +5,4 @@ pub mod facteur;
 pub mod postalias;
 pub mod postconf;
 pub mod postmap;
+pub mod sendmail;

@@ -1,0 +1,357 @@
+//! `sendmail`: a message from standard input becomes a complete, durable
+//! queue file in `maildrop/`, read back here with libmail's reader.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use libmail::queue::file::{QueueFile, DSN_NOTIFY_DELAY, DSN_NOTIFY_FAILURE};
+use libmail::queue::{Access, Limits};
+
+struct Setup {
+    top: PathBuf,
+    etc: String,
+    queue: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.top);
+    }
+}
+
+fn setup(name: &str, extra: &str, create_queue: bool) -> Setup {
+    let top = std::env::temp_dir().join(format!("facteur-sendmail-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&top);
+    let etc = top.join("etc");
+    fs::create_dir_all(&etc).unwrap();
+    let queue = top.join("queue");
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let group = String::from_utf8(Command::new("id").arg("-gn").output().unwrap().stdout).unwrap();
+    fs::write(
+        etc.join("main.cf"),
+        format!(
+            "queue_directory = {}\nmail_owner = {}\nsetgid_group = {}\n{extra}",
+            queue.display(),
+            user.trim(),
+            group.trim()
+        ),
+    )
+    .unwrap();
+    fs::write(etc.join("master.cf"), "").unwrap();
+    let etc = etc.to_str().unwrap().to_string();
+    if create_queue {
+        let out = Command::new(env!("CARGO_BIN_EXE_facteur"))
+            .args(["-c", &etc, "set-permissions"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    Setup { top, etc, queue }
+}
+
+/// Runs sendmail with `-C etc` and `args`, `input` on stdin.
+fn sendmail(s: &Setup, args: &[&str], input: &[u8]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sendmail"))
+        .arg("-C")
+        .arg(&s.etc)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        // The command may stop reading early (lone dot, errors).
+        let _ = stdin.write_all(input);
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn maildrop_files(s: &Setup) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(s.queue.join("maildrop"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The one file in maildrop, checked complete and verified, removed after.
+fn take_one(s: &Setup) -> QueueFile {
+    let files = maildrop_files(s);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let path = &files[0];
+    let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "not marked complete");
+    let qf = QueueFile::open(path, Access::ReadOnly, &Limits::default()).unwrap();
+    qf.verify().unwrap();
+    assert!(qf.id().is_some());
+    fs::remove_file(path).unwrap();
+    qf
+}
+
+fn lines(qf: &QueueFile) -> Vec<Vec<u8>> {
+    let mut r = qf.content();
+    let mut out = Vec::new();
+    let mut line = Vec::new();
+    while r.read_line(&mut line, 4 << 20).unwrap() {
+        out.push(line.clone());
+    }
+    out
+}
+
+fn text(lines: &[Vec<u8>]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect()
+}
+
+fn rcpts(qf: &QueueFile) -> Vec<(String, bool)> {
+    qf.envelope()
+        .recipients
+        .iter()
+        .map(|r| (r.address.clone(), r.extracted))
+        .collect()
+}
+
+fn login() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn submits_sender_recipients_and_content() {
+    let s = setup("basic", "", true);
+    let (code, err) = sendmail(
+        &s,
+        &[
+            "-f",
+            "alice@example.org",
+            "-F",
+            "Alice A",
+            "-N",
+            "failure,delay",
+            "bob@example.net",
+            "Carol <carol@example.com>, dave@example.com",
+        ],
+        b"From alice Mon Jan 1 00:00:00 2024\r\nSubject: hi\r\n\r\nline one\r\nline two\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let qf = take_one(&s);
+    let env = qf.envelope();
+    assert_eq!(env.sender, "alice@example.org");
+    assert_eq!(env.full_name.as_deref(), Some("Alice A"));
+    assert_eq!(env.attr("rewrite_context"), Some("local"));
+    assert_eq!(
+        rcpts(&qf),
+        vec![
+            ("bob@example.net".into(), false),
+            ("carol@example.com".into(), false),
+            ("dave@example.com".into(), false),
+        ]
+    );
+    for r in &env.recipients {
+        assert_eq!(r.dsn_notify, DSN_NOTIFY_FAILURE | DSN_NOTIFY_DELAY);
+    }
+    // The From_ line is skipped, CRLF and LF both stored without the end.
+    assert_eq!(
+        text(&lines(&qf)),
+        vec!["Subject: hi", "", "line one", "line two"]
+    );
+
+    // Default sender: the login name, unqualified.
+    let (code, err) = sendmail(&s, &["bob@example.net"], b"Subject: x\n\nbody\n");
+    assert_eq!(code, 0, "{err}");
+    let qf = take_one(&s);
+    assert_eq!(qf.envelope().sender, login());
+    // Null sender.
+    let (code, err) = sendmail(&s, &["-r", "<>", "bob@example.net"], b"x\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(take_one(&s).envelope().sender, "");
+}
+
+#[test]
+fn dot_ends_input_unless_i() {
+    let s = setup("dot", "", true);
+    let input = b"Subject: dot\n\nbefore\n.\nafter\n";
+    let (code, err) = sendmail(&s, &["bob@example.net"], input);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        text(&lines(&take_one(&s))),
+        vec!["Subject: dot", "", "before"]
+    );
+    for flag in ["-i", "-oi"] {
+        let (code, err) = sendmail(&s, &[flag, "bob@example.net"], input);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            text(&lines(&take_one(&s))),
+            vec!["Subject: dot", "", "before", ".", "after"],
+            "{flag}"
+        );
+    }
+    // A dot with CRLF ends it too; "..", " ." do not.
+    let (code, err) = sendmail(&s, &["bob@example.net"], b"a\r\n..\r\n .\r\n.\r\nz\r\n");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(text(&lines(&take_one(&s))), vec!["a", "..", " ."]);
+}
+
+#[test]
+fn extracts_header_recipients_and_strips_bcc() {
+    let s = setup("t", "", true);
+    let input = b"From: a@example.org\n\
+To: Bob <bob@example.net>,\n  carol@example.com\n\
+Bcc: secret@example.com,\n\thidden@example.com\n\
+Cc: \"Dave D\" <dave@example.com>\n\
+Subject: t\n\
+\n\
+To: not-a-header@example.com\n\
+Bcc: body@example.com\n";
+    let (code, err) = sendmail(&s, &["-t", "-i", "extra@example.org"], input);
+    assert_eq!(code, 0, "{err}");
+    let qf = take_one(&s);
+    assert_eq!(
+        rcpts(&qf),
+        vec![
+            ("extra@example.org".into(), false),
+            ("bob@example.net".into(), true),
+            ("carol@example.com".into(), true),
+            ("secret@example.com".into(), true),
+            ("hidden@example.com".into(), true),
+            ("dave@example.com".into(), true),
+        ]
+    );
+    assert_eq!(
+        text(&lines(&qf)),
+        vec![
+            "From: a@example.org",
+            "To: Bob <bob@example.net>,",
+            "  carol@example.com",
+            "Cc: \"Dave D\" <dave@example.com>",
+            "Subject: t",
+            "",
+            "To: not-a-header@example.com",
+            "Bcc: body@example.com",
+        ]
+    );
+
+    // Resent-* headers, when present, replace To/Cc/Bcc.
+    let (code, err) = sendmail(
+        &s,
+        &["-t"],
+        b"To: old@example.net\nResent-To: new@example.net\nResent-Bcc: rb@example.net\n\nbody\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    let qf = take_one(&s);
+    assert_eq!(
+        rcpts(&qf),
+        vec![
+            ("new@example.net".into(), true),
+            ("rb@example.net".into(), true)
+        ]
+    );
+    assert_eq!(
+        text(&lines(&qf)),
+        vec![
+            "To: old@example.net",
+            "Resent-To: new@example.net",
+            "",
+            "body"
+        ]
+    );
+}
+
+#[test]
+fn no_recipients_is_a_usage_error() {
+    let s = setup("norcpt", "", true);
+    let (code, err) = sendmail(&s, &["-t"], b"Subject: none\n\nbody\n");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("No recipient addresses found in message header"),
+        "{err}"
+    );
+    assert!(err.starts_with("sendmail: fatal: "), "{err}");
+    let (code, err) = sendmail(&s, &[], b"Subject: none\n\nbody\n");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(
+            "Recipient addresses must be specified on the command line or via the -t option"
+        ),
+        "{err}"
+    );
+    // Nothing left behind, not even an incomplete file.
+    assert!(maildrop_files(&s).is_empty());
+}
+
+#[test]
+fn missing_queue_directory_is_a_temporary_failure() {
+    let s = setup("noqueue", "", false);
+    let (code, err) = sendmail(&s, &["bob@example.net"], b"x\n");
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("facteur set-permissions"), "{err}");
+    assert!(err.contains("maildrop"), "{err}");
+    assert!(
+        err.contains("No such file or directory") && !err.contains("os error"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsupported_modes_say_so() {
+    let s = setup("modes", "", true);
+    for args in [
+        &["-bp"][..],
+        &["-bi"],
+        &["-bs"],
+        &["-q"],
+        &["-q1h"],
+        &["-I"],
+    ] {
+        let (code, err) = sendmail(&s, args, b"");
+        assert_eq!(code, 69, "{args:?}: {err}");
+        assert!(err.contains("not supported"), "{args:?}: {err}");
+    }
+    let (code, err) = sendmail(&s, &["-Z"], b"");
+    assert_eq!(code, 64, "{err}");
+    assert!(maildrop_files(&s).is_empty());
+}
+
+#[test]
+fn long_line_round_trips() {
+    let s = setup("long", "", true);
+    let big: Vec<u8> = (0..(1usize << 20)).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut input = b"Subject: big\n\n".to_vec();
+    input.extend_from_slice(&big);
+    input.extend_from_slice(b"\r\nend");
+    let (code, err) = sendmail(&s, &["bob@example.net"], &input);
+    assert_eq!(code, 0, "{err}");
+    let qf = take_one(&s);
+    let got = lines(&qf);
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[2], big);
+    // The last line had no line end; it is stored as a line.
+    assert_eq!(got[3], b"end");
+}
+
+#[test]
+fn oversize_message_is_refused() {
+    let s = setup("size", "message_size_limit = 1000\n", true);
+    let input = vec![b'x'; 5000];
+    let (code, err) = sendmail(&s, &["bob@example.net"], &input);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("message file too big"), "{err}");
+    assert!(maildrop_files(&s).is_empty());
+    let (code, err) = sendmail(&s, &["bob@example.net"], b"small\n");
+    assert_eq!(code, 0, "{err}");
+    take_one(&s);
+}
