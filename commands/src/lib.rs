@@ -3,6 +3,7 @@
 
 pub mod facteur;
 pub mod postalias;
+pub mod postcat;
 pub mod postconf;
 pub mod postmap;
 pub mod sendmail;

@@ -1,0 +1,5 @@
+//! postcat(1): see `facteur_commands::postcat`.
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(facteur_commands::postcat::main(args));
+}

@@ -1,0 +1,461 @@
+//! postcat(1): print a Facteur queue file the way Postfix's postcat prints
+//! a Postfix queue file: the same section markers, the same record labels
+//! (`RecordType::label`), the same `-o` (`%9lu `) and `-d` (`%3d `)
+//! prefixes. See `docs/man/postcat.1.md`.
+//!
+//! ```text
+//! postcat [-bdehoqv] [-c config_dir] [files...]
+//! ```
+//!
+//! The file is read record by record with libmail's bounded
+//! [`RecordReader`], so a damaged file is printed up to the damage and
+//! then reported (`postcat: fatal: FILE: ...`, exit 1); no input panics.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use libmail::cli::{getopt, Opt};
+use libmail::config::maincf::MainCf;
+use libmail::config::params::Params;
+use libmail::config::{self, Severity};
+use libmail::queue::record::{RecordReader, SIZE_RECORD_LEN};
+use libmail::queue::{Incomplete, SizeRecord};
+use libmail::queue::{Limits, Queue, QueueId, QueueLayout, ReadError, RecordType, Section};
+
+const USAGE: &str = "usage: postcat [-bdehoqv] [-c config_dir] [file(s)...]";
+
+/// The queues `-q` searches, in Postfix's order.
+const SEARCH: [Queue; 6] = [
+    Queue::Maildrop,
+    Queue::Incoming,
+    Queue::Active,
+    Queue::Deferred,
+    Queue::Hold,
+    Queue::Saved,
+];
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Flags {
+    env: bool,
+    header: bool,
+    body: bool,
+    offset: bool,
+    dec: bool,
+    verbose: bool,
+}
+
+/// A fatal error: the text after `postcat: fatal: `.
+struct Fatal(String);
+
+pub fn main(args: Vec<String>) -> i32 {
+    if args.iter().any(|a| a == "--help") {
+        println!("{USAGE}");
+        return 0;
+    }
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let r = run(&args, &mut out);
+    let flushed = out.flush();
+    match r {
+        Ok(()) => match flushed {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("postcat: fatal: write error: {}", errtext(&e));
+                1
+            }
+        },
+        Err(Fatal(msg)) => {
+            eprintln!("postcat: fatal: {msg}");
+            1
+        }
+    }
+}
+
+/// An I/O error the way strerror(3) says it.
+fn errtext(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn run(args: &[String], out: &mut impl Write) -> Result<(), Fatal> {
+    let parsed = getopt(args, "bc:dehoqv").map_err(|e| Fatal(format!("{e}\n{USAGE}")))?;
+    let mut f = Flags::default();
+    let mut by_id = false;
+    let mut config_dir = None;
+    for o in &parsed.opts {
+        match o {
+            Opt::Flag('b') => f.body = true,
+            Opt::Flag('d') => f.dec = true,
+            Opt::Flag('e') => f.env = true,
+            Opt::Flag('h') => f.header = true,
+            Opt::Flag('o') => f.offset = true,
+            Opt::Flag('q') => by_id = true,
+            Opt::Flag('v') => f.verbose = true,
+            Opt::WithArg('c', d) => config_dir = Some(d.clone()),
+            _ => return Err(Fatal(USAGE.to_string())),
+        }
+    }
+    if !(f.env || f.header || f.body) {
+        f.env = true;
+        f.header = true;
+        f.body = true;
+    }
+    let wr = |e: io::Error| Fatal(format!("write error: {}", errtext(&e)));
+    if by_id {
+        if parsed.operands.is_empty() {
+            return Err(Fatal(USAGE.to_string()));
+        }
+        let layout = load_layout(config_dir.as_deref())?;
+        for name in &parsed.operands {
+            let id =
+                QueueId::parse(name).map_err(|_| Fatal(format!("bad mail queue ID: {name}")))?;
+            let Some((_, path)) = layout.find(&id, &SEARCH) else {
+                return Err(Fatal(format!(
+                    "open queue file {name}: No such file or directory"
+                )));
+            };
+            let shown = path
+                .strip_prefix(layout.root())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|_| path.clone());
+            print_file(&path, &shown, f, out)?;
+        }
+    } else if parsed.operands.is_empty() {
+        return Err(Fatal(
+            "reading a queue file from standard input is not supported; name a file or use -q"
+                .to_string(),
+        ));
+    } else {
+        for name in &parsed.operands {
+            let p = PathBuf::from(name);
+            print_file(&p, &p, f, out)?;
+        }
+    }
+    out.flush().map_err(wr)
+}
+
+fn load_layout(config_dir: Option<&str>) -> Result<QueueLayout, Fatal> {
+    let dir = config::config_directory(config_dir);
+    let (main, diags) = MainCf::load(&dir);
+    if let Some(d) = diags.iter().find(|d| d.severity == Severity::Error) {
+        return Err(Fatal(d.located()));
+    }
+    let params = Params::new(&dir, main);
+    QueueLayout::from_params(&params).map_err(Fatal)
+}
+
+/// `asctime(localtime(t))` without the newline: `Wed Nov 25 16:22:47 2026`.
+fn asctime(t: libc::time_t) -> Option<String> {
+    // SAFETY: tm is plain data; localtime_r only writes into it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return None;
+    }
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    Some(format!(
+        "{} {}{:3} {:02}:{:02}:{:02} {}",
+        DAYS.get(tm.tm_wday as usize)?,
+        MONTHS.get(tm.tm_mon as usize)?,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        i64::from(tm.tm_year) + 1900
+    ))
+}
+
+/// Is `line` a header line (`name:`), as Postfix's is_header() sees it?
+fn is_header(line: &[u8]) -> bool {
+    let mut n = 0;
+    for (i, &c) in line.iter().enumerate() {
+        match c {
+            b':' => return n > 0 && i == n,
+            b' ' | b'\t' => {
+                // "name  :" is a header too; anything else after the
+                // blanks is not.
+                return n > 0
+                    && line[i..].iter().find(|&&c| c != b' ' && c != b'\t') == Some(&b':');
+            }
+            33..=126 => n += 1,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Where in the content we are, for -h/-b.
+#[derive(PartialEq, Clone, Copy)]
+enum Part {
+    Header,
+    Body,
+}
+
+fn print_file(path: &Path, shown: &Path, f: Flags, out: &mut impl Write) -> Result<(), Fatal> {
+    let name = shown.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Fatal(format!("open {name}: {}", errtext(&e))))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Fatal(format!("fstat {name}: {}", errtext(&e))))?;
+    if !meta.is_file() {
+        return Err(Fatal(format!("{name}: not a regular file")));
+    }
+    let wr = |e: io::Error| Fatal(format!("write error: {}", errtext(&e)));
+    let len = meta.len();
+    if meta.mode() & 0o100 == 0 {
+        // Postfix prints such files without comment; say what it is.
+        let _ = out.flush();
+        eprintln!(
+            "postcat: warning: {name}: {}",
+            ReadError::Incomplete(Incomplete::NotMarkedComplete)
+        );
+    }
+    let r = print_records(&file, len, &name, f, out);
+    match r {
+        Ok(()) => Ok(()),
+        Err(Err(e)) => Err(wr(e)),
+        Err(Ok(e)) => {
+            out.flush().map_err(wr)?;
+            Err(Fatal(format!("{name}: {e}")))
+        }
+    }
+}
+
+/// Ok(read error) or Err(write error).
+type PrintErr = Result<ReadError, io::Error>;
+
+fn rerr(e: ReadError) -> PrintErr {
+    Ok(e)
+}
+
+fn corrupt(offset: u64, reason: &str) -> PrintErr {
+    Ok(ReadError::Corrupt {
+        offset,
+        reason: reason.to_string(),
+    })
+}
+
+fn print_records(
+    file: &File,
+    len: u64,
+    name: &str,
+    f: Flags,
+    out: &mut impl Write,
+) -> Result<(), PrintErr> {
+    let limits = Limits::default();
+    let mut b = [0u8; 1];
+    if len > 0
+        && std::os::unix::fs::FileExt::read_at(file, &mut b, 0).map_err(|e| Ok(e.into()))? == 1
+        && b[0] != RecordType::Size.byte()
+    {
+        return Err(corrupt(0, "not a Facteur queue file (no size record)"));
+    }
+    let mut rd = RecordReader::new(file, len, 0, len, &limits);
+    let marker = |out: &mut dyn Write, s: Section, off: Option<u64>| -> io::Result<()> {
+        if let Some(o) = off {
+            write!(out, "{o:9} ")?;
+        }
+        writeln!(out, "*** {} {name} ***", s.postcat_title())
+    };
+    if f.env {
+        marker(out, Section::Envelope, None).map_err(Err)?;
+    }
+    let mut section = Section::Envelope;
+    let mut part = Part::Header;
+    // A content line split into L records: its start offset and bytes.
+    let mut line: Vec<u8> = Vec::new();
+    let mut line_start: Option<u64> = None;
+    let mut first = true;
+    let mut size: Option<SizeRecord> = None;
+    loop {
+        let rec = match rd.next_record() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(ReadError::Incomplete(Incomplete::Truncated { file_len, expected })) => {
+                // The size record knows the real length.
+                let expected = size
+                    .map_or(SIZE_RECORD_LEN as u64, |s| s.end_offset + 10)
+                    .max(expected);
+                return Err(Ok(ReadError::Incomplete(Incomplete::Truncated {
+                    file_len,
+                    expected,
+                })));
+            }
+            Err(e) => return Err(rerr(e)),
+        };
+        let (off, kind) = (rec.offset, rec.kind);
+        if first {
+            first = false;
+            if kind != RecordType::Size || rec.payload.len() + 2 != SIZE_RECORD_LEN {
+                return Err(corrupt(0, "not a Facteur queue file (no size record)"));
+            }
+            match SizeRecord::decode(rec.payload) {
+                Ok(s) => size = Some(s),
+                Err(e) => return Err(corrupt(0, e)),
+            }
+        } else if kind == RecordType::Size {
+            return Err(corrupt(off, "size record not at offset 0"));
+        }
+        let prefix = |out: &mut dyn Write| -> io::Result<()> {
+            if f.offset {
+                write!(out, "{off:9} ")?;
+            }
+            if f.dec {
+                write!(out, "{:3} ", kind.byte())?;
+            }
+            Ok(())
+        };
+        if let Some(s) = kind.starts_section() {
+            if section == Section::Content && line_start.is_some() {
+                return Err(corrupt(off, "content ends inside a line"));
+            }
+            let expected = match section {
+                Section::Envelope => Section::Content,
+                Section::Content => Section::Extracted,
+                Section::Extracted => Section::End,
+                Section::End => return Err(corrupt(off, "record after the end record")),
+            };
+            if s != expected {
+                return Err(corrupt(off, "section records out of order"));
+            }
+            section = s;
+            if f.env {
+                (|| -> io::Result<()> {
+                    prefix(out)?;
+                    writeln!(out, "*** {} {name} ***", s.postcat_title())
+                })()
+                .map_err(Err)?;
+            }
+            if s == Section::End {
+                if let Some(sz) = size {
+                    if off != sz.end_offset || len != sz.end_offset + 10 {
+                        return Err(corrupt(off, "end record not where the size record says"));
+                    }
+                }
+                if rd.offset() != len {
+                    return Err(corrupt(rd.offset(), "data after the end record"));
+                }
+            }
+            continue;
+        }
+        if section == Section::End {
+            return Err(corrupt(off, "record after the end record"));
+        }
+        match kind {
+            RecordType::Normal | RecordType::Cont => {
+                if section != Section::Content {
+                    return Err(corrupt(off, "content record outside the content"));
+                }
+                if line_start.is_none() {
+                    line_start = Some(off);
+                }
+                line.extend_from_slice(rec.payload);
+                if line.len() > limits.max_record_len * 16 {
+                    return Err(corrupt(off, "content line too long"));
+                }
+                if kind == RecordType::Cont {
+                    continue;
+                }
+                let start = line_start.take().unwrap_or(off);
+                if part == Part::Header
+                    && !(is_header(&line) || (matches!(line.first(), Some(b' ' | b'\t'))))
+                {
+                    part = Part::Body;
+                }
+                let show = match part {
+                    Part::Header => f.header,
+                    Part::Body => f.body,
+                };
+                if show {
+                    (|| -> io::Result<()> {
+                        if f.offset {
+                            write!(out, "{start:9} ")?;
+                        }
+                        if f.dec {
+                            write!(out, "{:3} ", kind.byte())?;
+                        }
+                        if f.verbose {
+                            write!(out, "{}: ", kind.label())?;
+                        }
+                        out.write_all(&line)?;
+                        out.write_all(b"\n")
+                    })()
+                    .map_err(Err)?;
+                }
+                line.clear();
+            }
+            _ => {
+                if section == Section::Content {
+                    return Err(corrupt(off, "envelope record inside the content"));
+                }
+                if !f.env {
+                    continue;
+                }
+                let text = rec.text().map_err(rerr)?;
+                let value = match kind {
+                    RecordType::Size => text.to_string(),
+                    RecordType::Time => {
+                        let secs = text.split(' ').next().unwrap_or("");
+                        match secs.parse::<libc::time_t>().ok().and_then(asctime) {
+                            Some(t) => t,
+                            None => return Err(corrupt(off, "bad arrival time")),
+                        }
+                    }
+                    _ => text.to_string(),
+                };
+                (|| -> io::Result<()> {
+                    prefix(out)?;
+                    writeln!(out, "{}: {value}", kind.label())
+                })()
+                .map_err(Err)?;
+            }
+        }
+    }
+    if first {
+        return Err(Ok(ReadError::Incomplete(Incomplete::Truncated {
+            file_len: len,
+            expected: SIZE_RECORD_LEN as u64,
+        })));
+    }
+    if section != Section::End {
+        let expected = size.map_or(len + 1, |s| s.end_offset + 10);
+        return Err(Ok(ReadError::Incomplete(Incomplete::Truncated {
+            file_len: len,
+            expected: expected.max(len + 1),
+        })));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers() {
+        assert!(is_header(b"Subject: hi"));
+        assert!(is_header(b"Subject : hi"));
+        assert!(!is_header(b""));
+        assert!(!is_header(b"Hello."));
+        assert!(!is_header(b":x"));
+        assert!(!is_header(b"a b: c"));
+    }
+
+    #[test]
+    fn time_format() {
+        let t = asctime(0).unwrap();
+        assert_eq!(t.len(), 24, "{t}");
+    }
+}
