@@ -324,8 +324,9 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
         }
     };
 
-    // Envelope, in Postfix's order.
+    // Envelope, in Postfix's order (postdrop writes the arrival time first).
     (|| -> io::Result<()> {
+        w.arrival_time(std::time::SystemTime::now())?;
         if let Some(envid) = &opts.dsn_envid {
             w.dsn_envid(envid)?;
         }

@@ -22,9 +22,6 @@
 //! * `dsn_notify_flags: N` becomes `named_attribute: notify_flags=N`:
 //!   Postfix 3.7 stores NOTIFY as a named attribute, Facteur as the `n`
 //!   record, which Postfix labels `dsn_notify_flags` (queue-format.md §12);
-//! * `message_arrival_time` is moved to the top of the envelope: postcat
-//!   prints records in file order, and Facteur's writer puts `T` after the
-//!   recipients where postdrop puts it first;
 //! * with `-o`, the `%9lu ` prefix is checked (9 columns, a space, offsets
 //!   strictly increasing, the `M` marker at `data_offset - 2`) and then
 //!   removed: record offsets depend on the format (Facteur's `C` record
@@ -250,7 +247,6 @@ fn check_size_line(line: &str, file: &std::path::Path) {
 /// The normalisation described in the module comment.
 fn normalise(out: &str, shown: &str, id: &str, file: &std::path::Path) -> String {
     let mut lines: Vec<String> = Vec::new();
-    let mut time_line = None;
     for line in out.lines() {
         let line = line.replace(shown, "<FILE>").replace(id, "<ID>");
         if line.starts_with("message_size:") {
@@ -259,7 +255,7 @@ fn normalise(out: &str, shown: &str, id: &str, file: &std::path::Path) -> String
         }
         if let Some(t) = line.strip_prefix("message_arrival_time: ") {
             assert!(is_asctime(t), "{line:?}");
-            time_line = Some("message_arrival_time: <TIME>".to_string());
+            lines.push("message_arrival_time: <TIME>".to_string());
             continue;
         }
         if let Some(n) = line.strip_prefix("dsn_notify_flags: ") {
@@ -267,10 +263,6 @@ fn normalise(out: &str, shown: &str, id: &str, file: &std::path::Path) -> String
             continue;
         }
         lines.push(line);
-    }
-    if let Some(t) = time_line {
-        let at = usize::from(lines.first().is_some_and(|l| l.starts_with("*** ENVELOPE")));
-        lines.insert(at, t);
     }
     let mut s = lines.join("\n");
     s.push('\n');
