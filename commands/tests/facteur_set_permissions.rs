@@ -6,6 +6,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+mod common;
+
 fn run(dir: &str) -> (i32, Vec<String>) {
     let out = Command::new(env!("CARGO_BIN_EXE_facteur"))
         .args(["-c", dir, "set-permissions"])
@@ -24,26 +26,8 @@ fn mode(p: &std::path::Path) -> u32 {
 
 #[test]
 fn creates_then_repairs_the_queue_directory() {
-    let top = std::env::temp_dir().join(format!("facteur-setperm-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&top);
-    let etc = top.join("etc");
-    fs::create_dir_all(&etc).unwrap();
-    let queue = top.join("queue");
-    // The running user owns everything (as root, "root" exists everywhere).
-    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
-    let group = String::from_utf8(Command::new("id").arg("-gn").output().unwrap().stdout).unwrap();
-    fs::write(
-        etc.join("main.cf"),
-        format!(
-            "queue_directory = {}\nmail_owner = {}\nsetgid_group = {}\n",
-            queue.display(),
-            user.trim(),
-            group.trim()
-        ),
-    )
-    .unwrap();
-    fs::write(etc.join("master.cf"), "").unwrap();
-    let etc = etc.to_str().unwrap();
+    let s = common::setup("setperm", "", false);
+    let (queue, etc) = (&s.queue, s.etc.as_str());
 
     let (code, lines) = run(etc);
     assert_eq!(code, 0, "{lines:#?}");
@@ -74,7 +58,6 @@ fn creates_then_repairs_the_queue_directory() {
     assert_eq!(mode(&queue.join("active")), 0o700);
     assert_eq!(lines.len(), 1, "{lines:#?}");
     assert!(lines[0].contains("mode 0777 -> 0700"), "{lines:#?}");
-    fs::remove_dir_all(&top).unwrap();
 }
 
 /// As root the queue is handed to `mail_owner`, so an unknown one is a

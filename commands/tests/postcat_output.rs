@@ -124,44 +124,11 @@ regular_text: Second line.
 /// but the first marker (printed before any record is read).
 const GOLDEN_O_UNPREFIXED: usize = 1;
 
-struct Setup {
-    top: PathBuf,
-    etc: String,
-    queue: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.top);
-    }
-}
+mod common;
+use common::Setup;
 
 fn setup(name: &str) -> Setup {
-    let top = std::env::temp_dir().join(format!("facteur-postcat-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&top);
-    let etc = top.join("etc");
-    fs::create_dir_all(&etc).unwrap();
-    let queue = top.join("queue");
-    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
-    let group = String::from_utf8(Command::new("id").arg("-gn").output().unwrap().stdout).unwrap();
-    fs::write(
-        etc.join("main.cf"),
-        format!(
-            "queue_directory = {}\nmail_owner = {}\nsetgid_group = {}\n",
-            queue.display(),
-            user.trim(),
-            group.trim()
-        ),
-    )
-    .unwrap();
-    fs::write(etc.join("master.cf"), "").unwrap();
-    let etc = etc.to_str().unwrap().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_facteur"))
-        .args(["-c", &etc, "set-permissions"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    Setup { top, etc, queue }
+    common::setup(&format!("postcat-{name}"), "", true)
 }
 
 /// Submits [`INPUT`] as in the capture; returns the queue ID and path.

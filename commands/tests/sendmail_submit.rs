@@ -10,47 +10,8 @@ use std::process::{Command, Stdio};
 use libmail::queue::file::{QueueFile, DSN_NOTIFY_DELAY, DSN_NOTIFY_FAILURE};
 use libmail::queue::{Access, Limits};
 
-struct Setup {
-    top: PathBuf,
-    etc: String,
-    queue: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.top);
-    }
-}
-
-fn setup(name: &str, extra: &str, create_queue: bool) -> Setup {
-    let top = std::env::temp_dir().join(format!("facteur-sendmail-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&top);
-    let etc = top.join("etc");
-    fs::create_dir_all(&etc).unwrap();
-    let queue = top.join("queue");
-    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
-    let group = String::from_utf8(Command::new("id").arg("-gn").output().unwrap().stdout).unwrap();
-    fs::write(
-        etc.join("main.cf"),
-        format!(
-            "queue_directory = {}\nmail_owner = {}\nsetgid_group = {}\n{extra}",
-            queue.display(),
-            user.trim(),
-            group.trim()
-        ),
-    )
-    .unwrap();
-    fs::write(etc.join("master.cf"), "").unwrap();
-    let etc = etc.to_str().unwrap().to_string();
-    if create_queue {
-        let out = Command::new(env!("CARGO_BIN_EXE_facteur"))
-            .args(["-c", &etc, "set-permissions"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
-    Setup { top, etc, queue }
-}
+mod common;
+use common::{setup, Setup};
 
 /// Runs sendmail with `-C etc` and `args`, `input` on stdin.
 fn sendmail(s: &Setup, args: &[&str], input: &[u8]) -> (i32, String) {
@@ -132,7 +93,7 @@ fn login() -> String {
 
 #[test]
 fn submits_sender_recipients_and_content() {
-    let s = setup("basic", "", true);
+    let s = setup("sendmail-basic", "", true);
     let (code, err) = sendmail(
         &s,
         &[
@@ -183,7 +144,7 @@ fn submits_sender_recipients_and_content() {
 
 #[test]
 fn dot_ends_input_unless_i() {
-    let s = setup("dot", "", true);
+    let s = setup("sendmail-dot", "", true);
     let input = b"Subject: dot\n\nbefore\n.\nafter\n";
     let (code, err) = sendmail(&s, &["bob@example.net"], input);
     assert_eq!(code, 0, "{err}");
@@ -208,7 +169,7 @@ fn dot_ends_input_unless_i() {
 
 #[test]
 fn extracts_header_recipients_and_strips_bcc() {
-    let s = setup("t", "", true);
+    let s = setup("sendmail-t", "", true);
     let input = b"From: a@example.org\n\
 To: Bob <bob@example.net>,\n  carol@example.com\n\
 Bcc: secret@example.com,\n\thidden@example.com\n\
@@ -273,7 +234,7 @@ Bcc: body@example.com\n";
 
 #[test]
 fn no_recipients_is_a_usage_error() {
-    let s = setup("norcpt", "", true);
+    let s = setup("sendmail-norcpt", "", true);
     let (code, err) = sendmail(&s, &["-t"], b"Subject: none\n\nbody\n");
     assert_eq!(code, 64, "{err}");
     assert!(
@@ -295,7 +256,7 @@ fn no_recipients_is_a_usage_error() {
 
 #[test]
 fn missing_queue_directory_is_a_temporary_failure() {
-    let s = setup("noqueue", "", false);
+    let s = setup("sendmail-noqueue", "", false);
     let (code, err) = sendmail(&s, &["bob@example.net"], b"x\n");
     assert_eq!(code, 75, "{err}");
     assert!(err.contains("facteur set-permissions"), "{err}");
@@ -308,7 +269,7 @@ fn missing_queue_directory_is_a_temporary_failure() {
 
 #[test]
 fn unsupported_modes_say_so() {
-    let s = setup("modes", "", true);
+    let s = setup("sendmail-modes", "", true);
     for args in [
         &["-bp"][..],
         &["-bi"],
@@ -328,7 +289,7 @@ fn unsupported_modes_say_so() {
 
 #[test]
 fn long_line_round_trips() {
-    let s = setup("long", "", true);
+    let s = setup("sendmail-long", "", true);
     let big: Vec<u8> = (0..(1usize << 20)).map(|i| b'a' + (i % 26) as u8).collect();
     let mut input = b"Subject: big\n\n".to_vec();
     input.extend_from_slice(&big);
@@ -345,7 +306,7 @@ fn long_line_round_trips() {
 
 #[test]
 fn oversize_message_is_refused() {
-    let s = setup("size", "message_size_limit = 1000\n", true);
+    let s = setup("sendmail-size", "message_size_limit = 1000\n", true);
     let input = vec![b'x'; 5000];
     let (code, err) = sendmail(&s, &["bob@example.net"], &input);
     assert_eq!(code, 69, "{err}");
