@@ -32,6 +32,10 @@ use libmail::queue::file::{
 };
 use libmail::queue::{IdStyle, NewRecipient, Queue, QueueLayout, Writer};
 
+/// Longest piece of an input line held in memory; longer lines are
+/// streamed to the queue file in pieces of this size.
+const MAX_HELD_LINE: usize = 1 << 20;
+
 /// sysexits(3).
 pub const EX_OK: i32 = 0;
 pub const EX_USAGE: i32 = 64;
@@ -383,14 +387,19 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
     };
     let mut line = Vec::new();
     let mut total: u64 = 0;
+    // Set while a line longer than MAX_HELD_LINE is being streamed.
+    let mut in_long_line = false;
     loop {
         line.clear();
-        let n = input.read_until(b'\n', &mut line).map_err(|e| {
-            Fatal(
-                EX_DATAERR,
-                format!("{who}: error reading input: {}", errtext(&e)),
-            )
-        })?;
+        let n = (&mut input)
+            .take(MAX_HELD_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| {
+                Fatal(
+                    EX_DATAERR,
+                    format!("{who}: error reading input: {}", errtext(&e)),
+                )
+            })?;
         if n == 0 {
             break;
         }
@@ -400,10 +409,33 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
         }
         if line.last() == Some(&b'\n') {
             line.pop();
+        } else if n == MAX_HELD_LINE {
+            // More of this line follows: stream this part as it is, so no
+            // line is ever held whole (message_size_limit = 0 allows any
+            // size). Such a line is content, never a header to parse.
+            copier.end_header();
+            copier.in_header = false;
+            copier.skip_from = false;
+            w.content_part(&line).map_err(write_err)?;
+            in_long_line = true;
+            continue;
+        }
+        if in_long_line {
+            in_long_line = false;
+            if copier.strip_cr == StripCr::Do {
+                while line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            w.content_line(&line).map_err(write_err)?;
+            continue;
         }
         if !copier.line(&mut w, &mut line).map_err(write_err)? {
             break;
         }
+    }
+    if in_long_line {
+        w.content_line(b"").map_err(write_err)?;
     }
     copier.end_header();
 

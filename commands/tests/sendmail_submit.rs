@@ -304,6 +304,35 @@ fn long_line_round_trips() {
     assert_eq!(got[3], b"end");
 }
 
+/// With no size limit, lines far longer than the piece sendmail holds in
+/// memory (1 MiB) are streamed and stored intact, CRLF handled.
+#[test]
+fn unlimited_size_streams_very_long_lines() {
+    let s = setup("sendmail-huge", "message_size_limit = 0\n", true);
+    let big: Vec<u8> = (0..(3usize << 20) + 12345)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let exact: Vec<u8> = vec![b'x'; 1 << 20];
+    let mut input = b"Subject: huge\r\n\r\n".to_vec();
+    input.extend_from_slice(&big);
+    input.extend_from_slice(b"\r\n");
+    input.extend_from_slice(&exact);
+    input.extend_from_slice(b"\r\nlast\r\n");
+    let (code, err) = sendmail(&s, &["bob@example.net"], &input);
+    assert_eq!(code, 0, "{err}");
+    let got = lines(&take_one(&s));
+    assert_eq!(
+        got.len(),
+        5,
+        "{:?}",
+        got.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(got[0], b"Subject: huge");
+    assert_eq!(got[2], big);
+    assert_eq!(got[3], exact);
+    assert_eq!(got[4], b"last");
+}
+
 #[test]
 fn oversize_message_is_refused() {
     let s = setup("sendmail-size", "message_size_limit = 1000\n", true);
