@@ -138,12 +138,13 @@ pub fn check_diagnostics(config_dir: &str) -> Vec<Diagnostic> {
 /// `mail_owner`, with `setgid_group` on maildrop and public). Each change
 /// is reported on its own line.
 fn set_permissions(config_dir: &str) -> i32 {
-    let (main, diags) = MainCf::load(config_dir);
-    if let Some(d) = diags.iter().find(|d| d.severity == Severity::Error) {
-        eprintln!("facteur: fatal: {}", d.located());
-        return 1;
-    }
-    let params = Params::new(config_dir, main);
+    let params = match Params::load(config_dir) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("facteur: fatal: {}", d.located());
+            return 1;
+        }
+    };
     let layout = match libmail::queue::dirs::QueueLayout::from_params(&params) {
         Ok(l) => l,
         Err(e) => {
@@ -213,12 +214,13 @@ fn group_id(name: &str) -> Option<u32> {
 /// `status`: running when `$queue_directory/pid/master.pid` names a live
 /// process.
 fn status(config_dir: &str) -> i32 {
-    let (main, diags) = MainCf::load(config_dir);
-    if let Some(d) = diags.iter().find(|d| d.severity == Severity::Error) {
-        eprintln!("facteur: fatal: {}", d.located());
-        return 1;
-    }
-    let params = Params::new(config_dir, main);
+    let params = match Params::load(config_dir) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("facteur: fatal: {}", d.located());
+            return 1;
+        }
+    };
     let name = params
         .value("mail_name")
         .unwrap_or_else(|_| "Postfix".into());

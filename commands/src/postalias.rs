@@ -27,7 +27,6 @@ use std::io;
 
 use libmail::cli::getopt;
 use libmail::config;
-use libmail::config::maincf::MainCf;
 use libmail::config::params::{split_list, Params};
 use libmail::table::indexed::{OnDuplicate, TableWriter};
 
@@ -249,12 +248,15 @@ pub fn newaliases(args: Vec<String>) -> i32 {
     });
     let explicit = dir.or_else(|| std::env::var("MAIL_CONFIG").ok().filter(|s| !s.is_empty()));
     let config_dir = config::config_directory(explicit.as_deref());
-    let (main, diags) = MainCf::load(&config_dir);
-    if let Some(d) = diags.first() {
-        eprintln!("newaliases: fatal: {}", d.message);
-        return 1;
-    }
-    let params = Params::new(&config_dir, main);
+    // Only errors stop newaliases; main.cf warnings (an overridden entry)
+    // do not.
+    let params = match Params::load(&config_dir) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("newaliases: fatal: {}", d.located());
+            return 1;
+        }
+    };
     let tables = match params.value("alias_database") {
         Ok(v) => v,
         Err(e) => {

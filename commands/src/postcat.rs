@@ -17,9 +17,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use libmail::cli::{getopt, Opt};
-use libmail::config::maincf::MainCf;
+use libmail::config;
 use libmail::config::params::Params;
-use libmail::config::{self, Severity};
 use libmail::queue::record::{RecordReader, SIZE_RECORD_LEN};
 use libmail::queue::{Incomplete, SizeRecord};
 use libmail::queue::{Limits, Queue, QueueId, QueueLayout, ReadError, RecordType, Section};
@@ -141,11 +140,7 @@ fn run(args: &[String], out: &mut impl Write) -> Result<(), Fatal> {
 
 fn load_layout(config_dir: Option<&str>) -> Result<QueueLayout, Fatal> {
     let dir = config::config_directory(config_dir);
-    let (main, diags) = MainCf::load(&dir);
-    if let Some(d) = diags.iter().find(|d| d.severity == Severity::Error) {
-        return Err(Fatal(d.located()));
-    }
-    let params = Params::new(&dir, main);
+    let params = Params::load(&dir).map_err(|d| Fatal(d.located()))?;
     QueueLayout::from_params(&params).map_err(Fatal)
 }
 

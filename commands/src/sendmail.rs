@@ -22,10 +22,9 @@ use std::ffi::CStr;
 use std::io::{self, BufRead, Read};
 
 use libmail::cli::getopt;
+use libmail::config;
 use libmail::config::check::{parse_bool, parse_number};
-use libmail::config::maincf::MainCf;
 use libmail::config::params::Params;
-use libmail::config::{self, Severity};
 use libmail::queue::file::{
     DSN_NOTIFY_DELAY, DSN_NOTIFY_FAILURE, DSN_NOTIFY_NEVER, DSN_NOTIFY_SUCCESS, DSN_RET_FULL,
     DSN_RET_HDRS,
@@ -239,11 +238,10 @@ fn passwd_of_uid(uid: libc::uid_t) -> Option<(String, String)> {
 fn run(args: Vec<String>) -> Result<(), Fatal> {
     let opts = parse_options(&args)?;
     let config_dir = config::config_directory(opts.config_dir.as_deref());
-    let (main, diags) = MainCf::load(&config_dir);
-    if let Some(d) = diags.iter().find(|d| d.severity == Severity::Error) {
-        return fatal(EX_TEMPFAIL, d.located());
-    }
-    let params = Params::new(&config_dir, main);
+    let params = match Params::load(&config_dir) {
+        Ok(p) => p,
+        Err(d) => return fatal(EX_TEMPFAIL, d.located()),
+    };
     let value = |n: &str| params.value(n).unwrap_or_default();
 
     // SAFETY: getuid has no preconditions.

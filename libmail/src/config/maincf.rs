@@ -164,21 +164,28 @@ pub fn abbreviate(text: &str, max: usize) -> String {
     }
 }
 
-/// Split `name = value`. Errors are worded like Postfix's.
+/// Split `name = value`. Errors are worded like Postfix's, quoting the
+/// text.
 pub fn split_name_value(text: &str) -> Result<(&str, &str), String> {
-    let t = text.trim_start();
-    let name_end = t
-        .find(|c: char| c == '=' || c.is_ascii_whitespace())
-        .unwrap_or(t.len());
+    split_name_value_bare(text).map_err(|why| format!("{why}: \"{text}\""))
+}
+
+/// Split `name = value` (blanks around both are dropped); the error is
+/// Postfix's bare reason (`missing attribute name`, `missing '=' after
+/// attribute name`), for callers that word the rest themselves (master.cf
+/// `-o` options).
+pub fn split_name_value_bare(text: &str) -> Result<(&str, &str), &'static str> {
+    let blank = |c: char| c.is_ascii_whitespace() || c == '\x0b';
+    let t = text.trim_start_matches(blank);
+    let name_end = t.find(|c: char| c == '=' || blank(c)).unwrap_or(t.len());
     let name = &t[..name_end];
     if name.is_empty() {
-        return Err(format!("missing attribute name: \"{text}\""));
+        return Err("missing attribute name");
     }
-    let rest = t[name_end..].trim_start();
-    let Some(value) = rest.strip_prefix('=') else {
-        return Err(format!("missing '=' after attribute name: \"{text}\""));
+    let Some(value) = t[name_end..].trim_start_matches(blank).strip_prefix('=') else {
+        return Err("missing '=' after attribute name");
     };
-    Ok((name, value.trim()))
+    Ok((name, value.trim_matches(blank)))
 }
 
 #[cfg(test)]

@@ -588,17 +588,7 @@ fn is_space(c: char) -> bool {
 /// around the name, the `=` and the value go; the name ends at a blank or
 /// `=`. Errors are Postfix's words.
 pub fn split_nameval(s: &str) -> Result<(&str, &str), &'static str> {
-    let s = s.trim_start_matches(is_space);
-    if s.is_empty() || s.starts_with('=') {
-        return Err("missing attribute name");
-    }
-    let end = s.find(|c: char| is_space(c) || c == '=').unwrap_or(s.len());
-    let (name, rest) = s.split_at(end);
-    let rest = rest.trim_start_matches(is_space);
-    let Some(value) = rest.strip_prefix('=') else {
-        return Err("missing '=' after attribute name");
-    };
-    Ok((name, value.trim_matches(is_space)))
+    super::maincf::split_name_value_bare(s)
 }
 
 /// Something [`normalize_args`] had to say about an argument.

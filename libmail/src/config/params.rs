@@ -72,6 +72,21 @@ impl Params {
         }
     }
 
+    /// Read `DIR/main.cf` and build the parameter set, as every program but
+    /// postconf does at start: the first error (unreadable file, malformed
+    /// line) is returned; warnings are not (postconf and `facteur check`
+    /// report those).
+    pub fn load(config_dir: &str) -> Result<Params, super::Diagnostic> {
+        let (main, diags) = MainCf::load(config_dir);
+        if let Some(d) = diags
+            .into_iter()
+            .find(|d| d.severity == super::Severity::Error)
+        {
+            return Err(d);
+        }
+        Ok(Params::new(config_dir, main))
+    }
+
     /// Only built-in defaults (`postconf -d`).
     pub fn defaults(config_dir: &str) -> Params {
         let mut p = Params::new(config_dir, MainCf::default());
@@ -537,6 +552,20 @@ mod tests {
         let mut p = Params::defaults("/etc/postfix");
         p.main = cf;
         assert_eq!(p.value("relayhost").unwrap(), "");
+    }
+
+    #[test]
+    fn load_stops_on_errors_not_on_warnings() {
+        let dir = std::env::temp_dir().join(format!("facteur-params-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        std::fs::write(dir.join("main.cf"), "relayhost = a\nrelayhost = b\n").unwrap();
+        assert_eq!(Params::load(d).unwrap().value("relayhost").unwrap(), "b");
+        std::fs::write(dir.join("main.cf"), "ok = 1\nbroken line\n").unwrap();
+        let e = Params::load(d).err().unwrap();
+        assert_eq!(e.line, Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(Params::load(d).is_err(), "a missing main.cf is an error");
     }
 
     #[test]
