@@ -7,5 +7,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod deliver;
+pub mod ipc;
+pub mod log;
 pub mod queue;
+pub mod service;
 pub mod table;

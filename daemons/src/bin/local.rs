@@ -1,0 +1,4 @@
+//! The local daemon; see `facteur_daemons::local`.
+fn main() {
+    facteur_daemons::local::main()
+}

@@ -1,0 +1,4 @@
+//! The qmgr daemon; see `facteur_daemons::qmgr`.
+fn main() {
+    facteur_daemons::qmgr::main()
+}

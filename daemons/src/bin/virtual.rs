@@ -1,0 +1,4 @@
+//! The virtual daemon; see `facteur_daemons::virtual_agent`.
+fn main() {
+    facteur_daemons::virtual_agent::main()
+}

@@ -1,0 +1,5 @@
+//! The virtual daemon (being written).
+
+pub fn main() {
+    libmail::log::fatal("virtual: not built yet")
+}

@@ -1,0 +1,1 @@
+//! The resolve half of trivial-rewrite: placeholder, written next.

@@ -1,0 +1,359 @@
+//! Delivery requests: what qmgr asks a delivery agent (local, virtual,
+//! error, discard, later smtp and lmtp) to do, what the agent answers for
+//! each recipient, and the `to=<...>, relay=..., status=...` log line
+//! every agent writes in Postfix's exact shape.
+//!
+//! ```text
+//! qmgr connects to private/TRANSPORT (the master.cf service name)
+//! qmgr  -> agent   request list (Request::to_attrs)
+//! agent -> qmgr    reply list: for each recipient, in request order,
+//!                  offset=N status=sent|deferred|bounced dsn=X.Y.Z reason=TEXT
+//! ```
+//!
+//! One request per connection turn; qmgr may send the next request on the
+//! same connection after the reply. The agent reads the message content
+//! from the queue file itself (`queue_name` + `queue_id`, a validated
+//! ID, so no path comes from the wire). The agent does not touch the
+//! queue file: qmgr marks recipients done from the reply, so a queue file
+//! has one writer.
+
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::ipc::attr::Attrs;
+use crate::log::format_delay;
+
+/// One recipient of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rcpt {
+    pub address: String,
+    /// Before aliasing/rewriting (`orig_to=` when it differs).
+    pub orig: Option<String>,
+    /// Its identity in the queue file (the `R` record's offset).
+    pub offset: u64,
+    pub dsn_notify: u32,
+    pub dsn_orcpt: Option<String>,
+}
+
+/// A delivery request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Request {
+    /// The queue the file is in (`active`).
+    pub queue_name: String,
+    pub queue_id: String,
+    /// The transport (master.cf service name) the request was sent to.
+    pub transport: String,
+    /// The next hop: for local/virtual the recipient domain, for smtp the
+    /// destination, for error the reason text.
+    pub nexthop: String,
+    pub sender: String,
+    /// Arrival time of the message, seconds since the epoch (fractional).
+    pub arrival: f64,
+    /// When qmgr moved the message into the active queue.
+    pub active_time: f64,
+    /// Content size in bytes.
+    pub size: u64,
+    pub dsn_envid: Option<String>,
+    pub dsn_ret: u32,
+    /// Named attributes of the message (client_name, protocol, ...).
+    pub attrs: Vec<(String, String)>,
+    pub rcpts: Vec<Rcpt>,
+}
+
+/// The outcome for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Sent,
+    Deferred,
+    Bounced,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Sent => "sent",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "sent" => Some(Status::Sent),
+            "deferred" => Some(Status::Deferred),
+            "bounced" => Some(Status::Bounced),
+            _ => None,
+        }
+    }
+}
+
+/// One recipient's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub offset: u64,
+    pub status: Status,
+    /// Enhanced status code, `2.0.0`.
+    pub dsn: String,
+    /// The text in parentheses in the log (`delivered to maildir`).
+    pub reason: String,
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+pub fn now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+impl Request {
+    pub fn to_attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        a.push("queue_name", &self.queue_name)
+            .push("queue_id", &self.queue_id)
+            .push("transport", &self.transport)
+            .push("nexthop", &self.nexthop)
+            .push("sender", &self.sender)
+            .push("arrival", format!("{:.6}", self.arrival))
+            .push("active_time", format!("{:.6}", self.active_time))
+            .push("size", self.size)
+            .push("ret", self.dsn_ret);
+        if let Some(e) = &self.dsn_envid {
+            a.push("envid", e);
+        }
+        for (n, v) in &self.attrs {
+            a.push(&format!("attr.{n}"), v);
+        }
+        for r in &self.rcpts {
+            a.push("rcpt", &r.address).push("rcpt.offset", r.offset);
+            if let Some(o) = &r.orig {
+                a.push("rcpt.orig", o);
+            }
+            if r.dsn_notify != 0 {
+                a.push("rcpt.notify", r.dsn_notify);
+            }
+            if let Some(o) = &r.dsn_orcpt {
+                a.push("rcpt.orcpt", o);
+            }
+        }
+        a
+    }
+
+    pub fn from_attrs(a: &Attrs) -> io::Result<Request> {
+        let mut req = Request::default();
+        for (n, v) in a.iter() {
+            let num = || -> io::Result<u64> { v.parse().map_err(|_| bad(format!("bad {n}"))) };
+            let float = || -> io::Result<f64> { v.parse().map_err(|_| bad(format!("bad {n}"))) };
+            match n {
+                "queue_name" => req.queue_name = v.into(),
+                "queue_id" => req.queue_id = v.into(),
+                "transport" => req.transport = v.into(),
+                "nexthop" => req.nexthop = v.into(),
+                "sender" => req.sender = v.into(),
+                "arrival" => req.arrival = float()?,
+                "active_time" => req.active_time = float()?,
+                "size" => req.size = num()?,
+                "ret" => req.dsn_ret = num()? as u32,
+                "envid" => req.dsn_envid = Some(v.into()),
+                "rcpt" => req.rcpts.push(Rcpt {
+                    address: v.into(),
+                    ..Default::default()
+                }),
+                _ if n.starts_with("rcpt.") => {
+                    let r = req
+                        .rcpts
+                        .last_mut()
+                        .ok_or_else(|| bad(format!("{n} before any rcpt")))?;
+                    match n {
+                        "rcpt.offset" => r.offset = num()?,
+                        "rcpt.orig" => r.orig = Some(v.into()),
+                        "rcpt.notify" => r.dsn_notify = num()? as u32,
+                        "rcpt.orcpt" => r.dsn_orcpt = Some(v.into()),
+                        _ => {}
+                    }
+                }
+                _ if n.starts_with("attr.") => req.attrs.push((n[5..].into(), v.into())),
+                _ => {}
+            }
+        }
+        if req.queue_id.is_empty() || req.rcpts.is_empty() {
+            return Err(bad("delivery request without queue_id or recipients"));
+        }
+        Ok(req)
+    }
+
+    /// A named attribute of the message.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Encodes the reply to a request.
+pub fn outcomes_to_attrs(outcomes: &[Outcome]) -> Attrs {
+    let mut a = Attrs::new();
+    for o in outcomes {
+        a.push("offset", o.offset)
+            .push("status", o.status.as_str())
+            .push("dsn", &o.dsn)
+            .push("reason", &o.reason);
+    }
+    a
+}
+
+/// Decodes the reply to a request.
+pub fn outcomes_from_attrs(a: &Attrs) -> io::Result<Vec<Outcome>> {
+    let mut out: Vec<Outcome> = Vec::new();
+    for (n, v) in a.iter() {
+        match n {
+            "offset" => out.push(Outcome {
+                offset: v.parse().map_err(|_| bad("bad offset"))?,
+                status: Status::Deferred,
+                dsn: "4.3.0".into(),
+                reason: String::new(),
+            }),
+            "status" | "dsn" | "reason" => {
+                let o = out
+                    .last_mut()
+                    .ok_or_else(|| bad("reply field before offset"))?;
+                match n {
+                    "status" => o.status = Status::parse(v).ok_or_else(|| bad("bad status"))?,
+                    "dsn" => o.dsn = v.into(),
+                    _ => o.reason = v.into(),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Times an agent measures for the `delays=a/b/c/d` field.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// When the agent received the request.
+    pub received: f64,
+    /// Connection setup time (c).
+    pub setup: f64,
+}
+
+/// The delivery log line, as Postfix writes it (without the tag):
+/// `ID: to=<a>, orig_to=<o>, relay=R, delay=D, delays=a/b/c/d, dsn=X, status=S (reason)`.
+pub fn delivery_line(
+    req: &Request,
+    rcpt: &Rcpt,
+    relay: &str,
+    timing: Timing,
+    outcome: &Outcome,
+) -> String {
+    let now = now_f64();
+    let a = (req.active_time - req.arrival).max(0.0);
+    let b = (timing.received - req.active_time).max(0.0);
+    let c = timing.setup.max(0.0);
+    let d = (now - timing.received - c).max(0.0);
+    let total = (now - req.arrival).max(0.0);
+    let mut line = format!("{}: to=<{}>, ", req.queue_id, rcpt.address);
+    if let Some(o) = rcpt.orig.as_deref().filter(|o| *o != rcpt.address) {
+        line.push_str(&format!("orig_to=<{o}>, "));
+    }
+    line.push_str(&format!(
+        "relay={relay}, delay={}, delays={}/{}/{}/{}, dsn={}, status={} ({})",
+        format_delay(total),
+        format_delay(a),
+        format_delay(b),
+        format_delay(c),
+        format_delay(d),
+        outcome.dsn,
+        outcome.status.as_str(),
+        outcome.reason
+    ));
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Request {
+        Request {
+            queue_name: "active".into(),
+            queue_id: "4F2A51C0D2".into(),
+            transport: "local".into(),
+            nexthop: "example.com".into(),
+            sender: "a@example.org".into(),
+            arrival: 1000.0,
+            active_time: 1000.5,
+            size: 321,
+            dsn_envid: None,
+            dsn_ret: 0,
+            attrs: vec![("client_name".into(), "x".into())],
+            rcpts: vec![
+                Rcpt {
+                    address: "b@example.com".into(),
+                    orig: Some("postmaster@example.com".into()),
+                    offset: 77,
+                    dsn_notify: 0,
+                    dsn_orcpt: None,
+                },
+                Rcpt {
+                    address: "c@example.com".into(),
+                    offset: 99,
+                    ..Default::default()
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn request_round_trips() {
+        let r = sample();
+        assert_eq!(Request::from_attrs(&r.to_attrs()).unwrap(), r);
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        let o = vec![
+            Outcome {
+                offset: 77,
+                status: Status::Sent,
+                dsn: "2.0.0".into(),
+                reason: "delivered to maildir".into(),
+            },
+            Outcome {
+                offset: 99,
+                status: Status::Bounced,
+                dsn: "5.1.1".into(),
+                reason: "unknown user: \"c\"".into(),
+            },
+        ];
+        assert_eq!(outcomes_from_attrs(&outcomes_to_attrs(&o)).unwrap(), o);
+    }
+
+    #[test]
+    fn log_line_has_postfix_field_order() {
+        let r = sample();
+        let o = Outcome {
+            offset: 77,
+            status: Status::Sent,
+            dsn: "2.0.0".into(),
+            reason: "delivered to maildir".into(),
+        };
+        let t = Timing {
+            received: now_f64(),
+            setup: 0.0,
+        };
+        let line = delivery_line(&r, &r.rcpts[0], "local", t, &o);
+        let re = regex::Regex::new(
+            r"^4F2A51C0D2: to=<b@example.com>, orig_to=<postmaster@example.com>, relay=local, delay=\d+, delays=0.5/\d+/0/0, dsn=2.0.0, status=sent \(delivered to maildir\)$",
+        )
+        .unwrap();
+        assert!(re.is_match(&line), "{line}");
+        let line2 = delivery_line(&r, &r.rcpts[1], "local", t, &o);
+        assert!(!line2.contains("orig_to"));
+    }
+}

@@ -1,0 +1,375 @@
+//! The attribute protocol Facteur's daemons speak to each other over
+//! UNIX-domain sockets (Postfix uses attribute lists for the same job;
+//! wire compatibility with Postfix is not needed inside one system).
+//!
+//! ```text
+//! list   = *( name "=" value LF ) LF        an attribute list, ended by an empty line
+//! data   = "#" length LF bytes               a chunk of raw bytes (length in decimal)
+//! end    = "#0" LF                           the end of a run of chunks
+//! ```
+//!
+//! Names are `[A-Za-z0-9_.-]+`. Values are bytes with `%`, LF, CR and NUL
+//! written as `%25`, `%0A`, `%0D`, `%00`; nothing else is escaped, so a
+//! list is readable in `strace` output. A reader bounds every line
+//! ([`MAX_LINE`]), the attributes of one list ([`MAX_ATTRS`]) and each
+//! chunk ([`MAX_CHUNK`]): a peer cannot make it hold more than that.
+//!
+//! Hand-written because it is a few dozen lines and every daemon links
+//! it; a serialization crate would add a dependency and hide the bounds.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+/// Longest line of a list (name, `=`, escaped value).
+pub const MAX_LINE: usize = 1 << 20;
+/// Most attributes in one list.
+pub const MAX_ATTRS: usize = 100_000;
+/// Largest data chunk.
+pub const MAX_CHUNK: usize = 1 << 20;
+
+/// An attribute list, in order; names may repeat (one per recipient).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs(pub Vec<(String, String)>);
+
+impl Attrs {
+    pub fn new() -> Attrs {
+        Attrs(Vec::new())
+    }
+
+    /// Appends `name=value`.
+    pub fn push(&mut self, name: &str, value: impl ToString) -> &mut Self {
+        self.0.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Builder form of [`push`](Self::push).
+    pub fn with(mut self, name: &str, value: impl ToString) -> Self {
+        self.push(name, value);
+        self
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of `name` as a number.
+    pub fn get_num<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.get(name).and_then(|v| v.parse().ok())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The attribute `name` or an `InvalidData` error naming it.
+    pub fn require(&self, name: &str) -> io::Result<&str> {
+        self.get(name)
+            .ok_or_else(|| bad(format!("missing attribute {name}")))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+fn escape_into(out: &mut Vec<u8>, v: &[u8]) {
+    for &b in v {
+        match b {
+            b'%' => out.extend_from_slice(b"%25"),
+            b'\n' => out.extend_from_slice(b"%0A"),
+            b'\r' => out.extend_from_slice(b"%0D"),
+            0 => out.extend_from_slice(b"%00"),
+            _ => out.push(b),
+        }
+    }
+}
+
+fn unescape(v: &[u8]) -> io::Result<String> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'%' {
+            let hex = v
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| bad("bad %-escape in attribute value"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(v[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad("attribute value is not UTF-8"))
+}
+
+/// Encodes a list (with its ending empty line).
+pub fn encode(attrs: &Attrs) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * attrs.0.len() + 1);
+    for (n, v) in &attrs.0 {
+        debug_assert!(valid_name(n), "bad attribute name {n:?}");
+        out.extend_from_slice(n.as_bytes());
+        out.push(b'=');
+        escape_into(&mut out, v.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
+/// One end of a connection: buffered reads, explicit flushes.
+pub struct Conn<S: Read + Write> {
+    reader: BufReader<S>,
+    out: Vec<u8>,
+    line: Vec<u8>,
+}
+
+/// What [`Conn::recv_item`] found next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Item {
+    Attrs(Attrs),
+    /// A data chunk (empty = the end marker `#0`).
+    Data(Vec<u8>),
+}
+
+impl<S: Read + Write> Conn<S> {
+    pub fn new(stream: S) -> Conn<S> {
+        Conn {
+            reader: BufReader::with_capacity(64 << 10, stream),
+            out: Vec::with_capacity(4096),
+            line: Vec::new(),
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        self.reader.get_ref()
+    }
+
+    /// Queues a list for sending (see [`flush`](Self::flush)).
+    pub fn put(&mut self, attrs: &Attrs) {
+        for (n, v) in &attrs.0 {
+            self.out.extend_from_slice(n.as_bytes());
+            self.out.push(b'=');
+            escape_into(&mut self.out, v.as_bytes());
+            self.out.push(b'\n');
+        }
+        self.out.push(b'\n');
+    }
+
+    /// Queues a data chunk; an empty chunk is the end marker.
+    pub fn put_data(&mut self, chunk: &[u8]) {
+        debug_assert!(chunk.len() <= MAX_CHUNK);
+        self.out.push(b'#');
+        self.out
+            .extend_from_slice(chunk.len().to_string().as_bytes());
+        self.out.push(b'\n');
+        self.out.extend_from_slice(chunk);
+        if self.out.len() >= 64 << 10 {
+            // Keep the buffer bounded while streaming a large message.
+            let _ = self.flush_inner();
+        }
+    }
+
+    fn flush_inner(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.reader.get_mut().write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.flush_inner()?;
+        self.reader.get_mut().flush()
+    }
+
+    /// Sends a list now.
+    pub fn send(&mut self, attrs: &Attrs) -> io::Result<()> {
+        self.put(attrs);
+        self.flush()
+    }
+
+    /// Reads one line (without LF) into `self.line`; false at EOF before
+    /// any byte.
+    fn read_line(&mut self) -> io::Result<bool> {
+        self.line.clear();
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.line)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if self.line.last() != Some(&b'\n') {
+            if self.line.len() > MAX_LINE {
+                return Err(bad("attribute line too long"));
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in the middle of a line",
+            ));
+        }
+        self.line.pop();
+        Ok(true)
+    }
+
+    /// The next list or data chunk; `None` at a clean end of stream.
+    pub fn recv_item(&mut self) -> io::Result<Option<Item>> {
+        if !self.read_line()? {
+            return Ok(None);
+        }
+        if self.line.first() == Some(&b'#') {
+            let len: usize = std::str::from_utf8(&self.line[1..])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| bad("bad data chunk length"))?;
+            if len > MAX_CHUNK {
+                return Err(bad("data chunk too large"));
+            }
+            let mut buf = vec![0u8; len];
+            self.reader.read_exact(&mut buf)?;
+            return Ok(Some(Item::Data(buf)));
+        }
+        let mut attrs = Attrs::new();
+        loop {
+            if self.line.is_empty() {
+                return Ok(Some(Item::Attrs(attrs)));
+            }
+            if attrs.0.len() >= MAX_ATTRS {
+                return Err(bad("too many attributes"));
+            }
+            let eq = self
+                .line
+                .iter()
+                .position(|&b| b == b'=')
+                .ok_or_else(|| bad("attribute without ="))?;
+            let name = std::str::from_utf8(&self.line[..eq])
+                .ok()
+                .filter(|n| valid_name(n))
+                .ok_or_else(|| bad("bad attribute name"))?
+                .to_string();
+            let value = unescape(&self.line[eq + 1..])?;
+            attrs.0.push((name, value));
+            if !self.read_line()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of an attribute list",
+                ));
+            }
+        }
+    }
+
+    /// The next list; `None` at a clean end of stream; data where a list
+    /// is expected is an error.
+    pub fn recv(&mut self) -> io::Result<Option<Attrs>> {
+        match self.recv_item()? {
+            None => Ok(None),
+            Some(Item::Attrs(a)) => Ok(Some(a)),
+            Some(Item::Data(_)) => Err(bad("data chunk where an attribute list was expected")),
+        }
+    }
+
+    /// The next list, or an error at end of stream.
+    pub fn expect(&mut self) -> io::Result<Attrs> {
+        self.recv()?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    struct Duplex(Cursor<Vec<u8>>, Vec<u8>);
+    impl Read for Duplex {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl Write for Duplex {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.1.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn reader(bytes: &[u8]) -> Conn<Duplex> {
+        Conn::new(Duplex(Cursor::new(bytes.to_vec()), Vec::new()))
+    }
+
+    #[test]
+    fn round_trip_with_escapes_and_data() {
+        let a = Attrs::new()
+            .with("sender", "a%b\nc\r\0d")
+            .with("rcpt", "x@y")
+            .with("rcpt", "z@w");
+        let mut w = Conn::new(Duplex(Cursor::new(Vec::new()), Vec::new()));
+        w.put(&a);
+        w.put_data(b"Subject: hi\n\nbody\n");
+        w.put_data(b"");
+        w.flush().unwrap();
+        let bytes = w.get_ref().1.clone();
+        assert!(bytes.starts_with(b"sender=a%25b%0Ac%0D%00d\nrcpt=x@y\n"));
+        let mut r = reader(&bytes);
+        assert_eq!(r.recv_item().unwrap(), Some(Item::Attrs(a.clone())));
+        assert_eq!(
+            r.recv_item().unwrap(),
+            Some(Item::Data(b"Subject: hi\n\nbody\n".to_vec()))
+        );
+        assert_eq!(r.recv_item().unwrap(), Some(Item::Data(vec![])));
+        assert_eq!(r.recv_item().unwrap(), None);
+        let got = a.get_all("rcpt").collect::<Vec<_>>();
+        assert_eq!(got, ["x@y", "z@w"]);
+    }
+
+    #[test]
+    fn hostile_input_is_an_error_not_a_panic() {
+        for input in [
+            &b"noequals\n\n"[..],
+            b"bad name=x\n\n",
+            b"a=%zz\n\n",
+            b"a=%4\n\n",
+            b"#99999999999\n",
+            b"#-1\n",
+            b"a=1\n",
+            b"a=1",
+            b"#5\nab",
+        ] {
+            let mut r = reader(input);
+            assert!(r.recv_item().is_err(), "{input:?}");
+        }
+        let mut long = vec![b'a'; MAX_LINE + 10];
+        long.insert(1, b'=');
+        long.push(b'\n');
+        assert!(reader(&long).recv_item().is_err());
+    }
+
+    #[test]
+    fn data_where_a_list_is_expected_is_refused() {
+        let mut r = reader(b"#1\nx");
+        assert!(r.recv().is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! The cleanup protocol: how pickup, smtpd, bounce, local (forwarding)
+//! and `postsuper -r` hand a message to the cleanup daemon
+//! (`public/cleanup`), and its client side.
+//!
+//! ```text
+//! client connects
+//! cleanup  -> client   queue_id=ID                 the file exists (incomplete) under incoming/
+//!                      | status=N reason=TEXT      cannot take mail now (e.g. queue_minfree)
+//! client   -> cleanup  envelope list (names below)
+//! client   -> cleanup  data chunks: the message, header and body, lines ended by LF
+//!                      (the client has removed CR LF and SMTP dot-stuffing), then #0
+//! cleanup  -> client   status=0 queue_id=ID        the queue file is complete and durable
+//!                      | status=N reason=TEXT      N: the STAT_* bits; TEXT starts with
+//!                                                  an enhanced status code ("5.7.1 ...")
+//! ```
+//!
+//! A client that goes away before the end marker leaves nothing behind:
+//! cleanup removes the unfinished file. Status 0 is sent only after the
+//! file and its directory entry were fsynced, so a client may acknowledge
+//! (SMTP 250, remove the maildrop file) as soon as it reads it.
+//!
+//! Envelope attributes, in any order except that the `rcpt.*` ones apply
+//! to the `rcpt` before them:
+//!
+//! | name | value |
+//! |---|---|
+//! | `origin` | who submits: `pickup`, `smtpd`, `bounce`, `local`, `postsuper` |
+//! | `arrival` | `SECONDS.MICROSECONDS` (pickup: the maildrop file's time) |
+//! | `sender` | envelope sender, may be empty (null sender) |
+//! | `full_name` | sender full name (sendmail -F) |
+//! | `envid`, `ret` | DSN ENVID and RET flags |
+//! | `rcpt` | one envelope recipient |
+//! | `rcpt.orig`, `rcpt.notify`, `rcpt.orcpt` | its original form, NOTIFY flags, ORCPT |
+//! | `attr.NAME` | a named attribute to keep (`rewrite_context`, `client_name`, `client_address`, `client_port`, `helo_name`, `protocol`, `sasl_method`, `sasl_username`, `log_uid`, ...) |
+//! | `orig_id` | the queue ID of the message being requeued (`postsuper -r`) |
+//! | `flags` | the `FLAG_*` bits |
+//! | `smtputf8`, `body` | `SMTPUTF8` requested, `BODY=` value |
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::attr::{Attrs, Conn, MAX_CHUNK};
+
+/// Status bits (Postfix's CLEANUP_STAT_* values).
+pub const STAT_OK: u32 = 0;
+/// Protocol or internal error.
+pub const STAT_BAD: u32 = 1 << 0;
+/// Error writing the queue file (disk full, I/O error).
+pub const STAT_WRITE: u32 = 1 << 1;
+/// Message larger than `message_size_limit`.
+pub const STAT_SIZE: u32 = 1 << 2;
+/// Content rejected (header_checks, body_checks).
+pub const STAT_CONT: u32 = 1 << 3;
+/// Too many hops (Received: / Delivered-To: count).
+pub const STAT_HOPS: u32 = 1 << 4;
+/// No recipients.
+pub const STAT_RCPT: u32 = 1 << 6;
+/// Temporary refusal (e.g. queue_minfree not met, DEFER action).
+pub const STAT_DEFER: u32 = 1 << 8;
+
+/// Flag bits (Postfix's CLEANUP_FLAG_* meanings).
+/// Return undeliverable mail to the sender (clear for bounces themselves).
+pub const FLAG_BOUNCE: u32 = 1 << 0;
+/// Mail is being requeued: keep the existing headers as they are.
+pub const FLAG_REQUEUE: u32 = 1 << 1;
+/// Discard the message (a DISCARD action already decided it).
+pub const FLAG_DISCARD: u32 = 1 << 2;
+/// Extract recipients from To:, Cc:, Bcc: (sendmail -t done by cleanup).
+pub const FLAG_EXTRACT: u32 = 1 << 3;
+/// Put the message on hold.
+pub const FLAG_HOLD: u32 = 1 << 4;
+
+/// Whether a status is temporary (the client should retry later).
+pub fn is_temporary(status: u32) -> bool {
+    status & (STAT_WRITE | STAT_DEFER | STAT_BAD) != 0 && status & (STAT_CONT | STAT_SIZE) == 0
+}
+
+/// Default reply text for a status without one, with its enhanced code.
+pub fn default_reason(status: u32) -> &'static str {
+    if status & STAT_DEFER != 0 {
+        "4.7.1 Service unavailable - try again later"
+    } else if status & STAT_CONT != 0 {
+        "5.7.1 Message content rejected"
+    } else if status & STAT_SIZE != 0 {
+        "5.3.4 Message size exceeds fixed limit"
+    } else if status & STAT_HOPS != 0 {
+        "5.4.6 Too many hops"
+    } else if status & STAT_RCPT != 0 {
+        "5.1.0 No recipients specified"
+    } else if status & STAT_WRITE != 0 {
+        "4.3.0 Error: queue file write error"
+    } else {
+        "4.3.0 Error: internal error"
+    }
+}
+
+/// Cleanup said no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u32,
+    /// Starts with an enhanced status code.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// A failed handover.
+#[derive(Debug)]
+pub enum CleanupError {
+    /// The service could not be reached or the connection broke: retry.
+    Io(io::Error),
+    Refused(Refused),
+}
+
+impl std::fmt::Display for CleanupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CleanupError::Io(e) => write!(f, "cleanup service: {e}"),
+            CleanupError::Refused(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl From<io::Error> for CleanupError {
+    fn from(e: io::Error) -> Self {
+        CleanupError::Io(e)
+    }
+}
+
+fn refused(a: &Attrs) -> Option<Refused> {
+    let status: u32 = a.get_num("status").unwrap_or(STAT_BAD);
+    if status == STAT_OK {
+        return None;
+    }
+    Some(Refused {
+        status,
+        reason: a
+            .get("reason")
+            .filter(|r| !r.is_empty())
+            .unwrap_or(default_reason(status))
+            .to_string(),
+    })
+}
+
+/// The client side of one message handover.
+pub struct CleanupClient {
+    conn: Conn<UnixStream>,
+    queue_id: String,
+}
+
+impl CleanupClient {
+    /// Connects to `public/cleanup` under `queue_directory` and reads the
+    /// new message's queue ID.
+    pub fn connect(queue_directory: &Path, timeout: Duration) -> Result<Self, CleanupError> {
+        let s = super::connect(&super::public(queue_directory, "cleanup"), timeout)?;
+        Self::over(s)
+    }
+
+    /// Starts a handover on an already connected stream.
+    pub fn over(s: UnixStream) -> Result<Self, CleanupError> {
+        let mut conn = Conn::new(s);
+        let first = conn.expect()?;
+        if let Some(r) = refused(&first).filter(|_| first.get("queue_id").is_none()) {
+            return Err(CleanupError::Refused(r));
+        }
+        let queue_id = first.require("queue_id")?.to_string();
+        Ok(CleanupClient { conn, queue_id })
+    }
+
+    /// The queue ID cleanup gave the message.
+    pub fn queue_id(&self) -> &str {
+        &self.queue_id
+    }
+
+    /// Sends the envelope list.
+    pub fn envelope(&mut self, attrs: &Attrs) -> io::Result<()> {
+        self.conn.put(attrs);
+        Ok(())
+    }
+
+    /// Sends message content (any amount; split into chunks here).
+    pub fn content(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = bytes.len().min(MAX_CHUNK);
+            self.conn.put_data(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Ends the content and waits for the verdict: the queue ID once the
+    /// file is durable.
+    pub fn finish(mut self) -> Result<String, CleanupError> {
+        self.conn.put_data(b"");
+        self.conn.flush()?;
+        let reply = self.conn.expect()?;
+        if let Some(r) = refused(&reply) {
+            return Err(CleanupError::Refused(r));
+        }
+        Ok(reply.get("queue_id").unwrap_or(&self.queue_id).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_have_default_reasons_with_enhanced_codes() {
+        for s in [
+            STAT_DEFER, STAT_CONT, STAT_SIZE, STAT_HOPS, STAT_RCPT, STAT_WRITE, STAT_BAD,
+        ] {
+            let r = default_reason(s);
+            assert!(r.as_bytes()[0] == b'4' || r.as_bytes()[0] == b'5', "{r}");
+        }
+        assert!(is_temporary(STAT_WRITE));
+        assert!(is_temporary(STAT_DEFER));
+        assert!(!is_temporary(STAT_CONT));
+        assert!(!is_temporary(STAT_SIZE));
+    }
+
+    #[test]
+    fn client_reads_queue_id_then_verdict() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut c = Conn::new(b);
+            c.send(&Attrs::new().with("queue_id", "ABC123")).unwrap();
+            let env = c.expect().unwrap();
+            assert_eq!(env.get("sender"), Some("a@b"));
+            let mut body = Vec::new();
+            loop {
+                match c.recv_item().unwrap().unwrap() {
+                    super::super::Item::Data(d) if d.is_empty() => break,
+                    super::super::Item::Data(d) => body.extend(d),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(body, b"Subject: x\n\nhi\n");
+            c.send(&Attrs::new().with("status", 0).with("queue_id", "ABC123"))
+                .unwrap();
+        });
+        let mut cl = CleanupClient::over(a).unwrap();
+        assert_eq!(cl.queue_id(), "ABC123");
+        cl.envelope(&Attrs::new().with("sender", "a@b").with("rcpt", "c@d"))
+            .unwrap();
+        cl.content(b"Subject: x\n\nhi\n").unwrap();
+        assert_eq!(cl.finish().unwrap(), "ABC123");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn refusal_carries_status_and_reason() {
+        let (a, b) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let mut c = Conn::new(b);
+            c.send(&Attrs::new().with("status", STAT_DEFER)).unwrap();
+        });
+        match CleanupClient::over(a) {
+            Err(CleanupError::Refused(r)) => {
+                assert_eq!(r.status, STAT_DEFER);
+                assert!(r.reason.starts_with("4.7.1"));
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Logging in Postfix's format, so that pflogsumm, fail2ban and logwatch
+//! read Facteur's logs unchanged.
+//!
+//! ```text
+//! Nov 25 16:41:34 myhostname postfix/pickup[1234]: 4F2A51C0D2: uid=1000 from=<alice>
+//! ```
+//!
+//! The tag is `syslog_name/program[pid]` (`syslog_name` after master.cf
+//! `-o` overrides, so `postfix/submission/smtpd`). Severities are text
+//! prefixes: `warning: `, `error: `, `fatal: `, `panic: `. With
+//! `maillog_file` set, each line is appended to that file (opened with
+//! O_APPEND, one `write` per line, so lines of concurrent processes never
+//! interleave); Postfix routes the same lines through its postlogd
+//! service, Facteur's daemons write them directly. Otherwise lines go to
+//! syslog(3) with facility `syslog_facility` (default `mail`). Before
+//! [`init`], and in addition to syslog for commands run by a person
+//! ([`Logger::stderr`]), lines go to standard error as `program: text`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::{Mutex, OnceLock};
+
+use crate::config::params::Params;
+
+/// Where lines go.
+enum Sink {
+    File(File),
+    Syslog,
+}
+
+/// The process's logger.
+pub struct Logger {
+    tag: String,
+    program: String,
+    host: String,
+    sink: Mutex<Sink>,
+    /// Also echo to standard error (commands run by hand).
+    stderr: bool,
+    verbose: bool,
+}
+
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
+/// Longest logged line; longer text is cut (Postfix cuts at about 2 KiB
+/// in syslog; a file gets more).
+const MAX_LINE: usize = 8192;
+
+fn facility(name: &str) -> libc::c_int {
+    match name {
+        "auth" => libc::LOG_AUTH,
+        "daemon" => libc::LOG_DAEMON,
+        "user" => libc::LOG_USER,
+        "local0" => libc::LOG_LOCAL0,
+        "local1" => libc::LOG_LOCAL1,
+        "local2" => libc::LOG_LOCAL2,
+        "local3" => libc::LOG_LOCAL3,
+        "local4" => libc::LOG_LOCAL4,
+        "local5" => libc::LOG_LOCAL5,
+        "local6" => libc::LOG_LOCAL6,
+        "local7" => libc::LOG_LOCAL7,
+        _ => libc::LOG_MAIL,
+    }
+}
+
+/// Sets up logging for `program` from the configuration. Call once, after
+/// `-o` overrides were applied. Returns an error text when `maillog_file`
+/// cannot be opened (the caller reports it and exits).
+pub fn init(program: &str, params: &Params, echo_stderr: bool) -> Result<(), String> {
+    let syslog_name = params
+        .value("syslog_name")
+        .unwrap_or_else(|_| "postfix".into());
+    let host = params
+        .value("myhostname")
+        .unwrap_or_else(|_| "localhost".into());
+    let file = params.value("maillog_file").unwrap_or_default();
+    let tag = format!("{syslog_name}/{program}");
+    let sink = if !file.is_empty() {
+        let f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(&file)
+            .map_err(|e| format!("open logfile {file}: {e}"))?;
+        Sink::File(f)
+    } else {
+        let fac = facility(
+            &params
+                .value("syslog_facility")
+                .unwrap_or_else(|_| "mail".into()),
+        );
+        let ident = std::ffi::CString::new(tag.clone()).unwrap_or_default();
+        // openlog keeps the pointer: leak the string for the process's life.
+        let ident: &'static std::ffi::CStr = Box::leak(ident.into_boxed_c_str());
+        // SAFETY: ident lives forever; flags and facility are valid.
+        unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID | libc::LOG_NDELAY, fac) };
+        Sink::Syslog
+    };
+    let _ = LOGGER.set(Logger {
+        tag,
+        program: program.to_string(),
+        host: host.split('.').next().unwrap_or(&host).to_string(),
+        sink: Mutex::new(sink),
+        stderr: echo_stderr,
+        verbose: false,
+    });
+    Ok(())
+}
+
+/// Turns on `-v` messages.
+pub fn set_verbose(on: bool) {
+    VERBOSE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `-v` messages are logged.
+pub fn verbose() -> bool {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed) || LOGGER.get().is_some_and(|l| l.verbose)
+}
+
+/// The syslog timestamp `Mmm dd hh:mm:ss` in local time.
+fn timestamp() -> String {
+    // SAFETY: time and localtime_r with valid pointers.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&t, &mut tm);
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        format!(
+            "{} {:>2} {:02}:{:02}:{:02}",
+            MONTHS[tm.tm_mon.clamp(0, 11) as usize],
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Level {
+    Info,
+    Warning,
+    Error,
+    Fatal,
+    Panic,
+}
+
+impl Level {
+    fn prefix(self) -> &'static str {
+        match self {
+            Level::Info => "",
+            Level::Warning => "warning: ",
+            Level::Error => "error: ",
+            Level::Fatal => "fatal: ",
+            Level::Panic => "panic: ",
+        }
+    }
+
+    fn priority(self) -> libc::c_int {
+        match self {
+            Level::Info => libc::LOG_INFO,
+            Level::Warning => libc::LOG_WARNING,
+            Level::Error => libc::LOG_ERR,
+            Level::Fatal => libc::LOG_CRIT,
+            Level::Panic => libc::LOG_ALERT,
+        }
+    }
+}
+
+fn cut(text: &str) -> &str {
+    if text.len() <= MAX_LINE {
+        return text;
+    }
+    let mut end = MAX_LINE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Logs one line.
+pub fn log(level: Level, text: &str) {
+    let text = cut(text);
+    let Some(l) = LOGGER.get() else {
+        eprintln!("{}{}", level.prefix(), text);
+        return;
+    };
+    if l.stderr {
+        eprintln!("{}: {}{}", l.program, level.prefix(), text);
+    }
+    let mut sink = l.sink.lock().unwrap_or_else(|e| e.into_inner());
+    match &mut *sink {
+        Sink::File(f) => {
+            let line = format!(
+                "{} {} {}[{}]: {}{}\n",
+                timestamp(),
+                l.host,
+                l.tag,
+                std::process::id(),
+                level.prefix(),
+                text
+            );
+            let _ = f.write_all(line.as_bytes());
+        }
+        Sink::Syslog => {
+            let msg =
+                std::ffi::CString::new(format!("{}{}", level.prefix(), text).replace('\0', " "))
+                    .unwrap_or_default();
+            // SAFETY: "%s" with a valid C string.
+            unsafe { libc::syslog(level.priority(), c"%s".as_ptr(), msg.as_ptr()) };
+        }
+    }
+}
+
+/// Logs only when verbose logging is on.
+pub fn debug(text: &str) {
+    if verbose() {
+        log(Level::Info, text);
+    }
+}
+
+/// Logs `fatal: text` and exits with status 1.
+pub fn fatal(text: &str) -> ! {
+    log(Level::Fatal, text);
+    std::process::exit(1)
+}
+
+/// `info!("fmt", args)`: a plain log line.
+#[macro_export]
+macro_rules! info {
+    ($($a:tt)*) => { $crate::log::log($crate::log::Level::Info, &format!($($a)*)) };
+}
+
+/// `warning!("fmt", args)`: a `warning: ` line.
+#[macro_export]
+macro_rules! warning {
+    ($($a:tt)*) => { $crate::log::log($crate::log::Level::Warning, &format!($($a)*)) };
+}
+
+/// `fatal!("fmt", args)`: a `fatal: ` line, then exit 1.
+#[macro_export]
+macro_rules! fatal {
+    ($($a:tt)*) => { $crate::log::fatal(&format!($($a)*)) };
+}
+
+/// `debug!("fmt", args)`: only with `-v`.
+#[macro_export]
+macro_rules! debug {
+    ($($a:tt)*) => { if $crate::log::verbose() { $crate::log::log($crate::log::Level::Info, &format!($($a)*)) } };
+}
+
+/// Formats a delay as Postfix logs it: 2 significant digits, nothing
+/// below 0.01 s (`0.0004` → `0`, `0.0123` → `0.01`, `0.123` → `0.12`,
+/// `1.234` → `1.2`, `12.34` → `12`, `123.4` → `123`).
+pub fn format_delay(secs: f64) -> String {
+    if secs.is_nan() || secs < 0.01 {
+        return "0".into();
+    }
+    if secs >= 10.0 {
+        return format!("{}", secs as u64);
+    }
+    let s = if secs >= 1.0 {
+        format!("{:.1}", (secs * 10.0).floor() / 10.0)
+    } else {
+        format!("{:.2}", (secs * 100.0).floor() / 100.0)
+    };
+    let s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+    if s.is_empty() {
+        "0".into()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_have_two_significant_digits_and_a_floor() {
+        for (v, want) in [
+            (0.0004, "0"),
+            (0.0123, "0.01"),
+            (0.123, "0.12"),
+            (1.234, "1.2"),
+            (12.34, "12"),
+            (123.4, "123"),
+            (0.5, "0.5"),
+            (2.0, "2"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(format_delay(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn timestamp_looks_like_syslog() {
+        let t = timestamp();
+        assert_eq!(t.len(), 15, "{t}");
+        assert_eq!(&t[9..10], ":");
+    }
+}

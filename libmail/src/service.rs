@@ -1,0 +1,497 @@
+//! The skeleton every daemon runs in: how master starts it, what it
+//! inherits, how it serves connections and triggers, and when it exits.
+//! (Postfix keeps the same code in its libmaster: single_server,
+//! multi_server, trigger_server.)
+//!
+//! # What master hands a daemon
+//!
+//! ```text
+//! argv     PROGRAM -c CONFIG_DIR -n SERVICE -t TYPE [-o name=value]... [-v] [args...]
+//! fd 3     the listening socket (inet: TCP; unix: UNIX stream; fifo: the FIFO, read/write)
+//! fd 4     the status pipe: the daemon writes "R" once it is ready to serve
+//! env      MAIL_CONFIG=CONFIG_DIR, FACTEUR_MAXPROC=N (master.cf maxproc, 0 = no limit)
+//! ```
+//!
+//! A daemon that exits (any status) before writing `R` made a bad start:
+//! master throttles the service (`service_throttle_time`) instead of
+//! restarting it in a loop.
+//!
+//! # How a daemon serves
+//!
+//! Facteur's daemons serve many connections per process (a thread, or a
+//! task, per connection), so master runs one process per service and
+//! `maxproc` bounds the connections a process serves at once (0 = no
+//! bound), where Postfix would run up to `maxproc` processes.
+//!
+//! * [`Service::serve_streams`]: accept, hand each connection to the
+//!   handler on its own thread (bounded by maxproc). Exits after
+//!   `max_idle` seconds without a connection or after `max_use`
+//!   connections (so configuration changes are picked up, as in Postfix),
+//!   and on SIGTERM after the connections in progress are done.
+//! * [`Service::triggers`]: for pickup and qmgr: a thread accepts
+//!   connections and forwards the trigger bytes over a channel.
+//!
+//! SIGTERM means "finish what you are doing and exit": master sends it on
+//! `reload` and `stop`; a connection in progress is not cut.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::cli::{getopt, Opt};
+use crate::config::check::parse_time;
+use crate::config::params::Params;
+use crate::config::registry::TimeUnit;
+use crate::queue::QueueLayout;
+
+/// The listening socket's descriptor.
+pub const LISTEN_FD: RawFd = 3;
+/// The status pipe's descriptor.
+pub const STATUS_FD: RawFd = 4;
+
+/// A listener inherited from master.
+pub enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+    Fifo(File),
+}
+
+/// A connection a daemon serves.
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(b),
+            Stream::Tcp(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(b),
+            Stream::Tcp(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream {
+    pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+            Stream::Tcp(s) => {
+                s.set_read_timeout(t)?;
+                s.set_write_timeout(t)
+            }
+        }
+    }
+}
+
+/// A running daemon: its configuration, its name in master.cf, its
+/// listener.
+pub struct Service {
+    /// The program name (`pickup`, `local`), for logs.
+    pub program: String,
+    /// master.cf column 1.
+    pub name: String,
+    /// master.cf column 2.
+    pub kind: String,
+    pub config_dir: String,
+    pub params: Params,
+    pub layout: QueueLayout,
+    /// Connections served at once; 0 = no limit.
+    pub maxproc: usize,
+    /// Arguments after the options.
+    pub args: Vec<String>,
+    listener: Option<Listener>,
+}
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+/// Whether SIGTERM arrived: finish the current work and exit.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+fn install_term_handler() {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_term as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// A parameter as a time in seconds (`max_idle = 100s`), with a default.
+pub fn time_param(params: &Params, name: &str, default: u64) -> u64 {
+    params
+        .value(name)
+        .ok()
+        .and_then(|v| parse_time(&v, TimeUnit::Second))
+        .unwrap_or(default)
+}
+
+/// A parameter as a number, with a default.
+pub fn num_param(params: &Params, name: &str, default: i64) -> i64 {
+    params
+        .value(name)
+        .ok()
+        .and_then(|v| crate::config::check::parse_number(&v))
+        .unwrap_or(default)
+}
+
+/// A parameter as a boolean, with a default.
+pub fn bool_param(params: &Params, name: &str, default: bool) -> bool {
+    params
+        .value(name)
+        .ok()
+        .and_then(|v| crate::config::check::parse_bool(&v))
+        .unwrap_or(default)
+}
+
+/// A parameter's expanded value, or fatal with Postfix's wording.
+pub fn value(params: &Params, name: &str) -> String {
+    params
+        .value(name)
+        .unwrap_or_else(|e| crate::log::fatal(&format!("{name}: {e}")))
+}
+
+impl Service {
+    /// Parses the command line master gave, loads the configuration with
+    /// the `-o` overrides, starts logging, and takes the inherited
+    /// listener. Any problem is fatal (logged, exit 1) — before the
+    /// status pipe says ready, so master throttles.
+    pub fn start(program: &str) -> Service {
+        install_term_handler();
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        let mut config_dir = std::env::var("MAIL_CONFIG").unwrap_or_else(|_| "/etc/postfix".into());
+        let mut name = program.to_string();
+        let mut kind = "unix".to_string();
+        let mut overrides: Vec<(String, String)> = Vec::new();
+        let mut verbose = false;
+        let parsed = match getopt(&argv, "c:n:o:t:vdDS") {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{program}: fatal: {e}");
+                std::process::exit(1)
+            }
+        };
+        for o in &parsed.opts {
+            match o {
+                Opt::WithArg('c', v) => config_dir = v.to_string(),
+                Opt::WithArg('n', v) => name = v.to_string(),
+                Opt::WithArg('t', v) => kind = v.to_string(),
+                Opt::WithArg('o', v) => match crate::config::maincf::split_name_value_bare(v) {
+                    Ok((n, v)) => overrides.push((n.to_string(), v.to_string())),
+                    Err(e) => {
+                        eprintln!("{program}: fatal: bad -o parameter: {v}: {e}");
+                        std::process::exit(1)
+                    }
+                },
+                Opt::Flag('v') => verbose = true,
+                _ => {}
+            }
+        }
+        let mut params = match Params::load(&config_dir) {
+            Ok(p) => p,
+            Err(d) => {
+                eprintln!("{program}: fatal: {}", d.postfix_located());
+                std::process::exit(1)
+            }
+        };
+        params.set_override("service_name", &name);
+        params.set_override("process_name", program);
+        for (n, v) in &overrides {
+            params.set_override(n, v);
+        }
+        if let Err(e) = crate::log::init(program, &params, false) {
+            eprintln!("{program}: fatal: {e}");
+            std::process::exit(1)
+        }
+        crate::log::set_verbose(verbose);
+        let layout = QueueLayout::from_params(&params).unwrap_or_else(|e| crate::log::fatal(&e));
+        let maxproc = std::env::var("FACTEUR_MAXPROC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
+        let listener = take_listener(&kind);
+        Service {
+            program: program.to_string(),
+            name,
+            kind,
+            config_dir,
+            params,
+            layout,
+            maxproc,
+            args: parsed.operands,
+            listener,
+        }
+    }
+
+    /// Tells master the daemon started well. Call after everything that
+    /// can fail at start (tables opened, directories checked).
+    pub fn ready(&self) {
+        // SAFETY: writing one byte to an inherited descriptor, then closing it.
+        unsafe {
+            let b = b'R';
+            if libc::write(STATUS_FD, (&b as *const u8).cast(), 1) == 1 {
+                libc::close(STATUS_FD);
+            }
+        }
+    }
+
+    fn max_idle(&self) -> Duration {
+        Duration::from_secs(time_param(&self.params, "max_idle", 100).max(1))
+    }
+
+    fn max_use(&self) -> usize {
+        num_param(&self.params, "max_use", 100).max(0) as usize
+    }
+
+    /// Serves connections, each on its own thread, until idle, used up
+    /// or told to stop; returns once the connections in progress ended.
+    /// `max_use` counts connections when `count_uses` (Postfix counts
+    /// requests for single-request daemons; long-lived agents pass false).
+    pub fn serve_streams<F>(mut self, count_uses: bool, handler: F)
+    where
+        F: Fn(Stream) + Send + Sync + 'static,
+    {
+        self.ready();
+        let listener = match self.listener.take() {
+            Some(l) => l,
+            None => crate::log::fatal("no listening socket: this daemon is started by master"),
+        };
+        let handler = Arc::new(handler);
+        let busy = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let limit = self.maxproc;
+        let max_idle = self.max_idle();
+        let max_use = if count_uses { self.max_use() } else { 0 };
+        let served = AtomicUsize::new(0);
+        loop {
+            if stopping() {
+                break;
+            }
+            if limit > 0 {
+                let (m, cv) = &*busy;
+                let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
+                while *n >= limit && !stopping() {
+                    n = cv
+                        .wait_timeout(n, Duration::from_millis(200))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            let idle_for = {
+                let n = *busy.0.lock().unwrap_or_else(|e| e.into_inner());
+                if n == 0 {
+                    Some(max_idle)
+                } else {
+                    None
+                }
+            };
+            match accept(&listener, idle_for) {
+                Ok(Some(stream)) => {
+                    *busy.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    let h = handler.clone();
+                    let b = busy.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("conn".into())
+                            .spawn(move || {
+                                h(stream);
+                                let (m, cv) = &*b;
+                                *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                                cv.notify_all();
+                            });
+                    if let Err(e) = spawned {
+                        crate::warning!("cannot start a thread: {e}");
+                        *busy.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                    }
+                    let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                    if max_use > 0 && n >= max_use {
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    // Timed out: idle if nothing is in progress.
+                    if *busy.0.lock().unwrap_or_else(|e| e.into_inner()) == 0 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        crate::warning!("accept: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        }
+        let (m, cv) = &*busy;
+        let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > 0 {
+            n = cv
+                .wait_timeout(n, Duration::from_millis(500))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// For trigger servers (pickup, qmgr): a channel of trigger bytes.
+    /// A background thread accepts connections (or reads the FIFO) and
+    /// forwards every byte read. The channel never closes while the
+    /// process lives; use `recv_timeout` for timers and [`stopping`].
+    pub fn triggers(&mut self) -> mpsc::Receiver<u8> {
+        let listener = match self.listener.take() {
+            Some(l) => l,
+            None => crate::log::fatal("no listening socket: this daemon is started by master"),
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("triggers".into())
+            .spawn(move || trigger_loop(listener, tx))
+            .unwrap_or_else(|e| crate::log::fatal(&format!("cannot start a thread: {e}")));
+        rx
+    }
+}
+
+fn trigger_loop(listener: Listener, tx: mpsc::Sender<u8>) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match &listener {
+            Listener::Fifo(f) => {
+                let mut f: &File = f;
+                match f.read(&mut buf) {
+                    Ok(0) => std::thread::sleep(Duration::from_millis(100)),
+                    Ok(n) => {
+                        for &b in &buf[..n] {
+                            let _ = tx.send(b);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            _ => match accept(&listener, None) {
+                Ok(Some(mut s)) => {
+                    let _ = s.set_timeouts(Some(Duration::from_secs(5)));
+                    let mut got = 0;
+                    while got < 1024 {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                got += n;
+                                for &b in &buf[..n] {
+                                    let _ = tx.send(b);
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            },
+        }
+    }
+}
+
+/// Waits for a connection up to `timeout` (None: forever); wakes up
+/// every 200 ms to notice SIGTERM.
+fn accept(listener: &Listener, timeout: Option<Duration>) -> io::Result<Option<Stream>> {
+    use std::os::fd::AsRawFd;
+    let fd = match listener {
+        Listener::Unix(l) => l.as_raw_fd(),
+        Listener::Tcp(l) => l.as_raw_fd(),
+        Listener::Fifo(f) => f.as_raw_fd(),
+    };
+    let start = std::time::Instant::now();
+    loop {
+        if stopping() {
+            return Ok(None);
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, 200) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r > 0 {
+            let s = match listener {
+                Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+                Listener::Fifo(_) => return Err(io::Error::other("accept on a FIFO")),
+            };
+            match s {
+                Ok(s) => {
+                    // The listener is non-blocking (shared with other
+                    // processes); the connection is not.
+                    match &s {
+                        Stream::Unix(u) => u.set_nonblocking(false)?,
+                        Stream::Tcp(t) => t.set_nonblocking(false)?,
+                    }
+                    return Ok(Some(s));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(t) = timeout {
+            if start.elapsed() >= t {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Takes the listener master left at fd 3, if any.
+fn take_listener(kind: &str) -> Option<Listener> {
+    // SAFETY: fcntl on a descriptor number only queries it.
+    if unsafe { libc::fcntl(LISTEN_FD, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: master passed this descriptor for us to own.
+    unsafe {
+        libc::fcntl(LISTEN_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        Some(match kind {
+            "inet" => {
+                let l = TcpListener::from_raw_fd(LISTEN_FD);
+                let _ = l.set_nonblocking(true);
+                Listener::Tcp(l)
+            }
+            "fifo" => Listener::Fifo(File::from_raw_fd(LISTEN_FD)),
+            _ => {
+                let l = UnixListener::from_raw_fd(LISTEN_FD);
+                let _ = l.set_nonblocking(true);
+                Listener::Unix(l)
+            }
+        })
+    }
+}
