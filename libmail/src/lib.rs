@@ -10,6 +10,7 @@ pub mod config;
 pub mod deliver;
 pub mod ipc;
 pub mod log;
+pub mod mailbox;
 pub mod queue;
 pub mod service;
 pub mod table;

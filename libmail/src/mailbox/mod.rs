@@ -1,0 +1,1 @@
+//! Mailbox writers (Maildir, mbox): being written.
