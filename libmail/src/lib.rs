@@ -5,6 +5,7 @@
 //! Each module has one concern; see `ARCHITECTURE.md` at the top of the
 //! repository for the map.
 
+pub mod address;
 pub mod cli;
 pub mod config;
 pub mod deliver;

@@ -7,6 +7,7 @@
 //! logs them (`"john doe"@example.com`, as on the wire); lookups use the
 //! *internal* form (quotes removed) as Postfix's tables expect.
 
+pub mod domains;
 pub mod resolve;
 pub mod rewrite;
 
@@ -75,9 +76,8 @@ fn needs_quotes(local: &str) -> bool {
     if local.is_empty() {
         return false;
     }
-    let atext = |c: char| {
-        c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
-    };
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
     let mut prev_dot = true;
     for c in local.chars() {
         if c == '.' {
@@ -121,16 +121,14 @@ pub fn external(addr: &str) -> String {
 }
 
 /// Splits `user+ext` at the first of the `recipient_delimiter`
-/// characters: `("user", Some("ext"))`. Postfix leaves `owner-...` and
-/// `...-request` alone only for aliases; callers decide.
+/// characters: `("user", Some("ext"))`, without the delimiter (the rule
+/// itself lives in [`crate::table::search::split_extension`]).
 pub fn split_extension<'a>(local: &'a str, delimiters: &str) -> (&'a str, Option<&'a str>) {
-    if delimiters.is_empty() {
-        return (local, None);
-    }
-    match local.find(|c: char| delimiters.contains(c)) {
-        Some(i) if i > 0 => (&local[..i], Some(&local[i + 1..])),
-        _ => (local, None),
-    }
+    let (user, ext) = crate::table::search::split_extension(local, delimiters);
+    (
+        user,
+        ext.map(|e| &e[e.chars().next().map_or(0, char::len_utf8)..]),
+    )
 }
 
 #[cfg(test)]

@@ -140,7 +140,8 @@ mod tests {
     use crate::config::maincf::MainCf;
 
     fn rw(main: &str) -> Rewriter {
-        let (m, _) = MainCf::parse(main, "/x/main.cf");
+        let text = format!("compatibility_level = 3.6\n{main}");
+        let (m, _) = MainCf::parse(&text, "/x/main.cf");
         Rewriter::new(&Params::new("/x", m))
     }
 
