@@ -1,5 +1,15 @@
-//! The discard daemon (being written).
+//! discard(8): the delivery agent that reports every recipient delivered
+//! and drops the mail (`discard:` in transport_maps). The log says why:
+//! the next-hop text, or "discarded" when there is none.
+
+use libmail::deliver::{same_for_all, serve_connection, Status};
+use libmail::service::Service;
 
 pub fn main() {
-    libmail::log::fatal("discard: not built yet")
+    let svc = Service::start("discard");
+    svc.serve_streams(false, |stream| {
+        serve_connection(stream, |req| {
+            same_for_all(req, Status::Sent, &req.nexthop, "2.0.0", "discarded")
+        })
+    });
 }

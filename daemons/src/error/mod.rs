@@ -1,5 +1,34 @@
-//! The error daemon (being written).
+//! error(8): the delivery agent that fails every recipient of a request
+//! with the reason in the next hop (`error:5.1.2 domain gone` in
+//! transport_maps, or the virtual alias class's "User unknown in virtual
+//! alias table"). Run as the `retry` service it defers instead of
+//! bouncing, like Postfix's.
+
+use libmail::deliver::{same_for_all, serve_connection, Status};
+use libmail::service::Service;
 
 pub fn main() {
-    libmail::log::fatal("error: not built yet")
+    let svc = Service::start("error");
+    let retry = svc.name == "retry";
+    svc.serve_streams(false, move |stream| {
+        serve_connection(stream, |req| {
+            if retry {
+                same_for_all(
+                    req,
+                    Status::Deferred,
+                    &req.nexthop,
+                    "4.0.0",
+                    "delivery temporarily suspended",
+                )
+            } else {
+                same_for_all(
+                    req,
+                    Status::Bounced,
+                    &req.nexthop,
+                    "5.0.0",
+                    "mail delivery disabled",
+                )
+            }
+        })
+    });
 }

@@ -1,5 +1,382 @@
-//! The qmgr daemon (being written).
+//! qmgr(8): the queue manager. It owns the queue while mail is being
+//! delivered:
+//!
+//! 1. At start, everything left in `active/` (a crash, a reload) goes back
+//!    to `incoming/`; then `incoming/` and the due part of `deferred/` are
+//!    scanned.
+//! 2. A message taken from `incoming/` or `deferred/` is renamed into
+//!    `active/`, opened, and logged `ID: from=<s>, size=N, nrcpt=N (queue
+//!    active)`. Each recipient not yet done is resolved (trivial-rewrite's
+//!    classes, [`libmail::address::resolve`]) to a transport and next hop,
+//!    and grouped into delivery jobs of at most
+//!    `TRANSPORT_destination_recipient_limit` recipients.
+//! 3. Jobs go to the delivery agents (`private/TRANSPORT`) through a pool
+//!    of connections per transport ([`workers`]), at most
+//!    `TRANSPORT_destination_concurrency_limit` at once per destination.
+//! 4. For each recipient the agent answers sent, bounced or deferred:
+//!    sent and bounced recipients are marked done in the queue file (one
+//!    byte in place, fdatasync once per reply); deferred ones get a line
+//!    in `defer/ID`, bounced ones in `bounce/ID`.
+//! 5. When a message has no job left: all done → the file is removed
+//!    (`ID: removed`); otherwise it moves to `deferred/` with its mtime set
+//!    to the next attempt: now + its age, bounded by
+//!    `minimal_backoff_time` and `maximal_backoff_time`; past
+//!    `maximal_queue_lifetime` it expires instead.
+//!
+//! Triggers: any byte scans `incoming/`; `D` also scans `deferred/`
+//! (with `A` before it, ignoring the retry times: `postqueue -f`); the
+//! master's wakeup (`W`) and `queue_run_delay` bring periodic scans.
+//!
+//! SIGTERM: no new jobs; the replies of jobs in flight are applied (so
+//! their done marks are kept), then qmgr exits. Messages still in
+//! `active/` are requeued by the next qmgr.
+//!
+//! Not yet: bounce notifications to the sender (issue 7: the bounce
+//! daemon); expired and bounced mail is logged and recorded in
+//! `bounce/ID`, then removed. Slow start and dead-destination feedback
+//! are not implemented: the concurrency limit applies at once.
+
+mod message;
+mod workers;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
+use libmail::address::resolve::Resolver;
+use libmail::queue::{Queue, QueueId};
+use libmail::service::{self, num_param, time_param, Service};
+use libmail::{info, warning};
+
+use message::Msg;
+use workers::{Job, JobResult, Pools};
+
+/// What wakes the main loop.
+pub(crate) enum Event {
+    Trigger(u8),
+    Done(Box<JobResult>),
+}
+
+/// Delivery limits of one transport.
+#[derive(Clone, Copy)]
+struct Limits {
+    concurrency: usize,
+    recipients: usize,
+}
+
+/// Jobs waiting for one destination, and how many are running.
+#[derive(Default)]
+struct Dest {
+    waiting: VecDeque<Job>,
+    running: usize,
+}
+
+pub(crate) struct Qmgr {
+    svc: Service,
+    resolver: Resolver,
+    msgs: HashMap<String, Msg>,
+    dests: HashMap<(String, String), Dest>,
+    limits: HashMap<String, Limits>,
+    pools: Pools,
+    active_limit: usize,
+    min_backoff: u64,
+    max_backoff: u64,
+    max_lifetime: u64,
+    bounce_lifetime: u64,
+    queue_run_delay: u64,
+    next_deferred_scan: Instant,
+}
 
 pub fn main() {
-    libmail::log::fatal("qmgr: not built yet")
+    let mut svc = Service::start("qmgr");
+    let triggers = svc.triggers();
+    let resolver =
+        Resolver::new(&svc.params).unwrap_or_else(|e| libmail::log::fatal(&format!("{e}")));
+    svc.ready();
+    let (tx, rx) = unbounded::<Event>();
+    let ttx = tx.clone();
+    std::thread::spawn(move || {
+        while let Ok(b) = triggers.recv() {
+            if ttx.send(Event::Trigger(b)).is_err() {
+                break;
+            }
+        }
+    });
+    let p = &svc.params;
+    let queue_run_delay = time_param(p, "queue_run_delay", 300).max(1);
+    let mut q = Qmgr {
+        resolver,
+        msgs: HashMap::new(),
+        dests: HashMap::new(),
+        limits: HashMap::new(),
+        pools: Pools::new(svc.layout.root().to_path_buf(), tx),
+        active_limit: num_param(p, "qmgr_message_active_limit", 20000).max(1) as usize,
+        min_backoff: time_param(p, "minimal_backoff_time", 300),
+        max_backoff: time_param(p, "maximal_backoff_time", 4000),
+        max_lifetime: time_param(p, "maximal_queue_lifetime", 5 * 86400),
+        bounce_lifetime: time_param(p, "bounce_queue_lifetime", 5 * 86400),
+        queue_run_delay,
+        next_deferred_scan: Instant::now(),
+        svc,
+    };
+    q.recover_active();
+    q.scan(Queue::Incoming, false);
+    q.scan(Queue::Deferred, false);
+    q.next_deferred_scan = Instant::now() + Duration::from_secs(q.queue_run_delay);
+    q.run(rx);
+}
+
+impl Qmgr {
+    fn run(&mut self, rx: Receiver<Event>) {
+        loop {
+            if service::stopping() {
+                // Apply what is in flight, then exit (bounded wait).
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while self.pools.in_flight() > 0 && Instant::now() < deadline {
+                    if let Ok(Event::Done(r)) = rx.recv_timeout(Duration::from_millis(200)) {
+                        self.pools.finished();
+                        self.complete(*r);
+                    }
+                }
+                return;
+            }
+            self.dispatch();
+            let now = Instant::now();
+            let wait = self
+                .next_deferred_scan
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(500));
+            let mut scan_incoming = false;
+            let mut scan_deferred = false;
+            let mut ignore_times = false;
+            match rx.recv_timeout(wait) {
+                Ok(ev) => {
+                    let mut evs = vec![ev];
+                    evs.extend(rx.try_iter().take(10_000));
+                    for ev in evs {
+                        match ev {
+                            Event::Trigger(b) => {
+                                scan_incoming = true;
+                                match b {
+                                    b'D' => scan_deferred = true,
+                                    b'A' => ignore_times = true,
+                                    _ => {}
+                                }
+                            }
+                            Event::Done(r) => {
+                                self.pools.finished();
+                                self.complete(*r);
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= self.next_deferred_scan {
+                scan_deferred = true;
+                scan_incoming = true;
+                self.next_deferred_scan =
+                    Instant::now() + Duration::from_secs(self.queue_run_delay);
+            }
+            if scan_incoming {
+                self.scan(Queue::Incoming, false);
+            }
+            if scan_deferred {
+                self.scan(Queue::Deferred, ignore_times);
+            }
+        }
+    }
+
+    /// Moves everything in `active/` back to `incoming/`.
+    fn recover_active(&mut self) {
+        let found: Vec<_> = self.svc.layout.scan(Queue::Active).collect();
+        for r in found {
+            match r {
+                Ok((id, _)) => {
+                    if let Err(e) =
+                        self.svc
+                            .layout
+                            .move_file(&id, Queue::Active, Queue::Incoming, false)
+                    {
+                        warning!("{}: requeue from active: {e}", id.as_str());
+                    }
+                }
+                Err(e) => warning!("scan active: {e}"),
+            }
+        }
+    }
+
+    /// Takes messages from `incoming/` or the due ones from `deferred/`.
+    fn scan(&mut self, q: Queue, ignore_times: bool) {
+        let now = libmail::deliver::now_f64();
+        let found: Vec<_> = self.svc.layout.scan(q).take(self.active_limit).collect();
+        for r in found {
+            if self.msgs.len() >= self.active_limit || service::stopping() {
+                break;
+            }
+            let (id, path) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warning!("scan {}: {e}", q.name());
+                    continue;
+                }
+            };
+            if self.msgs.contains_key(id.as_str()) {
+                continue;
+            }
+            if q == Queue::Deferred && !ignore_times {
+                let due = std::fs::metadata(&path)
+                    .map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        (m.mtime() as f64) <= now
+                    })
+                    .unwrap_or(false);
+                if !due {
+                    continue;
+                }
+            }
+            match self.svc.layout.move_file(&id, q, Queue::Active, false) {
+                Ok(path) => self.activate(id, path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warning!("{}: move to active: {e}", id.as_str()),
+            }
+        }
+    }
+
+    fn limits_of(&mut self, transport: &str) -> Limits {
+        if let Some(l) = self.limits.get(transport) {
+            return *l;
+        }
+        let p = &self.svc.params;
+        let get = |suffix: &str, default_name: &str, fallback: i64| -> usize {
+            let own = format!("{transport}_{suffix}");
+            let v = p
+                .value(&own)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .and_then(|v| libmail::config::check::parse_number(&v))
+                .unwrap_or_else(|| num_param(p, default_name, fallback));
+            v.max(1) as usize
+        };
+        let l = Limits {
+            concurrency: get(
+                "destination_concurrency_limit",
+                "default_destination_concurrency_limit",
+                20,
+            ),
+            recipients: get(
+                "destination_recipient_limit",
+                "default_destination_recipient_limit",
+                50,
+            ),
+        };
+        self.limits.insert(transport.to_string(), l);
+        l
+    }
+
+    /// Opens a message now in `active/` and queues its jobs.
+    fn activate(&mut self, id: QueueId, path: std::path::PathBuf) {
+        let mut msg = match Msg::open(&self.svc.layout, id, &path) {
+            Ok(m) => m,
+            Err(message::OpenError::Corrupt(reason)) => {
+                warning!("{}: {reason}: moved to the corrupt queue", id.as_str());
+                if let Err(e) = self
+                    .svc
+                    .layout
+                    .move_file(&id, Queue::Active, Queue::Corrupt, true)
+                {
+                    warning!("{}: move to corrupt: {e}", id.as_str());
+                }
+                return;
+            }
+            Err(message::OpenError::Other(reason)) => {
+                warning!("{}: {reason}", id.as_str());
+                // Leave it for a later scan.
+                let _ = self
+                    .svc
+                    .layout
+                    .move_file(&id, Queue::Active, Queue::Incoming, false);
+                return;
+            }
+        };
+        info!(
+            "{}: from=<{}>, size={}, nrcpt={} (queue active)",
+            id.as_str(),
+            msg.sender(),
+            msg.size(),
+            msg.nrcpt()
+        );
+        let key = id.as_str().to_string();
+        let groups = msg.plan(&self.resolver);
+        self.msgs.insert(key.clone(), msg);
+        for (transport, nexthop, rcpts) in groups {
+            let limits = self.limits_of(&transport);
+            for chunk in rcpts.chunks(limits.recipients) {
+                let msg = self.msgs.get_mut(&key).expect("just inserted");
+                let job = msg.job(&transport, &nexthop, chunk.to_vec());
+                self.dests
+                    .entry((transport.clone(), nexthop.clone()))
+                    .or_default()
+                    .waiting
+                    .push_back(job);
+            }
+        }
+        self.finish_if_idle(&key);
+    }
+
+    /// Starts the jobs the concurrency limits allow.
+    fn dispatch(&mut self) {
+        let keys: Vec<(String, String)> = self
+            .dests
+            .iter()
+            .filter(|(_, d)| !d.waiting.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let limit = self.limits_of(&key.0).concurrency;
+            let dest = self.dests.get_mut(&key).expect("listed");
+            while dest.running < limit {
+                let Some(job) = dest.waiting.pop_front() else {
+                    break;
+                };
+                dest.running += 1;
+                self.pools.submit(job);
+            }
+        }
+        self.dests
+            .retain(|_, d| !(d.waiting.is_empty() && d.running == 0));
+    }
+
+    /// Applies an agent's reply.
+    fn complete(&mut self, r: JobResult) {
+        let dest = (r.request.transport.clone(), r.request.nexthop.clone());
+        if let Some(d) = self.dests.get_mut(&dest) {
+            d.running = d.running.saturating_sub(1);
+        }
+        let key = r.request.queue_id.clone();
+        let Some(msg) = self.msgs.get_mut(&key) else {
+            return;
+        };
+        msg.apply(r);
+        self.finish_if_idle(&key);
+    }
+
+    /// A message with no job left is removed or deferred.
+    fn finish_if_idle(&mut self, key: &str) {
+        let Some(msg) = self.msgs.get(key) else {
+            return;
+        };
+        if msg.outstanding() > 0 {
+            return;
+        }
+        let msg = self.msgs.remove(key).expect("present");
+        let lifetimes = (
+            self.min_backoff,
+            self.max_backoff,
+            self.max_lifetime,
+            self.bounce_lifetime,
+        );
+        msg.finish(&self.svc.layout, lifetimes);
+    }
 }

@@ -275,6 +275,96 @@ pub fn delivery_line(
     line
 }
 
+/// The agent side of one connection from qmgr: reads requests until
+/// qmgr closes it (or the daemon is told to stop, between requests),
+/// calls `deliver` for each, and sends back its outcomes (one per
+/// recipient, in request order; missing ones are filled in as deferred
+/// by qmgr). Postfix keeps the same loop in deliver_request.c.
+pub fn serve_connection<S, F>(stream: S, mut deliver: F)
+where
+    S: io::Read + io::Write,
+    F: FnMut(&Request) -> Vec<Outcome>,
+{
+    let mut conn = crate::ipc::attr::Conn::new(stream);
+    loop {
+        if crate::service::stopping() {
+            return;
+        }
+        let attrs = match conn.recv() {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut {
+                    crate::warning!("delivery request: {e}");
+                }
+                return;
+            }
+        };
+        let req = match Request::from_attrs(&attrs) {
+            Ok(r) => r,
+            Err(e) => {
+                crate::warning!("bad delivery request: {e}");
+                return;
+            }
+        };
+        let outcomes = deliver(&req);
+        if conn.send(&outcomes_to_attrs(&outcomes)).is_err() {
+            return;
+        }
+    }
+}
+
+/// One outcome for every recipient of `req` (the error, retry and
+/// discard agents), each logged with `relay=none`. `text` may start with
+/// an enhanced status code, which then replaces `default_dsn`; an empty
+/// text becomes `default_text`.
+pub fn same_for_all(
+    req: &Request,
+    status: Status,
+    text: &str,
+    default_dsn: &str,
+    default_text: &str,
+) -> Vec<Outcome> {
+    let received = now_f64();
+    let (dsn, text) = split_dsn(text, default_dsn);
+    let text = if text.is_empty() { default_text } else { text };
+    req.rcpts
+        .iter()
+        .map(|r| {
+            let o = Outcome {
+                offset: r.offset,
+                status,
+                dsn: dsn.to_string(),
+                reason: text.to_string(),
+            };
+            let t = Timing {
+                received,
+                setup: 0.0,
+            };
+            crate::info!("{}", delivery_line(req, r, "none", t, &o));
+            o
+        })
+        .collect()
+}
+
+/// Splits `4.3.2 text` into (`4.3.2`, `text`); without a code, the
+/// default `dsn`.
+pub fn split_dsn<'a>(text: &'a str, default: &'a str) -> (&'a str, &'a str) {
+    let t = text.trim();
+    let (first, rest) = t.split_once(' ').unwrap_or((t, ""));
+    let parts: Vec<&str> = first.split('.').collect();
+    let is_code = parts.len() == 3
+        && matches!(parts[0], "2" | "4" | "5")
+        && parts[1..]
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+    if is_code {
+        (first, rest.trim_start())
+    } else {
+        (default, t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +397,17 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn dsn_codes_are_split_off_only_when_well_formed() {
+        assert_eq!(
+            split_dsn("5.1.2 domain gone", "5.0.0"),
+            ("5.1.2", "domain gone")
+        );
+        assert_eq!(split_dsn("domain gone", "5.0.0"), ("5.0.0", "domain gone"));
+        assert_eq!(split_dsn("5.1 x", "4.0.0"), ("4.0.0", "5.1 x"));
+        assert_eq!(split_dsn("", "5.0.0"), ("5.0.0", ""));
     }
 
     #[test]

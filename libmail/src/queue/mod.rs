@@ -55,6 +55,7 @@ pub mod dirs;
 pub mod file;
 pub mod id;
 pub mod record;
+pub mod statuslog;
 
 use std::fmt;
 use std::io;

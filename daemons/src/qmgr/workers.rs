@@ -1,0 +1,185 @@
+//! Connections to the delivery agents: per transport, a pool of worker
+//! threads, each holding one connection to `private/TRANSPORT` and
+//! carrying one request at a time. qmgr's main loop decides how many
+//! jobs run at once; the pool only grows to match (up to
+//! [`MAX_WORKERS`] per transport) and reuses idle connections.
+//!
+//! A connection that the agent closed while idle (it exits after
+//! `max_idle`, or on reload) is noticed before the next request is
+//! written (the socket reads as end-of-file) and replaced, so a request
+//! is never retried after it was sent: an agent that dies mid-request
+//! leaves its recipients deferred, never delivered twice by a blind
+//! retry.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use libmail::deliver::{outcomes_from_attrs, Outcome, Request};
+use libmail::ipc::{self, Conn};
+
+use super::Event;
+
+/// Most connections per transport.
+pub const MAX_WORKERS: usize = 100;
+
+/// How long qmgr waits for an agent's reply (a command run by local may
+/// take `command_time_limit`, 1000 s by default).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub(crate) struct Job {
+    pub request: Request,
+}
+
+pub(crate) struct JobResult {
+    pub request: Request,
+    /// The agent's reply, or why there is none (every recipient deferred).
+    pub outcomes: Result<Vec<Outcome>, String>,
+}
+
+struct Pool {
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    workers: usize,
+    idle: Arc<AtomicUsize>,
+}
+
+pub(crate) struct Pools {
+    queue_directory: PathBuf,
+    events: Sender<Event>,
+    pools: HashMap<String, Pool>,
+    in_flight: usize,
+}
+
+impl Pools {
+    pub fn new(queue_directory: PathBuf, events: Sender<Event>) -> Pools {
+        Pools {
+            queue_directory,
+            events,
+            pools: HashMap::new(),
+            in_flight: 0,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub fn finished(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    pub fn submit(&mut self, job: Job) {
+        let transport = job.request.transport.clone();
+        let pool = self.pools.entry(transport.clone()).or_insert_with(|| {
+            let (tx, rx) = unbounded();
+            Pool {
+                tx,
+                rx,
+                workers: 0,
+                idle: Arc::new(AtomicUsize::new(0)),
+            }
+        });
+        if pool.idle.load(Ordering::SeqCst) == 0 && pool.workers < MAX_WORKERS {
+            let rx = pool.rx.clone();
+            let idle = pool.idle.clone();
+            let events = self.events.clone();
+            let path = ipc::private(&self.queue_directory, &transport);
+            let spawned = std::thread::Builder::new()
+                .name(format!("agent-{transport}"))
+                .spawn(move || worker(path, rx, idle, events));
+            if spawned.is_ok() {
+                pool.workers += 1;
+            }
+        }
+        self.in_flight += 1;
+        // The receiver lives in the pool: sending cannot fail.
+        let _ = pool.tx.send(job);
+    }
+}
+
+/// True when the peer closed the connection (readable with no data).
+fn peer_closed(s: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r != 0
+}
+
+fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Sender<Event>) {
+    let mut conn: Option<Conn<UnixStream>> = None;
+    loop {
+        idle.fetch_add(1, Ordering::SeqCst);
+        let job = rx.recv();
+        idle.fetch_sub(1, Ordering::SeqCst);
+        let Ok(job) = job else { return };
+        if conn.as_ref().is_some_and(|c| peer_closed(c.get_ref())) {
+            conn = None;
+        }
+        if conn.is_none() {
+            match ipc::connect(&path, REPLY_TIMEOUT) {
+                Ok(s) => conn = Some(Conn::new(s)),
+                Err(e) => {
+                    let reason = if e.kind() == std::io::ErrorKind::NotFound
+                        || e.kind() == std::io::ErrorKind::ConnectionRefused
+                    {
+                        "mail transport unavailable".to_string()
+                    } else {
+                        format!("mail transport unavailable: {e}")
+                    };
+                    let _ = events.send(Event::Done(Box::new(JobResult {
+                        request: job.request,
+                        outcomes: Err(reason),
+                    })));
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let result = c
+            .send(&job.request.to_attrs())
+            .and_then(|_| c.expect())
+            .and_then(|a| outcomes_from_attrs(&a));
+        let outcomes = match result {
+            Ok(o) => Ok(complete(&job.request, o)),
+            Err(e) => {
+                conn = None;
+                Err(format!("unknown mail transport error: {e}"))
+            }
+        };
+        if events
+            .send(Event::Done(Box::new(JobResult {
+                request: job.request,
+                outcomes,
+            })))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A reply that forgot recipients leaves them deferred.
+fn complete(req: &Request, mut got: Vec<Outcome>) -> Vec<Outcome> {
+    for r in &req.rcpts {
+        if !got.iter().any(|o| o.offset == r.offset) {
+            got.push(Outcome {
+                offset: r.offset,
+                status: libmail::deliver::Status::Deferred,
+                dsn: "4.3.0".into(),
+                reason: "delivery agent gave no status for this recipient".into(),
+            });
+        }
+    }
+    got.retain(|o| req.rcpts.iter().any(|r| r.offset == o.offset));
+    got
+}
