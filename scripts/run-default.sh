@@ -21,8 +21,10 @@ if [ ! -f run/etc/main.cf ]; then
     "mail_spool_directory = $top/run/mail/" \
     "mail_owner = $(id -un)" \
     "setgid_group = $(id -gn)" \
-    "default_privs = $(id -un)"
+    "default_privs = $( [ "$(id -u)" = 0 ] && echo nobody || id -un)"
 fi
+# The daemons are the ones this checkout built.
+"$bin/postconf" -c run/etc -e "daemon_directory = $bin"
 
 echo "== configuration in run/etc (postconf -n):"
 "$bin/postconf" -c run/etc -n
@@ -31,8 +33,6 @@ echo "== facteur check:"
 echo "== facteur set-permissions (queue directory under ./run/queue):"
 "$bin/facteur" -c run/etc set-permissions
 
-if [ -x "$bin/master" ]; then
-  exec "$bin/facteur" -c run/etc start-fg
-fi
-echo "== The daemons are not part of this build yet (see docs/compatibility.md);"
-echo "   this checked and showed the configuration Facteur will run with."
+echo "== starting the mail system in the foreground (Ctrl-C stops it)."
+echo "   Try: $bin/sendmail -C run/etc \$(id -un) < some-message; mail lands in run/mail/\$(id -un)/new"
+exec "$bin/facteur" -c run/etc start-fg

@@ -5,10 +5,20 @@
 //! `set-permissions`.
 //!
 //! `check` validates main.cf and master.cf and reports every problem with
-//! file and line, exiting non-zero when any is an error. `status` reads the
-//! master's pid file. `set-permissions` creates or repairs the queue
-//! directory. The commands that need the master daemon say so plainly
-//! until it exists (see docs/compatibility.md).
+//! file and line, exiting non-zero when any is an error. `set-permissions`
+//! creates or repairs the queue directory.
+//!
+//! The control commands talk to master(8) as Postfix's postfix-script
+//! does, with its messages: printed to standard error as
+//! `postfix/postfix-script: MESSAGE` and logged with the program name
+//! `postfix-script`. Whether master runs is decided by its lock,
+//! `$data_directory/master.lock` (fcntl write lock; F_GETLK names the
+//! holder's pid), falling back to `$queue_directory/pid/master.pid` and a
+//! signal 0 when the lock file cannot be read. `start` runs
+//! `$daemon_directory/master -w`, `start-fg` execs `master -d`; `stop`
+//! sends SIGTERM and waits up to [`STOP_WAIT`] for the lock to be
+//! released, then kills with force; `abort` and `reload` send SIGTERM and
+//! SIGHUP; `flush` sends triggers to qmgr and pickup.
 
 use libmail::cli::getopt;
 use libmail::config::check::check_config;
@@ -55,14 +65,9 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     match command.as_str() {
         "check" => check(&config_dir, opts.has('v')),
-        "status" => status(&config_dir),
         "set-permissions" => set_permissions(&config_dir),
-        "start" | "start-fg" | "stop" | "abort" | "reload" | "flush" => {
-            eprintln!(
-                "facteur: fatal: {command}: the master daemon and the queue are not part of this \
-                 build yet; 'facteur check' and 'postconf' work today (see docs/compatibility.md)"
-            );
-            1
+        "status" | "start" | "start-fg" | "stop" | "abort" | "reload" | "flush" => {
+            control(command, &config_dir, opts.has('v'))
         }
         other => {
             eprintln!("facteur: fatal: unknown command: '{other}'\n{USAGE}");
@@ -211,9 +216,114 @@ fn group_id(name: &str) -> Option<u32> {
     line.split(':').nth(2)?.parse().ok()
 }
 
-/// `status`: running when `$queue_directory/pid/master.pid` names a live
-/// process.
-fn status(config_dir: &str) -> i32 {
+/// How long `stop` waits for master to exit before killing it.
+pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// postfix-script's voice: standard error and the log.
+struct Script {
+    tag: String,
+    logging: bool,
+    mail_name: String,
+}
+
+impl Script {
+    fn new(params: &Params) -> Script {
+        let syslog_name = params
+            .value("syslog_name")
+            .unwrap_or_else(|_| "postfix".into());
+        Script {
+            tag: format!("{syslog_name}/postfix-script"),
+            logging: libmail::log::init("postfix-script", params, false).is_ok(),
+            mail_name: params
+                .value("mail_name")
+                .unwrap_or_else(|_| "Postfix".into()),
+        }
+    }
+
+    fn say(&self, level: libmail::log::Level, text: &str) {
+        let prefix = match level {
+            libmail::log::Level::Info => "",
+            libmail::log::Level::Warning => "warning: ",
+            libmail::log::Level::Error => "error: ",
+            libmail::log::Level::Fatal | libmail::log::Level::Panic => "fatal: ",
+        };
+        eprintln!("{}: {prefix}{text}", self.tag);
+        if self.logging {
+            libmail::log::log(level, text);
+        }
+    }
+
+    fn info(&self, text: &str) {
+        self.say(libmail::log::Level::Info, text);
+    }
+
+    /// `fatal:` message; returns the exit status 1.
+    fn fatal(&self, text: &str) -> i32 {
+        self.say(libmail::log::Level::Fatal, text);
+        1
+    }
+
+    fn not_running(&self) -> i32 {
+        self.fatal(&format!(
+            "the {} mail system is not running",
+            self.mail_name
+        ))
+    }
+}
+
+/// The pid of the running master of a configuration, if one runs.
+pub fn master_pid(params: &Params) -> Option<i32> {
+    let data = params.value("data_directory").unwrap_or_default();
+    let queue = params.value("queue_directory").unwrap_or_default();
+    let from_pid_file = || {
+        std::fs::read_to_string(format!("{queue}/pid/master.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|&p| p > 0)
+    };
+    let lock = std::path::Path::new(&data).join("master.lock");
+    match std::fs::File::open(&lock) {
+        Ok(f) => {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a zeroed flock is valid; F_GETLK fills it.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            // SAFETY: F_GETLK on an open file with a valid flock.
+            let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
+            if r < 0 || fl.l_type == libc::F_UNLCK as libc::c_short {
+                return None;
+            }
+            // l_pid is 0 when the holder is in another pid namespace.
+            Some(fl.l_pid)
+                .filter(|&p| p > 0)
+                .or_else(from_pid_file)
+                .or(Some(0))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // Not allowed to read the lock (not root): the pid file and a
+        // signal 0 (EPERM still means the process exists).
+        Err(_) => from_pid_file().filter(|&p| {
+            // SAFETY: signal 0 only checks that the process exists.
+            let exists = unsafe { libc::kill(p, 0) } == 0;
+            exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        }),
+    }
+}
+
+fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    if pid <= 0 {
+        return Err(std::io::Error::other("no pid for the running master"));
+    }
+    // SAFETY: kill(2) on one positive pid.
+    if unsafe { libc::kill(pid, sig) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The control commands (Postfix's postfix-script).
+fn control(command: &str, config_dir: &str, verbose: bool) -> i32 {
     let params = match Params::load(config_dir) {
         Ok(p) => p,
         Err(d) => {
@@ -221,24 +331,133 @@ fn status(config_dir: &str) -> i32 {
             return 1;
         }
     };
-    let name = params
-        .value("mail_name")
-        .unwrap_or_else(|_| "Postfix".into());
-    let queue = params.value("queue_directory").unwrap_or_default();
-    let pid_file = format!("{queue}/pid/master.pid");
-    let pid = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|&p| p > 0);
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    match pid {
-        Some(p) if unsafe { libc::kill(p, 0) } == 0 => {
-            eprintln!("facteur: the {name} mail system is running: PID: {p}");
+    let script = Script::new(&params);
+    let name = script.mail_name.clone();
+    let running = master_pid(&params);
+    let master =
+        std::path::Path::new(&params.value("daemon_directory").unwrap_or_default()).join("master");
+    let master_cmd = |flag: &str| {
+        let mut c = std::process::Command::new(&master);
+        c.arg(flag).arg("-c").arg(config_dir);
+        if verbose {
+            c.arg("-v");
+        }
+        c
+    };
+    match command {
+        "status" => match running {
+            Some(pid) => {
+                script.info(&format!("the {name} mail system is running: PID: {pid}"));
+                0
+            }
+            None => {
+                script.info(&format!("the {name} mail system is not running"));
+                1
+            }
+        },
+        "start" | "start-fg" => {
+            if running.is_some() {
+                return script.fatal(&format!("the {name} mail system is already running"));
+            }
+            if check(config_dir, false) != 0 {
+                return 1;
+            }
+            if !master.is_file() {
+                return script.fatal(&format!(
+                    "{}: no such program (is daemon_directory right?)",
+                    master.display()
+                ));
+            }
+            script.info(&format!("starting the {name} mail system"));
+            if command == "start-fg" {
+                use std::os::unix::process::CommandExt;
+                let e = master_cmd("-d").exec();
+                return script.fatal(&format!("exec {}: {e}", master.display()));
+            }
+            match master_cmd("-w").status() {
+                Ok(s) => s.code().unwrap_or(1),
+                Err(e) => script.fatal(&format!("{}: {e}", master.display())),
+            }
+        }
+        "stop" => {
+            let Some(pid) = running else {
+                return script.not_running();
+            };
+            script.info(&format!("stopping the {name} mail system"));
+            if let Err(e) = signal(pid, libc::SIGTERM) {
+                return script.fatal(&format!("kill {pid}: {e}"));
+            }
+            let start = std::time::Instant::now();
+            let mut said = 0;
+            while start.elapsed() < STOP_WAIT {
+                if master_pid(&params).is_none() {
+                    return 0;
+                }
+                let secs = start.elapsed().as_secs();
+                if secs >= said {
+                    script.info(&format!("waiting for the {name} mail system to terminate"));
+                    said = secs + 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if master_pid(&params).is_none() {
+                return 0;
+            }
+            script.say(
+                libmail::log::Level::Warning,
+                &format!("stopping the {name} mail system with force"),
+            );
+            // The whole process group when master leads one (it does when
+            // started with `start`), as Postfix's kill -9 -PID.
+            // SAFETY: getpgid and kill on a positive pid.
+            unsafe {
+                if libc::getpgid(pid) == pid {
+                    libc::kill(-pid, libc::SIGKILL);
+                } else {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
             0
         }
-        _ => {
-            eprintln!("facteur: the {name} mail system is not running");
-            1
+        "abort" => {
+            let Some(pid) = running else {
+                return script.not_running();
+            };
+            script.info(&format!("aborting the {name} mail system"));
+            match signal(pid, libc::SIGTERM) {
+                Ok(()) => 0,
+                Err(e) => script.fatal(&format!("kill {pid}: {e}")),
+            }
         }
+        "reload" => {
+            let Some(pid) = running else {
+                return script.not_running();
+            };
+            script.info(&format!("refreshing the {name} mail system"));
+            match signal(pid, libc::SIGHUP) {
+                Ok(()) => 0,
+                Err(e) => script.fatal(&format!("kill {pid}: {e}")),
+            }
+        }
+        "flush" => {
+            if running.is_none() {
+                return script.not_running();
+            }
+            let queue =
+                std::path::PathBuf::from(params.value("queue_directory").unwrap_or_default());
+            let mut status = 0;
+            for (service, bytes) in [("qmgr", &b"FADI"[..]), ("pickup", &b"W"[..])] {
+                let path = libmail::ipc::public(&queue, service);
+                if let Err(e) = libmail::ipc::trigger(&path, bytes) {
+                    script.say(
+                        libmail::log::Level::Warning,
+                        &format!("trigger {}: {e}", path.display()),
+                    );
+                    status = 1;
+                }
+            }
+            status
+        }
+        _ => 1,
     }
 }

@@ -43,6 +43,7 @@ pub const EX_UNAVAILABLE: i32 = 69;
 pub const EX_SOFTWARE: i32 = 70;
 pub const EX_OSERR: i32 = 71;
 pub const EX_TEMPFAIL: i32 = 75;
+pub const EX_CONFIG: i32 = 78;
 
 /// Postfix's option letters (`GETOPT_LIST` in sendmail.c).
 const SPEC: &str = "A:B:C:F:GIL:N:O:R:UV:X:b:ce:f:h:imno:p:r:q:tvx";
@@ -51,7 +52,8 @@ const USAGE: &str = "usage: sendmail [-i|-oi] [-t] [-f sender] [-r sender] [-F f
 [-N never|success,failure,delay] [-R hdrs|full] [-V envid] [-B 7BIT|8BITMIME] \
 [-C config_dir] [-o x] [-v] [--] [recipient ...]
 Reads a message from standard input and queues it in $queue_directory/maildrop.
-Not supported yet: -bp (mailq), -bi/-I (newaliases), -bs (SMTP on stdin), -bv, -bd/-bl, -q.
+-q flushes the queue; -bi (or -I) rebuilds the alias database like newaliases.
+Not supported yet: -bp (mailq), -bs (SMTP on stdin), -bv, -bd/-bl.
 See docs/man/sendmail.1.md.";
 
 /// A fatal error: what to print after `sendmail: fatal: ` and the exit
@@ -77,6 +79,32 @@ struct Options {
     encoding: Option<&'static str>,
     verbose: bool,
     recipients: Vec<String>,
+    mode: Mode,
+}
+
+/// What sendmail was asked to do besides submitting a message.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum Mode {
+    #[default]
+    Submit,
+    /// `-q`: flush the queue.
+    Flush,
+    /// `-bi` / `-I`: rebuild the alias database.
+    NewAliases,
+}
+
+/// `-C dir` / `-Cdir` found before getopt runs.
+fn config_dir_arg(args: &[String]) -> Option<String> {
+    let mut it = args.iter().take_while(|a| *a != "--");
+    while let Some(a) = it.next() {
+        if a == "-C" {
+            return it.next().cloned();
+        }
+        if let Some(d) = a.strip_prefix("-C") {
+            return Some(d.to_string());
+        }
+    }
+    None
 }
 
 pub fn main(args: Vec<String>) -> i32 {
@@ -101,10 +129,11 @@ fn parse_options(args: &[String]) -> Result<Options, Fatal> {
         .take_while(|a| *a != "--")
         .any(|a| a.starts_with("-q"))
     {
-        return fatal(
-            EX_UNAVAILABLE,
-            "-q (queue flush) is not supported yet: there is no queue manager in this build",
-        );
+        return Ok(Options {
+            mode: Mode::Flush,
+            config_dir: config_dir_arg(args),
+            ..Default::default()
+        });
     }
     let parsed = match getopt(args, SPEC) {
         Ok(p) => p,
@@ -120,12 +149,7 @@ fn parse_options(args: &[String]) -> Result<Options, Fatal> {
             Opt::Flag('t') => o.extract = true,
             Opt::Flag('i') => o.dot_ends = false,
             Opt::Flag('v') => o.verbose = true,
-            Opt::Flag('I') => {
-                return fatal(
-                    EX_UNAVAILABLE,
-                    "-I (newaliases) is not supported by sendmail yet; run newaliases",
-                )
-            }
+            Opt::Flag('I') => o.mode = Mode::NewAliases,
             // Accepted and ignored, as Postfix does.
             Opt::Flag(_) => {}
             Opt::WithArg('o', v) => {
@@ -164,7 +188,7 @@ fn parse_options(args: &[String]) -> Result<Options, Fatal> {
                 Some('m') => {}
                 Some('h' | 'H') => {}
                 Some('p') => return unsupported("-bp (mailq)"),
-                Some('i') => return unsupported("-bi (newaliases)"),
+                Some('i') => o.mode = Mode::NewAliases,
                 Some('s') => return unsupported("-bs (SMTP on standard input)"),
                 Some('v') => return unsupported("-bv (address verification)"),
                 Some('d' | 'l') => return unsupported("-bd/-bl (daemon mode)"),
@@ -238,6 +262,32 @@ fn passwd_of_uid(uid: libc::uid_t) -> Option<(String, String)> {
 fn run(args: Vec<String>) -> Result<(), Fatal> {
     let opts = parse_options(&args)?;
     let config_dir = config::config_directory(opts.config_dir.as_deref());
+    match opts.mode {
+        Mode::Submit => {}
+        Mode::NewAliases => {
+            let mut a = Vec::new();
+            if let Some(d) = &opts.config_dir {
+                a.extend(["-C".to_string(), d.clone()]);
+            }
+            return match crate::postalias::newaliases(a) {
+                0 => Ok(()),
+                code => Err(Fatal(code, "newaliases failed".into())),
+            };
+        }
+        Mode::Flush => {
+            let params = Params::load(&config_dir)
+                .map_err(|d| Fatal(EX_CONFIG, d.postfix_located()))?;
+            let qdir = params
+                .value("queue_directory")
+                .map_err(|e| Fatal(EX_CONFIG, format!("queue_directory: {e}")))?;
+            return libmail::ipc::flush(std::path::Path::new(&qdir)).map_err(|e| {
+                Fatal(
+                    EX_UNAVAILABLE,
+                    format!("Cannot flush mail queue - mail system is down ({e})"),
+                )
+            });
+        }
+    }
     let params = match Params::load(&config_dir) {
         Ok(p) => p,
         Err(d) => return fatal(EX_TEMPFAIL, d.located()),
@@ -304,6 +354,21 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
     };
     let style = IdStyle::from_long_ids(parse_bool(&value("enable_long_queue_ids")) == Some(true));
 
+    let minfree = params
+        .value("queue_minfree")
+        .ok()
+        .and_then(|v| parse_number(&v))
+        .unwrap_or(0)
+        .max(0) as u64;
+    if !layout.has_room(minfree).unwrap_or(true) {
+        return fatal(
+            EX_TEMPFAIL,
+            format!(
+                "{who}: Insufficient system storage: less than queue_minfree = {minfree} bytes free in {}; try again later",
+                layout.root().display()
+            ),
+        );
+    }
     let maildrop = layout.dir(Queue::Maildrop);
     let write_err = |e: io::Error| {
         Fatal(
@@ -464,6 +529,9 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
     }
     let unsynced = w.finish().map_err(write_err)?;
     let durable = unsynced.sync().map_err(write_err)?;
+    // Wake pickup, as postdrop does; if it is not running, its wakeup
+    // timer (or the next start) finds the file.
+    let _ = libmail::ipc::trigger(&libmail::ipc::public(layout.root(), "pickup"), b"W");
     if opts.verbose {
         eprintln!(
             "sendmail: queued as {} in {}",

@@ -144,6 +144,21 @@ fn install_term_handler() {
     }
 }
 
+/// Ties the daemon's life to master's: when master dies (even by
+/// kill -9), the daemon gets SIGTERM and finishes what it is doing, so a
+/// new master never finds an old qmgr or pickup still at work.
+fn exit_with_master() {
+    // SAFETY: getppid and prctl with constant arguments.
+    unsafe {
+        let parent = libc::getppid();
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if libc::getppid() != parent {
+            // Master died before the prctl took effect.
+            STOPPING.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A parameter as a time in seconds (`max_idle = 100s`), with a default.
 pub fn time_param(params: &Params, name: &str, default: u64) -> u64 {
     params
@@ -185,6 +200,7 @@ impl Service {
     /// status pipe says ready, so master throttles.
     pub fn start(program: &str) -> Service {
         install_term_handler();
+        exit_with_master();
         let argv: Vec<String> = std::env::args().skip(1).collect();
         let mut config_dir = std::env::var("MAIL_CONFIG").unwrap_or_else(|_| "/etc/postfix".into());
         let mut name = program.to_string();

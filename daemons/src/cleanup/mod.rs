@@ -1,5 +1,173 @@
-//! The cleanup daemon (being written).
+//! cleanup(8): the daemon every message passes through on its way into
+//! the queue. pickup, smtpd and (later) bounce and local hand it a
+//! message over `public/cleanup` with the protocol of
+//! `libmail::ipc::cleanup`; cleanup rewrites the addresses, checks and
+//! completes the headers, writes the queue file into `incoming/`, makes
+//! it durable and only then says yes, then wakes qmgr.
+//!
+//! * [`addresses`]: canonical form, canonical maps, masquerading,
+//!   virtual alias expansion.
+//! * [`headers`]: the header block, the headers cleanup adds, the
+//!   address-list tokenizer.
+//! * [`checks`]: header_checks/body_checks actions and their log lines.
+//! * [`message`]: one message, envelope to verdict.
+//! * [`server`]: the connection handler and the group committer.
+//!
+//! One process serves many connections, a thread each (master's
+//! `maxproc` bounds them). Queue files finished by all connections go to
+//! one committer thread that makes whatever is waiting durable with
+//! `libmail::queue::sync_many` (one fsync per file and one per
+//! directory), so under load the directory fsync is shared; a lone
+//! message is synced at once. See `docs/man/cleanup.8.md`.
+
+pub mod addresses;
+pub mod checks;
+pub mod headers;
+pub mod message;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libmail::address::domains::DomainList;
+use libmail::address::rewrite::Rewriter;
+use libmail::config::params::{split_list, Params};
+use libmail::queue::QueueLayout;
+use libmail::service::{bool_param, num_param, time_param, Service};
+use libmail::table::search::Maps;
+use libmail::table::{OpenOptions, TableError};
+
+use addresses::{classes, AddressRules};
+
+/// cleanup's configuration, read once at start (a changed table is
+/// picked up when the process is replaced after `max_idle`/`max_use`).
+pub struct Config {
+    pub layout: QueueLayout,
+    pub myhostname: String,
+    pub mail_name: String,
+    pub long_ids: bool,
+    pub rules: AddressRules,
+    /// `remote_header_rewrite_domain` is set: headers of remote mail are
+    /// rewritten (and completed) too.
+    pub remote_header_rewrite: bool,
+    pub always_add_missing_headers: bool,
+    pub undisclosed_recipients_header: String,
+    pub always_bcc: String,
+    pub sender_bcc: Option<Maps>,
+    pub recipient_bcc: Option<Maps>,
+    pub header_checks: Option<Maps>,
+    pub body_checks: Option<Maps>,
+    pub body_checks_size_limit: u64,
+    pub header_size_limit: usize,
+    pub hopcount_limit: usize,
+    pub line_length_limit: usize,
+    /// 0: no limit.
+    pub message_size_limit: u64,
+    pub queue_minfree: u64,
+    pub duplicate_filter_limit: usize,
+    pub enable_original_recipient: bool,
+    pub ipc_timeout: Duration,
+}
+
+fn maps(params: &Params, name: &str) -> Result<Option<Maps>, TableError> {
+    let v = params
+        .value(name)
+        .map_err(|e| TableError::Config(format!("{name}: {e}")))?;
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    Maps::open(name, &v, &OpenOptions::default()).map(Some)
+}
+
+fn text(params: &Params, name: &str) -> String {
+    params.value(name).unwrap_or_default()
+}
+
+impl Config {
+    /// Reads the parameters and opens every table; any problem is a
+    /// configuration error (fatal at start, as in Postfix).
+    pub fn load(params: &Params, layout: QueueLayout) -> Result<Config, String> {
+        let e = |e: TableError| e.to_string();
+        let rewriter = Rewriter::new(params);
+        let myorigin = rewriter.myorigin().to_string();
+        let propagate = text(params, "propagate_unmatched_extensions").to_ascii_lowercase();
+        let propagate = split_list(&propagate)
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        let limit = |name: &str, default: i64| num_param(params, name, default).max(0) as usize;
+        let rules = AddressRules {
+            rewriter,
+            myorigin,
+            local_domains: Some(DomainList::from_param(params, "mydestination").map_err(e)?),
+            delimiters: text(params, "recipient_delimiter"),
+            propagate_canonical: propagate.iter().any(|p| p == "canonical"),
+            propagate_virtual: propagate.iter().any(|p| p == "virtual"),
+            canonical: maps(params, "canonical_maps").map_err(e)?,
+            canonical_classes: classes(&text(params, "canonical_classes")),
+            sender_canonical: maps(params, "sender_canonical_maps").map_err(e)?,
+            sender_canonical_classes: classes(&text(params, "sender_canonical_classes")),
+            recipient_canonical: maps(params, "recipient_canonical_maps").map_err(e)?,
+            recipient_canonical_classes: classes(&text(params, "recipient_canonical_classes")),
+            masq_domains: split_list(&text(params, "masquerade_domains"))
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            masq_exceptions: split_list(&text(params, "masquerade_exceptions"))
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+            masq_classes: classes(&text(params, "masquerade_classes")),
+            virtual_alias: maps(params, "virtual_alias_maps").map_err(e)?,
+            recursion_limit: limit("virtual_alias_recursion_limit", 1000).max(1),
+            expansion_limit: limit("virtual_alias_expansion_limit", 1000).max(1),
+        };
+        Ok(Config {
+            layout,
+            myhostname: text(params, "myhostname"),
+            mail_name: {
+                let n = text(params, "mail_name");
+                if n.is_empty() {
+                    "Postfix".into()
+                } else {
+                    n
+                }
+            },
+            long_ids: bool_param(params, "enable_long_queue_ids", false),
+            rules,
+            remote_header_rewrite: !text(params, "remote_header_rewrite_domain")
+                .trim()
+                .is_empty(),
+            always_add_missing_headers: bool_param(params, "always_add_missing_headers", false),
+            undisclosed_recipients_header: text(params, "undisclosed_recipients_header"),
+            always_bcc: text(params, "always_bcc").trim().to_string(),
+            sender_bcc: maps(params, "sender_bcc_maps").map_err(e)?,
+            recipient_bcc: maps(params, "recipient_bcc_maps").map_err(e)?,
+            header_checks: maps(params, "header_checks").map_err(e)?,
+            body_checks: maps(params, "body_checks").map_err(e)?,
+            body_checks_size_limit: num_param(params, "body_checks_size_limit", 51200).max(0)
+                as u64,
+            header_size_limit: limit("header_size_limit", 102_400).max(1),
+            hopcount_limit: limit("hopcount_limit", 50).max(1),
+            line_length_limit: limit("line_length_limit", 2048).max(1),
+            message_size_limit: num_param(params, "message_size_limit", 10_240_000).max(0) as u64,
+            queue_minfree: num_param(params, "queue_minfree", 0).max(0) as u64,
+            duplicate_filter_limit: limit("duplicate_filter_limit", 1000),
+            enable_original_recipient: bool_param(params, "enable_original_recipient", true),
+            ipc_timeout: Duration::from_secs(time_param(params, "ipc_timeout", 3600).max(1)),
+        })
+    }
+}
 
 pub fn main() {
-    libmail::log::fatal("cleanup: not built yet")
+    let service = Service::start("cleanup");
+    let cfg = match Config::load(&service.params, service.layout.clone()) {
+        Ok(c) => Arc::new(c),
+        Err(e) => libmail::log::fatal(&e),
+    };
+    let committer = server::Committer::start();
+    service.serve_streams(true, move |stream| server::serve(&cfg, &committer, stream));
 }
+
+#[cfg(test)]
+mod tests;

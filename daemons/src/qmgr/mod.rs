@@ -85,6 +85,8 @@ pub(crate) struct Qmgr {
     bounce_lifetime: u64,
     queue_run_delay: u64,
     next_deferred_scan: Instant,
+    /// An `A` trigger arrived: the next deferred scan ignores retry times.
+    ignore_times: bool,
 }
 
 pub fn main() {
@@ -92,6 +94,7 @@ pub fn main() {
     let triggers = svc.triggers();
     let resolver =
         Resolver::new(&svc.params).unwrap_or_else(|e| libmail::log::fatal(&format!("{e}")));
+    let _lock = exclusive(&svc);
     svc.ready();
     let (tx, rx) = unbounded::<Event>();
     let ttx = tx.clone();
@@ -117,6 +120,7 @@ pub fn main() {
         bounce_lifetime: time_param(p, "bounce_queue_lifetime", 5 * 86400),
         queue_run_delay,
         next_deferred_scan: Instant::now(),
+        ignore_times: false,
         svc,
     };
     q.recover_active();
@@ -124,6 +128,34 @@ pub fn main() {
     q.scan(Queue::Deferred, false);
     q.next_deferred_scan = Instant::now() + Duration::from_secs(q.queue_run_delay);
     q.run(rx);
+}
+
+/// One qmgr per queue: a previous qmgr that is still finishing its
+/// deliveries (master died or reloaded) holds `pid/qmgr.lock` until it
+/// exits; wait for it (bounded) so two never work on `active/` at once.
+fn exclusive(svc: &Service) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let path = svc.layout.root().join("pid/qmgr.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| libmail::log::fatal(&format!("open {}: {e}", path.display())));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return f;
+        }
+        if Instant::now() > deadline {
+            libmail::log::fatal(&format!(
+                "{} is held by another qmgr for this queue",
+                path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Qmgr {
@@ -148,7 +180,6 @@ impl Qmgr {
                 .min(Duration::from_millis(500));
             let mut scan_incoming = false;
             let mut scan_deferred = false;
-            let mut ignore_times = false;
             match rx.recv_timeout(wait) {
                 Ok(ev) => {
                     let mut evs = vec![ev];
@@ -159,7 +190,7 @@ impl Qmgr {
                                 scan_incoming = true;
                                 match b {
                                     b'D' => scan_deferred = true,
-                                    b'A' => ignore_times = true,
+                                    b'A' => self.ignore_times = true,
                                     _ => {}
                                 }
                             }
@@ -183,7 +214,8 @@ impl Qmgr {
                 self.scan(Queue::Incoming, false);
             }
             if scan_deferred {
-                self.scan(Queue::Deferred, ignore_times);
+                let ignore = std::mem::take(&mut self.ignore_times);
+                self.scan(Queue::Deferred, ignore);
             }
         }
     }

@@ -32,6 +32,10 @@ pub const MAX_WORKERS: usize = 100;
 /// take `command_time_limit`, 1000 s by default).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// How long qmgr waits for an agent to greet (Postfix's
+/// `qmgr_ipc_timeout`).
+const IPC_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub(crate) struct Job {
     pub request: Request,
 }
@@ -126,12 +130,17 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
             conn = None;
         }
         if conn.is_none() {
-            match ipc::connect(&path, REPLY_TIMEOUT) {
-                Ok(s) => conn = Some(Conn::new(s)),
+            match connect(&path) {
+                Ok(c) => conn = Some(c),
                 Err(e) => {
-                    let reason = if e.kind() == std::io::ErrorKind::NotFound
-                        || e.kind() == std::io::ErrorKind::ConnectionRefused
-                    {
+                    let reason = if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound
+                            | std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::UnexpectedEof
+                    ) {
                         "mail transport unavailable".to_string()
                     } else {
                         format!("mail transport unavailable: {e}")
@@ -166,6 +175,23 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
             return;
         }
     }
+}
+
+/// Connects to an agent and waits for its greeting (`qmgr_ipc_timeout`,
+/// 60 s); then allows [`REPLY_TIMEOUT`] for each reply.
+fn connect(path: &std::path::Path) -> std::io::Result<Conn<UnixStream>> {
+    let s = ipc::connect(path, IPC_TIMEOUT)?;
+    let mut c = Conn::new(s);
+    let hello = c.expect()?;
+    if hello.get("agent") != Some("ready") {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "delivery agent did not greet",
+        ));
+    }
+    c.get_ref().set_read_timeout(Some(REPLY_TIMEOUT))?;
+    c.get_ref().set_write_timeout(Some(REPLY_TIMEOUT))?;
+    Ok(c)
 }
 
 /// A reply that forgot recipients leaves them deferred.

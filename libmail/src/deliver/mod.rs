@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! qmgr connects to private/TRANSPORT (the master.cf service name)
+//! agent -> qmgr    agent=ready                 (qmgr waits qmgr_ipc_timeout for it)
 //! qmgr  -> agent   request list (Request::to_attrs)
 //! agent -> qmgr    reply list: for each recipient, in request order,
 //!                  offset=N status=sent|deferred|bounced dsn=X.Y.Z reason=TEXT
@@ -286,6 +287,11 @@ where
     F: FnMut(&Request) -> Vec<Outcome>,
 {
     let mut conn = crate::ipc::attr::Conn::new(stream);
+    // The greeting: qmgr waits a short time for it, so an agent that is
+    // not running (throttled, crashing) is noticed at once.
+    if conn.send(&greeting()).is_err() {
+        return;
+    }
     loop {
         if crate::service::stopping() {
             return;
@@ -345,6 +351,11 @@ pub fn same_for_all(
             o
         })
         .collect()
+}
+
+/// What an agent says first on every connection.
+pub fn greeting() -> Attrs {
+    Attrs::new().with("agent", "ready")
 }
 
 /// Splits `4.3.2 text` into (`4.3.2`, `text`); without a code, the

@@ -67,6 +67,15 @@ pub fn trigger(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// `postqueue -f`, `sendmail -q`, `facteur flush`: tell qmgr to forget
+/// dead destinations (`F`), ignore deferred retry times (`A`), scan
+/// deferred (`D`) and incoming (`I`), then wake pickup (`W`).
+pub fn flush(queue_directory: &Path) -> io::Result<()> {
+    trigger(&public(queue_directory, "qmgr"), b"FADI")?;
+    let _ = trigger(&public(queue_directory, "pickup"), b"W");
+    Ok(())
+}
+
 trait NonBlock {
     fn custom_flags_nonblock(&mut self) -> &mut Self;
 }

@@ -493,6 +493,29 @@ impl QueueLayout {
         Ok(dst)
     }
 
+    /// Free bytes for unprivileged writers on the queue's file system.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.root.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        // SAFETY: a valid C string and a zeroed statvfs to fill.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+
+    /// Whether the queue file system has `queue_minfree` bytes free
+    /// (`queue_minfree = 0`: always). Postfix's daemons refuse new mail
+    /// with a temporary error when it has not.
+    pub fn has_room(&self, queue_minfree: u64) -> io::Result<bool> {
+        if queue_minfree == 0 {
+            return Ok(true);
+        }
+        Ok(self.free_bytes()? >= queue_minfree)
+    }
+
     /// Removes `id` from `q` (all recipients done, or `postsuper -d`).
     /// With `sync`, the removal is durable when this returns.
     pub fn remove(&self, q: Queue, id: &QueueId, sync: bool) -> io::Result<()> {

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Benchmark: local submission to Maildir delivery, Facteur against Postfix,
+# on this machine, in one run.
+#
+#   scripts/bench-pipeline.sh [MESSAGES] [PARALLEL]     (default 10000, 4)
+#
+# For each system: a private instance under /tmp (its own config, queue and
+# spool), MESSAGES messages of about 4 KiB submitted with that system's
+# sendmail by PARALLEL submitters, timed from the first submission until
+# the last message is in the Maildir. Printed per system: messages per
+# second end to end, fsync+fdatasync calls per message (strace -f -c over
+# the daemons and the submitters), and the peak resident memory of the
+# daemons (the sum over the process tree, sampled every 100 ms). Then the
+# ratios. Needs root (Postfix's master runs as root; Facteur then runs as
+# root too, delivering as the recipient), strace, and postfix installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+N=${1:-10000}
+P=${2:-4}
+[ "$(id -u)" = 0 ] || { echo "bench-pipeline: run as root (Postfix's master needs it)" >&2; exit 1; }
+command -v strace >/dev/null || { echo "bench-pipeline: strace is needed (apt-get install strace)" >&2; exit 1; }
+[ -x /usr/sbin/postfix ] || { echo "bench-pipeline: postfix is needed (apt-get install postfix)" >&2; exit 1; }
+
+echo "== building Facteur (release)"
+cargo build --release --quiet --workspace --bins
+bin=$top/target/release
+
+user=fbench
+id "$user" >/dev/null 2>&1 || useradd -M -d /nonexistent -s /usr/sbin/nologin "$user"
+
+work=$(mktemp -d /tmp/bench-pipeline.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  /usr/sbin/postfix -c "$work/postfix/etc" stop >/dev/null 2>&1 || true
+  [ -f "$work/facteur/data/master.pid" ] && kill "$(cat "$work/facteur/queue/pid/master.pid" 2>/dev/null)" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# A 4 KiB message.
+body=$(head -c 3000 /dev/zero | tr '\0' 'x' | fold -w 72)
+printf 'Subject: benchmark\nFrom: bench@example.test\nTo: %s\n\n%s\n' "$user" "$body" > "$work/msg"
+
+# Sum of VmRSS (KiB) of a process and its descendants.
+tree_rss() {
+  local root=$1 total=0 p
+  for p in $(ps -o pid= --ppid "$root" 2>/dev/null) $root; do
+    local kb
+    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    total=$((total + ${kb:-0}))
+  done
+  echo "$total"
+}
+
+# run NAME MASTER_PID SENDMAIL_CMD MAILDIR
+run() {
+  local name=$1 mpid=$2 sendmail=$3 maildir=$4
+  local trace=$work/$name.strace
+  strace -f -c -e trace=fsync,fdatasync -o "$trace.daemons" -p "$mpid" 2>/dev/null &
+  local spid=$!; pids+=("$spid")
+  sleep 1
+  local peak=0
+  (
+    while kill -0 "$mpid" 2>/dev/null; do tree_rss "$mpid"; sleep 0.1; done
+  ) > "$work/$name.rss" &
+  local rpid=$!; pids+=("$rpid")
+  local start end
+  start=$(date +%s.%N)
+  # xargs hands each submitter a share of the numbers; sh loops over
+  # them; strace -f follows every sendmail (and Postfix's postdrop).
+  seq "$N" | strace -f -c -e trace=fsync,fdatasync -o "$trace.submit" \
+    xargs -P "$P" -n $(( (N + P - 1) / P )) \
+    sh -c 'for i; do '"$sendmail"' < '"$work/msg"' || exit 1; done' sh >/dev/null 2>&1 || true
+  local t0=$SECONDS
+  while [ "$(find "$maildir/new" -type f 2>/dev/null | wc -l)" -lt "$N" ]; do
+    if [ $((SECONDS - t0)) -gt 900 ]; then echo "$name: timed out waiting for deliveries" >&2; break; fi
+    sleep 0.05
+  done
+  end=$(date +%s.%N)
+  local got
+  got=$(find "$maildir/new" -type f | wc -l)
+  kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
+  kill "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true
+  local fs
+  fs=$(cat "$trace".* 2>/dev/null | awk '$NF=="fsync"||$NF=="fdatasync" {s+=$4} END {print s+0}')
+  peak=$(sort -n "$work/$name.rss" | tail -1)
+  local secs
+  secs=$(echo "$end - $start" | bc -l)
+  printf '%-8s %6d delivered  %8.1f msg/s  %5.2f fsyncs/msg  peak RSS %6d KiB\n' \
+    "$name" "$got" "$(echo "$got / $secs" | bc -l)" "$(echo "$fs / ($got + 0.000001)" | bc -l)" "${peak:-0}"
+  echo "$name $(echo "$got / $secs" | bc -l) $(echo "$fs / ($got + 0.000001)" | bc -l) ${peak:-0}" >> "$work/results"
+}
+
+echo "== Postfix instance"
+pf=$work/postfix
+mkdir -p "$pf/etc" "$pf/data" "$pf/mail"
+cp /etc/postfix/master.cf "$pf/etc/master.cf"
+# No SMTP listener on port 25 for the benchmark.
+sed -i 's/^smtp\( *\)inet/#smtp\1inet/' "$pf/etc/master.cf"
+cat > "$pf/etc/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+myhostname = bench.example.test
+mydestination = \$myhostname, localhost
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mail_spool_directory = $pf/mail/
+alias_maps =
+alias_database =
+local_recipient_maps =
+maillog_file = $pf/maillog
+CF
+mkdir -p "$pf/queue"
+chown "$user" "$pf/mail"
+/usr/sbin/postfix -c "$pf/etc" check >/dev/null 2>&1 || true
+/usr/sbin/postfix -c "$pf/etc" start >/dev/null 2>&1
+pfpid=$(head -1 "$pf/queue/pid/master.pid" | tr -d ' ')
+run postfix "$pfpid" "/usr/sbin/sendmail -C $pf/etc -f bench@example.test $user" "$pf/mail/$user"
+/usr/sbin/postfix -c "$pf/etc" stop >/dev/null 2>&1 || true
+
+echo "== Facteur instance"
+fa=$work/facteur
+mkdir -p "$fa/etc" "$fa/data" "$fa/mail"
+cp conf/master.cf "$fa/etc/master.cf"
+cat > "$fa/etc/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $fa/queue
+data_directory = $fa/data
+daemon_directory = $bin
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.example.test
+mydestination = \$myhostname, localhost
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mail_spool_directory = $fa/mail/
+alias_maps =
+alias_database =
+local_recipient_maps =
+maillog_file = $fa/maillog
+CF
+chown "$user" "$fa/mail"
+"$bin/facteur" -c "$fa/etc" set-permissions >/dev/null
+"$bin/master" -d -c "$fa/etc" >/dev/null 2>&1 &
+fapid=$!; pids+=("$fapid")
+for _ in $(seq 200); do [ -S "$fa/queue/public/pickup" ] && break; sleep 0.05; done
+run facteur "$fapid" "$bin/sendmail -C $fa/etc -f bench@example.test $user" "$fa/mail/$user"
+kill "$fapid" 2>/dev/null || true; wait "$fapid" 2>/dev/null || true
+
+echo "== ratios (Facteur / Postfix)"
+awk '
+  $1=="postfix" {prate=$2; pfs=$3; pmem=$4}
+  $1=="facteur" {frate=$2; ffs=$3; fmem=$4}
+  END {
+    printf "throughput  %.2fx\n", frate/prate
+    printf "fsyncs/msg  %.2fx\n", ffs/(pfs+1e-9)
+    printf "peak memory %.2fx\n", fmem/(pmem+1e-9)
+  }' "$work/results"
