@@ -270,21 +270,44 @@ fn missing_queue_directory_is_a_temporary_failure() {
 #[test]
 fn unsupported_modes_say_so() {
     let s = setup("sendmail-modes", "", true);
-    for args in [
-        &["-bp"][..],
-        &["-bi"],
-        &["-bs"],
-        &["-q"],
-        &["-q1h"],
-        &["-I"],
-    ] {
+    for args in [&["-bp"][..], &["-bs"]] {
         let (code, err) = sendmail(&s, args, b"");
         assert_eq!(code, 69, "{args:?}: {err}");
         assert!(err.contains("not supported"), "{args:?}: {err}");
     }
+    // -q with no mail system running: Postfix's words and EX_UNAVAILABLE.
+    for args in [&["-q"][..], &["-q1h"]] {
+        let (code, err) = sendmail(&s, args, b"");
+        assert_eq!(code, 69, "{args:?}: {err}");
+        assert!(
+            err.contains("Cannot flush mail queue - mail system is down"),
+            "{args:?}: {err}"
+        );
+    }
     let (code, err) = sendmail(&s, &["-Z"], b"");
     assert_eq!(code, 64, "{err}");
     assert!(maildrop_files(&s).is_empty());
+}
+
+#[test]
+fn bi_and_capital_i_rebuild_the_alias_database() {
+    let dir = std::env::temp_dir().join(format!("sendmail-bi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let aliases = dir.join("aliases");
+    std::fs::write(&aliases, "postmaster: root\n").unwrap();
+    let s = setup(
+        "sendmail-bi",
+        &format!("alias_database = hash:{}\n", aliases.display()),
+        true,
+    );
+    for flag in ["-bi", "-I"] {
+        let _ = std::fs::remove_file(dir.join("aliases.db"));
+        let (code, err) = sendmail(&s, &[flag], b"");
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert!(dir.join("aliases.db").exists(), "{flag} built no aliases.db");
+    }
+    assert!(maildrop_files(&s).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
