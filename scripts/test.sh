@@ -2,7 +2,8 @@
 # Run Facteur's whole test suite on a Debian machine.
 #
 # Installs what the tests need when it is missing (Postfix, whose postconf is
-# the reference the differential tests compare against; swaks), then runs
+# the reference the differential tests compare against; swaks; tinycdb;
+# pflogsumm, which must count the end-to-end tests' logs right), then runs
 # every test with cargo-nextest when present, else cargo test.
 #
 # Usage: scripts/test.sh [extra arguments for the test runner]
@@ -13,6 +14,7 @@ need=()
 { command -v /usr/sbin/postconf && /usr/sbin/postconf -m | grep -x pcre; } >/dev/null 2>&1 || need+=(postfix postfix-pcre)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v cdb >/dev/null 2>&1 || need+=(tinycdb)
+command -v pflogsumm >/dev/null 2>&1 || need+=(pflogsumm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need[*]} (needed by the tests)"
   sudo=""
@@ -24,6 +26,10 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# The end-to-end tests run programs of both crates (master with sendmail,
+# facteur with master): build every program first.
+cargo build --workspace --bins --quiet
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
