@@ -275,8 +275,8 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
             };
         }
         Mode::Flush => {
-            let params = Params::load(&config_dir)
-                .map_err(|d| Fatal(EX_CONFIG, d.postfix_located()))?;
+            let params =
+                Params::load(&config_dir).map_err(|d| Fatal(EX_CONFIG, d.postfix_located()))?;
             let qdir = params
                 .value("queue_directory")
                 .map_err(|e| Fatal(EX_CONFIG, format!("queue_directory: {e}")))?;

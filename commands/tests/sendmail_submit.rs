@@ -304,7 +304,10 @@ fn bi_and_capital_i_rebuild_the_alias_database() {
         let _ = std::fs::remove_file(dir.join("aliases.db"));
         let (code, err) = sendmail(&s, &[flag], b"");
         assert_eq!(code, 0, "{flag}: {err}");
-        assert!(dir.join("aliases.db").exists(), "{flag} built no aliases.db");
+        assert!(
+            dir.join("aliases.db").exists(),
+            "{flag} built no aliases.db"
+        );
     }
     assert!(maildrop_files(&s).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();

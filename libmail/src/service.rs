@@ -88,6 +88,15 @@ impl Write for Stream {
     }
 }
 
+impl std::os::fd::AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 impl Stream {
     pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
         match self {

@@ -68,7 +68,9 @@ impl Committer {
     }
 }
 
-fn reply(conn: &mut Conn<Stream>, status: u32, reason: &str, id: Option<&str>) {
+/// Sends the verdict; false when it could not be written (the client is
+/// gone).
+fn reply(conn: &mut Conn<Stream>, status: u32, reason: &str, id: Option<&str>) -> bool {
     let mut a = Attrs::new().with("status", status);
     if !reason.is_empty() {
         a.push("reason", reason);
@@ -76,7 +78,7 @@ fn reply(conn: &mut Conn<Stream>, status: u32, reason: &str, id: Option<&str>) {
     if let Some(id) = id {
         a.push("queue_id", id);
     }
-    let _ = conn.send(&a);
+    conn.send(&a).is_ok()
 }
 
 /// Serves one connection: one message.
@@ -147,8 +149,12 @@ pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
         }
     }
     match msg.finish() {
-        Outcome::Refused { status, reason } => reply(&mut conn, status, &reason, None),
-        Outcome::Discarded => reply(&mut conn, 0, "", Some(&id)),
+        Outcome::Refused { status, reason } => {
+            reply(&mut conn, status, &reason, None);
+        }
+        Outcome::Discarded => {
+            reply(&mut conn, 0, "", Some(&id));
+        }
         Outcome::Queued { file, hold } => match committer.sync(file) {
             Ok(durable) => {
                 if hold {
@@ -160,7 +166,20 @@ pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
                         libmail::warning!("{id}: cannot move to the hold queue: {e}");
                     }
                 }
-                reply(&mut conn, 0, "", Some(&id));
+                if !reply(&mut conn, 0, "", Some(&id)) {
+                    // The client died before it could learn that the
+                    // message is queued, so it still has it and will
+                    // submit it again: withdraw this copy unless qmgr
+                    // already took it (then it is a duplicate, the window
+                    // named in libmail::queue).
+                    let q = if hold { Queue::Hold } else { Queue::Incoming };
+                    if cfg.layout.remove(q, &durable.id(), false).is_ok() {
+                        libmail::warning!(
+                            "{id}: client went away before the reply: message withdrawn"
+                        );
+                        return;
+                    }
+                }
                 if !hold {
                     let _ = libmail::ipc::trigger(
                         &libmail::ipc::public(cfg.layout.root(), "qmgr"),

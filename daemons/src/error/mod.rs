@@ -4,14 +4,15 @@
 //! alias table"). Run as the `retry` service it defers instead of
 //! bouncing, like Postfix's.
 
-use libmail::deliver::{same_for_all, serve_connection, Status};
+use libmail::deliver::{same_for_all, serve_connection, Status, CONNECTION_IDLE};
 use libmail::service::Service;
 
 pub fn main() {
     let svc = Service::start("error");
     let retry = svc.name == "retry";
+    let layout = svc.layout.clone();
     svc.serve_streams(false, move |stream| {
-        serve_connection(stream, |req| {
+        serve_connection(stream, CONNECTION_IDLE, &layout, |req| {
             if retry {
                 same_for_all(
                     req,

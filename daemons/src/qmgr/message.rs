@@ -141,7 +141,7 @@ impl Msg {
             for (r, o) in job.request.rcpts.iter().zip(&outcomes) {
                 log_local(&job.request, r, o);
             }
-            self.record(outcomes);
+            self.record(outcomes, false);
         }
         groups
     }
@@ -190,11 +190,12 @@ impl Msg {
                 out
             }
         };
-        self.record(outcomes);
+        self.record(outcomes, r.marked);
     }
 
     /// Done marks and status logs for a set of outcomes.
-    fn record(&mut self, outcomes: Vec<Outcome>) {
+    /// `marked`: the agent already wrote the done marks.
+    fn record(&mut self, outcomes: Vec<Outcome>, marked: bool) {
         let mut done = Vec::new();
         let mut defer = Vec::new();
         let mut bounce = Vec::new();
@@ -236,7 +237,11 @@ impl Msg {
                 }
             }
         }
-        if !done.is_empty() {
+        if marked {
+            for &i in &done {
+                self.file.note_done(i);
+            }
+        } else if !done.is_empty() {
             if let Err(e) = self.file.mark_done_durable(&done) {
                 warning!("{}: cannot mark recipients done: {e}", self.id.as_str());
             }

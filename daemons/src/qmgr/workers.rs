@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use libmail::deliver::{outcomes_from_attrs, Outcome, Request};
+use libmail::deliver::{outcomes_from_attrs, reply_marked, Outcome, Request};
 use libmail::ipc::{self, Conn};
 
 use super::Event;
@@ -42,6 +42,8 @@ pub(crate) struct Job {
 
 pub(crate) struct JobResult {
     pub request: Request,
+    /// The agent marked its finished recipients done itself.
+    pub marked: bool,
     /// The agent's reply, or why there is none (every recipient deferred).
     pub outcomes: Result<Vec<Outcome>, String>,
 }
@@ -147,6 +149,7 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
                     };
                     let _ = events.send(Event::Done(Box::new(JobResult {
                         request: job.request,
+                        marked: false,
                         outcomes: Err(reason),
                     })));
                     continue;
@@ -154,10 +157,14 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
             }
         }
         let c = conn.as_mut().expect("connected above");
+        let mut marked = false;
         let result = c
             .send(&job.request.to_attrs())
             .and_then(|_| c.expect())
-            .and_then(|a| outcomes_from_attrs(&a));
+            .and_then(|a| {
+                marked = reply_marked(&a);
+                outcomes_from_attrs(&a)
+            });
         let outcomes = match result {
             Ok(o) => Ok(complete(&job.request, o)),
             Err(e) => {
@@ -168,6 +175,7 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
         if events
             .send(Event::Done(Box::new(JobResult {
                 request: job.request,
+                marked,
                 outcomes,
             })))
             .is_err()

@@ -281,11 +281,16 @@ pub fn delivery_line(
 /// calls `deliver` for each, and sends back its outcomes (one per
 /// recipient, in request order; missing ones are filled in as deferred
 /// by qmgr). Postfix keeps the same loop in deliver_request.c.
-pub fn serve_connection<S, F>(stream: S, mut deliver: F)
-where
-    S: io::Read + io::Write,
+pub fn serve_connection<S, F>(
+    stream: S,
+    idle: std::time::Duration,
+    layout: &crate::queue::QueueLayout,
+    mut deliver: F,
+) where
+    S: io::Read + io::Write + std::os::fd::AsRawFd,
     F: FnMut(&Request) -> Vec<Outcome>,
 {
+    let fd = stream.as_raw_fd();
     let mut conn = crate::ipc::attr::Conn::new(stream);
     // The greeting: qmgr waits a short time for it, so an agent that is
     // not running (throttled, crashing) is noticed at once.
@@ -293,15 +298,34 @@ where
         return;
     }
     loop {
-        if crate::service::stopping() {
-            return;
+        // Wait for the next request in short steps, so that a daemon told
+        // to stop (reload) lets go of an idle connection at once.
+        let started = std::time::Instant::now();
+        loop {
+            if crate::service::stopping() || started.elapsed() >= idle {
+                return;
+            }
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 250) } > 0 {
+                break;
+            }
         }
         let attrs = match conn.recv() {
             Ok(Some(a)) => a,
             Ok(None) => return,
             Err(e) => {
-                if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::TimedOut {
-                    crate::warning!("delivery request: {e}");
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::UnexpectedEof
+                ) {
+                    crate::warning!("read delivery request: {e}");
                 }
                 return;
             }
@@ -314,10 +338,63 @@ where
             }
         };
         let outcomes = deliver(&req);
-        if conn.send(&outcomes_to_attrs(&outcomes)).is_err() {
+        let mut reply = outcomes_to_attrs(&outcomes);
+        match mark_done(layout, &req, &outcomes) {
+            Ok(true) => {
+                reply.push("marked", "yes");
+            }
+            Ok(false) => {}
+            Err(e) => crate::warning!("{}: cannot mark recipients done: {e}", req.queue_id),
+        }
+        if let Err(e) = conn.send(&reply) {
+            crate::warning!("send delivery status: {e}");
             return;
         }
     }
+}
+
+/// Marks the recipients that are finished (sent or bounced) done in the
+/// queue file, durably, before the reply goes out, as Postfix's agents
+/// do: a qmgr that dies between the reply and its own bookkeeping then
+/// does not deliver them again. True when something was marked.
+fn mark_done(
+    layout: &crate::queue::QueueLayout,
+    req: &Request,
+    outcomes: &[Outcome],
+) -> Result<bool, String> {
+    use crate::queue::{Access, Limits, Queue, QueueFile, QueueId};
+    let finished: Vec<u64> = outcomes
+        .iter()
+        .filter(|o| o.status != Status::Deferred)
+        .map(|o| o.offset)
+        .collect();
+    if finished.is_empty() {
+        return Ok(false);
+    }
+    let id = QueueId::parse(&req.queue_id).map_err(|e| e.to_string())?;
+    let queue = Queue::from_name(&req.queue_name).ok_or("bad queue name")?;
+    let mut f = QueueFile::open(
+        &layout.path_of(queue, &id),
+        Access::ReadWrite,
+        &Limits::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let indices: Vec<usize> = f
+        .envelope()
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| finished.contains(&r.offset))
+        .map(|(i, _)| i)
+        .collect();
+    f.mark_done_durable(&indices).map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// Whether the agent already marked the finished recipients of a reply
+/// done (see [`serve_connection`]).
+pub fn reply_marked(reply: &Attrs) -> bool {
+    reply.get("marked") == Some("yes")
 }
 
 /// One outcome for every recipient of `req` (the error, retry and
@@ -352,6 +429,9 @@ pub fn same_for_all(
         })
         .collect()
 }
+
+/// How long an agent keeps an idle connection from qmgr.
+pub const CONNECTION_IDLE: Duration = Duration::from_secs(3600);
 
 /// What an agent says first on every connection.
 pub fn greeting() -> Attrs {

@@ -1,0 +1,289 @@
+//! End to end: sendmail → maildrop → pickup → cleanup → incoming → qmgr
+//! → active → local / virtual / error / discard, through a real master
+//! and real processes, and the log lines Postfix's log readers expect.
+
+mod common;
+
+use common::{user, wait_for, Instance};
+
+fn msg(subject: &str) -> String {
+    format!("Subject: {subject}\n\nHello from the test suite.\nFrom here on, a body line.\n")
+}
+
+#[test]
+fn sendmail_to_maildir_adds_headers_and_logs_like_postfix() {
+    let mut i = Instance::new("maildir", "");
+    i.start();
+    let me = user();
+    i.send(&["-f", "alice@example.org", &me], &msg("first"));
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    let m = &got[0];
+    let rcpt = format!("{me}@mx.example.test");
+    assert!(m.starts_with("Return-Path: <alice@example.org>\n"), "{m}");
+    assert!(m.contains(&format!("Delivered-To: {rcpt}\n")), "{m}");
+    assert!(
+        m.contains("Received: by mx.example.test (Postfix, from userid "),
+        "{m}"
+    );
+    assert!(m.contains("\nMessage-Id: <"), "{m}");
+    assert!(m.contains("\nDate: "), "{m}");
+    let from = m.lines().find(|l| l.starts_with("From: ")).unwrap_or("");
+    assert!(from.contains("alice@example.org"), "{m}");
+    assert!(m.contains("Subject: first\n"), "{m}");
+    assert!(m.ends_with("\nFrom here on, a body line.\n"), "{m}");
+
+    // The log lines, in Postfix's shapes, for one queue ID.
+    let pick = i.wait_log(r"postfix/pickup\[\d+\]: [0-9A-F]+: uid=\d+ from=<alice@example.org>$");
+    let id = pick.split(": ").nth(1).unwrap().to_string();
+    i.wait_log(&format!(
+        r"postfix/cleanup\[\d+\]: {id}: message-id=<\d{{14}}\.{id}@mx\.example\.test>$"
+    ));
+    i.wait_log(&format!(
+        r"postfix/qmgr\[\d+\]: {id}: from=<alice@example.org>, size=\d+, nrcpt=1 \(queue active\)$"
+    ));
+    i.wait_log(&format!(
+        r"postfix/local\[\d+\]: {id}: to=<{rcpt}>, orig_to=<{me}>, relay=local, delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(delivered to maildir\)$"
+    ));
+    i.wait_log(&format!(r"postfix/qmgr\[\d+\]: {id}: removed$"));
+    // Nothing is left in the queue.
+    wait_for(10, "an empty queue", || {
+        ["maildrop", "incoming", "active", "deferred"]
+            .iter()
+            .all(|q| i.queue_files(q).is_empty())
+    });
+}
+
+#[test]
+fn mbox_delivery_when_the_spool_is_not_a_maildir() {
+    let mut i = Instance::new("mbox", "");
+    // mail_spool_directory without the trailing slash: mbox files.
+    let spool = i.mail.display().to_string();
+    let main = std::fs::read_to_string(format!("{}/main.cf", i.etc)).unwrap();
+    std::fs::write(
+        format!("{}/main.cf", i.etc),
+        main.replace(
+            &format!("mail_spool_directory = {spool}/"),
+            &format!("mail_spool_directory = {spool}"),
+        ),
+    )
+    .unwrap();
+    i.start();
+    let me = user();
+    i.send(
+        &["-f", "bob@example.org", &me],
+        "Subject: one\n\nFrom the start\nline\n",
+    );
+    i.send(&["-f", "", &me], "Subject: two\n\nsecond\n");
+    i.kick();
+    let path = i.mail.join(&me);
+    wait_for(30, "two messages in the mbox", || {
+        std::fs::read_to_string(&path)
+            .map(|t| t.matches("\nSubject: ").count() == 2)
+            .unwrap_or(false)
+    });
+    let t = std::fs::read_to_string(&path).unwrap();
+    // Either may be delivered first.
+    let from_lines: Vec<&str> = t.lines().filter(|l| l.starts_with("From ")).collect();
+    assert_eq!(from_lines.len(), 2, "{t}");
+    assert!(
+        from_lines
+            .iter()
+            .any(|l| l.starts_with("From bob@example.org ")),
+        "{t}"
+    );
+    assert!(
+        from_lines
+            .iter()
+            .any(|l| l.starts_with("From MAILER-DAEMON ")),
+        "{t}"
+    );
+    assert!(t.contains("\n>From the start\n"), "{t}");
+}
+
+#[test]
+fn aliases_expand_to_files_commands_includes_and_users() {
+    let mut i = Instance::new("aliases", "");
+    let me = user();
+    let top = i.top.display().to_string();
+    i.file("include.list", &format!("{top}/from-include.mbox\n"));
+    i.file(
+        "aliases",
+        &format!(
+            "team: {me}, {top}/team.mbox, \"|cat > {top}/piped.txt\", :include:{top}/include.list\n\
+             loop1: loop2\nloop2: loop1\n"
+        ),
+    );
+    let main = format!("{}/main.cf", i.etc);
+    let text = std::fs::read_to_string(&main)
+        .unwrap()
+        .replace(
+            "alias_maps =\n",
+            &format!("alias_maps = hash:{top}/aliases\n"),
+        )
+        .replace(
+            "alias_database =\n",
+            &format!(
+                "alias_database = hash:{top}/aliases\n\
+                 allow_mail_to_files = alias, forward, include\n"
+            ),
+        );
+    std::fs::write(&main, text).unwrap();
+    // Built the way a Postfix user builds it.
+    let out = std::process::Command::new(common::program("newaliases"))
+        .args(["-C", &i.etc])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "newaliases: {out:?}");
+    i.start();
+    i.send(&["-f", "carol@example.org", "team"], &msg("to the team"));
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(got[0].contains("Subject: to the team"), "{}", got[0]);
+    for f in ["team.mbox", "from-include.mbox", "piped.txt"] {
+        let p = i.top.join(f);
+        wait_for(30, f, || {
+            std::fs::read_to_string(&p)
+                .map(|t| t.contains("Subject: to the team"))
+                .unwrap_or(false)
+        });
+    }
+    i.wait_log(r"status=sent \(delivered to command: cat > ");
+    i.wait_log(r"status=sent \(delivered to file: ");
+}
+
+#[test]
+fn virtual_aliases_and_virtual_mailboxes() {
+    let mut i = Instance::new("virtual", "");
+    let me = user();
+    let top = i.top.display().to_string();
+    i.file(
+        "valias",
+        &format!("info@virt.example  {me}, sales@box.example\n"),
+    );
+    i.file("vmailbox", "sales@box.example  box.example/sales/\n");
+    std::fs::create_dir_all(i.top.join("vmail")).unwrap();
+    let main = format!("{}/main.cf", i.etc);
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!(
+        "virtual_alias_domains = virt.example\nvirtual_alias_maps = texthash:{top}/valias\n\
+         virtual_mailbox_domains = box.example\nvirtual_mailbox_maps = texthash:{top}/vmailbox\n\
+         virtual_mailbox_base = {top}/vmail\nvirtual_uid_maps = static:{uid}\nvirtual_gid_maps = static:{gid}\n\
+         virtual_minimum_uid = 0\n",
+        uid = unsafe { libc::getuid() },
+        gid = unsafe { libc::getgid() },
+    ));
+    std::fs::write(&main, text).unwrap();
+    i.start();
+    i.send(
+        &["-f", "dave@example.org", "info@virt.example"],
+        &msg("virtual"),
+    );
+    let local = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(local[0].contains("Subject: virtual"));
+    let vbox = i.wait_maildir(&i.top.join("vmail/box.example/sales"), 1);
+    assert!(vbox[0].contains("Subject: virtual"));
+    i.wait_log(r"postfix/virtual\[\d+\]: [0-9A-F]+: to=<sales@box.example>, orig_to=<info@virt.example>, relay=virtual, .*status=sent \(delivered to maildir\)$");
+}
+
+#[test]
+fn error_discard_and_unavailable_transports() {
+    let mut i = Instance::new("transports", "");
+    let top = i.top.display().to_string();
+    i.file(
+        "transport",
+        "gone.example  error:5.1.2 this domain is gone\ndrop.example  discard:silently\nlater.example  nosuch:\n",
+    );
+    let main = format!("{}/main.cf", i.etc);
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!("transport_maps = texthash:{top}/transport\n"));
+    std::fs::write(&main, text).unwrap();
+    i.start();
+    i.send(&["-f", "erin@example.org", "a@gone.example"], &msg("gone"));
+    i.send(&["-f", "erin@example.org", "b@drop.example"], &msg("drop"));
+    i.send(
+        &["-f", "erin@example.org", "c@later.example"],
+        &msg("later"),
+    );
+    i.kick();
+    i.wait_log(r"postfix/error\[\d+\]: [0-9A-F]+: to=<a@gone.example>, relay=none, .*dsn=5\.1\.2, status=bounced \(this domain is gone\)$");
+    i.wait_log(r"postfix/discard\[\d+\]: [0-9A-F]+: to=<b@drop.example>, relay=none, .*dsn=2\.0\.0, status=sent \(silently\)$");
+    i.wait_log(r"postfix/qmgr\[\d+\]: [0-9A-F]+: to=<c@later.example>, relay=none, .*dsn=4\.3\.0, status=deferred \(mail transport unavailable\)$");
+    // The deferred message waits in deferred/ with its reason logged in defer/.
+    wait_for(20, "the message in deferred/", || {
+        i.queue_files("deferred").len() == 1
+    });
+    wait_for(20, "its defer log", || i.queue_files("defer").len() == 1);
+    let reason = std::fs::read_to_string(&i.queue_files("defer")[0]).unwrap();
+    assert!(
+        reason.contains("reason=mail transport unavailable"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn header_checks_reject_and_hold_and_pflogsumm_counts_the_log() {
+    let mut i = Instance::new("checks", "");
+    let top = i.top.display().to_string();
+    i.file(
+        "header_checks",
+        "/^Subject: hold me/ HOLD\n/^Subject: reject me/ REJECT no thanks\n",
+    );
+    i.file(
+        "transport",
+        "gone.example  error:5.1.2 gone\ndrop.example  discard:\n",
+    );
+    let main = format!("{}/main.cf", i.etc);
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!(
+        "header_checks = regexp:{top}/header_checks\ntransport_maps = texthash:{top}/transport\n"
+    ));
+    std::fs::write(&main, text).unwrap();
+    i.start();
+    let me = user();
+    i.send(&["-f", "f@example.org", &me], &msg("one"));
+    i.send(&["-f", "f@example.org", &me], &msg("two"));
+    i.send(&["-f", "f@example.org", "x@gone.example"], &msg("three"));
+    i.send(&["-f", "f@example.org", "y@drop.example"], &msg("four"));
+    i.send(&["-f", "f@example.org", &me], &msg("hold me"));
+    i.send(&["-f", "f@example.org", &me], &msg("reject me"));
+    i.wait_maildir(&i.user_maildir(), 2);
+    i.wait_log(r"postfix/cleanup\[\d+\]: [0-9A-F]+: reject: header Subject: reject me from local; from=<f@example.org> to=<\S+>: 5\.7\.1 no thanks$");
+    i.wait_log(r"postfix/cleanup\[\d+\]: [0-9A-F]+: hold: header Subject: hold me from local; from=<f@example.org> to=<\S+>");
+    i.wait_log(r"status=bounced \(gone\)$");
+    i.wait_log(r"postfix/discard\[\d+\]: .*status=sent");
+    wait_for(20, "the held message in hold/", || {
+        i.queue_files("hold").len() == 1
+    });
+    // Every message is settled: wait for the last removal lines.
+    wait_for(20, "four removals", || {
+        i.log_text().matches(": removed").count() >= 4
+    });
+    assert_eq!(
+        i.maildir(&i.user_maildir()).len(),
+        2,
+        "held and rejected mail is not delivered"
+    );
+
+    let out = std::process::Command::new("pflogsumm")
+        .args(["--detail", "0"])
+        .arg(&i.log)
+        .output()
+        .expect("pflogsumm (scripts/test.sh installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let count = |what: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| {
+                let l = l.trim();
+                let (n, rest) = l.split_once(char::is_whitespace)?;
+                (rest.trim_start().starts_with(what)).then(|| n.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no '{what}' line in pflogsumm's report:\n{report}"))
+    };
+    // Six received: the rejected message was received by pickup before
+    // cleanup refused it, as Postfix counts it too.
+    assert_eq!(count("received"), 6, "{report}");
+    assert_eq!(count("delivered"), 3, "{report}");
+    assert_eq!(count("bounced"), 1, "{report}");
+    assert_eq!(count("held"), 1, "{report}");
+    assert_eq!(count("rejected"), 1, "{report}");
+}
