@@ -9,9 +9,10 @@
 # sendmail by PARALLEL submitters, timed from the first submission until
 # the last message is in the Maildir. Printed per system: messages per
 # second end to end, fsync+fdatasync calls per message (strace -f -c over
-# the daemons and the submitters), and the peak resident memory of the
-# daemons (the sum over the process tree, sampled every 100 ms). Then the
-# ratios. Needs root (Postfix's master runs as root; Facteur then runs as
+# the daemons and the submitters, measured on a separate, smaller run so
+# that tracing does not slow the timed one), and the peak resident memory
+# of the daemons (the sum over the process tree, sampled every 100 ms).
+# Then the ratios. Needs root (Postfix's master runs as root; Facteur then runs as
 # root too, delivering as the recipient), strace, and postfix installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,13 +31,16 @@ user=fbench
 id "$user" >/dev/null 2>&1 || useradd -M -d /nonexistent -s /usr/sbin/nologin "$user"
 
 work=$(mktemp -d /tmp/bench-pipeline.XXXXXX)
+chmod 755 "$work"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${fapid:-}" ] && kill "$fapid" 2>/dev/null || true
   /usr/sbin/postfix -c "$work/postfix/etc" stop >/dev/null 2>&1 || true
-  [ -f "$work/facteur/data/master.pid" ] && kill "$(cat "$work/facteur/queue/pid/master.pid" 2>/dev/null)" 2>/dev/null || true
+  rm -rf "$work"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 # A 4 KiB message.
 body=$(head -c 3000 /dev/zero | tr '\0' 'x' | fold -w 72)
@@ -53,43 +57,68 @@ tree_rss() {
   echo "$total"
 }
 
+# submit COUNT SENDMAIL_CMD [strace output]: COUNT messages by P submitters.
+submit() {
+  local count=$1 sendmail=$2 trace=${3:-}
+  local per=$(( (count + P - 1) / P ))
+  local cmd=(xargs -P "$P" -n "$per" sh -c 'for i; do '"$sendmail"' < '"$work/msg"' || exit 1; done' sh)
+  if [ -n "$trace" ]; then
+    seq "$count" | strace -f -c -e trace=fsync,fdatasync -o "$trace" "${cmd[@]}" >/dev/null 2>&1 || true
+  else
+    seq "$count" | "${cmd[@]}" >/dev/null 2>&1 || true
+  fi
+}
+
+# wait_delivered MAILDIR COUNT: until COUNT messages are in MAILDIR/new (bounded).
+wait_delivered() {
+  local t0=$SECONDS
+  while [ "$(find "$1/new" -type f 2>/dev/null | wc -l)" -lt "$2" ]; do
+    if [ $((SECONDS - t0)) -gt 900 ]; then echo "timed out waiting for deliveries" >&2; return 1; fi
+    sleep 0.05
+  done
+}
+
 # run NAME MASTER_PID SENDMAIL_CMD MAILDIR
+#   1. timed: N messages, no tracing; peak RSS of the daemons sampled.
+#   2. counted: N/10 more messages (at least 100) under strace -f -c
+#      (daemons and submitters), for fsyncs per message.
 run() {
   local name=$1 mpid=$2 sendmail=$3 maildir=$4
-  local trace=$work/$name.strace
-  strace -f -c -e trace=fsync,fdatasync -o "$trace.daemons" -p "$mpid" 2>/dev/null &
-  local spid=$!; pids+=("$spid")
-  sleep 1
-  local peak=0
-  (
-    while kill -0 "$mpid" 2>/dev/null; do tree_rss "$mpid"; sleep 0.1; done
-  ) > "$work/$name.rss" &
+  ( while kill -0 "$mpid" 2>/dev/null; do tree_rss "$mpid"; sleep 0.1; done ) > "$work/$name.rss" &
   local rpid=$!; pids+=("$rpid")
   local start end
   start=$(date +%s.%N)
-  # xargs hands each submitter a share of the numbers; sh loops over
-  # them; strace -f follows every sendmail (and Postfix's postdrop).
-  seq "$N" | strace -f -c -e trace=fsync,fdatasync -o "$trace.submit" \
-    xargs -P "$P" -n $(( (N + P - 1) / P )) \
-    sh -c 'for i; do '"$sendmail"' < '"$work/msg"' || exit 1; done' sh >/dev/null 2>&1 || true
-  local t0=$SECONDS
-  while [ "$(find "$maildir/new" -type f 2>/dev/null | wc -l)" -lt "$N" ]; do
-    if [ $((SECONDS - t0)) -gt 900 ]; then echo "$name: timed out waiting for deliveries" >&2; break; fi
-    sleep 0.05
-  done
+  submit "$N" "$sendmail"
+  wait_delivered "$maildir" "$N" || true
   end=$(date +%s.%N)
-  local got
+  local got secs rate
   got=$(find "$maildir/new" -type f | wc -l)
-  kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
+  secs=$(echo "$end - $start" | bc -l)
+  rate=$(echo "$got / $secs" | bc -l)
   kill "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true
+  local peak
+  peak=$(sort -n "$work/$name.rss" | tail -1)
+
+  local M=$(( N / 10 < 100 ? 100 : N / 10 ))
+  local trace=$work/$name.strace
+  # Attach to master and every daemon already running (-f follows the
+  # processes they start later).
+  local attach=(-p "$mpid")
+  for p in $(ps -o pid= --ppid "$mpid"); do attach+=(-p "$p"); done
+  strace -f -c -e trace=fsync,fdatasync -o "$trace.daemons" "${attach[@]}" 2>/dev/null &
+  local spid=$!; pids+=("$spid")
+  sleep 1
+  submit "$M" "$sendmail" "$trace.submit"
+  wait_delivered "$maildir" $((N + M)) || true
+  sleep 0.5
+  kill -INT "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
   local fs
   fs=$(cat "$trace".* 2>/dev/null | awk '$NF=="fsync"||$NF=="fdatasync" {s+=$4} END {print s+0}')
-  peak=$(sort -n "$work/$name.rss" | tail -1)
-  local secs
-  secs=$(echo "$end - $start" | bc -l)
-  printf '%-8s %6d delivered  %8.1f msg/s  %5.2f fsyncs/msg  peak RSS %6d KiB\n' \
-    "$name" "$got" "$(echo "$got / $secs" | bc -l)" "$(echo "$fs / ($got + 0.000001)" | bc -l)" "${peak:-0}"
-  echo "$name $(echo "$got / $secs" | bc -l) $(echo "$fs / ($got + 0.000001)" | bc -l) ${peak:-0}" >> "$work/results"
+  local per_msg
+  per_msg=$(echo "$fs / $M" | bc -l)
+  printf '%-8s %6d delivered in %6.2f s  %8.1f msg/s  %5.2f fsyncs/msg  peak RSS %6d KiB\n' \
+    "$name" "$got" "$secs" "$rate" "$per_msg" "${peak:-0}"
+  echo "$name $rate $per_msg ${peak:-0}" >> "$work/results"
 }
 
 echo "== Postfix instance"
@@ -111,9 +140,11 @@ alias_maps =
 alias_database =
 local_recipient_maps =
 maillog_file = $pf/maillog
+maillog_file_prefixes = /var, /dev/stdout, /tmp
 CF
 mkdir -p "$pf/queue"
 chown "$user" "$pf/mail"
+chown postfix "$pf/data"
 /usr/sbin/postfix -c "$pf/etc" check >/dev/null 2>&1 || true
 /usr/sbin/postfix -c "$pf/etc" start >/dev/null 2>&1
 pfpid=$(head -1 "$pf/queue/pid/master.pid" | tr -d ' ')
@@ -140,8 +171,10 @@ alias_maps =
 alias_database =
 local_recipient_maps =
 maillog_file = $fa/maillog
+maillog_file_prefixes = /var, /dev/stdout, /tmp
 CF
 chown "$user" "$fa/mail"
+chown postfix "$fa/data"
 "$bin/facteur" -c "$fa/etc" set-permissions >/dev/null
 "$bin/master" -d -c "$fa/etc" >/dev/null 2>&1 &
 fapid=$!; pids+=("$fapid")

@@ -32,7 +32,7 @@ mailbox_command mailbox_size_limit luser_relay allow_mail_to_commands
 allow_mail_to_files command_time_limit virtual_mailbox_maps
 virtual_mailbox_base virtual_uid_maps virtual_gid_maps
 virtual_minimum_uid virtual_mailbox_limit mail_name mail_version
-compatibility_level config_directory setgid_group
+compatibility_level config_directory setgid_group maillog_file_prefixes
 """.split())
 rows = []
 for line in open(os.path.join(top, "libmail/src/config/params.tsv")):

@@ -113,7 +113,7 @@ impl Setup {
             etc.join("main.cf"),
             format!(
                 "queue_directory = {q}\ndata_directory = {t}/data\ndaemon_directory = {l}\n\
-                 mail_owner = {u}\nsetgid_group = {g}\nmaillog_file = {t}/maillog\n",
+                 mail_owner = {u}\nsetgid_group = {g}\nmaillog_file = {t}/maillog\nmaillog_file_prefixes = /tmp, /var, /dev/stdout\n",
                 q = queue.display(),
                 t = top.display(),
                 l = libexec.display(),

@@ -287,3 +287,30 @@ fn header_checks_reject_and_hold_and_pflogsumm_counts_the_log() {
     assert_eq!(count("held"), 1, "{report}");
     assert_eq!(count("rejected"), 1, "{report}");
 }
+
+#[test]
+fn dot_forward_to_a_file_and_back_to_the_mailbox() {
+    let mut i = Instance::new("forward", "");
+    let me = user();
+    let top = i.top.display().to_string();
+    std::fs::create_dir_all(i.top.join("fwd")).unwrap();
+    i.file(
+        &format!("fwd/{me}.forward"),
+        &format!("{top}/forwarded.mbox, \\{me}\n"),
+    );
+    let main = format!("{}/main.cf", i.etc);
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!("forward_path = {top}/fwd/$user.forward\n"));
+    std::fs::write(&main, text).unwrap();
+    i.start();
+    i.send(&["-f", "gina@example.org", &me], &msg("forwarded"));
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(got[0].contains("Subject: forwarded"));
+    let p = i.top.join("forwarded.mbox");
+    wait_for(30, "the .forward file delivery", || {
+        std::fs::read_to_string(&p)
+            .map(|t| t.contains("Subject: forwarded"))
+            .unwrap_or(false)
+    });
+    i.wait_log(r"status=sent \(delivered to file: .*forwarded\.mbox\)$");
+}

@@ -58,7 +58,7 @@ fn start(name: &str, extra_main_cf: &str, aliases: &str) -> Instance {
          mail_spool_directory = {d}/spool\n\
          alias_maps = texthash:{d}/etc/aliases\n\
          forward_path = {d}/fwd/$user.forward\n\
-         maillog_file = {d}/maillog\n\
+         maillog_file = {d}/maillog\nmaillog_file_prefixes = /tmp, /var, /dev/stdout\n\
          myhostname = test.example\n\
          mydomain = example\n\
          mydestination = test.example, localhost\n\

@@ -127,7 +127,7 @@ impl Instance {
             etc.join("main.cf"),
             format!(
                 "queue_directory = {q}\ndata_directory = {t}/data\ndaemon_directory = {l}\n\
-                 mail_owner = {u}\nsetgid_group = {g}\nmaillog_file = {t}/maillog\n\
+                 mail_owner = {u}\nsetgid_group = {g}\nmaillog_file = {t}/maillog\nmaillog_file_prefixes = /tmp, /var, /dev/stdout\n\
                  inet_interfaces = loopback-only\ninet_protocols = ipv4\n{extra}",
                 q = queue.display(),
                 t = top.display(),

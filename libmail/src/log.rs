@@ -75,6 +75,17 @@ pub fn init(program: &str, params: &Params, echo_stderr: bool) -> Result<(), Str
         .unwrap_or_else(|_| "localhost".into());
     let file = params.value("maillog_file").unwrap_or_default();
     let tag = format!("{syslog_name}/{program}");
+    if !file.is_empty() {
+        let prefixes = params.value("maillog_file_prefixes").unwrap_or_default();
+        if !crate::config::params::split_list(&prefixes)
+            .iter()
+            .any(|p| file.starts_with(p))
+        {
+            return Err(format!(
+                "maillog_file value '{file}' does not match any prefix in maillog_file_prefixes"
+            ));
+        }
+    }
     let sink = if !file.is_empty() {
         let f = OpenOptions::new()
             .append(true)
@@ -104,6 +115,26 @@ pub fn init(program: &str, params: &Params, echo_stderr: bool) -> Result<(), Str
         stderr: echo_stderr,
         verbose: false,
     });
+    Ok(())
+}
+
+/// Gives a `maillog_file` that is a regular file to `uid`:`gid` (master,
+/// as root, so the services it runs as `mail_owner` can append to it;
+/// Postfix has its postlogd do the writing instead).
+pub fn chown_file(uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Some(l) = LOGGER.get() else {
+        return Ok(());
+    };
+    let sink = l.sink.lock().unwrap_or_else(|e| e.into_inner());
+    if let Sink::File(f) = &*sink {
+        if f.metadata()?.is_file() {
+            // SAFETY: fchown on an open descriptor.
+            if unsafe { libc::fchown(f.as_raw_fd(), uid, gid) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -295,6 +326,18 @@ mod tests {
         ] {
             assert_eq!(format_delay(v), want, "{v}");
         }
+    }
+
+    #[test]
+    fn maillog_file_must_match_a_prefix() {
+        let (m, _) =
+            crate::config::maincf::MainCf::parse("maillog_file = /home/x/log\n", "/x/main.cf");
+        let p = Params::new("/x", m);
+        let e = init("test", &p, false).unwrap_err();
+        assert_eq!(
+            e,
+            "maillog_file value '/home/x/log' does not match any prefix in maillog_file_prefixes"
+        );
     }
 
     #[test]

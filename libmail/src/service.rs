@@ -9,7 +9,8 @@
 //! argv     PROGRAM -c CONFIG_DIR -n SERVICE -t TYPE [-o name=value]... [-v] [args...]
 //! fd 3     the listening socket (inet: TCP; unix: UNIX stream; fifo: the FIFO, read/write)
 //! fd 4     the status pipe: the daemon writes "R" once it is ready to serve
-//! env      MAIL_CONFIG=CONFIG_DIR, FACTEUR_MAXPROC=N (master.cf maxproc, 0 = no limit)
+//! env      MAIL_CONFIG=CONFIG_DIR, FACTEUR_MAXPROC=N (master.cf maxproc, 0 = no limit),
+//!          FACTEUR_MASTER_PID (a daemon whose parent is not that process exits)
 //! ```
 //!
 //! A daemon that exits (any status) before writing `R` made a bad start:
@@ -157,13 +158,20 @@ fn install_term_handler() {
 /// kill -9), the daemon gets SIGTERM and finishes what it is doing, so a
 /// new master never finds an old qmgr or pickup still at work.
 fn exit_with_master() {
+    // Master names itself, so a daemon whose master died even before
+    // this line ran (it was reparented already) knows it is an orphan.
+    let master: Option<libc::pid_t> = std::env::var("FACTEUR_MASTER_PID")
+        .ok()
+        .and_then(|v| v.parse().ok());
     // SAFETY: getppid and prctl with constant arguments.
     unsafe {
         let parent = libc::getppid();
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-        if libc::getppid() != parent {
-            // Master died before the prctl took effect.
-            STOPPING.store(true, Ordering::SeqCst);
+        let now = libc::getppid();
+        if now != parent || master.is_some_and(|m| m != now) {
+            // Master died before the prctl took effect: nothing was done
+            // yet, and a new master runs (or will run) its own daemons.
+            std::process::exit(0);
         }
     }
 }

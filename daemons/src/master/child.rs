@@ -147,6 +147,7 @@ pub fn spawn(s: &Spawn) -> io::Result<(i32, OwnedFd)> {
     cmd.args(&s.argv)
         .env("MAIL_CONFIG", s.config_dir)
         .env("FACTEUR_MAXPROC", s.maxproc.to_string())
+        .env("FACTEUR_MASTER_PID", std::process::id().to_string())
         .stdin(Stdio::null());
     let listener = s.listener;
     let status = status_w.as_raw_fd();

@@ -409,6 +409,10 @@ pub fn main() {
             .unwrap_or_else(|| fatal!("mail_owner {}: no such user", value("mail_owner")));
         let group = group_id(&value("setgid_group"))
             .unwrap_or_else(|| fatal!("setgid_group {}: no such group", value("setgid_group")));
+        // Services running as mail_owner append to the same log file.
+        if let Err(e) = libmail::log::chown_file(owner.uid, owner.gid) {
+            warning!("cannot give the log file to mail_owner: {e}");
+        }
         Ownership::System {
             mail_owner: owner.uid,
             setgid_group: group,

@@ -131,16 +131,13 @@ pub fn main() {
 }
 
 /// One qmgr per queue: a previous qmgr that is still finishing its
-/// deliveries (master died or reloaded) holds `pid/qmgr.lock` until it
-/// exits; wait for it (bounded) so two never work on `active/` at once.
+/// deliveries (master died or reloaded) holds a lock on the `active/`
+/// directory itself until it exits; wait for it (bounded) so two never
+/// work on `active/` at once.
 fn exclusive(svc: &Service) -> std::fs::File {
     use std::os::fd::AsRawFd;
-    let path = svc.layout.root().join("pid/qmgr.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
+    let path = svc.layout.dir(Queue::Active);
+    let f = std::fs::File::open(&path)
         .unwrap_or_else(|e| libmail::log::fatal(&format!("open {}: {e}", path.display())));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -150,7 +147,7 @@ fn exclusive(svc: &Service) -> std::fs::File {
         }
         if Instant::now() > deadline {
             libmail::log::fatal(&format!(
-                "{} is held by another qmgr for this queue",
+                "{} is locked by another qmgr for this queue",
                 path.display()
             ));
         }

@@ -54,7 +54,7 @@ impl Instance {
         let main = format!(
             "queue_directory = {d}/q\nmyhostname = mx.example.com\nmydomain = example.com\n\
              myorigin = example.com\nmydestination = example.com, localhost\n\
-             maillog_file = {d}/maillog\nheader_checks = regexp:{d}/etc/header_checks\n\
+             maillog_file = {d}/maillog\nmaillog_file_prefixes = /tmp, /var, /dev/stdout\nheader_checks = regexp:{d}/etc/header_checks\n\
              message_size_limit = 100000\n{extra}\n",
             d = dir.display()
         );

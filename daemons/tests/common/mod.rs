@@ -127,6 +127,7 @@ impl Instance {
              alias_maps =\n\
              alias_database =\n\
              maillog_file = {l}\n\
+             maillog_file_prefixes = /tmp, /var, /dev/stdout\n\
              {extra}\n",
             q = queue.display(),
             d = top.join("data").display(),

@@ -354,9 +354,13 @@ pub fn serve_connection<S, F>(
 }
 
 /// Marks the recipients that are finished (sent or bounced) done in the
-/// queue file, durably, before the reply goes out, as Postfix's agents
-/// do: a qmgr that dies between the reply and its own bookkeeping then
-/// does not deliver them again. True when something was marked.
+/// queue file before the reply goes out, as Postfix's agents do: a qmgr
+/// that dies between the reply and its own bookkeeping then does not
+/// deliver them again. The mark is written, not fsynced (Postfix does
+/// not sync it either): a process crash keeps it (the kernel has it), a
+/// power loss may lose it and the recipient is delivered again — the
+/// duplicate window 2 of libmail::queue, never a loss. True when
+/// something was marked.
 fn mark_done(
     layout: &crate::queue::QueueLayout,
     req: &Request,
@@ -387,7 +391,9 @@ fn mark_done(
         .filter(|(_, r)| finished.contains(&r.offset))
         .map(|(i, _)| i)
         .collect();
-    f.mark_done_durable(&indices).map_err(|e| e.to_string())?;
+    for i in indices {
+        f.mark_done(i).map_err(|e| e.to_string())?;
+    }
     Ok(true)
 }
 

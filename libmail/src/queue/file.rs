@@ -243,6 +243,10 @@ pub struct Writer {
     file: File,
     id: QueueId,
     dir: PathBuf,
+    /// The mode that marks the file complete: 0700, or 0744 in maildrop/
+    /// so that pickup (mail_owner) can read a file a user submitted, as
+    /// with Postfix's postdrop (the directory itself is not listable).
+    complete_mode: u32,
     named: Unacked,
     created: (u64, u32),
     buf: Vec<u8>,
@@ -296,6 +300,11 @@ impl Writer {
             put_varint(&mut buf, SIZE_PAYLOAD_LEN);
             buf.extend_from_slice(&[b' '; SIZE_PAYLOAD_LEN]);
             return Ok(Writer {
+                complete_mode: if queue == Queue::Maildrop {
+                    0o744
+                } else {
+                    0o700
+                },
                 file,
                 id,
                 dir,
@@ -545,7 +554,8 @@ impl Writer {
                 self.flush()?;
                 self.file.write_all_at(&payload, 2)?;
             }
-            self.file.set_permissions(fs::Permissions::from_mode(0o700))
+            self.file
+                .set_permissions(fs::Permissions::from_mode(self.complete_mode))
         })();
         result?;
         Ok(Unsynced {

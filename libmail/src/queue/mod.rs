@@ -32,7 +32,7 @@
 //!  Writer::finish      size record patched, chmod 0700       complete   (-> Unsynced)
 //!  sync / sync_many    fsync(file); fsync(dir)               durable    (-> Durable: ack now)
 //!  qmgr                rename incoming/ID -> active/ID       no fsync needed
-//!  delivery            pwrite 'D' over 'R'; fdatasync        recipient done
+//!  delivery            agent: pwrite 'D' over 'R'            recipient done (not fsynced)
 //!  all done            unlink                                gone
 //! ```
 //!
@@ -44,8 +44,19 @@
 //! | same, **power** loss | `ID` 0600, or 0700 but possibly short or with holes | short: `Incomplete::Truncated`; holes: `verify` fails: reported, moved aside by the daemons, never delivered as whole; it was never acknowledged |
 //! | durable (acknowledged) | `ID`, complete | delivered |
 //! | moved between queues | `ID` in the old **or** the new queue (rename is atomic) | `active/` goes back to `incoming/` at start; every queue is scanned again |
-//! | delivered, done mark not yet on disk | `R` still there | delivered again (**duplicate window 2**) |
+//! | delivered, done mark not yet written (agent killed) | `R` still there | delivered again (**duplicate window 2**) |
+//! | delivered, done mark written but not fsynced, **power** loss | `R` may be back | delivered again (duplicate window 2; Postfix does not sync its done marks either) |
 //! | every recipient done, unlink not on disk | `ID`, all `D` | removed on sight, nothing delivered |
+//!
+//! Across daemons the same two windows appear: **window 1** is a handover
+//! whose acknowledgement was lost — cleanup killed between its fsync and
+//! its reply, or pickup killed between cleanup's reply and the unlink of
+//! the maildrop file — so the sender (pickup, an SMTP client) submits
+//! again; a reply that cleanup cannot write (the client is gone) makes it
+//! withdraw its copy, which closes most of that window. **Window 2** is a
+//! delivery whose done mark did not make it (the agent killed after the
+//! mailbox write and before the mark). daemons/tests/e2e_crash.rs counts
+//! both under kill -9.
 //!
 //! See [`file`](mod@file) for the argument in full and `docs/queue-format.md` for
 //! the format.
