@@ -282,24 +282,13 @@ pub fn master_pid(params: &Params) -> Option<i32> {
             .filter(|&p| p > 0)
     };
     let lock = std::path::Path::new(&data).join("master.lock");
-    match std::fs::File::open(&lock) {
-        Ok(f) => {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a zeroed flock is valid; F_GETLK fills it.
-            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-            fl.l_type = libc::F_WRLCK as libc::c_short;
-            fl.l_whence = libc::SEEK_SET as libc::c_short;
-            // SAFETY: F_GETLK on an open file with a valid flock.
-            let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
-            if r < 0 || fl.l_type == libc::F_UNLCK as libc::c_short {
-                return None;
-            }
-            // l_pid is 0 when the holder is in another pid namespace.
-            Some(fl.l_pid)
-                .filter(|&p| p > 0)
-                .or_else(from_pid_file)
-                .or(Some(0))
-        }
+    match libmail::service::lock_holder(&lock) {
+        Ok(None) => None,
+        // 0 when the holder is in another pid namespace.
+        Ok(Some(p)) => Some(p)
+            .filter(|&p| p > 0)
+            .or_else(from_pid_file)
+            .or(Some(0)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         // Not allowed to read the lock (not root): the pid file and a
         // signal 0 (EPERM still means the process exists).

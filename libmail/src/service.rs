@@ -176,6 +176,25 @@ fn exit_with_master() {
     }
 }
 
+/// Who holds master's lock file (`$data_directory/master.lock`): the
+/// holder's pid (0 when it runs in another pid namespace), `None` when
+/// nobody holds it, `Err` when the file cannot be opened (missing, or not
+/// ours to read). master and `facteur status` ask the same question.
+pub fn lock_holder(path: &std::path::Path) -> io::Result<Option<i32>> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path)?;
+    // SAFETY: a zeroed flock is valid; F_GETLK fills it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl F_GETLK on an open file with a valid flock.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    if r < 0 || fl.l_type == libc::F_UNLCK as libc::c_short {
+        return Ok(None);
+    }
+    Ok(Some(fl.l_pid.max(0)))
+}
+
 /// A parameter as a time in seconds (`max_idle = 100s`), with a default.
 pub fn time_param(params: &Params, name: &str, default: u64) -> u64 {
     params

@@ -4,15 +4,13 @@
 //! alias table"). Run as the `retry` service it defers instead of
 //! bouncing, like Postfix's.
 
-use libmail::deliver::{same_for_all, serve_connection, Status, CONNECTION_IDLE};
-use libmail::service::Service;
+use libmail::deliver::{run_agent, same_for_all, Status};
 
 pub fn main() {
-    let svc = Service::start("error");
-    let retry = svc.name == "retry";
-    let layout = svc.layout.clone();
-    svc.serve_streams(false, move |stream| {
-        serve_connection(stream, CONNECTION_IDLE, &layout, |req| {
+    run_agent(
+        "error",
+        |svc| Ok(svc.name == "retry"),
+        |&retry, req| {
             if retry {
                 same_for_all(
                     req,
@@ -30,6 +28,6 @@ pub fn main() {
                     "mail delivery disabled",
                 )
             }
-        })
-    });
+        },
+    );
 }

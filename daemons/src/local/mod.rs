@@ -52,10 +52,7 @@ use std::time::Duration;
 
 use libmail::address::resolve::Resolver;
 use libmail::config::params::{split_list, Params};
-use libmail::deliver::{
-    delivery_line, now_f64, serve_connection, Outcome, Rcpt, Request, Status, Timing,
-    CONNECTION_IDLE as IDLE_TIMEOUT,
-};
+use libmail::deliver::{delivery_line, now_f64, run_agent, Outcome, Rcpt, Request, Status, Timing};
 use libmail::ipc::attr::Attrs;
 use libmail::ipc::cleanup::{is_temporary, CleanupClient, CleanupError, FLAG_BOUNCE};
 use libmail::mailbox::lock::{LockKinds, LockPolicy};
@@ -63,7 +60,7 @@ use libmail::mailbox::maildir::{self, MaildirOptions};
 use libmail::mailbox::mbox::{self, MboxOptions};
 use libmail::mailbox::{delivered_to, MailboxError, Source};
 use libmail::queue::{Access, Limits, Queue, QueueFile, QueueId, QueueLayout};
-use libmail::service::{bool_param, num_param, time_param, Service, Stream};
+use libmail::service::{bool_param, num_param, time_param};
 use libmail::table::search::Maps;
 use libmail::table::OpenOptions;
 
@@ -256,21 +253,11 @@ fn split_ext(local: &str, delim: &str) -> String {
 }
 
 pub fn main() {
-    let service = Service::start("local");
-    let config = Config::load(&service.params, service.layout.clone())
-        .unwrap_or_else(|e| libmail::log::fatal(&e));
-    let config = std::sync::Arc::new(config);
-    service.serve_streams(false, move |stream| serve(&config, stream));
-}
-
-/// Serves requests on one connection until the peer closes it (the
-/// loop and the greeting are libmail's, shared by every agent).
-pub fn serve(cfg: &Config, stream: Stream) {
-    let _ = stream.set_timeouts(Some(IDLE_TIMEOUT));
-    serve_connection(stream, IDLE_TIMEOUT, &cfg.layout, |req| {
-        let received = now_f64();
-        deliver_request(cfg, req, "local", received)
-    });
+    run_agent(
+        "local",
+        |svc| Config::load(&svc.params, svc.layout.clone()),
+        |cfg, req| deliver_request(cfg, req, "local", now_f64()),
+    );
 }
 
 /// The worse of two statuses: deferred > bounced > sent.

@@ -251,17 +251,7 @@ fn lock_path(params: &Params) -> Result<PathBuf, String> {
 
 /// The pid of the master holding the lock, if one does.
 fn lock_holder(path: &Path) -> Option<i32> {
-    let f = std::fs::File::open(path).ok()?;
-    // SAFETY: a zeroed flock is valid; F_GETLK fills it.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: fcntl F_GETLK on an open file with a valid flock.
-    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut fl) };
-    if r < 0 || fl.l_type == libc::F_UNLCK as libc::c_short {
-        return None;
-    }
-    Some(fl.l_pid)
+    libmail::service::lock_holder(path).ok().flatten()
 }
 
 /// Takes the lock (kept for the life of the process) and writes our pid

@@ -154,16 +154,12 @@ pub fn pickup_file(
     }
     a.push("attr.log_uid", uid);
     for r in &env.recipients {
-        a.push("rcpt", &r.address);
-        if let Some(o) = &r.orig {
-            a.push("rcpt.orig", o);
-        }
-        if r.dsn_notify != 0 {
-            a.push("rcpt.notify", r.dsn_notify);
-        }
-        if let Some(o) = &r.dsn_orcpt {
-            a.push("rcpt.orcpt", o);
-        }
+        a.push_recipient(
+            &r.address,
+            r.orig.as_deref(),
+            r.dsn_notify,
+            r.dsn_orcpt.as_deref(),
+        );
     }
     // Logged as the envelope goes out, as Postfix's pickup does (before
     // cleanup logs the message-id).

@@ -27,16 +27,13 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use libmail::deliver::{
-    now_f64, serve_connection, Outcome, Rcpt, Request, Status, Timing,
-    CONNECTION_IDLE as IDLE_TIMEOUT,
-};
+use libmail::deliver::{now_f64, run_agent, Outcome, Rcpt, Request, Status, Timing};
 use libmail::mailbox::lock::{LockKinds, LockPolicy};
 use libmail::mailbox::maildir::{self, MaildirOptions};
 use libmail::mailbox::mbox::{self, MboxOptions};
 use libmail::mailbox::{delivered_to, MailboxError};
 use libmail::queue::QueueLayout;
-use libmail::service::{bool_param, num_param, time_param, Service, Stream};
+use libmail::service::{bool_param, num_param, time_param};
 use libmail::table::search::{address_keys, Maps};
 use libmail::table::OpenOptions;
 
@@ -97,21 +94,11 @@ impl Config {
 }
 
 pub fn main() {
-    let service = Service::start("virtual");
-    let config = Config::load(&service.params, service.layout.clone())
-        .unwrap_or_else(|e| libmail::log::fatal(&e));
-    let config = std::sync::Arc::new(config);
-    service.serve_streams(false, move |stream| serve(&config, stream));
-}
-
-/// Serves requests on one connection until the peer closes it (the
-/// loop and the greeting are libmail's, shared by every agent).
-pub fn serve(cfg: &Config, stream: Stream) {
-    let _ = stream.set_timeouts(Some(IDLE_TIMEOUT));
-    serve_connection(stream, IDLE_TIMEOUT, &cfg.layout, |req| {
-        let received = now_f64();
-        deliver_request(cfg, req, received)
-    });
+    run_agent(
+        "virtual",
+        |svc| Config::load(&svc.params, svc.layout.clone()),
+        |cfg, req| deliver_request(cfg, req, now_f64()),
+    );
 }
 
 fn outcome(rcpt: &Rcpt, status: Status, dsn: &str, reason: String) -> Outcome {

@@ -129,16 +129,13 @@ impl Request {
             a.push(&format!("attr.{n}"), v);
         }
         for r in &self.rcpts {
-            a.push("rcpt", &r.address).push("rcpt.offset", r.offset);
-            if let Some(o) = &r.orig {
-                a.push("rcpt.orig", o);
-            }
-            if r.dsn_notify != 0 {
-                a.push("rcpt.notify", r.dsn_notify);
-            }
-            if let Some(o) = &r.dsn_orcpt {
-                a.push("rcpt.orcpt", o);
-            }
+            a.push_recipient(
+                &r.address,
+                r.orig.as_deref(),
+                r.dsn_notify,
+                r.dsn_orcpt.as_deref(),
+            )
+            .push("rcpt.offset", r.offset);
         }
         a
     }
@@ -351,6 +348,26 @@ pub fn serve_connection<S, F>(
             return;
         }
     }
+}
+
+/// Runs a delivery agent: starts the daemon, loads its configuration
+/// once (`load`; an error is fatal, before master hears "ready"), and
+/// serves qmgr's connections with [`serve_connection`], calling `deliver`
+/// for each request. local, virtual, error and discard are this plus
+/// their `deliver`.
+pub fn run_agent<C, L, D>(program: &str, load: L, deliver: D)
+where
+    C: Send + Sync + 'static,
+    L: FnOnce(&crate::service::Service) -> Result<C, String>,
+    D: Fn(&C, &Request) -> Vec<Outcome> + Send + Sync + 'static,
+{
+    let svc = crate::service::Service::start(program);
+    let cfg = std::sync::Arc::new(load(&svc).unwrap_or_else(|e| crate::log::fatal(&e)));
+    let layout = svc.layout.clone();
+    svc.serve_streams(false, move |stream| {
+        let _ = stream.set_timeouts(Some(CONNECTION_IDLE));
+        serve_connection(stream, CONNECTION_IDLE, &layout, |req| deliver(&cfg, req));
+    });
 }
 
 /// Marks the recipients that are finished (sent or bounced) done in the

@@ -47,6 +47,29 @@ impl Attrs {
         self
     }
 
+    /// Appends a recipient as the cleanup and delivery protocols carry
+    /// it: `rcpt`, then its `rcpt.orig`, `rcpt.notify`, `rcpt.orcpt` when
+    /// set (a reader applies `rcpt.*` to the `rcpt` before them).
+    pub fn push_recipient(
+        &mut self,
+        address: &str,
+        orig: Option<&str>,
+        notify: u32,
+        orcpt: Option<&str>,
+    ) -> &mut Self {
+        self.push("rcpt", address);
+        if let Some(o) = orig {
+            self.push("rcpt.orig", o);
+        }
+        if notify != 0 {
+            self.push("rcpt.notify", notify);
+        }
+        if let Some(o) = orcpt {
+            self.push("rcpt.orcpt", o);
+        }
+        self
+    }
+
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
