@@ -6,4 +6,5 @@ pub mod postalias;
 pub mod postcat;
 pub mod postconf;
 pub mod postmap;
+pub mod postqueue;
 pub mod sendmail;

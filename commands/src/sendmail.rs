@@ -52,8 +52,9 @@ const USAGE: &str = "usage: sendmail [-i|-oi] [-t] [-f sender] [-r sender] [-F f
 [-N never|success,failure,delay] [-R hdrs|full] [-V envid] [-B 7BIT|8BITMIME] \
 [-C config_dir] [-o x] [-v] [--] [recipient ...]
 Reads a message from standard input and queues it in $queue_directory/maildrop.
--q flushes the queue; -bi (or -I) rebuilds the alias database like newaliases.
-Not supported yet: -bp (mailq), -bs (SMTP on stdin), -bv, -bd/-bl.
+-q flushes the queue; -bi (or -I) rebuilds the alias database like newaliases;
+-bp lists the queue like mailq.
+Not supported yet: -bs (SMTP on stdin), -bv, -bd/-bl.
 See docs/man/sendmail.1.md.";
 
 /// A fatal error: what to print after `sendmail: fatal: ` and the exit
@@ -91,6 +92,8 @@ enum Mode {
     Flush,
     /// `-bi` / `-I`: rebuild the alias database.
     NewAliases,
+    /// `-bp`: list the queue (mailq).
+    List,
 }
 
 /// `-C dir` / `-Cdir` found before getopt runs.
@@ -187,7 +190,7 @@ fn parse_options(args: &[String]) -> Result<Options, Fatal> {
             Opt::WithArg('b', v) => match v.chars().next() {
                 Some('m') => {}
                 Some('h' | 'H') => {}
-                Some('p') => return unsupported("-bp (mailq)"),
+                Some('p') => o.mode = Mode::List,
                 Some('i') => o.mode = Mode::NewAliases,
                 Some('s') => return unsupported("-bs (SMTP on standard input)"),
                 Some('v') => return unsupported("-bv (address verification)"),
@@ -264,6 +267,16 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
     let config_dir = config::config_directory(opts.config_dir.as_deref());
     match opts.mode {
         Mode::Submit => {}
+        Mode::List => {
+            let mut a = Vec::new();
+            if let Some(d) = &opts.config_dir {
+                a.extend(["-C".to_string(), d.clone()]);
+            }
+            return match crate::postqueue::mailq(a) {
+                0 => Ok(()),
+                code => Err(Fatal(code, "cannot list the mail queue".into())),
+            };
+        }
         Mode::NewAliases => {
             let mut a = Vec::new();
             if let Some(d) = &opts.config_dir {

@@ -314,3 +314,61 @@ fn dot_forward_to_a_file_and_back_to_the_mailbox() {
     });
     i.wait_log(r"status=sent \(delivered to file: .*forwarded\.mbox\)$");
 }
+
+#[test]
+fn mailq_and_postqueue_show_deferred_mail_with_its_reason() {
+    let mut i = Instance::new("mailq", "");
+    let top = i.top.display().to_string();
+    i.file("transport", "later.example  nosuch:\n");
+    let main = format!("{}/main.cf", i.etc);
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!("transport_maps = texthash:{top}/transport\n"));
+    std::fs::write(&main, text).unwrap();
+    let run = |prog: &str, args: &[&str]| -> String {
+        let out = std::process::Command::new(common::program(prog))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{prog} {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    i.start();
+    assert_eq!(run("mailq", &["-C", &i.etc]), "Mail queue is empty\n");
+    i.send(
+        &["-f", "", "c@later.example", "d@later.example"],
+        &msg("later"),
+    );
+    i.kick();
+    wait_for(30, "the message in deferred/", || {
+        i.queue_files("deferred").len() == 1
+    });
+    let listing = run("mailq", &["-C", &i.etc]);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(
+        lines[0],
+        "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
+    );
+    let re = regex::Regex::new(
+        r"^[0-9A-F]{10,12} +\d+ [A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d  MAILER-DAEMON$",
+    )
+    .unwrap();
+    assert!(re.is_match(lines[1]), "{listing}");
+    assert_eq!(
+        lines[2],
+        format!("{}(mail transport unavailable)", " ".repeat(76 - 26))
+    );
+    assert_eq!(lines[3], format!("{}c@later.example", " ".repeat(41)));
+    assert_eq!(lines[4], format!("{}d@later.example", " ".repeat(41)));
+    assert_eq!(lines[5], "");
+    assert_eq!(lines[6], "-- 0 Kbytes in 1 Request.");
+    assert_eq!(lines.len(), 7, "{listing}");
+    // The same through postqueue -p and sendmail -bp.
+    assert_eq!(run("postqueue", &["-c", &i.etc, "-p"]), listing);
+    assert_eq!(run("sendmail", &["-C", &i.etc, "-bp"]), listing);
+    let json = run("postqueue", &["-c", &i.etc, "-j"]);
+    assert!(
+        json.starts_with("{\"queue_name\": \"deferred\", \"queue_id\": \""),
+        "{json}"
+    );
+    assert!(json.contains("\"sender\": \"MAILER-DAEMON\", \"recipients\": [{\"address\": \"c@later.example\", \"delay_reason\": \"mail transport unavailable\"}"), "{json}");
+}

@@ -1,0 +1,5 @@
+//! postqueue(1): see `facteur_commands::postqueue`.
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(facteur_commands::postqueue::main(args));
+}
