@@ -117,11 +117,13 @@ fn asctime20(t: i64) -> String {
     )
 }
 
-fn status_char(q: Queue) -> char {
+/// The mark after the queue ID: `*` active, `!` hold, nothing otherwise
+/// (the ID then pads to its column on its own, as in showq).
+fn status_mark(q: Queue) -> &'static str {
     match q {
-        Queue::Active => '*',
-        Queue::Hold => '!',
-        _ => ' ',
+        Queue::Active => "*",
+        Queue::Hold => "!",
+        _ => "",
     }
 }
 
@@ -150,7 +152,7 @@ pub fn format_listing(msgs: &[Listed]) -> String {
     let mut total = 0u64;
     for m in msgs {
         total += m.size;
-        let id = format!("{}{}", m.id, status_char(m.queue));
+        let id = format!("{}{}", m.id, status_mark(m.queue));
         let when = asctime20(m.arrival);
         if long {
             let _ = writeln!(

@@ -499,7 +499,8 @@ impl Writer {
     /// without its line end: `L` records as needed, then `N`.
     pub fn content_line(&mut self, mut line: &[u8]) -> io::Result<()> {
         self.check(&[Stage::Content])?;
-        self.content_size += line.len() as u64 + 1;
+        // Postfix's message_size counts each line end as CRLF.
+        self.content_size += line.len() as u64 + 2;
         while line.len() > CONTENT_CHUNK {
             self.put(RecordType::Cont, &line[..CONTENT_CHUNK])?;
             line = &line[CONTENT_CHUNK..];
@@ -899,7 +900,7 @@ impl QueueFile {
             if in_content {
                 match rec.kind {
                     RecordType::Normal => {
-                        content += rec.payload.len() as u64 + 1;
+                        content += rec.payload.len() as u64 + 2;
                         in_line = false;
                     }
                     RecordType::Cont => {
@@ -1405,7 +1406,7 @@ mod tests {
             assert!(!r.done && !r.extracted);
         }
         assert_eq!(read_all_lines(&q), s.lines);
-        let expect: u64 = s.lines.iter().map(|l| l.len() as u64 + 1).sum();
+        let expect: u64 = s.lines.iter().map(|l| l.len() as u64 + 2).sum();
         assert_eq!(env.size.content_size, expect);
         assert_eq!(
             q.id().unwrap().as_str(),
@@ -1451,7 +1452,7 @@ mod tests {
     }
 
     const EXAMPLE: &str = concat!(
-        "Co             20             214               1               0",
+        "Co             23             214               1               0",
         "             237             239               1",
         "T\\x111700000000 123456",
         "S\\x11alice@example.org",
@@ -1464,7 +1465,7 @@ mod tests {
         "N\\x00",
         "N\\x06Hello.",
         "X\\x00",
-        "E\\x08f153aea8",
+        "E\\x082ae76113",
     );
 
     #[test]

@@ -206,8 +206,9 @@ const SIZE_MAX_VALUE: u64 = 999_999_999_999_999;
 /// finds the content and the extracted section without scanning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SizeRecord {
-    /// Message content size: the bytes of all content lines plus one per
-    /// line for its line end (the size with LF line ends).
+    /// Message content size: the bytes of all content lines plus two per
+    /// line for its line end (the size with CRLF line ends, as Postfix
+    /// counts `message_size`: what mailq and qmgr's `size=` show).
     pub content_size: u64,
     /// Offset of the first content record (just after `M`).
     pub data_offset: u64,
