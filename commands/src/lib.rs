@@ -7,4 +7,5 @@ pub mod postcat;
 pub mod postconf;
 pub mod postmap;
 pub mod postqueue;
+pub mod qshape;
 pub mod sendmail;
