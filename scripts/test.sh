@@ -11,7 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-{ command -v /usr/sbin/postconf && /usr/sbin/postconf -m | grep -x pcre; } >/dev/null 2>&1 || need+=(postfix postfix-pcre)
+# postconf needs a main.cf: a package installed with "No configuration" has
+# none in /etc/postfix, so ask with an empty one of our own.
+pcdir=$(mktemp -d)
+: > "$pcdir/main.cf"
+{ command -v /usr/sbin/postconf && /usr/sbin/postconf -c "$pcdir" -m | grep -x pcre; } >/dev/null 2>&1 || need+=(postfix postfix-pcre)
+rm -rf "$pcdir"
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v cdb >/dev/null 2>&1 || need+=(tinycdb)
 command -v pflogsumm >/dev/null 2>&1 || need+=(pflogsumm)

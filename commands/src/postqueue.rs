@@ -51,45 +51,75 @@ pub struct Listed {
     pub recipients: Vec<(String, Option<String>)>,
 }
 
-/// Every complete message of the queues showq lists.
+/// Every complete message of the queues showq lists. Files are read on
+/// as many threads as there are CPUs (the listing keeps its order): on a
+/// large queue the time goes into opening and reading each file.
 pub fn collect(layout: &QueueLayout) -> Vec<Listed> {
-    let mut out = Vec::new();
+    let mut found: Vec<(Queue, QueueId, std::path::PathBuf)> = Vec::new();
     for q in QUEUES {
-        let mut found: Vec<(QueueId, std::path::PathBuf)> =
+        let mut files: Vec<(QueueId, std::path::PathBuf)> =
             layout.scan(q).filter_map(|r| r.ok()).collect();
-        found.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        for (id, path) in found {
-            let qf = match QueueFile::open(&path, Access::ReadOnly, &Limits::default()) {
-                Ok(f) => f,
-                Err(e) if e.is_incomplete() => continue,
-                Err(e) => {
-                    eprintln!("postqueue: warning: {}: {e}", path.display());
-                    continue;
-                }
-            };
-            let env = qf.envelope();
-            let reasons = statuslog::read(layout, Queue::Defer, &id).unwrap_or_default();
-            let reason_of = |offset: u64| {
-                reasons
-                    .iter()
-                    .rev()
-                    .find(|e| e.offset == offset)
-                    .map(|e| e.reason.clone())
-            };
-            out.push(Listed {
-                queue: q,
-                id: id.as_str().to_string(),
-                arrival: env.arrival.0 as i64,
-                size: env.size.content_size,
-                sender: env.sender.clone(),
-                recipients: env
-                    .pending()
-                    .map(|(_, r)| (r.address.clone(), reason_of(r.offset)))
-                    .collect(),
-            });
-        }
+        files.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        found.extend(files.into_iter().map(|(id, p)| (q, id, p)));
     }
-    out
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    let chunk = found.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = found
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .filter_map(|(q, id, p)| read_one(layout, *q, id, p))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// One message, or `None` when it is incomplete or unreadable (warned).
+fn read_one(
+    layout: &QueueLayout,
+    q: Queue,
+    id: &QueueId,
+    path: &std::path::Path,
+) -> Option<Listed> {
+    let qf = match QueueFile::open(path, Access::ReadOnly, &Limits::default()) {
+        Ok(f) => f,
+        Err(e) if e.is_incomplete() => return None,
+        Err(e) => {
+            eprintln!("postqueue: warning: {}: {e}", path.display());
+            return None;
+        }
+    };
+    let env = qf.envelope();
+    let reasons = statuslog::read(layout, Queue::Defer, id).unwrap_or_default();
+    let reason_of = |offset: u64| {
+        reasons
+            .iter()
+            .rev()
+            .find(|e| e.offset == offset)
+            .map(|e| e.reason.clone())
+    };
+    Some(Listed {
+        queue: q,
+        id: id.as_str().to_string(),
+        arrival: env.arrival.0 as i64,
+        size: env.size.content_size,
+        sender: env.sender.clone(),
+        recipients: env
+            .pending()
+            .map(|(_, r)| (r.address.clone(), reason_of(r.offset)))
+            .collect(),
+    })
 }
 
 /// `asctime()` of a time in local time, cut to 20 characters as showq's

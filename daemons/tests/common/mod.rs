@@ -225,12 +225,17 @@ impl Instance {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(message.as_bytes())
-            .unwrap();
+        // A sendmail that refuses at once (queue_minfree, bad flags) exits
+        // without reading its input: a broken pipe here is its answer, which
+        // the exit status and stderr below carry.
+        let written = child.stdin.take().unwrap().write_all(message.as_bytes());
+        if let Err(e) = written {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "writing to sendmail: {e}"
+            );
+        }
         child.wait_with_output().unwrap()
     }
 
