@@ -229,6 +229,37 @@ impl QueueId {
         }
     }
 
+    /// The inode number the ID was made from.
+    pub fn inode(&self) -> Option<u64> {
+        let s = self.as_str().as_bytes();
+        match self.style() {
+            IdStyle::Short => u64::from_str_radix(self.as_str().get(5..)?, 16).ok(),
+            IdStyle::Long => {
+                let z = s.iter().rposition(|&c| c == b'z')?;
+                decode_base(&s[z + 1..], 51)
+            }
+        }
+    }
+
+    /// The same ID (same style and creation time) for another inode:
+    /// `postsuper -s` renames a file whose name does not match its inode
+    /// (a queue restored from a backup) to this.
+    pub fn with_inode(&self, inode: u64) -> QueueId {
+        let s = self.as_str().as_bytes();
+        match self.style() {
+            IdStyle::Short => {
+                let out = format!("{}{inode:X}", &self.as_str()[..5]);
+                QueueId::parse(&out).unwrap_or(*self)
+            }
+            IdStyle::Long => {
+                let z = s.iter().rposition(|&c| c == b'z').unwrap_or(0);
+                let mut out = s[..=z].to_vec();
+                push_base(&mut out, inode, 51, 1);
+                QueueId::parse(std::str::from_utf8(&out).unwrap_or("")).unwrap_or(*self)
+            }
+        }
+    }
+
     /// The 5 upper-case hex digits of the creation time's microseconds:
     /// the characters hashed subdirectories are named after.
     pub fn hash_key(&self) -> [u8; 5] {
@@ -361,6 +392,22 @@ mod tests {
             "0123456789ABCDEF0123456",
         ] {
             assert!(QueueId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn inode_round_trips_and_can_be_replaced() {
+        for style in [IdStyle::Short, IdStyle::Long] {
+            let id = QueueId::new(style, 1_700_000_000, 123_456, 0x98C0E5);
+            assert_eq!(id.inode(), Some(0x98C0E5), "{id}");
+            let other = id.with_inode(4242);
+            assert_eq!(other.inode(), Some(4242));
+            assert_eq!(
+                other.hash_key(),
+                id.hash_key(),
+                "same time, same subdirectory"
+            );
+            assert_eq!(other, QueueId::new(style, 1_700_000_000, 123_456, 4242));
         }
     }
 }

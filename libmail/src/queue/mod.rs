@@ -15,6 +15,9 @@
 //! * [`file`](mod@file): writing a new queue file (crash-safe, group-commit capable),
 //!   reading one back (strict limits), done marks in place.
 //! * [`crc`]: CRC-32C for the end record's checksum.
+//! * [`lock`]: the locks between delivery agents and postsuper, and the
+//!   forced-expiry mark.
+//! * [`statuslog`]: the per-message defer and bounce logs.
 //!
 //! The format is specified in `docs/queue-format.md`. In short: a queue
 //! file is a sequence of records `type, length, payload`; a fixed-width
@@ -65,6 +68,7 @@ pub mod crc;
 pub mod dirs;
 pub mod file;
 pub mod id;
+pub mod lock;
 pub mod record;
 pub mod statuslog;
 

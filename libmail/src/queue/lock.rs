@@ -1,0 +1,204 @@
+//! Queue file locks: how delivery agents and `postsuper` stay out of
+//! each other's way, and the forced-expiry mark.
+//!
+//! A delivery agent holds a **shared** `flock` on the queue file from
+//! before it reads the message until after it has written its done marks
+//! ([`for_delivery`]). `postsuper` takes an **exclusive** lock before it
+//! removes or renames a file ([`for_admin`]), so it never pulls a message
+//! away in the middle of a delivery: it waits (bounded) for the deliveries
+//! in progress to finish. After either lock is granted, the holder checks
+//! that the path it opened still names the locked file ([`still_names`]);
+//! a file that was moved or removed while the holder waited is "gone".
+//!
+//! An agent that finds the file gone delivers nothing and answers
+//! "deferred" for its recipients; qmgr, seeing that `active/ID` no longer
+//! names its file, forgets the message without logging or moving
+//! anything (postsuper has taken care of it). qmgr keeps its own
+//! descriptor on each active file, so the done marks it writes land on
+//! the file wherever postsuper moved it: a message held and released
+//! later is not delivered twice.
+//!
+//! Renames by qmgr itself (incoming → active → deferred) take no lock:
+//! a rename is atomic, and whichever of qmgr and postsuper renames first
+//! wins; the other gets `ENOENT` and looks again.
+//!
+//! Postfix locks its queue files for the same reasons (its agents take a
+//! shared lock, cleanup an exclusive one); the protocol above is
+//! Facteur's own.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Mode bit of a queue file whose message `postsuper -e`/`-f` expired:
+/// qmgr returns it to the sender at its next delivery attempt, and mailq
+/// marks it `#`. Postfix uses the same bit (group execute).
+pub const FORCED_EXPIRE: u32 = 0o010;
+
+/// Whether a queue file's mode carries the forced-expiry mark.
+pub fn is_forced_expire(mode: u32) -> bool {
+    mode & FORCED_EXPIRE != 0
+}
+
+/// A queue file opened and locked; the lock goes with the value.
+#[derive(Debug)]
+pub struct Locked {
+    file: File,
+}
+
+impl Locked {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// What [`for_admin`] found.
+#[derive(Debug)]
+pub enum AdminLock {
+    /// Locked, and the path still names the file.
+    Held(Locked),
+    /// The path names nothing any more (moved or removed meanwhile).
+    Gone,
+    /// Deliveries kept the file locked past the wait.
+    Busy,
+}
+
+fn open(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether `path` still names the file open as `file` (same device and
+/// inode, and the file not unlinked).
+pub fn still_names(path: &Path, file: &File) -> io::Result<bool> {
+    let mine = file.metadata()?;
+    if mine.nlink() == 0 {
+        return Ok(false);
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(m.dev() == mine.dev() && m.ino() == mine.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The shared lock a delivery agent holds while it delivers from `path`
+/// and marks recipients done. `Ok(None)`: the file is gone (postsuper
+/// moved or removed it); deliver nothing. Waits for an exclusive holder,
+/// which keeps its lock only for a rename or an unlink.
+pub fn for_delivery(path: &Path) -> io::Result<Option<Locked>> {
+    let file = match open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    flock(&file, libc::LOCK_SH)?;
+    if !still_names(path, &file)? {
+        return Ok(None);
+    }
+    Ok(Some(Locked { file }))
+}
+
+/// The exclusive lock postsuper takes before it moves or removes the
+/// file at `path`, waiting up to `wait` for deliveries in progress.
+pub fn for_admin(path: &Path, wait: Duration) -> io::Result<AdminLock> {
+    let file = match open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AdminLock::Gone),
+        Err(e) => return Err(e),
+    };
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Ok(AdminLock::Busy);
+                }
+                // Shared holders come and go; poll rather than queue
+                // behind them (flock has no fairness), backing off.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !still_names(path, &file)? {
+        return Ok(AdminLock::Gone);
+    }
+    Ok(AdminLock::Held(Locked { file }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("facteur-lock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn admin_waits_for_delivery_and_sees_moves() {
+        let d = scratch("wait");
+        let p = d.join("F");
+        std::fs::write(&p, "x").unwrap();
+        let agent = for_delivery(&p).unwrap().expect("present");
+        // A delivery in progress keeps postsuper out.
+        assert!(matches!(
+            for_admin(&p, Duration::from_millis(20)).unwrap(),
+            AdminLock::Busy
+        ));
+        drop(agent);
+        let held = match for_admin(&p, Duration::from_secs(5)).unwrap() {
+            AdminLock::Held(h) => h,
+            other => panic!("{other:?}"),
+        };
+        // An agent arriving now waits; once postsuper moved the file it
+        // finds it gone.
+        let p2 = p.clone();
+        let t = std::thread::spawn(move || for_delivery(&p2).unwrap().is_none());
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::rename(&p, d.join("G")).unwrap();
+        drop(held);
+        assert!(t.join().unwrap(), "the agent must see the file gone");
+        assert!(matches!(
+            for_admin(&p, Duration::from_millis(1)).unwrap(),
+            AdminLock::Gone
+        ));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_unlinked_file_is_not_named() {
+        let d = scratch("unlink");
+        let p = d.join("F");
+        std::fs::write(&p, "x").unwrap();
+        let f = File::open(&p).unwrap();
+        assert!(still_names(&p, &f).unwrap());
+        std::fs::remove_file(&p).unwrap();
+        assert!(!still_names(&p, &f).unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
