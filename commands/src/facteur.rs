@@ -203,11 +203,21 @@ fn set_permissions(config_dir: &str) -> i32 {
     }
 }
 
-fn user_id(name: &str) -> Option<u32> {
+/// A user's uid, from the passwd database.
+pub(crate) fn user_id(name: &str) -> Option<u32> {
+    passwd_field(name, 2)
+}
+
+/// A user's primary gid, from the passwd database.
+pub(crate) fn primary_group(name: &str) -> Option<u32> {
+    passwd_field(name, 3)
+}
+
+fn passwd_field(name: &str, n: usize) -> Option<u32> {
     let table =
         libmail::table::unix::UnixTable::open("unix:passwd.byname", "passwd.byname").ok()?;
     let line = libmail::table::Table::lookup(&table, name).ok()??;
-    line.split(':').nth(2)?.parse().ok()
+    line.split(':').nth(n)?.parse().ok()
 }
 
 fn group_id(name: &str) -> Option<u32> {

@@ -7,5 +7,6 @@ pub mod postcat;
 pub mod postconf;
 pub mod postmap;
 pub mod postqueue;
+pub mod postsuper;
 pub mod qshape;
 pub mod sendmail;

@@ -30,7 +30,7 @@ use libmail::ipc::cleanup::{
     STAT_HOPS, STAT_RCPT, STAT_SIZE, STAT_WRITE,
 };
 use libmail::ipc::Attrs;
-use libmail::queue::{NewRecipient, Unsynced, Writer};
+use libmail::queue::{NewRecipient, Queue, Unsynced, Writer};
 use libmail::table::search::{address_keys, Key, Maps};
 
 use super::addresses::{Defer, ENV_RECIPIENT, ENV_SENDER, HDR_RECIPIENT, HDR_SENDER};
@@ -947,13 +947,20 @@ impl<'c> Message<'c> {
                 reason: self.reason.clone(),
             };
         }
-        let Some(w) = self.writer.take() else {
+        let Some(mut w) = self.writer.take() else {
             return Outcome::Refused {
                 status: STAT_WRITE,
                 reason: default_reason(STAT_WRITE).to_string(),
             };
         };
-        match w.finish() {
+        // Held mail goes to hold/ while its file is still incomplete: qmgr
+        // never sees it in incoming/.
+        let moved = if self.hold {
+            w.move_to(&self.cfg.layout, Queue::Hold)
+        } else {
+            Ok(())
+        };
+        match moved.and_then(|()| w.finish()) {
             Ok(file) => Outcome::Queued {
                 file,
                 hold: self.hold,

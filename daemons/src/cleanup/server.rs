@@ -157,15 +157,6 @@ pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
         }
         Outcome::Queued { file, hold } => match committer.sync(file) {
             Ok(durable) => {
-                if hold {
-                    if let Err(e) =
-                        cfg.layout
-                            .move_file(&durable.id(), Queue::Incoming, Queue::Hold, true)
-                    {
-                        // Still queued (in incoming/): delivered, not held.
-                        libmail::warning!("{id}: cannot move to the hold queue: {e}");
-                    }
-                }
                 if !reply(&mut conn, 0, "", Some(&id)) {
                     // The client died before it could learn that the
                     // message is queued, so it still has it and will

@@ -17,6 +17,12 @@
 //!    queue file is durable. `ID: uid=UID from=<SENDER>` is logged when
 //!    the envelope goes out, as Postfix does.
 //!
+//! A file that went through cleanup before (`postsuper -r` moved it back
+//! to maildrop; it carries cleanup's `log_uid` attribute) is handed over
+//! with `FLAG_REQUEUE` (cleanup keeps its headers as they are), only its
+//! recipients not yet done, and `orig_id=OLD` in the log line, as
+//! Postfix's pickup logs it.
+//!
 //! A crash between 3's answer and the removal submits the message twice
 //! (Postfix has the same window). cleanup unreachable or a temporary
 //! refusal: the file stays, a warning is logged, the next trigger or
@@ -31,7 +37,7 @@ use std::path::Path;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use libmail::ipc::cleanup::{is_temporary, CleanupClient, CleanupError};
+use libmail::ipc::cleanup::{is_temporary, CleanupClient, CleanupError, FLAG_REQUEUE};
 use libmail::ipc::Attrs;
 use libmail::queue::{Access, Incomplete, Limits, Queue, QueueFile, QueueLayout, ReadError};
 use libmail::service::{stopping, time_param, Service};
@@ -123,6 +129,18 @@ pub fn pickup_file(
         }
     };
     let env = qf.envelope();
+    // A file cleanup wrote before (it has the log_uid attribute cleanup
+    // keeps) was put back by `postsuper -r`: its headers are final, its
+    // finished recipients are not delivered again.
+    let requeued = env.attr("log_uid").is_some();
+    if requeued && env.all_done() {
+        drop(qf);
+        if let Err(e) = std::fs::remove_file(path) {
+            libmail::warning!("{id}: remove {}: {e}", path.display());
+        }
+        libmail::info!("{id}: removed");
+        return Picked::Rejected;
+    }
     let mut client = match CleanupClient::connect(layout.root(), timeout) {
         Ok(c) => c,
         Err(e) => {
@@ -153,7 +171,11 @@ pub fn pickup_file(
         a.push("attr.rewrite_context", "local");
     }
     a.push("attr.log_uid", uid);
-    for r in &env.recipients {
+    if requeued {
+        a.push("flags", FLAG_REQUEUE);
+        a.push("orig_id", id.as_str());
+    }
+    for (_, r) in env.pending() {
         a.push_recipient(
             &r.address,
             r.orig.as_deref(),
@@ -163,7 +185,11 @@ pub fn pickup_file(
     }
     // Logged as the envelope goes out, as Postfix's pickup does (before
     // cleanup logs the message-id).
-    libmail::info!("{new_id}: uid={uid} from=<{}>", env.sender);
+    if requeued {
+        libmail::info!("{new_id}: uid={uid} from=<{}> orig_id={id}", env.sender);
+    } else {
+        libmail::info!("{new_id}: uid={uid} from=<{}>", env.sender);
+    }
     let sent = (|| -> Result<(), Result<String, std::io::Error>> {
         client.envelope(&a).map_err(Err)?;
         let mut buf = Vec::with_capacity(SEND_BUFFER + 4096);

@@ -3,17 +3,20 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use libmail::address::resolve::Resolver;
 use libmail::deliver::{delivery_line, now_f64, Outcome, Rcpt, Request, Status, Timing};
 use libmail::queue::statuslog::{self, Entry};
-use libmail::queue::{Access, Limits, Queue, QueueFile, QueueId, QueueLayout, ReadError};
+use libmail::queue::{lock, Access, Limits, Queue, QueueFile, QueueId, QueueLayout, ReadError};
 use libmail::{info, warning};
 
 use super::workers::{Job, JobResult};
 
 pub(crate) enum OpenError {
+    /// Moved or removed meanwhile (postsuper): nothing to do.
+    Gone,
     /// Damaged: goes to `corrupt/`.
     Corrupt(String),
     /// Cannot read it now (I/O): try again later.
@@ -44,6 +47,9 @@ impl Msg {
             Err(e @ ReadError::Corrupt { .. }) => return Err(OpenError::Corrupt(e.to_string())),
             Err(ReadError::Incomplete(i)) => {
                 return Err(OpenError::Corrupt(ReadError::Incomplete(i).to_string()))
+            }
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OpenError::Gone)
             }
             Err(ReadError::Io(e)) => {
                 return Err(OpenError::Other(format!("open {}: {e}", path.display())))
@@ -83,6 +89,14 @@ impl Msg {
 
     pub fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    /// Whether `postsuper -e`/`-f` marked the message expired.
+    pub fn forced_expire(&self) -> bool {
+        self.file
+            .file()
+            .metadata()
+            .is_ok_and(|m| lock::is_forced_expire(m.mode()))
     }
 
     /// Resolves every pending recipient and groups them by destination.
@@ -258,6 +272,12 @@ impl Msg {
     ) {
         let id = self.id;
         let ids = id.as_str();
+        // postsuper moved or removed the file while it was active: it is
+        // postsuper's now (see libmail::queue::lock); say and do nothing.
+        if !lock::still_names(&layout.path_of(Queue::Active, &id), self.file.file()).unwrap_or(true)
+        {
+            return;
+        }
         if let Err(e) = statuslog::append(layout, Queue::Defer, &id, &self.pending_logs.0) {
             warning!("{ids}: defer log: {e}");
         }
@@ -282,12 +302,13 @@ impl Msg {
         } else {
             max_life
         };
-        if !self.deferred {
+        let forced = self.forced_expire();
+        if !self.deferred && !forced {
             // Nothing failed but recipients remain (stopping): the next
             // qmgr requeues it from active/.
             return;
         }
-        if age > lifetime {
+        if forced || age > lifetime {
             info!(
                 "{ids}: from=<{}>, status=expired, returned to sender",
                 self.file.envelope().sender

@@ -31,6 +31,12 @@
 //! their done marks are kept), then qmgr exits. Messages still in
 //! `active/` are requeued by the next qmgr.
 //!
+//! postsuper: a message whose file postsuper moved or removed while it
+//! was active is forgotten silently when its last job returns (the
+//! agents deliver nothing from a file that is gone: see
+//! `libmail::queue::lock`); a message marked expired (`postsuper -e`,
+//! mode bit 0010) is not delivered and expires at once.
+//!
 //! Not yet: bounce notifications to the sender (issue 7: the bounce
 //! daemon); expired and bounced mail is logged and recorded in
 //! `bounce/ID`, then removed. Slow start and dead-destination feedback
@@ -319,6 +325,7 @@ impl Qmgr {
                 }
                 return;
             }
+            Err(message::OpenError::Gone) => return,
             Err(message::OpenError::Other(reason)) => {
                 warning!("{}: {reason}", id.as_str());
                 // Leave it for a later scan.
@@ -337,7 +344,12 @@ impl Qmgr {
             msg.nrcpt()
         );
         let key = id.as_str().to_string();
-        let groups = msg.plan(&self.resolver);
+        // A message postsuper expired is not delivered: finish returns it.
+        let groups = if msg.forced_expire() {
+            Vec::new()
+        } else {
+            msg.plan(&self.resolver)
+        };
         self.msgs.insert(key.clone(), msg);
         for (transport, nexthop, rcpts) in groups {
             let limits = self.limits_of(&transport);

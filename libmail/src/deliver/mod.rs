@@ -334,20 +334,66 @@ pub fn serve_connection<S, F>(
                 return;
             }
         };
-        let outcomes = deliver(&req);
-        let mut reply = outcomes_to_attrs(&outcomes);
-        match mark_done(layout, &req, &outcomes) {
-            Ok(true) => {
-                reply.push("marked", "yes");
+        // The shared lock keeps postsuper from moving or removing the
+        // file until the done marks are written (libmail::queue::lock).
+        let held = match delivery_lock(layout, &req) {
+            Ok(h) => h,
+            Err(e) => {
+                crate::warning!("{}: lock queue file: {e}", req.queue_id);
+                None
             }
-            Ok(false) => {}
-            Err(e) => crate::warning!("{}: cannot mark recipients done: {e}", req.queue_id),
+        };
+        let outcomes = if held.is_some() {
+            deliver(&req)
+        } else {
+            // Gone (postsuper moved or removed it) or unreadable: deliver
+            // nothing; qmgr sees the file gone and forgets the message.
+            same_outcome(&req, Status::Deferred, "4.3.0", GONE)
+        };
+        let mut reply = outcomes_to_attrs(&outcomes);
+        if held.is_some() {
+            match mark_done(layout, &req, &outcomes) {
+                Ok(true) => {
+                    reply.push("marked", "yes");
+                }
+                Ok(false) => {}
+                Err(e) => crate::warning!("{}: cannot mark recipients done: {e}", req.queue_id),
+            }
         }
         if let Err(e) = conn.send(&reply) {
             crate::warning!("send delivery status: {e}");
             return;
         }
+        drop(held);
     }
+}
+
+/// The reason given for the recipients of a message whose queue file
+/// was moved or removed before delivery began.
+pub const GONE: &str = "queue file was moved or removed (postsuper)";
+
+/// The shared lock on the request's queue file; `None` when it is gone.
+fn delivery_lock(
+    layout: &crate::queue::QueueLayout,
+    req: &Request,
+) -> Result<Option<crate::queue::lock::Locked>, String> {
+    use crate::queue::{Queue, QueueId};
+    let id = QueueId::parse(&req.queue_id).map_err(|e| e.to_string())?;
+    let queue = Queue::from_name(&req.queue_name).ok_or("bad queue name")?;
+    crate::queue::lock::for_delivery(&layout.path_of(queue, &id)).map_err(|e| e.to_string())
+}
+
+/// The same outcome for every recipient of `req`, not logged.
+fn same_outcome(req: &Request, status: Status, dsn: &str, reason: &str) -> Vec<Outcome> {
+    req.rcpts
+        .iter()
+        .map(|r| Outcome {
+            offset: r.offset,
+            status,
+            dsn: dsn.to_string(),
+            reason: reason.to_string(),
+        })
+        .collect()
 }
 
 /// Runs a delivery agent: starts the daemon, loads its configuration
@@ -434,23 +480,15 @@ pub fn same_for_all(
     let received = now_f64();
     let (dsn, text) = split_dsn(text, default_dsn);
     let text = if text.is_empty() { default_text } else { text };
-    req.rcpts
-        .iter()
-        .map(|r| {
-            let o = Outcome {
-                offset: r.offset,
-                status,
-                dsn: dsn.to_string(),
-                reason: text.to_string(),
-            };
-            let t = Timing {
-                received,
-                setup: 0.0,
-            };
-            crate::info!("{}", delivery_line(req, r, "none", t, &o));
-            o
-        })
-        .collect()
+    let outcomes = same_outcome(req, status, dsn, text);
+    let t = Timing {
+        received,
+        setup: 0.0,
+    };
+    for (r, o) in req.rcpts.iter().zip(&outcomes) {
+        crate::info!("{}", delivery_line(req, r, "none", t, o));
+    }
+    outcomes
 }
 
 /// How long an agent keeps an idle connection from qmgr.

@@ -467,7 +467,20 @@ impl QueueLayout {
         to: Queue,
         sync: bool,
     ) -> io::Result<PathBuf> {
-        let src = self.path_of(from, id);
+        self.move_path(&self.path_of(from, id), id, to, sync)
+    }
+
+    /// Moves the queue file at `src` (wherever it is: another hash depth,
+    /// a file `find` found) to its place in queue `to`, by rename; returns
+    /// the new path. With `sync`, the move is durable when this returns.
+    pub fn move_path(
+        &self,
+        src: &Path,
+        id: &QueueId,
+        to: Queue,
+        sync: bool,
+    ) -> io::Result<PathBuf> {
+        let src = src.to_path_buf();
         let dst_dir = self.ensure_dir(to, &id.hash_key())?;
         let dst = dst_dir.join(id.as_str());
         match rename_noreplace(&src, &dst) {
@@ -528,6 +541,11 @@ impl QueueLayout {
         }
         Ok(())
     }
+}
+
+/// fsync of a directory, so that renames and unlinks in it are durable.
+pub fn sync_directory(dir: &Path) -> io::Result<()> {
+    sync_dir(dir)
 }
 
 fn is_hash_name(name: &std::ffi::OsStr) -> bool {

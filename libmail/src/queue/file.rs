@@ -526,6 +526,21 @@ impl Writer {
         Ok(())
     }
 
+    /// Moves the file, still incomplete (so no scan takes it), to queue
+    /// `to`: cleanup puts a message a header check held straight into
+    /// `hold/` this way, before qmgr could ever see it in `incoming/`.
+    pub fn move_to(&mut self, layout: &QueueLayout, to: Queue) -> io::Result<()> {
+        let dir = layout.ensure_dir(to, &self.id.hash_key())?;
+        let path = dir.join(self.id.as_str());
+        rename_noreplace(&self.named.path, &path)?;
+        self.named.path = path;
+        self.dir = dir;
+        if to != Queue::Maildrop {
+            self.complete_mode = 0o700;
+        }
+        Ok(())
+    }
+
     /// Ends the file: end record, size record, mode 0700 (complete).
     /// Nothing is durable yet; see [`Unsynced::sync`] and [`sync_many`].
     pub fn finish(mut self) -> io::Result<Unsynced> {
