@@ -1,4 +1,4 @@
-//! qshape over a deferred queue of 2,000 messages to 50 domains with
+//! qshape over a deferred queue of 10,000 messages to 50 domains with
 //! ages from seconds to weeks: every bucket count is checked against a
 //! table computed here independently (integer arithmetic on the bucket
 //! bounds, not qshape's logarithm). The time qshape took is printed, not
@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libmail::config::params::Params;
 use libmail::queue::{sync_many, IdStyle, NewRecipient, Queue, QueueLayout, Writer};
 
-const MESSAGES: usize = 2000;
+const MESSAGES: usize = 10_000;
 const DOMAINS: usize = 50;
 
 /// The bucket of an age in seconds with 5-minute ticks and 10 buckets:
@@ -73,7 +73,7 @@ fn bucket_counts_are_right_for_a_large_deferred_queue() {
             e[0] += rcpts as u64;
             e[b] += rcpts as u64;
         }
-        if batch.len() == 200 {
+        if batch.len() == 1000 {
             for r in sync_many(std::mem::take(&mut batch)) {
                 r.unwrap();
             }
