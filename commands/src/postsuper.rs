@@ -295,7 +295,7 @@ fn each_id(layout: &QueueLayout, op: Op, args: &[String], qs: &[Queue], run: &mu
             Ok(id) => {
                 let allowed: Vec<Queue> =
                     qs.iter().copied().filter(|q| op.applies_to(*q)).collect();
-                act(layout, op, &id, &allowed, run)
+                act(layout, op, &id, &allowed, true, run)
             }
             Err(_) => {
                 warning!("invalid mail queue id: {text}");
@@ -331,7 +331,7 @@ fn each_id(layout: &QueueLayout, op: Op, args: &[String], qs: &[Queue], run: &mu
                         .map(|(id, _)| id)
                         .collect();
                     for id in ids {
-                        if act(layout, op, &id, &[q], run) {
+                        if act(layout, op, &id, &[q], false, run) {
                             n += 1;
                         }
                     }
@@ -344,7 +344,16 @@ fn each_id(layout: &QueueLayout, op: Op, args: &[String], qs: &[Queue], run: &mu
 }
 
 /// Applies `op` to message `id`, looked for in `qs`. True when done.
-fn act(layout: &QueueLayout, op: Op, id: &QueueId, qs: &[Queue], run: &mut Run) -> bool {
+/// `each`: say a line for this message (Postfix does for IDs named on the
+/// command line or standard input, not for `ALL`).
+fn act(
+    layout: &QueueLayout,
+    op: Op,
+    id: &QueueId,
+    qs: &[Queue],
+    each: bool,
+    run: &mut Run,
+) -> bool {
     for _ in 0..ATTEMPTS {
         let Some((q, path)) = layout.find(id, qs) else {
             return false;
@@ -373,7 +382,12 @@ fn act(layout: &QueueLayout, op: Op, id: &QueueId, qs: &[Queue], run: &mut Run) 
             return false;
         }
         match apply(layout, op, id, q, &path, &held, mode, run) {
-            Ok(done) => return done,
+            Ok(line) => {
+                if each {
+                    say(&format!("{id}: {line}"));
+                }
+                return true;
+            }
             // qmgr renamed it first: look again.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -418,25 +432,25 @@ fn apply(
     held: &Locked,
     mode: u32,
     run: &mut Run,
-) -> std::io::Result<bool> {
-    match op {
+) -> std::io::Result<&'static str> {
+    let line = match op {
         Op::Delete => {
             std::fs::remove_file(path)?;
             touched(run, path, path);
             remove_logs(layout, id);
-            say(&format!("{id}: removed"));
+            "removed"
         }
         Op::Hold => {
             let to = layout.move_path(path, id, Queue::Hold, false)?;
             touched(run, path, &to);
-            say(&format!("{id}: placed on hold"));
+            "placed on hold"
         }
         Op::Release => {
             let to = layout.move_path(path, id, Queue::Deferred, false)?;
             touched(run, path, &to);
             due_now(held)?;
             run.released += 1;
-            say(&format!("{id}: released from hold"));
+            "released from hold"
         }
         Op::Requeue => {
             let to = layout.move_path(path, id, Queue::Maildrop, false)?;
@@ -444,24 +458,23 @@ fn apply(
             due_now(held)?;
             remove_logs(layout, id);
             run.requeued += 1;
-            say(&format!("{id}: requeued"));
+            "requeued"
         }
         Op::Expire { release } => {
             held.file()
                 .set_permissions(std::fs::Permissions::from_mode(
                     (mode & 0o7777) | lock::FORCED_EXPIRE,
                 ))?;
-            say(&format!("{id}: expired"));
             if release && q == Queue::Hold {
                 let to = layout.move_path(path, id, Queue::Deferred, false)?;
                 touched(run, path, &to);
                 due_now(held)?;
                 run.released += 1;
-                say(&format!("{id}: released from hold"));
             }
+            "expired"
         }
-    }
-    Ok(true)
+    };
+    Ok(line)
 }
 
 /// The path of `p` under the queue directory, as messages show it.

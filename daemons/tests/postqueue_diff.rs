@@ -7,6 +7,9 @@
 //! report (Postfix's Perl script on Postfix's queue, ours on ours) must
 //! be identical.
 //!
+//! postsuper's messages are compared the same way: the same operations
+//! on the same queue, standard error identical once queue IDs are masked.
+//!
 //! Postfix's master needs root: as another user the test says so and
 //! checks nothing (it is part of the root CI run).
 
@@ -47,8 +50,8 @@ impl Drop for Postfix {
     }
 }
 
-fn postfix(extra: &str) -> Postfix {
-    let top = std::env::temp_dir().join(format!("postfix-diff-{}", std::process::id()));
+fn postfix(tag: &str, extra: &str) -> Postfix {
+    let top = std::env::temp_dir().join(format!("postfix-diff-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&top);
     for d in ["etc", "data", "queue"] {
         std::fs::create_dir_all(top.join(d)).unwrap();
@@ -135,14 +138,15 @@ fn normalize_json(json: &str) -> Vec<String> {
     v
 }
 
-#[test]
-fn mailq_and_postqueue_j_match_postfix_for_the_same_queue() {
+/// A real Postfix and a Facteur instance holding the same mail: two
+/// deferred messages and one held. `None` when not root or no Postfix.
+fn same_queue(tag: &str) -> Option<(Postfix, Instance, std::path::PathBuf)> {
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 || !std::path::Path::new("/usr/sbin/postfix").exists() {
         eprintln!("SKIPPED: needs root and an installed Postfix (scripts/test.sh installs it)");
-        return;
+        return None;
     }
-    let dir = std::env::temp_dir().join(format!("qdiff-tables-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("qdiff-tables-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("transport"), "later.example  nosuch:\n").unwrap();
     std::fs::write(dir.join("header_checks"), "/^Subject: hold me/ HOLD\n").unwrap();
@@ -150,8 +154,8 @@ fn mailq_and_postqueue_j_match_postfix_for_the_same_queue() {
         "transport_maps = texthash:{d}/transport\nheader_checks = regexp:{d}/header_checks\n",
         d = dir.display()
     );
-    let pf = postfix(&extra);
-    let mut fa = Instance::new("qdiff", &extra);
+    let pf = postfix(tag, &extra);
+    let mut fa = Instance::new(tag, &extra);
     fa.start();
     for (sender, rcpts, body) in SUBMISSIONS {
         for (prog, etc) in [
@@ -170,29 +174,52 @@ fn mailq_and_postqueue_j_match_postfix_for_the_same_queue() {
         }
     }
     fa.kick();
-    let count = |dir: &std::path::Path| -> usize {
-        fn walk(d: &std::path::Path) -> usize {
-            std::fs::read_dir(d)
-                .map(|rd| {
-                    rd.flatten()
-                        .map(|e| {
-                            if e.path().is_dir() {
-                                walk(&e.path())
-                            } else {
-                                1
-                            }
-                        })
-                        .sum()
-                })
-                .unwrap_or(0)
-        }
-        walk(dir)
-    };
     for q in [pf.top.join("queue"), fa.queue.clone()] {
         wait_for(60, "two deferred and one held message", || {
             count(&q.join("deferred")) == 2 && count(&q.join("hold")) == 1
         });
     }
+    Some((pf, fa, dir))
+}
+
+/// Files under a directory, recursively.
+fn count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Queue IDs of the files under a directory.
+fn ids_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                v.extend(ids_in(&e.path()));
+            } else {
+                v.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn mailq_and_postqueue_j_match_postfix_for_the_same_queue() {
+    let Some((pf, fa, dir)) = same_queue("qdiff") else {
+        return;
+    };
     let run = |prog: &str, args: &[&str]| -> String {
         let out = Command::new(prog).args(args).output().unwrap();
         assert!(out.status.success(), "{prog} {args:?}: {out:?}");
@@ -226,6 +253,79 @@ fn mailq_and_postqueue_j_match_postfix_for_the_same_queue() {
             &[&["-c", &fa.etc][..], args].concat(),
         );
         assert_eq!(ours, theirs, "qshape {args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same postsuper operations on both queues: standard error must be
+/// the same once queue IDs are masked (and the lines sorted: the order of
+/// per-message lines follows each system's directory order).
+#[test]
+fn postsuper_messages_match_postfix_for_the_same_operations() {
+    let Some((pf, fa, dir)) = same_queue("psdiff") else {
+        return;
+    };
+    let pq = pf.top.join("queue");
+    let fq = fa.queue.clone();
+    let mask = |text: &str| -> Vec<String> {
+        let id = regex::Regex::new(r"\b[0-9A-F]{8,12}\b").unwrap();
+        let mut v: Vec<String> = text
+            .lines()
+            .map(|l| id.replace_all(l, "QUEUEID").into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Each step: arguments, with {D} the first deferred message and {H}
+    // the held one, looked up in each queue as it is then.
+    let steps: [&[&str]; 9] = [
+        &["-h", "{D}"],
+        &["-h", "{H}-not-here"],
+        &["-H", "ALL"],
+        &["-e", "{D}"],
+        &["-d", "ab/../x"],
+        &["-d", "ALL", "foo"],
+        &["-x"],
+        &["-h", "ALL", "deferred"],
+        &["-d", "ALL"],
+    ];
+    for step in steps {
+        let mut outs = Vec::new();
+        for (prog, etc, q) in [
+            ("/usr/sbin/postsuper".to_string(), &pf.etc, &pq),
+            (
+                common::program("postsuper").display().to_string(),
+                &fa.etc,
+                &fq,
+            ),
+        ] {
+            let d = ids_in(&q.join("deferred"))
+                .first()
+                .cloned()
+                .unwrap_or_default();
+            let h = ids_in(&q.join("hold")).first().cloned().unwrap_or_default();
+            let args: Vec<String> = step
+                .iter()
+                .map(|a| a.replace("{D}", &d).replace("{H}", &h))
+                .collect();
+            let out = Command::new(&prog)
+                .args(["-c", etc])
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            outs.push((
+                out.status.code(),
+                mask(&String::from_utf8_lossy(&out.stderr)),
+            ));
+        }
+        assert_eq!(outs[1], outs[0], "postsuper {step:?}: ours, then Postfix's");
+    }
+    // The same queues are left: nothing.
+    for q in [&pq, &fq] {
+        for name in ["deferred", "hold", "incoming", "active"] {
+            assert_eq!(count(&q.join(name)), 0, "{} {name}", q.display());
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
