@@ -5,7 +5,9 @@
 //! `public/pickup`; pickup also scans at start and on its own timer
 //! (60 s), so a lost trigger only delays mail. Each scan takes the
 //! complete files (the scan skips files still being written), up to
-//! [`MAX_PER_SCAN`], and for each:
+//! [`MAX_PER_SCAN`], and hands them over [`HANDOVERS`] at a time (so that
+//! cleanup commits several queue files with one directory fsync); for
+//! each:
 //!
 //! 1. opens it with `QueueFile::open` (bounded reads);
 //! 2. hands it to cleanup with `CleanupClient`: `origin=pickup`, the
@@ -34,6 +36,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
@@ -45,6 +48,8 @@ use libmail::service::{stopping, time_param, Service};
 /// Most files handed over in one scan; more wait for the next one (which
 /// starts at once).
 pub const MAX_PER_SCAN: usize = 1000;
+/// Maildrop files handed to cleanup at the same time.
+const HANDOVERS: usize = 4;
 /// Content sent to cleanup in pieces of this size.
 const SEND_BUFFER: usize = 64 << 10;
 /// Own wakeup timer, in case no trigger comes.
@@ -82,16 +87,32 @@ pub fn scan(layout: &QueueLayout, timeout: Duration) -> bool {
         }
     }
     let more = found.len() > MAX_PER_SCAN;
-    for (id, path) in found.into_iter().take(MAX_PER_SCAN) {
-        if stopping() {
-            return false;
+    found.truncate(MAX_PER_SCAN);
+    // A few handovers at once: cleanup then commits their queue files
+    // together (one directory fsync for the batch) instead of one by one.
+    let next = AtomicUsize::new(0);
+    let retry = AtomicBool::new(false);
+    let handed = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..HANDOVERS.min(found.len()) {
+            s.spawn(|| loop {
+                if stopping() || retry.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some((id, path)) = found.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    return;
+                };
+                match pickup_file(layout, id, path, timeout) {
+                    Picked::Retry => retry.store(true, Ordering::Relaxed),
+                    _ => {
+                        handed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
         }
-        match pickup_file(layout, &id, &path, timeout) {
-            Picked::Retry => return false,
-            _ => done += 1,
-        }
-    }
-    more && done > 0
+    });
+    done += handed.load(Ordering::Relaxed);
+    more && done > 0 && !retry.load(Ordering::Relaxed) && !stopping()
 }
 
 fn warn_corrupt(layout: &QueueLayout, id: &libmail::queue::QueueId, why: &str) -> Picked {
