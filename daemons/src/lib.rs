@@ -10,4 +10,5 @@ pub mod local;
 pub mod master;
 pub mod pickup;
 pub mod qmgr;
+pub mod smtpd;
 pub mod virtual_agent;

@@ -14,4 +14,5 @@ pub mod log;
 pub mod mailbox;
 pub mod queue;
 pub mod service;
+pub mod smtp;
 pub mod table;

@@ -302,6 +302,12 @@ impl Service {
         }
     }
 
+    /// The listener master passed, for a daemon that runs its own accept
+    /// loop (smtpd, on tokio); `None` when not started by master.
+    pub fn take_listener(&mut self) -> Option<Listener> {
+        self.listener.take()
+    }
+
     /// Tells master the daemon started well. Call after everything that
     /// can fail at start (tables opened, directories checked).
     pub fn ready(&self) {

@@ -1,0 +1,51 @@
+//! smtpd(8): the SMTP server. [`session`] is the protocol (no I/O),
+//! [`server`] the tokio shell around it; the access restrictions are the
+//! session's [`session::Gate`].
+
+pub mod server;
+pub mod session;
+
+use libmail::config::params::Params;
+use libmail::service::{bool_param, num_param, time_param};
+
+use session::Settings;
+
+impl Settings {
+    /// smtpd's parameters, with Postfix's defaults.
+    pub fn from_params(p: &Params) -> Settings {
+        let v = |n: &str| p.value(n).unwrap_or_default();
+        let size = v("message_size_limit")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(10_240_000);
+        Settings {
+            myhostname: v("myhostname"),
+            mail_name: {
+                let m = v("mail_name");
+                if m.is_empty() {
+                    "Postfix".into()
+                } else {
+                    m
+                }
+            },
+            banner: v("smtpd_banner"),
+            message_size_limit: size,
+            recipient_limit: num_param(p, "smtpd_recipient_limit", 1000).max(1) as usize,
+            soft_error_limit: num_param(p, "smtpd_soft_error_limit", 10).max(0) as usize,
+            hard_error_limit: num_param(p, "smtpd_hard_error_limit", 20).max(1) as usize,
+            error_sleep: std::time::Duration::from_secs(time_param(p, "smtpd_error_sleep_time", 1)),
+            junk_command_limit: num_param(p, "smtpd_junk_command_limit", 100).max(1) as usize,
+            helo_required: bool_param(p, "smtpd_helo_required", false),
+            disable_vrfy: bool_param(p, "disable_vrfy_command", false),
+            smtputf8: bool_param(p, "smtputf8_enable", true),
+            discard_ehlo: libmail::config::params::split_list(&v("smtpd_discard_ehlo_keywords"))
+                .into_iter()
+                .map(|s| s.to_string())
+                .collect(),
+            soft_bounce: bool_param(p, "soft_bounce", false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,639 @@
+//! The network shell around [`Session`]: a tokio runtime, the listener
+//! master passed, one task per connection. It reads command lines and
+//! content (bounded by `line_length_limit` and `smtpd_timeout`), writes
+//! replies — held back while the client has more pipelined commands
+//! waiting, flushed as soon as it has not — and runs the session's
+//! blocking steps (table lookups, the handover to cleanup) where tokio
+//! allows blocking.
+//!
+//! DATA ends only at `<CR><LF>.<CR><LF>`: a `.` line after a bare LF is
+//! content (Postfix's `smtpd_forbid_bare_newline = normalize`, which
+//! closes the SMTP smuggling hole); bare LF line ends are otherwise taken
+//! as line ends.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libmail::ipc::cleanup::{CleanupClient, CleanupError};
+use libmail::ipc::Attrs;
+use libmail::service::{self, Listener, Service};
+use libmail::smtp::Reply;
+use libmail::{info, warning};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+
+use super::session::{Client, Gate, Queue, Session, Settings, Step};
+
+/// How the shell is tuned.
+pub struct Shell {
+    pub settings: Arc<Settings>,
+    pub gate: Arc<dyn Gate>,
+    pub timeout: Duration,
+    pub line_limit: usize,
+    pub peername_lookup: bool,
+    pub queue_directory: PathBuf,
+    pub ipc_timeout: Duration,
+}
+
+/// cleanup, as the session's [`Queue`].
+struct Cleanup {
+    root: PathBuf,
+    timeout: Duration,
+    client: Option<CleanupClient>,
+}
+
+fn queue_error(e: &CleanupError) -> Reply {
+    use libmail::ipc::cleanup::*;
+    match e {
+        CleanupError::Io(_) => Reply::new(451, "4.3.0", "Error: queue file write error"),
+        CleanupError::Refused(r) => {
+            let s = r.status;
+            if s & STAT_CONT != 0 {
+                Reply::with_text(550, "5.7.1", &r.reason)
+            } else if s & STAT_SIZE != 0 {
+                Reply::new(552, "5.3.4", "Error: message file too big")
+            } else if s & STAT_HOPS != 0 {
+                Reply::new(554, "5.4.0", "Error: too many hops")
+            } else if s & STAT_RCPT != 0 {
+                Reply::new(554, "5.5.1", "Error: no valid recipients")
+            } else if s & STAT_DEFER != 0 {
+                Reply::with_text(451, "4.7.1", &r.reason)
+            } else if s & STAT_WRITE != 0 {
+                Reply::new(451, "4.3.0", "Error: queue file write error")
+            } else {
+                Reply::new(451, "4.3.0", "Error: internal error")
+            }
+        }
+    }
+}
+
+impl Queue for Cleanup {
+    fn open(&mut self) -> Result<String, Reply> {
+        let c = CleanupClient::connect(&self.root, self.timeout).map_err(|e| {
+            warning!("connect to cleanup: {e}");
+            queue_error(&e)
+        })?;
+        let id = c.queue_id().to_string();
+        self.client = Some(c);
+        Ok(id)
+    }
+
+    fn envelope(&mut self, attrs: &Attrs) -> Result<(), Reply> {
+        let c = self
+            .client
+            .as_mut()
+            .ok_or_else(|| Reply::new(451, "4.3.0", "Error: internal error"))?;
+        c.envelope(attrs)
+            .map_err(|e| queue_error(&CleanupError::Io(e)))
+    }
+
+    fn content(&mut self, bytes: &[u8]) -> Result<(), Reply> {
+        let c = self
+            .client
+            .as_mut()
+            .ok_or_else(|| Reply::new(451, "4.3.0", "Error: internal error"))?;
+        c.content(bytes)
+            .map_err(|e| queue_error(&CleanupError::Io(e)))
+    }
+
+    fn finish(&mut self) -> Result<String, Reply> {
+        let c = self
+            .client
+            .take()
+            .ok_or_else(|| Reply::new(451, "4.3.0", "Error: internal error"))?;
+        c.finish().map_err(|e| {
+            if let CleanupError::Io(io) = &e {
+                warning!("cleanup service: {io}");
+            }
+            queue_error(&e)
+        })
+    }
+
+    fn abort(&mut self) {
+        // Closing the connection before the end marker makes cleanup
+        // remove its unfinished file.
+        self.client = None;
+    }
+}
+
+/// Runs the server until idle, used up or told to stop.
+pub fn run(mut svc: Service, shell: Shell) {
+    let listener = match svc.take_listener() {
+        Some(Listener::Tcp(l)) => l,
+        Some(_) => libmail::log::fatal("smtpd needs an inet listener in master.cf"),
+        None => libmail::log::fatal("no listening socket: this daemon is started by master"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_io()
+        .enable_time()
+        .thread_name("smtpd")
+        .build()
+        .unwrap_or_else(|e| libmail::log::fatal(&format!("cannot start the runtime: {e}")));
+    let max_idle = Duration::from_secs(service::time_param(&svc.params, "max_idle", 100).max(1));
+    let max_use = service::num_param(&svc.params, "max_use", 100).max(0) as usize;
+    let maxproc = svc.maxproc;
+    svc.ready();
+    let shell = Arc::new(shell);
+    rt.block_on(async move {
+        let _ = listener.set_nonblocking(true);
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => libmail::log::fatal(&format!("listener: {e}")),
+        };
+        let active = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(tokio::sync::Notify::new());
+        let mut served = 0usize;
+        let mut idle = Duration::ZERO;
+        let tick = Duration::from_millis(250);
+        loop {
+            if service::stopping() {
+                break;
+            }
+            if maxproc > 0 && active.load(Ordering::SeqCst) >= maxproc {
+                let _ = tokio::time::timeout(tick, done.notified()).await;
+                continue;
+            }
+            match tokio::time::timeout(tick, listener.accept()).await {
+                Ok(Ok((stream, peer))) => {
+                    idle = Duration::ZERO;
+                    served += 1;
+                    active.fetch_add(1, Ordering::SeqCst);
+                    let (a, d, sh) = (active.clone(), done.clone(), shell.clone());
+                    tokio::spawn(async move {
+                        connection(stream, peer, sh).await;
+                        a.fetch_sub(1, Ordering::SeqCst);
+                        d.notify_waiters();
+                    });
+                    // Postfix's max_use counts connections: after that
+                    // many, stop accepting and let master start a fresh
+                    // process (configuration changes are picked up).
+                    if max_use > 0 && served >= max_use * maxproc.max(1) {
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    warning!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => {
+                    if active.load(Ordering::SeqCst) == 0 {
+                        idle += tick;
+                        if idle >= max_idle {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        drop(listener);
+        // Connections in progress are finished, not cut.
+        while active.load(Ordering::SeqCst) > 0 {
+            let _ = tokio::time::timeout(tick, done.notified()).await;
+        }
+    });
+}
+
+/// The client's name as Postfix finds it: the PTR name, kept only when
+/// it resolves back to the address (else `unknown`).
+fn peer_names(addr: IpAddr) -> (String, String) {
+    let reverse = match dns_lookup_ptr(addr) {
+        Some(n) => n,
+        None => return ("unknown".into(), "unknown".into()),
+    };
+    let verified = forward_has(&reverse, addr);
+    (
+        if verified {
+            reverse.clone()
+        } else {
+            "unknown".into()
+        },
+        reverse,
+    )
+}
+
+/// getnameinfo(3) with NI_NAMEREQD: the system resolver (hosts file,
+/// DNS). The DNS-based restrictions will use hickory-resolver; this
+/// lookup only names the client for logs and headers.
+fn dns_lookup_ptr(addr: IpAddr) -> Option<String> {
+    let sa: SocketAddr = SocketAddr::new(addr, 0);
+    let (storage, len) = sockaddr(&sa);
+    let mut host = [0 as libc::c_char; 1025];
+    // SAFETY: valid sockaddr and output buffer with its length.
+    let r = unsafe {
+        libc::getnameinfo(
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+            host.as_mut_ptr(),
+            host.len() as libc::socklen_t,
+            std::ptr::null_mut(),
+            0,
+            libc::NI_NAMEREQD,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: getnameinfo wrote a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) }
+        .to_string_lossy()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    ok.then_some(name)
+}
+
+fn forward_has(name: &str, addr: IpAddr) -> bool {
+    use std::net::ToSocketAddrs;
+    (name, 0)
+        .to_socket_addrs()
+        .map(|mut it| it.any(|sa| sa.ip() == addr))
+        .unwrap_or(false)
+}
+
+fn sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: a zeroed sockaddr_storage is valid; we fill one variant.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match sa {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin) };
+            (
+                st,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin6) };
+            (
+                st,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        }
+    }
+}
+
+/// One line read by [`read_line`].
+enum Line {
+    /// The line, without its end; cut at the limit (as Postfix 3.7 cuts
+    /// long command lines), the rest read and dropped.
+    Full,
+    /// End of stream (a partial last line is dropped).
+    Eof,
+}
+
+/// Reads one line into `buf` (cleared first), keeping at most `max`
+/// bytes of it.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let mut truncated = false;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(Line::Eof);
+        }
+        let (used, found) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        let take = if found { used - 1 } else { used };
+        let room = max.saturating_sub(buf.len());
+        if take > room {
+            truncated = true;
+        }
+        buf.extend_from_slice(&avail[..take.min(room)]);
+        r.consume(used);
+        if found {
+            if !truncated && buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(Line::Full);
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
+    let _ = stream.set_nodelay(true);
+    let addr = match peer.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        a => a,
+    };
+    let (name, reverse_name) = if shell.peername_lookup {
+        tokio::task::spawn_blocking(move || peer_names(addr))
+            .await
+            .unwrap_or_else(|_| ("unknown".into(), "unknown".into()))
+    } else {
+        ("unknown".into(), "unknown".into())
+    };
+    let client = Client {
+        addr,
+        port: peer.port(),
+        name,
+        reverse_name,
+    };
+    let queue = Box::new(Cleanup {
+        root: shell.queue_directory.clone(),
+        timeout: shell.ipc_timeout,
+        client: None,
+    });
+    let mut session = Session::new(shell.settings.clone(), shell.gate.clone(), queue, client);
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(16 << 10, rd);
+    let mut wr = BufWriter::with_capacity(16 << 10, wr);
+    let end = serve(&mut session, &mut rd, &mut wr, &shell).await;
+    let _ = wr.flush().await;
+    let label = session.client.label();
+    for l in session.take_logs() {
+        info!("{l}");
+    }
+    match end {
+        End::Quit => {}
+        End::Lost => info!("lost connection after {} from {label}", session.last_verb),
+        End::Timeout => info!("timeout after {} from {label}", session.last_verb),
+        End::Closed => {}
+    }
+    session.lost_in_place();
+    info!("{}", session.disconnect_line());
+}
+
+enum End {
+    Quit,
+    Closed,
+    Lost,
+    Timeout,
+}
+
+impl Session {
+    /// [`Session::lost`], where blocking is allowed.
+    fn lost_in_place(&mut self) {
+        tokio::task::block_in_place(|| self.lost());
+    }
+}
+
+async fn serve<R, W>(session: &mut Session, rd: &mut R, wr: &mut W, shell: &Shell) -> End
+where
+    R: AsyncBufRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let timeout = shell.timeout;
+    let greeting = tokio::task::block_in_place(|| session.greeting());
+    flush_logs(session);
+    match greeting {
+        Step::Close(r) => {
+            let _ = wr.write_all(&r.to_wire()).await;
+            return End::Closed;
+        }
+        Step::Reply(r) => {
+            if wr.write_all(&r.to_wire()).await.is_err() || wr.flush().await.is_err() {
+                return End::Lost;
+            }
+        }
+        _ => {}
+    }
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        let got =
+            match tokio::time::timeout(timeout, read_line(rd, &mut line, shell.line_limit)).await {
+                Err(_) => {
+                    let r = Reply::new(
+                        421,
+                        "4.4.2",
+                        format!("{} Error: timeout exceeded", shell.settings.myhostname),
+                    );
+                    let _ = wr.write_all(&r.to_wire()).await;
+                    return End::Timeout;
+                }
+                Ok(Err(_)) | Ok(Ok(Line::Eof)) => return End::Lost,
+                Ok(Ok(Line::Full)) => String::from_utf8_lossy(&line).into_owned(),
+            };
+        let step = tokio::task::block_in_place(|| session.command(&got));
+        flush_logs(session);
+        if let Some(p) = session.error_pause() {
+            let _ = wr.flush().await;
+            tokio::time::sleep(p).await;
+        }
+        match step {
+            Step::Reply(r) => {
+                if wr.write_all(&r.to_wire()).await.is_err() {
+                    return End::Lost;
+                }
+            }
+            Step::Close(r) => {
+                let _ = wr.write_all(&r.to_wire()).await;
+                let _ = wr.flush().await;
+                return if r.code == 221 && session.last_verb == "QUIT" {
+                    End::Quit
+                } else {
+                    End::Closed
+                };
+            }
+            Step::Data(r) => {
+                if wr.write_all(&r.to_wire()).await.is_err() || wr.flush().await.is_err() {
+                    return End::Lost;
+                }
+                match read_data(session, rd, shell).await {
+                    Ok(()) => {}
+                    Err(e) => return e,
+                }
+                let r = tokio::task::block_in_place(|| session.data_end());
+                flush_logs(session);
+                if wr.write_all(&r.to_wire()).await.is_err() {
+                    return End::Lost;
+                }
+            }
+            Step::Bdat { size, last } => {
+                if let Err(e) = read_bdat(session, rd, size, shell).await {
+                    return e;
+                }
+                let s = tokio::task::block_in_place(|| session.bdat_end(size, last));
+                flush_logs(session);
+                if let Step::Reply(r) = s {
+                    if wr.write_all(&r.to_wire()).await.is_err() {
+                        return End::Lost;
+                    }
+                }
+            }
+        }
+        // Replies wait while more pipelined commands are already here.
+        if rd_is_empty(rd) && wr.flush().await.is_err() {
+            return End::Lost;
+        }
+    }
+}
+
+fn rd_is_empty<R: AsyncBufRead + Unpin>(rd: &mut R) -> bool {
+    // A zero-time poll of fill_buf tells whether bytes are buffered.
+    use std::task::{Context, Poll};
+    let waker = futures_noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    match std::pin::Pin::new(rd).poll_fill_buf(&mut cx) {
+        Poll::Ready(Ok(b)) => b.is_empty(),
+        _ => true,
+    }
+}
+
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
+}
+
+fn flush_logs(session: &mut Session) {
+    for l in session.take_logs() {
+        info!("{l}");
+    }
+}
+
+/// DATA content until `<CR><LF>.<CR><LF>`, dot-unstuffed.
+async fn read_data<R: AsyncBufRead + Unpin>(
+    session: &mut Session,
+    rd: &mut R,
+    shell: &Shell,
+) -> Result<(), End> {
+    let mut line = Vec::with_capacity(1024);
+    let mut prev_crlf = true;
+    // Content lines are not truncated: a long line is passed on in pieces.
+    let piece = shell.line_limit.max(1024);
+    loop {
+        let got = tokio::time::timeout(shell.timeout, read_piece(rd, &mut line, piece)).await;
+        let (ended, crlf) = match got {
+            Err(_) => return Err(End::Timeout),
+            Ok(Err(_)) | Ok(Ok(None)) => return Err(End::Lost),
+            Ok(Ok(Some(x))) => x,
+        };
+        if ended && crlf && prev_crlf && line == b"." {
+            return Ok(());
+        }
+        let body: &[u8] = if prev_crlf_start(&line) {
+            &line[1..]
+        } else {
+            &line
+        };
+        tokio::task::block_in_place(|| {
+            if ended {
+                session.data_line(body);
+            } else {
+                session.data_piece(body);
+            }
+        });
+        prev_crlf = ended && crlf;
+        if !ended {
+            // The rest of this line comes in the next piece, without
+            // dot-unstuffing.
+            loop {
+                let got =
+                    tokio::time::timeout(shell.timeout, read_piece(rd, &mut line, piece)).await;
+                let (e, c) = match got {
+                    Err(_) => return Err(End::Timeout),
+                    Ok(Err(_)) | Ok(Ok(None)) => return Err(End::Lost),
+                    Ok(Ok(Some(x))) => x,
+                };
+                tokio::task::block_in_place(|| {
+                    if e {
+                        session.data_line(&line);
+                    } else {
+                        session.data_piece(&line);
+                    }
+                });
+                if e {
+                    prev_crlf = c;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn prev_crlf_start(line: &[u8]) -> bool {
+    line.first() == Some(&b'.')
+}
+
+/// Reads up to `max` bytes of a line: `(ended, crlf)`; `None` at EOF.
+async fn read_piece<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<(bool, bool)>> {
+    buf.clear();
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(None);
+        }
+        let room = max - buf.len();
+        let window = &avail[..avail.len().min(room)];
+        if let Some(i) = window.iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&window[..i]);
+            r.consume(i + 1);
+            let crlf = buf.last() == Some(&b'\r');
+            if crlf {
+                buf.pop();
+            }
+            return Ok(Some((true, crlf)));
+        }
+        // No line end in reach. A CR at the edge stays unread: with the
+        // LF after it, it ends the line in the next piece.
+        let mut n = window.len();
+        if n > 1 && window[n - 1] == b'\r' {
+            n -= 1;
+        }
+        buf.extend_from_slice(&window[..n]);
+        r.consume(n);
+        if buf.len() + 1 >= max {
+            return Ok(Some((false, false)));
+        }
+    }
+}
+
+/// BDAT content: exactly `size` bytes, split into lines (CRLF or LF).
+async fn read_bdat<R: AsyncBufRead + Unpin>(
+    session: &mut Session,
+    rd: &mut R,
+    size: u64,
+    shell: &Shell,
+) -> Result<(), End> {
+    let mut left = size;
+    let mut buf = vec![0u8; 64 << 10];
+    while left > 0 {
+        let want = (left as usize).min(buf.len());
+        let n = match tokio::time::timeout(shell.timeout, rd.read(&mut buf[..want])).await {
+            Err(_) => return Err(End::Timeout),
+            Ok(Err(_)) | Ok(Ok(0)) => return Err(End::Lost),
+            Ok(Ok(n)) => n,
+        };
+        left -= n as u64;
+        let chunk = &buf[..n];
+        tokio::task::block_in_place(|| session.bdat_bytes(chunk));
+    }
+    Ok(())
+}

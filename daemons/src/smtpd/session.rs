@@ -1,0 +1,1012 @@
+//! The SMTP server session, without sockets: command lines and message
+//! content go in, replies and log lines come out. The network shell
+//! (`server.rs`) reads and writes; this module decides. It can therefore
+//! be tested command by command, and fuzzed.
+//!
+//! What it does, in Postfix's words and order:
+//!
+//! * `HELO`/`EHLO` (EHLO lists PIPELINING, SIZE, VRFY, ETRN,
+//!   ENHANCEDSTATUSCODES, 8BITMIME, DSN, SMTPUTF8, CHUNKING, less
+//!   `smtpd_discard_ehlo_keywords`), `MAIL`, `RCPT`, `DATA`, `BDAT`,
+//!   `RSET`, `NOOP`, `VRFY` (`disable_vrfy_command`), `ETRN`, `QUIT`; every
+//!   other verb, `HELP` included, is `500 5.5.2 Error: command not
+//!   recognized`. STARTTLS and AUTH are not offered yet.
+//! * The access decisions go through a [`Gate`] (the smtpd restrictions),
+//!   at RCPT when `smtpd_delay_reject = yes`, else at each command.
+//! * The queue file is opened (through a [`Queue`]: cleanup) at the first
+//!   accepted recipient, as Postfix does with
+//!   `smtpd_delay_open_until_valid_rcpt`; `ID: client=name[addr]` is
+//!   logged then. The envelope goes at DATA; the content follows with
+//!   smtpd's `Received:` header first; the `250 2.0.0 Ok: queued as ID`
+//!   comes only once cleanup says the file is durable.
+//! * Limits: `smtpd_recipient_limit`, `message_size_limit` (at MAIL
+//!   `SIZE=` and while receiving), `smtpd_soft_error_limit` (replies then
+//!   ask the shell to pause `smtpd_error_sleep_time`),
+//!   `smtpd_hard_error_limit` (421 and close), `smtpd_junk_command_limit`.
+//!   A successful DATA resets the error count.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libmail::ipc::Attrs;
+use libmail::smtp::command::{self, Body, Command, MailParams, RcptParams};
+use libmail::smtp::Reply;
+
+/// The stages at which the restrictions are asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+    EndOfData,
+    Etrn,
+}
+
+/// What the restrictions can see of the session.
+#[derive(Debug, Clone)]
+pub struct View<'a> {
+    pub client: &'a Client,
+    pub helo: Option<&'a str>,
+    pub sender: Option<&'a str>,
+    pub recipient: Option<&'a str>,
+    pub rcpt_count: usize,
+    pub pipelining_violation: bool,
+    pub tls: bool,
+    pub sasl_username: Option<&'a str>,
+}
+
+/// The restrictions' answer: a reply (reject or defer), or none (go on),
+/// with side effects for the whole message.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    pub reply: Option<Reply>,
+    /// HOLD: the reason.
+    pub hold: Option<String>,
+    pub discard: Option<String>,
+    pub filter: Option<String>,
+    pub redirect: Option<String>,
+    pub bcc: Vec<String>,
+    /// PREPEND: header lines.
+    pub prepend: Vec<String>,
+    /// Lines for the log (warn:, info:, reject_warning:).
+    pub log: Vec<String>,
+    /// `sleep N` seen: pause before the reply.
+    pub sleep: Option<Duration>,
+    /// A 421 or 521 reply: hang up after it.
+    pub hangup: bool,
+}
+
+/// The smtpd restrictions, as the session needs them.
+pub trait Gate: Send + Sync {
+    /// With `smtpd_delay_reject = yes`, everything but data, end-of-data
+    /// and ETRN is asked at RCPT.
+    fn delay_reject(&self) -> bool;
+    fn ask(&self, at: Ask, view: &View) -> Verdict;
+}
+
+/// Where an accepted message goes (cleanup). Blocking calls: the shell
+/// runs them where blocking is allowed.
+pub trait Queue: Send {
+    /// Opens a queue file; its queue ID.
+    fn open(&mut self) -> Result<String, Reply>;
+    fn envelope(&mut self, attrs: &Attrs) -> Result<(), Reply>;
+    fn content(&mut self, bytes: &[u8]) -> Result<(), Reply>;
+    /// The verdict: the queue ID once the file is durable.
+    fn finish(&mut self) -> Result<String, Reply>;
+    /// Drops the message being received (cleanup withdraws its file).
+    fn abort(&mut self);
+}
+
+/// The connecting client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// The verified name, or `unknown`.
+    pub name: String,
+    /// The PTR name, or `unknown`.
+    pub reverse_name: String,
+}
+
+impl Client {
+    /// `name[addr]` as logs show a client.
+    pub fn label(&self) -> String {
+        format!("{}[{}]", self.name, self.addr)
+    }
+
+    /// The address as the Received: header writes it.
+    fn received_addr(&self) -> String {
+        match self.addr {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("IPv6:{a}"),
+        }
+    }
+}
+
+/// smtpd's settings, read once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub myhostname: String,
+    pub mail_name: String,
+    pub banner: String,
+    /// 0 = no limit.
+    pub message_size_limit: u64,
+    pub recipient_limit: usize,
+    pub soft_error_limit: usize,
+    pub hard_error_limit: usize,
+    pub error_sleep: Duration,
+    pub junk_command_limit: usize,
+    pub helo_required: bool,
+    pub disable_vrfy: bool,
+    pub smtputf8: bool,
+    pub discard_ehlo: Vec<String>,
+    pub soft_bounce: bool,
+}
+
+/// Per-command counters for the `disconnect from` line.
+#[derive(Debug, Default, Clone)]
+struct Count {
+    ok: u32,
+    total: u32,
+}
+
+const COUNTED: [&str; 13] = [
+    "helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "rset", "noop", "vrfy",
+    "etrn", "quit",
+];
+
+/// The transaction between MAIL and the end of DATA.
+#[derive(Default)]
+struct Transaction {
+    sender: String,
+    params: MailParams,
+    rcpts: Vec<(String, RcptParams)>,
+    queue_id: Option<String>,
+    verdict: Verdict,
+    /// Bytes of content received (CRLF counted as 2, as SIZE= is).
+    size: u64,
+    too_big: bool,
+    failed: Option<Reply>,
+    pending: Vec<u8>,
+    started: bool,
+    /// BDAT: the last chunk ended in CR (a CR LF may straddle chunks).
+    cr: bool,
+}
+
+/// What the shell must do after a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Reply(Reply),
+    /// Send, then close the connection.
+    Close(Reply),
+    /// Send the 354; then pass content lines to [`Session::data_line`]
+    /// and the end to [`Session::data_end`].
+    Data(Reply),
+    /// Read exactly this many bytes of BDAT content, pass them to
+    /// [`Session::bdat_chunk`], then call [`Session::bdat_end`].
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+}
+
+/// Content is handed to cleanup in pieces of about this size.
+const FLUSH_AT: usize = 64 << 10;
+
+pub struct Session {
+    set: Arc<Settings>,
+    gate: Arc<dyn Gate>,
+    queue: Box<dyn Queue>,
+    pub client: Client,
+    helo: Option<String>,
+    esmtp: bool,
+    tx: Option<Transaction>,
+    errors: usize,
+    junk: usize,
+    counts: Vec<(&'static str, Count)>,
+    unknown: Count,
+    /// The last command's verb, for "lost connection after X" lines.
+    pub last_verb: String,
+    /// Log lines to write, taken by the shell.
+    logs: Vec<String>,
+    /// BDAT in progress (after the first chunk of a message).
+    in_bdat: bool,
+    /// A previous BDAT failed: the rest of its chunks are read and dropped.
+    bdat_failed: Option<Reply>,
+    pipelining_violation: bool,
+}
+
+fn pl(code: u16, enh: &str, text: &str) -> Reply {
+    Reply::new(code, enh, text)
+}
+
+impl Session {
+    pub fn new(
+        set: Arc<Settings>,
+        gate: Arc<dyn Gate>,
+        queue: Box<dyn Queue>,
+        client: Client,
+    ) -> Session {
+        Session {
+            set,
+            gate,
+            queue,
+            client,
+            helo: None,
+            esmtp: false,
+            tx: None,
+            errors: 0,
+            junk: 0,
+            counts: COUNTED.iter().map(|v| (*v, Count::default())).collect(),
+            unknown: Count::default(),
+            last_verb: "CONNECT".into(),
+            logs: Vec::new(),
+            in_bdat: false,
+            bdat_failed: None,
+            pipelining_violation: false,
+        }
+    }
+
+    /// Log lines produced since the last call.
+    pub fn take_logs(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.logs)
+    }
+
+    /// The shell saw commands sent ahead of a reply without PIPELINING.
+    pub fn note_pipelining_violation(&mut self) {
+        self.pipelining_violation = true;
+    }
+
+    /// Whether replies should be delayed (`smtpd_soft_error_limit`).
+    pub fn error_pause(&self) -> Option<Duration> {
+        (self.errors > self.set.soft_error_limit).then_some(self.set.error_sleep)
+    }
+
+    fn view<'a>(&'a self, recipient: Option<&'a str>) -> View<'a> {
+        View {
+            client: &self.client,
+            helo: self.helo.as_deref(),
+            sender: self.tx.as_ref().map(|t| t.sender.as_str()),
+            recipient,
+            rcpt_count: self.tx.as_ref().map_or(0, |t| t.rcpts.len()),
+            pipelining_violation: self.pipelining_violation,
+            tls: false,
+            sasl_username: None,
+        }
+    }
+
+    /// The greeting: `220 banner`, or a refusal by the client
+    /// restrictions when they are not delayed.
+    pub fn greeting(&mut self) -> Step {
+        self.logs
+            .push(format!("connect from {}", self.client.label()));
+        if !self.gate.delay_reject() {
+            let v = self.gate.ask(Ask::Connect, &self.view(None));
+            self.logs.extend(v.log.iter().cloned());
+            if let Some(r) = v.reply {
+                self.log_reject("CONNECT", &r, None);
+                // Postfix answers every command with the refusal; closing
+                // at once is what a 421/521 asks for.
+                if v.hangup {
+                    return Step::Close(r);
+                }
+                return Step::Close(Reply::new(
+                    554,
+                    "",
+                    format!("{} ESMTP not accepting connections", self.set.myhostname),
+                ));
+            }
+        }
+        Step::Reply(Reply::new(220, "", &self.set.banner))
+    }
+
+    fn count(&mut self, verb: &str, ok: bool) {
+        if let Some((_, c)) = self.counts.iter_mut().find(|(v, _)| *v == verb) {
+            c.total += 1;
+            if ok {
+                c.ok += 1;
+            }
+        }
+    }
+
+    /// `disconnect from name[addr] ehlo=1 mail=1 rcpt=0/1 ... commands=N/M`.
+    pub fn disconnect_line(&self) -> String {
+        let mut s = format!("disconnect from {}", self.client.label());
+        let (mut ok, mut total) = (0, 0);
+        for (v, c) in &self.counts {
+            if c.total > 0 {
+                if c.ok == c.total {
+                    s.push_str(&format!(" {v}={}", c.total));
+                } else {
+                    s.push_str(&format!(" {v}={}/{}", c.ok, c.total));
+                }
+                ok += c.ok;
+                total += c.total;
+            }
+        }
+        if self.unknown.total > 0 {
+            s.push_str(&format!(
+                " unknown={}/{}",
+                self.unknown.ok, self.unknown.total
+            ));
+            total += self.unknown.total;
+        }
+        if ok == total {
+            s.push_str(&format!(" commands={total}"));
+        } else {
+            s.push_str(&format!(" commands={ok}/{total}"));
+        }
+        s
+    }
+
+    /// `NOQUEUE: reject: RCPT from name[addr]: 554 5.7.1 ...; from=<s> to=<r> proto=ESMTP helo=<h>`.
+    fn log_reject(&mut self, stage: &str, r: &Reply, rcpt: Option<&str>) {
+        let id = self
+            .tx
+            .as_ref()
+            .and_then(|t| t.queue_id.clone())
+            .unwrap_or_else(|| "NOQUEUE".into());
+        let mut line = format!(
+            "{id}: reject: {stage} from {}: {}",
+            self.client.label(),
+            r.log_form()
+        );
+        if let Some(t) = &self.tx {
+            line.push_str(&format!("; from=<{}>", t.sender));
+        } else {
+            line.push(';');
+        }
+        if let Some(rc) = rcpt {
+            line.push_str(&format!(" to=<{rc}>"));
+        }
+        line.push_str(&format!(
+            " proto={} helo=<{}>",
+            if self.esmtp { "ESMTP" } else { "SMTP" },
+            self.helo.as_deref().unwrap_or("")
+        ));
+        self.logs.push(line);
+    }
+
+    /// An error reply: counted; past the hard limit the session ends.
+    fn error(&mut self, r: Reply) -> Step {
+        let r = if self.set.soft_bounce {
+            r.softened()
+        } else {
+            r
+        };
+        self.errors += 1;
+        if self.errors >= self.set.hard_error_limit {
+            self.logs.push(format!(
+                "too many errors after {} from {}",
+                self.last_verb,
+                self.client.label()
+            ));
+            return Step::Close(Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Error: too many errors", self.set.myhostname),
+            ));
+        }
+        Step::Reply(r)
+    }
+
+    fn junk(&mut self) -> bool {
+        self.junk += 1;
+        self.junk > self.set.junk_command_limit
+    }
+
+    /// One command line (without CRLF; bytes that are not UTF-8 were
+    /// replaced by the shell).
+    pub fn command(&mut self, line: &str) -> Step {
+        let cmd = match command::parse(line) {
+            Ok(c) => c,
+            Err(r) => {
+                let verb = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                self.last_verb = verb.to_ascii_uppercase();
+                self.count(&verb, false);
+                return self.error(r);
+            }
+        };
+        match cmd {
+            Command::Helo(h) => self.helo(h, false),
+            Command::Ehlo(h) => self.helo(h, true),
+            Command::Mail(a, p) => self.mail(a, p),
+            Command::Rcpt(a, p) => self.rcpt(a, p),
+            Command::Data => self.data(),
+            Command::Bdat(n, last) => self.bdat(n, last),
+            Command::Rset => {
+                self.last_verb = "RSET".into();
+                self.reset();
+                self.count("rset", true);
+                if self.junk() {
+                    return self.error(pl(250, "2.0.0", "Ok"));
+                }
+                Step::Reply(pl(250, "2.0.0", "Ok"))
+            }
+            Command::Noop => {
+                self.last_verb = "NOOP".into();
+                self.count("noop", true);
+                if self.junk() {
+                    return self.error(pl(250, "2.0.0", "Ok"));
+                }
+                Step::Reply(pl(250, "2.0.0", "Ok"))
+            }
+            Command::Vrfy(a) => {
+                self.last_verb = "VRFY".into();
+                if self.set.disable_vrfy {
+                    self.count("vrfy", false);
+                    return self.error(pl(502, "5.5.1", "VRFY command is disabled"));
+                }
+                self.count("vrfy", true);
+                let a = a.trim_matches(['<', '>']).to_string();
+                if self.junk() {
+                    return self.error(pl(252, "2.0.0", &a));
+                }
+                Step::Reply(pl(252, "2.0.0", &a))
+            }
+            Command::Etrn(_) => {
+                self.last_verb = "ETRN".into();
+                self.count("etrn", false);
+                // No fast-flush service: Postfix answers so for a site
+                // not in fast_flush_domains.
+                self.error(pl(
+                    459,
+                    "4.7.1",
+                    "Error: fast flush service is not available",
+                ))
+            }
+            Command::Quit => {
+                self.last_verb = "QUIT".into();
+                self.count("quit", true);
+                Step::Close(pl(221, "2.0.0", "Bye"))
+            }
+            Command::StartTls | Command::Auth(..) => {
+                let verb = if matches!(cmd, Command::StartTls) {
+                    "starttls"
+                } else {
+                    "auth"
+                };
+                self.last_verb = verb.to_ascii_uppercase();
+                self.count(verb, false);
+                if verb == "auth" {
+                    self.error(pl(503, "5.5.1", "Error: authentication not enabled"))
+                } else {
+                    self.error(pl(502, "5.5.1", "Error: command not implemented"))
+                }
+            }
+            Command::Unknown(v) => {
+                self.last_verb = "UNKNOWN".into();
+                self.unknown.total += 1;
+                // Web and proxy commands: someone is abusing the port.
+                if matches!(v.as_str(), "GET" | "POST" | "CONNECT" | "USER") || v.contains(':') {
+                    self.logs.push(format!(
+                        "warning: non-SMTP command from {}: {}",
+                        self.client.label(),
+                        line.chars().take(100).collect::<String>()
+                    ));
+                    return Step::Close(pl(
+                        221,
+                        "2.7.0",
+                        "Error: I can break rules, too. Goodbye.",
+                    ));
+                }
+                self.error(pl(500, "5.5.2", "Error: command not recognized"))
+            }
+        }
+    }
+
+    fn ehlo_keywords(&self) -> Vec<String> {
+        let mut k = vec!["PIPELINING".to_string()];
+        k.push(if self.set.message_size_limit > 0 {
+            format!("SIZE {}", self.set.message_size_limit)
+        } else {
+            "SIZE".into()
+        });
+        if !self.set.disable_vrfy {
+            k.push("VRFY".into());
+        }
+        k.push("ETRN".into());
+        k.push("ENHANCEDSTATUSCODES".into());
+        k.push("8BITMIME".into());
+        k.push("DSN".into());
+        if self.set.smtputf8 {
+            k.push("SMTPUTF8".into());
+        }
+        k.push("CHUNKING".into());
+        k.retain(|w| {
+            let word = w.split(' ').next().unwrap_or("");
+            !self
+                .set
+                .discard_ehlo
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(word))
+        });
+        k
+    }
+
+    fn helo(&mut self, name: String, esmtp: bool) -> Step {
+        let verb = if esmtp { "ehlo" } else { "helo" };
+        self.last_verb = verb.to_ascii_uppercase();
+        self.reset();
+        let name = name.split_whitespace().next().unwrap_or("").to_string();
+        self.helo = Some(name);
+        self.esmtp = esmtp;
+        if !self.gate.delay_reject() {
+            let v = self.gate.ask(Ask::Helo, &self.view(None));
+            self.logs.extend(v.log.iter().cloned());
+            if let Some(r) = v.reply {
+                self.count(verb, false);
+                self.log_reject(&self.last_verb.clone(), &r, None);
+                self.helo = None;
+                return if v.hangup {
+                    Step::Close(r)
+                } else {
+                    self.error(r)
+                };
+            }
+        }
+        self.count(verb, true);
+        if esmtp {
+            let mut lines = vec![self.set.myhostname.clone()];
+            lines.extend(self.ehlo_keywords());
+            Step::Reply(Reply::multi(250, lines))
+        } else {
+            Step::Reply(Reply::new(250, "", &self.set.myhostname))
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Some(t) = self.tx.take() {
+            if t.queue_id.is_some() {
+                self.queue.abort();
+            }
+        }
+        self.in_bdat = false;
+        self.bdat_failed = None;
+    }
+
+    fn mail(&mut self, sender: String, params: MailParams) -> Step {
+        self.last_verb = "MAIL".into();
+        if self.set.helo_required && self.helo.is_none() {
+            self.count("mail", false);
+            return self.error(pl(503, "5.5.1", "Error: send HELO/EHLO first"));
+        }
+        if self.tx.is_some() {
+            self.count("mail", false);
+            return self.error(pl(503, "5.5.1", "Error: nested MAIL command"));
+        }
+        if params.smtputf8 && !self.set.smtputf8 {
+            self.count("mail", false);
+            return self.error(pl(555, "5.5.4", "Unsupported option: SMTPUTF8"));
+        }
+        if let Some(sz) = params.size {
+            if self.set.message_size_limit > 0 && sz > self.set.message_size_limit {
+                self.count("mail", false);
+                return self.error(pl(552, "5.3.4", "Message size exceeds fixed limit"));
+            }
+        }
+        self.tx = Some(Transaction {
+            sender,
+            params,
+            ..Default::default()
+        });
+        if !self.gate.delay_reject() {
+            let v = self.gate.ask(Ask::Mail, &self.view(None));
+            self.logs.extend(v.log.iter().cloned());
+            if let Some(r) = v.reply {
+                self.count("mail", false);
+                self.log_reject("MAIL", &r, None);
+                self.tx = None;
+                return if v.hangup {
+                    Step::Close(r)
+                } else {
+                    self.error(r)
+                };
+            }
+            self.merge(v);
+        }
+        self.count("mail", true);
+        Step::Reply(pl(250, "2.1.0", "Ok"))
+    }
+
+    /// Keeps the side effects of a verdict for the whole message.
+    fn merge(&mut self, v: Verdict) {
+        let Some(t) = self.tx.as_mut() else {
+            return;
+        };
+        let m = &mut t.verdict;
+        if v.hold.is_some() {
+            m.hold = v.hold;
+        }
+        if v.discard.is_some() {
+            m.discard = v.discard;
+        }
+        if v.filter.is_some() {
+            m.filter = v.filter;
+        }
+        if v.redirect.is_some() {
+            m.redirect = v.redirect;
+        }
+        m.bcc.extend(v.bcc);
+        m.prepend.extend(v.prepend);
+    }
+
+    fn rcpt(&mut self, rcpt: String, params: RcptParams) -> Step {
+        self.last_verb = "RCPT".into();
+        if self.tx.is_none() {
+            self.count("rcpt", false);
+            return self.error(pl(503, "5.5.1", "Error: need MAIL command"));
+        }
+        if self
+            .tx
+            .as_ref()
+            .is_some_and(|t| t.rcpts.len() >= self.set.recipient_limit)
+        {
+            self.count("rcpt", false);
+            return self.error(pl(452, "4.5.3", "Error: too many recipients"));
+        }
+        let v = self.gate.ask(Ask::Rcpt, &self.view(Some(&rcpt)));
+        self.logs.extend(v.log.iter().cloned());
+        if let Some(r) = v.reply {
+            self.count("rcpt", false);
+            self.log_reject("RCPT", &r, Some(&rcpt));
+            return if v.hangup {
+                Step::Close(r)
+            } else {
+                self.error(r)
+            };
+        }
+        self.merge(v);
+        // The queue file is opened at the first accepted recipient.
+        let need_open = self.tx.as_ref().is_some_and(|t| t.queue_id.is_none());
+        if need_open {
+            match self.queue.open() {
+                Ok(id) => {
+                    let mut line = format!("{id}: client={}", self.client.label());
+                    let _ = &mut line;
+                    self.logs.push(line);
+                    if let Some(t) = self.tx.as_mut() {
+                        t.queue_id = Some(id);
+                    }
+                }
+                Err(r) => {
+                    self.count("rcpt", false);
+                    self.log_reject("RCPT", &r, Some(&rcpt));
+                    return self.error(r);
+                }
+            }
+        }
+        if let Some(t) = self.tx.as_mut() {
+            t.rcpts.push((rcpt, params));
+        }
+        self.count("rcpt", true);
+        Step::Reply(pl(250, "2.1.5", "Ok"))
+    }
+
+    /// Checks before content may come (DATA and the first BDAT).
+    fn before_content(&mut self, verb: &str) -> Result<(), Step> {
+        let Some(t) = self.tx.as_ref() else {
+            self.count(verb, false);
+            return Err(self.error(pl(503, "5.5.1", "Error: need RCPT command")));
+        };
+        if t.rcpts.is_empty() {
+            self.count(verb, false);
+            return Err(self.error(pl(554, "5.5.1", "Error: no valid recipients")));
+        }
+        let v = self.gate.ask(Ask::Data, &self.view(None));
+        self.logs.extend(v.log.iter().cloned());
+        if let Some(r) = v.reply {
+            self.count(verb, false);
+            self.log_reject(&verb.to_ascii_uppercase(), &r, None);
+            return Err(if v.hangup {
+                Step::Close(r)
+            } else {
+                self.error(r)
+            });
+        }
+        self.merge(v);
+        // The envelope, then smtpd's Received: header.
+        let env = self.envelope();
+        let received = self.received();
+        let t = self.tx.as_mut().expect("checked");
+        t.started = true;
+        let sent = self.queue.envelope(&env);
+        if let Err(r) = sent {
+            t.failed = Some(r);
+        } else {
+            for h in received {
+                t.pending.extend_from_slice(h.as_bytes());
+                t.pending.push(b'\n');
+            }
+        }
+        Ok(())
+    }
+
+    fn envelope(&self) -> Attrs {
+        let t = self.tx.as_ref().expect("in a transaction");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut a = Attrs::new()
+            .with("origin", "smtpd")
+            .with(
+                "arrival",
+                format!("{}.{:06}", now.as_secs(), now.subsec_micros()),
+            )
+            .with("sender", &t.sender);
+        if let Some(e) = &t.params.envid {
+            a.push("envid", e);
+        }
+        if t.params.ret != 0 {
+            a.push("ret", t.params.ret);
+        }
+        if t.params.smtputf8 {
+            a.push("smtputf8", "yes");
+        }
+        if let Some(b) = t.params.body {
+            a.push(
+                "body",
+                if b == Body::EightBitMime {
+                    "8BITMIME"
+                } else {
+                    "7BIT"
+                },
+            );
+        }
+        let mut flags = libmail::ipc::cleanup::FLAG_BOUNCE;
+        if t.verdict.hold.is_some() {
+            flags |= libmail::ipc::cleanup::FLAG_HOLD;
+        }
+        if t.verdict.discard.is_some() {
+            flags |= libmail::ipc::cleanup::FLAG_DISCARD;
+        }
+        a.push("flags", flags);
+        a.push("attr.rewrite_context", "remote");
+        a.push("attr.client_name", &self.client.name);
+        a.push("attr.reverse_client_name", &self.client.reverse_name);
+        a.push("attr.client_address", self.client.addr);
+        a.push("attr.client_port", self.client.port);
+        if let Some(h) = &self.helo {
+            a.push("attr.helo_name", h);
+        }
+        a.push("attr.protocol", if self.esmtp { "ESMTP" } else { "SMTP" });
+        let rcpts: Vec<(String, RcptParams)> = match &t.verdict.redirect {
+            Some(r) => vec![(r.clone(), RcptParams::default())],
+            None => t.rcpts.clone(),
+        };
+        for (r, p) in rcpts.iter() {
+            a.push_recipient(r, None, p.notify, p.orcpt.as_deref());
+        }
+        for b in &t.verdict.bcc {
+            a.push_recipient(b, None, 0, None);
+        }
+        a
+    }
+
+    /// smtpd's `Received:` header (folded as Postfix folds it), after any
+    /// PREPEND headers of the restrictions.
+    fn received(&self) -> Vec<String> {
+        let t = self.tx.as_ref().expect("in a transaction");
+        let mut out = t.verdict.prepend.clone();
+        let helo = self.helo.as_deref().unwrap_or(&self.client.name);
+        out.push(format!(
+            "Received: from {helo} ({} [{}])",
+            self.client.name,
+            self.client.received_addr()
+        ));
+        let id = t.queue_id.as_deref().unwrap_or("");
+        let proto = if self.esmtp { "ESMTP" } else { "SMTP" };
+        let date = crate::cleanup::headers::mail_date(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        );
+        if t.rcpts.len() == 1 {
+            out.push(format!(
+                "\tby {} ({}) with {proto} id {id}",
+                self.set.myhostname, self.set.mail_name
+            ));
+            out.push(format!("\tfor <{}>; {date}", t.rcpts[0].0));
+        } else {
+            out.push(format!(
+                "\tby {} ({}) with {proto} id {id};",
+                self.set.myhostname, self.set.mail_name
+            ));
+            out.push(format!("\t{date}"));
+        }
+        out
+    }
+
+    fn data(&mut self) -> Step {
+        self.last_verb = "DATA".into();
+        if self.in_bdat {
+            self.count("data", false);
+            return self.error(pl(503, "5.5.1", "Error: DATA after BDAT"));
+        }
+        if let Err(s) = self.before_content("data") {
+            return s;
+        }
+        Step::Data(pl(354, "", "End data with <CR><LF>.<CR><LF>"))
+    }
+
+    /// One content line (dot-unstuffed, without its line end).
+    pub fn data_line(&mut self, line: &[u8]) {
+        self.content(line, true);
+    }
+
+    /// Part of a content line longer than the shell's buffer; the rest
+    /// follows.
+    pub fn data_piece(&mut self, piece: &[u8]) {
+        self.content(piece, false);
+    }
+
+    fn content(&mut self, bytes: &[u8], eol: bool) {
+        let limit = self.set.message_size_limit;
+        let Some(t) = self.tx.as_mut() else {
+            return;
+        };
+        t.size += bytes.len() as u64 + if eol { 2 } else { 0 };
+        if t.failed.is_some() || t.too_big {
+            return;
+        }
+        if limit > 0 && t.size > limit {
+            t.too_big = true;
+            return;
+        }
+        t.pending.extend_from_slice(bytes);
+        if eol {
+            t.pending.push(b'\n');
+        }
+        self.flush_pending(false);
+    }
+
+    /// Hands buffered content to cleanup once enough has gathered (or
+    /// now, with `all`).
+    fn flush_pending(&mut self, all: bool) {
+        let Some(t) = self.tx.as_mut() else {
+            return;
+        };
+        if t.pending.is_empty() || (!all && t.pending.len() < FLUSH_AT) || t.failed.is_some() {
+            return;
+        }
+        let chunk = std::mem::take(&mut t.pending);
+        if let Err(r) = self.queue.content(&chunk) {
+            if let Some(t) = self.tx.as_mut() {
+                t.failed = Some(r);
+            }
+        }
+    }
+
+    /// Raw BDAT content: CR LF becomes LF (cleanup's line end); no
+    /// dot-stuffing in BDAT.
+    pub fn bdat_bytes(&mut self, chunk: &[u8]) {
+        if self.bdat_failed.is_some() {
+            return;
+        }
+        let limit = self.set.message_size_limit;
+        let Some(t) = self.tx.as_mut() else {
+            return;
+        };
+        t.size += chunk.len() as u64;
+        if t.failed.is_some() || t.too_big {
+            return;
+        }
+        if limit > 0 && t.size > limit {
+            t.too_big = true;
+            return;
+        }
+        for &b in chunk {
+            if t.cr {
+                t.cr = false;
+                if b != b'\n' {
+                    t.pending.push(b'\r');
+                }
+            }
+            if b == b'\r' {
+                t.cr = true;
+                continue;
+            }
+            t.pending.push(b);
+        }
+        self.flush_pending(false);
+    }
+
+    /// The end of DATA (or of the last BDAT): the verdict.
+    pub fn data_end(&mut self) -> Reply {
+        let verb = if self.in_bdat { "bdat" } else { "data" };
+        let Some(mut t) = self.tx.take() else {
+            return pl(503, "5.5.1", "Error: need MAIL command");
+        };
+        self.in_bdat = false;
+        let size = t.size;
+        let result = if t.too_big {
+            self.queue.abort();
+            Err(pl(552, "5.3.4", "Error: message file too big"))
+        } else if let Some(r) = t.failed.take() {
+            self.queue.abort();
+            Err(r)
+        } else {
+            if t.cr {
+                t.pending.push(b'\r');
+            }
+            if !t.pending.is_empty() && t.pending.last() != Some(&b'\n') {
+                t.pending.push(b'\n');
+            }
+            let chunk = std::mem::take(&mut t.pending);
+            self.queue
+                .content(&chunk)
+                .and_then(|()| self.queue.finish())
+        };
+        match result {
+            Ok(id) => {
+                self.count(verb, true);
+                self.errors = 0;
+                if verb == "bdat" {
+                    pl(250, "2.0.0", &format!("Ok: {size} bytes queued as {id}"))
+                } else {
+                    pl(250, "2.0.0", &format!("Ok: queued as {id}"))
+                }
+            }
+            Err(r) => {
+                self.count(verb, false);
+                self.tx = Some(t);
+                let r = if self.set.soft_bounce {
+                    r.softened()
+                } else {
+                    r
+                };
+                self.log_reject("END-OF-MESSAGE", &r, None);
+                self.tx = None;
+                self.errors += 1;
+                r
+            }
+        }
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) -> Step {
+        self.last_verb = "BDAT".into();
+        if !self.in_bdat {
+            if let Err(s) = self.before_content("bdat") {
+                // The chunk still comes: the shell reads and drops it.
+                self.bdat_failed = Some(match &s {
+                    Step::Reply(r) | Step::Close(r) => r.clone(),
+                    _ => pl(503, "5.5.1", "Error: need RCPT command"),
+                });
+                return Step::Bdat { size, last };
+            }
+            self.in_bdat = true;
+        }
+        Step::Bdat { size, last }
+    }
+
+    /// After a chunk: 250 for a middle chunk, the verdict for the last.
+    pub fn bdat_end(&mut self, size: u64, last: bool) -> Step {
+        if let Some(r) = self.bdat_failed.clone() {
+            if last {
+                self.bdat_failed = None;
+            }
+            return Step::Reply(r);
+        }
+        if last {
+            let r = self.data_end();
+            return Step::Reply(r);
+        }
+        Step::Reply(pl(250, "2.0.0", &format!("Ok: {size} bytes")))
+    }
+
+    /// The connection ended without QUIT.
+    pub fn lost(&mut self) {
+        if self.tx.as_ref().is_some_and(|t| t.queue_id.is_some()) {
+            self.queue.abort();
+        }
+        self.tx = None;
+    }
+}

@@ -1,0 +1,327 @@
+//! The session, command by command, with a scripted gate and a queue
+//! that records what cleanup would get.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libmail::ipc::Attrs;
+use libmail::smtp::Reply;
+
+use super::session::*;
+
+fn settings() -> Settings {
+    Settings {
+        myhostname: "mx.example.test".into(),
+        mail_name: "Postfix".into(),
+        banner: "mx.example.test ESMTP Postfix".into(),
+        message_size_limit: 1000,
+        recipient_limit: 3,
+        soft_error_limit: 10,
+        hard_error_limit: 5,
+        error_sleep: Duration::from_secs(1),
+        junk_command_limit: 100,
+        helo_required: false,
+        disable_vrfy: false,
+        smtputf8: true,
+        discard_ehlo: vec![],
+        soft_bounce: false,
+    }
+}
+
+/// Rejects recipients at `bad.example` with Postfix's relay reply.
+struct TestGate {
+    delay: bool,
+}
+
+impl Gate for TestGate {
+    fn delay_reject(&self) -> bool {
+        self.delay
+    }
+    fn ask(&self, at: Ask, view: &View) -> Verdict {
+        let mut v = Verdict::default();
+        if at == Ask::Rcpt {
+            if let Some(r) = view.recipient.filter(|r| r.ends_with("@bad.example")) {
+                v.reply = Some(Reply::new(
+                    454,
+                    "4.7.1",
+                    format!("<{r}>: Relay access denied"),
+                ));
+            }
+        }
+        if at == Ask::Helo && view.helo == Some("evil") {
+            v.reply = Some(Reply::new(
+                554,
+                "5.7.1",
+                "<evil>: Helo command rejected: Access denied",
+            ));
+        }
+        v
+    }
+}
+
+#[derive(Default)]
+struct Record {
+    opened: usize,
+    envelope: Option<Attrs>,
+    content: Vec<u8>,
+    finished: bool,
+    aborted: usize,
+}
+
+struct TestQueue(Arc<Mutex<Record>>);
+
+impl Queue for TestQueue {
+    fn open(&mut self) -> Result<String, Reply> {
+        let mut r = self.0.lock().unwrap();
+        r.opened += 1;
+        Ok(format!("ABCDE{}", r.opened))
+    }
+    fn envelope(&mut self, attrs: &Attrs) -> Result<(), Reply> {
+        self.0.lock().unwrap().envelope = Some(attrs.clone());
+        Ok(())
+    }
+    fn content(&mut self, bytes: &[u8]) -> Result<(), Reply> {
+        self.0.lock().unwrap().content.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<String, Reply> {
+        let mut r = self.0.lock().unwrap();
+        r.finished = true;
+        Ok(format!("ABCDE{}", r.opened))
+    }
+    fn abort(&mut self) {
+        self.0.lock().unwrap().aborted += 1;
+    }
+}
+
+fn session(delay: bool) -> (Session, Arc<Mutex<Record>>) {
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let s = Session::new(
+        Arc::new(settings()),
+        Arc::new(TestGate { delay }),
+        Box::new(TestQueue(rec.clone())),
+        Client {
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 4242,
+            name: "localhost".into(),
+            reverse_name: "localhost".into(),
+        },
+    );
+    (s, rec)
+}
+
+fn said(s: &mut Session, line: &str) -> String {
+    match s.command(line) {
+        Step::Reply(r) | Step::Close(r) | Step::Data(r) => r.to_string(),
+        Step::Bdat { size, last } => format!("BDAT {size} {last}"),
+    }
+}
+
+#[test]
+fn greeting_ehlo_and_unknown_commands_as_postfix() {
+    let (mut s, _) = session(true);
+    assert_eq!(
+        s.greeting(),
+        Step::Reply(Reply::new(220, "", "mx.example.test ESMTP Postfix"))
+    );
+    assert_eq!(
+        said(&mut s, "EHLO client.example"),
+        "250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-VRFY\r\n250-ETRN\r\n\
+         250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+    );
+    assert_eq!(
+        said(&mut s, "HELP"),
+        "500 5.5.2 Error: command not recognized\r\n"
+    );
+    assert_eq!(
+        said(&mut s, "RCPT TO:<a@b>"),
+        "503 5.5.1 Error: need MAIL command\r\n"
+    );
+    assert_eq!(
+        said(&mut s, "DATA"),
+        "503 5.5.1 Error: need RCPT command\r\n"
+    );
+    assert_eq!(
+        said(&mut s, "HELO client.example"),
+        "250 mx.example.test\r\n"
+    );
+    assert_eq!(said(&mut s, "NOOP"), "250 2.0.0 Ok\r\n");
+    assert_eq!(said(&mut s, "VRFY <u@x>"), "252 2.0.0 u@x\r\n");
+    assert_eq!(
+        said(&mut s, "GET / HTTP/1.0"),
+        "221 2.7.0 Error: I can break rules, too. Goodbye.\r\n"
+    );
+}
+
+#[test]
+fn a_transaction_reaches_the_queue_with_envelope_and_received_header() {
+    let (mut s, rec) = session(true);
+    s.greeting();
+    said(&mut s, "EHLO client.example");
+    assert_eq!(
+        said(
+            &mut s,
+            "MAIL FROM:<a@example.org> SIZE=100 RET=HDRS ENVID=e1"
+        ),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        said(&mut s, "MAIL FROM:<b@example.org>"),
+        "503 5.5.1 Error: nested MAIL command\r\n"
+    );
+    assert_eq!(
+        said(&mut s, "RCPT TO:<x@bad.example>"),
+        "454 4.7.1 <x@bad.example>: Relay access denied\r\n"
+    );
+    assert_eq!(
+        rec.lock().unwrap().opened,
+        0,
+        "no queue file before a valid recipient"
+    );
+    assert_eq!(
+        said(&mut s, "RCPT TO:<u@mx.example.test> NOTIFY=SUCCESS"),
+        "250 2.1.5 Ok\r\n"
+    );
+    let logs = s.take_logs().join("\n");
+    assert!(logs.contains("connect from localhost[127.0.0.1]"), "{logs}");
+    assert!(
+        logs.contains("NOQUEUE: reject: RCPT from localhost[127.0.0.1]: 454 4.7.1 <x@bad.example>: Relay access denied; from=<a@example.org> to=<x@bad.example> proto=ESMTP helo=<client.example>"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("ABCDE1: client=localhost[127.0.0.1]"),
+        "{logs}"
+    );
+    assert_eq!(
+        said(&mut s, "DATA"),
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    s.data_line(b"Subject: hi");
+    s.data_line(b"");
+    s.data_line(b"body");
+    assert_eq!(
+        s.data_end().to_string(),
+        "250 2.0.0 Ok: queued as ABCDE1\r\n"
+    );
+    let r = rec.lock().unwrap();
+    let env = r.envelope.as_ref().unwrap();
+    assert_eq!(env.get("sender"), Some("a@example.org"));
+    assert_eq!(env.get("envid"), Some("e1"));
+    assert_eq!(env.get("ret"), Some("2"));
+    assert_eq!(
+        env.get_all("rcpt").collect::<Vec<_>>(),
+        vec!["u@mx.example.test"]
+    );
+    assert_eq!(env.get("attr.client_address"), Some("127.0.0.1"));
+    let text = String::from_utf8(r.content.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Received: from client.example (localhost [127.0.0.1])"
+    );
+    assert_eq!(
+        lines[1],
+        "\tby mx.example.test (Postfix) with ESMTP id ABCDE1"
+    );
+    assert!(
+        lines[2].starts_with("\tfor <u@mx.example.test>; "),
+        "{text}"
+    );
+    assert_eq!(&lines[3..], ["Subject: hi", "", "body"]);
+    drop(r);
+    assert_eq!(said(&mut s, "QUIT"), "221 2.0.0 Bye\r\n");
+    assert_eq!(
+        s.disconnect_line(),
+        "disconnect from localhost[127.0.0.1] ehlo=1 mail=1/2 rcpt=1/2 data=1 quit=1 commands=5/7"
+    );
+}
+
+#[test]
+fn size_limits_at_mail_and_in_the_content() {
+    let (mut s, rec) = session(true);
+    said(&mut s, "EHLO c");
+    assert_eq!(
+        said(&mut s, "MAIL FROM:<a@b> SIZE=5000"),
+        "552 5.3.4 Message size exceeds fixed limit\r\n"
+    );
+    said(&mut s, "MAIL FROM:<a@b>");
+    said(&mut s, "RCPT TO:<u@x>");
+    said(&mut s, "DATA");
+    for _ in 0..100 {
+        s.data_line(b"0123456789012345678901234567890123456789");
+    }
+    assert_eq!(
+        s.data_end().to_string(),
+        "552 5.3.4 Error: message file too big\r\n"
+    );
+    assert!(!rec.lock().unwrap().finished);
+    assert_eq!(rec.lock().unwrap().aborted, 1);
+}
+
+#[test]
+fn recipient_limit_and_hard_error_limit() {
+    let (mut s, _) = session(true);
+    said(&mut s, "EHLO c");
+    said(&mut s, "MAIL FROM:<a@b>");
+    for i in 0..3 {
+        assert_eq!(
+            said(&mut s, &format!("RCPT TO:<u{i}@x>")),
+            "250 2.1.5 Ok\r\n"
+        );
+    }
+    assert_eq!(
+        said(&mut s, "RCPT TO:<u9@x>"),
+        "452 4.5.3 Error: too many recipients\r\n"
+    );
+    for _ in 0..3 {
+        said(&mut s, "BOGUS");
+    }
+    // The fifth error ends the session.
+    assert_eq!(
+        s.command("BOGUS"),
+        Step::Close(Reply::new(
+            421,
+            "4.7.0",
+            "mx.example.test Error: too many errors"
+        ))
+    );
+}
+
+#[test]
+fn helo_restrictions_apply_at_helo_without_delay_reject() {
+    let (mut s, _) = session(false);
+    s.greeting();
+    assert_eq!(
+        said(&mut s, "HELO evil"),
+        "554 5.7.1 <evil>: Helo command rejected: Access denied\r\n"
+    );
+    let logs = s.take_logs().join("\n");
+    assert!(
+        logs.contains("NOQUEUE: reject: HELO from localhost[127.0.0.1]: 554 5.7.1 <evil>: Helo command rejected: Access denied; proto=SMTP helo=<evil>"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn bdat_chunks_become_lines() {
+    let (mut s, rec) = session(true);
+    said(&mut s, "EHLO c");
+    said(&mut s, "MAIL FROM:<a@b>");
+    said(&mut s, "RCPT TO:<u@x>");
+    assert_eq!(said(&mut s, "BDAT 12"), "BDAT 12 false");
+    s.bdat_bytes(b"Subject: x\r");
+    s.bdat_bytes(b"\n");
+    assert_eq!(
+        s.bdat_end(12, false),
+        Step::Reply(Reply::new(250, "2.0.0", "Ok: 12 bytes"))
+    );
+    assert_eq!(said(&mut s, "DATA"), "503 5.5.1 Error: DATA after BDAT\r\n");
+    assert_eq!(said(&mut s, "BDAT 8 LAST"), "BDAT 8 true");
+    s.bdat_bytes(b"\r\nbody\r\n");
+    match s.bdat_end(8, true) {
+        Step::Reply(r) => assert_eq!(r.to_string(), "250 2.0.0 Ok: 20 bytes queued as ABCDE1\r\n"),
+        other => panic!("{other:?}"),
+    }
+    let text = String::from_utf8(rec.lock().unwrap().content.clone()).unwrap();
+    assert!(text.ends_with("\nSubject: x\n\nbody\n"), "{text:?}");
+}
