@@ -4,16 +4,19 @@
 //! prefixes. See `docs/man/postcat.1.md`.
 //!
 //! ```text
-//! postcat [-bdehoqv] [-c config_dir] [files...]
+//! postcat [-bdehoqrv] [-c config_dir] [-s offset] [files...]
 //! ```
 //!
 //! The file is read record by record with libmail's bounded
 //! [`RecordReader`], so a damaged file is printed up to the damage and
 //! then reported (`postcat: fatal: FILE: ...`, exit 1); no input panics.
+//! Without file operands the queue file is read from standard input
+//! (shown as `stdin`), as Postfix does.
 
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::{self, Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use libmail::cli::{getopt, Opt};
@@ -23,7 +26,9 @@ use libmail::queue::record::{RecordReader, SIZE_RECORD_LEN};
 use libmail::queue::{Incomplete, SizeRecord};
 use libmail::queue::{Limits, Queue, QueueId, QueueLayout, ReadError, RecordType, Section};
 
-const USAGE: &str = "usage: postcat [-bdehoqv] [-c config_dir] [file(s)...]";
+/// Postfix 3.7's usage line, word for word (it names neither `-o`, `-r`
+/// nor `-s`).
+const USAGE: &str = "usage: postcat [-b (body text)] [-c config_dir] [-d (decimal record type)] [-e (envelope records)] [-h (header text)] [-q (access queue)] [-v] [file(s)...]";
 
 /// The queues `-q` searches, in Postfix's order.
 const SEARCH: [Queue; 6] = [
@@ -43,6 +48,8 @@ struct Flags {
     offset: bool,
     dec: bool,
     verbose: bool,
+    /// `-s`: where reading starts.
+    start: u64,
 }
 
 /// A fatal error: the text after `postcat: fatal: `.
@@ -82,7 +89,13 @@ fn errtext(e: &io::Error) -> String {
 }
 
 fn run(args: &[String], out: &mut impl Write) -> Result<(), Fatal> {
-    let parsed = getopt(args, "bc:dehoqv").map_err(|e| Fatal(format!("{e}\n{USAGE}")))?;
+    // `-f` (file names as line prefixes) is Postfix 3.10's: 3.7 calls it
+    // an invalid option, and so does this postcat.
+    let parsed = getopt(args, "bc:dehoqrs:v").map_err(|e| {
+        // getopt's own line, then the usage, as Postfix prints them.
+        eprintln!("postcat: {e}");
+        Fatal(USAGE.to_string())
+    })?;
     let mut f = Flags::default();
     let mut by_id = false;
     let mut config_dir = None;
@@ -94,6 +107,10 @@ fn run(args: &[String], out: &mut impl Write) -> Result<(), Fatal> {
             Opt::Flag('h') => f.header = true,
             Opt::Flag('o') => f.offset = true,
             Opt::Flag('q') => by_id = true,
+            // Facteur's format has no pointer records: file order is the
+            // only order, with or without -r.
+            Opt::Flag('r') => {}
+            Opt::WithArg('s', o) => f.start = parse_offset(o)?,
             Opt::Flag('v') => f.verbose = true,
             Opt::WithArg('c', d) => config_dir = Some(d.clone()),
             _ => return Err(Fatal(USAGE.to_string())),
@@ -105,10 +122,11 @@ fn run(args: &[String], out: &mut impl Write) -> Result<(), Fatal> {
         f.body = true;
     }
     let wr = |e: io::Error| Fatal(format!("write error: {}", errtext(&e)));
-    if by_id {
-        if parsed.operands.is_empty() {
-            return Err(Fatal(USAGE.to_string()));
-        }
+    if parsed.operands.is_empty() {
+        // No names, with or without -q: the queue file is on stdin.
+        let file = stdin_file(f.start)?;
+        print_open(&file, "stdin", f, false, out)?;
+    } else if by_id {
         let layout = load_layout(config_dir.as_deref())?;
         for name in &parsed.operands {
             let id =
@@ -124,11 +142,6 @@ fn run(args: &[String], out: &mut impl Write) -> Result<(), Fatal> {
                 .unwrap_or_else(|_| path.clone());
             print_file(&path, &shown, f, out)?;
         }
-    } else if parsed.operands.is_empty() {
-        return Err(Fatal(
-            "reading a queue file from standard input is not supported; name a file or use -q"
-                .to_string(),
-        ));
     } else {
         for name in &parsed.operands {
             let p = PathBuf::from(name);
@@ -136,6 +149,44 @@ fn run(args: &[String], out: &mut impl Write) -> Result<(), Fatal> {
         }
     }
     out.flush().map_err(wr)
+}
+
+/// `-s offset`: digits only, as Postfix's `alldig()` wants them.
+fn parse_offset(arg: &str) -> Result<u64, Fatal> {
+    let bad = || Fatal(format!("bad offset: {arg}"));
+    if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    // Beyond what a file offset (off_t) can be: as bad as letters.
+    arg.parse::<i64>().map(|n| n as u64).map_err(|_| bad())
+}
+
+/// Standard input as a file the record reader can read at offsets: its
+/// bytes (from the current position on) copied into an anonymous memory
+/// file, bounded by the largest queue file. With `-s`, input that ends
+/// before the offset is Postfix's fatal `stdin: skip N bytes failed
+/// after M`.
+fn stdin_file(start: u64) -> Result<File, Fatal> {
+    // SAFETY: a valid NUL-terminated name and flags.
+    let fd = unsafe { libc::memfd_create(c"postcat-stdin".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(Fatal(format!("memfd_create: {}", errtext(&e))));
+    }
+    // SAFETY: fd was just created and is owned by nothing else.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    let max = Limits::default().max_file_size;
+    let n = io::copy(&mut io::stdin().lock().take(max + 1), &mut file)
+        .map_err(|e| Fatal(format!("stdin: read error: {}", errtext(&e))))?;
+    if n > max {
+        return Err(Fatal(format!(
+            "stdin: larger than the largest queue file ({max} bytes)"
+        )));
+    }
+    if start > n {
+        return Err(Fatal(format!("stdin: skip {start} bytes failed after {n}")));
+    }
+    Ok(file)
 }
 
 fn load_layout(config_dir: Option<&str>) -> Result<QueueLayout, Fatal> {
@@ -201,6 +252,18 @@ fn print_file(path: &Path, shown: &Path, f: Flags, out: &mut impl Write) -> Resu
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| Fatal(format!("open {name}: {}", errtext(&e))))?;
+    print_open(&file, &name, f, true, out)
+}
+
+/// Prints an open file shown as `name`; `queue_file`: its mode says
+/// whether a writer finished it (not so for standard input).
+fn print_open(
+    file: &File,
+    name: &str,
+    f: Flags,
+    queue_file: bool,
+    out: &mut impl Write,
+) -> Result<(), Fatal> {
     let meta = file
         .metadata()
         .map_err(|e| Fatal(format!("fstat {name}: {}", errtext(&e))))?;
@@ -209,7 +272,7 @@ fn print_file(path: &Path, shown: &Path, f: Flags, out: &mut impl Write) -> Resu
     }
     let wr = |e: io::Error| Fatal(format!("write error: {}", errtext(&e)));
     let len = meta.len();
-    if meta.mode() & 0o100 == 0 {
+    if queue_file && meta.mode() & 0o100 == 0 {
         // Postfix prints such files without comment; say what it is.
         let _ = out.flush();
         eprintln!(
@@ -217,7 +280,7 @@ fn print_file(path: &Path, shown: &Path, f: Flags, out: &mut impl Write) -> Resu
             ReadError::Incomplete(Incomplete::NotMarkedComplete)
         );
     }
-    let r = print_records(&file, len, &name, f, out);
+    let r = print_records(file, len, name, f, out);
     match r {
         Ok(()) => Ok(()),
         Err(Err(e)) => Err(wr(e)),
@@ -242,6 +305,27 @@ fn corrupt(offset: u64, reason: &str) -> PrintErr {
     })
 }
 
+/// The size record at offset 0, read on its own (for `-s`, which starts
+/// past it): `None` when the file does not start with a sound one.
+fn size_record_of(file: &File, len: u64, limits: &Limits) -> Option<SizeRecord> {
+    let mut rd = RecordReader::new(file, len, 0, len.min(SIZE_RECORD_LEN as u64), limits);
+    match rd.next_record() {
+        Ok(Some(rec))
+            if rec.kind == RecordType::Size && rec.payload.len() + 2 == SIZE_RECORD_LEN =>
+        {
+            SizeRecord::decode(rec.payload).ok()
+        }
+        _ => None,
+    }
+}
+
+/// Prints the records from `f.start` on. From offset 0 the whole file is
+/// checked as it goes (size record first, sections in order, the end
+/// record where the size record says). From a later offset, as with
+/// Postfix's `-s`, there is no `*** ENVELOPE RECORDS` line and the
+/// section is unknown until the next section record: text records met
+/// before it are shown only with `-e`, as Postfix shows them. An offset
+/// inside a record reads as damage from there.
 fn print_records(
     file: &File,
     len: u64,
@@ -250,30 +334,39 @@ fn print_records(
     out: &mut impl Write,
 ) -> Result<(), PrintErr> {
     let limits = Limits::default();
+    let start = f.start;
+    if start > 0 && start >= len {
+        // Past the end: nothing to show (Postfix seeks there and stops).
+        return Ok(());
+    }
     let mut b = [0u8; 1];
-    if len > 0
-        && std::os::unix::fs::FileExt::read_at(file, &mut b, 0).map_err(|e| Ok(e.into()))? == 1
+    if start == 0
+        && len > 0
+        && file.read_at(&mut b, 0).map_err(|e| Ok(e.into()))? == 1
         && b[0] != RecordType::Size.byte()
     {
         return Err(corrupt(0, "not a Facteur queue file (no size record)"));
     }
-    let mut rd = RecordReader::new(file, len, 0, len, &limits);
-    let marker = |out: &mut dyn Write, s: Section, off: Option<u64>| -> io::Result<()> {
-        if let Some(o) = off {
-            write!(out, "{o:9} ")?;
-        }
-        writeln!(out, "*** {} {name} ***", s.postcat_title())
-    };
-    if f.env {
-        marker(out, Section::Envelope, None).map_err(Err)?;
+    let mut rd = RecordReader::new(file, len, start, len, &limits);
+    if start == 0 && f.env {
+        writeln!(out, "*** {} {name} ***", Section::Envelope.postcat_title()).map_err(Err)?;
     }
-    let mut section = Section::Envelope;
+    // None: not known yet (-s inside the file).
+    let mut section = if start == 0 {
+        Some(Section::Envelope)
+    } else {
+        None
+    };
     let mut part = Part::Header;
     // A content line split into L records: its start offset and bytes.
     let mut line: Vec<u8> = Vec::new();
     let mut line_start: Option<u64> = None;
-    let mut first = true;
-    let mut size: Option<SizeRecord> = None;
+    let mut first = start == 0;
+    let mut size: Option<SizeRecord> = if start == 0 {
+        None
+    } else {
+        size_record_of(file, len, &limits)
+    };
     loop {
         let rec = match rd.next_record() {
             Ok(Some(r)) => r,
@@ -313,19 +406,21 @@ fn print_records(
             Ok(())
         };
         if let Some(s) = kind.starts_section() {
-            if section == Section::Content && line_start.is_some() {
+            if matches!(section, None | Some(Section::Content)) && line_start.is_some() {
                 return Err(corrupt(off, "content ends inside a line"));
             }
             let expected = match section {
-                Section::Envelope => Section::Content,
-                Section::Content => Section::Extracted,
-                Section::Extracted => Section::End,
-                Section::End => return Err(corrupt(off, "record after the end record")),
+                // Any section may come first after -s.
+                None => s,
+                Some(Section::Envelope) => Section::Content,
+                Some(Section::Content) => Section::Extracted,
+                Some(Section::Extracted) => Section::End,
+                Some(Section::End) => return Err(corrupt(off, "record after the end record")),
             };
             if s != expected {
                 return Err(corrupt(off, "section records out of order"));
             }
-            section = s;
+            section = Some(s);
             if f.env {
                 (|| -> io::Result<()> {
                     prefix(out)?;
@@ -345,12 +440,12 @@ fn print_records(
             }
             continue;
         }
-        if section == Section::End {
+        if section == Some(Section::End) {
             return Err(corrupt(off, "record after the end record"));
         }
         match kind {
             RecordType::Normal | RecordType::Cont => {
-                if section != Section::Content {
+                if matches!(section, Some(Section::Envelope | Section::Extracted)) {
                     return Err(corrupt(off, "content record outside the content"));
                 }
                 if line_start.is_none() {
@@ -364,14 +459,20 @@ fn print_records(
                     continue;
                 }
                 let start = line_start.take().unwrap_or(off);
-                if part == Part::Header
-                    && !(is_header(&line) || (matches!(line.first(), Some(b' ' | b'\t'))))
-                {
-                    part = Part::Body;
-                }
-                let show = match part {
-                    Part::Header => f.header,
-                    Part::Body => f.body,
+                let show = if section.is_none() {
+                    // Where in the message is not known: Postfix shows
+                    // such text with the envelope.
+                    f.env
+                } else {
+                    if part == Part::Header
+                        && !(is_header(&line) || (matches!(line.first(), Some(b' ' | b'\t'))))
+                    {
+                        part = Part::Body;
+                    }
+                    match part {
+                        Part::Header => f.header,
+                        Part::Body => f.body,
+                    }
                 };
                 if show {
                     (|| -> io::Result<()> {
@@ -392,8 +493,11 @@ fn print_records(
                 line.clear();
             }
             _ => {
-                if section == Section::Content {
+                if section == Some(Section::Content) {
                     return Err(corrupt(off, "envelope record inside the content"));
+                }
+                if section.is_none() && line_start.is_some() {
+                    return Err(corrupt(off, "content ends inside a line"));
                 }
                 if !f.env {
                     continue;
@@ -424,7 +528,7 @@ fn print_records(
             expected: SIZE_RECORD_LEN as u64,
         })));
     }
-    if section != Section::End {
+    if section != Some(Section::End) {
         let expected = size.map_or(len + 1, |s| s.end_offset + 10);
         return Err(Ok(ReadError::Incomplete(Incomplete::Truncated {
             file_len: len,

@@ -408,10 +408,8 @@ fn touched(run: &mut Run, from: &Path, to: &Path) {
     }
 }
 
-/// Makes a moved file due now (qmgr schedules deferred mail by mtime).
 fn due_now(held: &Locked) -> std::io::Result<()> {
-    held.file()
-        .set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()))
+    libmail::queue::dirs::make_due(held.file())
 }
 
 fn remove_logs(layout: &QueueLayout, id: &QueueId) {

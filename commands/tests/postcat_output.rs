@@ -434,3 +434,203 @@ fn damaged_files_are_reported_never_panic() {
         format!("postcat: warning: {name}: incomplete queue file: not marked complete\n")
     );
 }
+
+/// postcat with `bytes` on standard input (a pipe).
+fn postcat_piped(s: &Setup, args: &[&str], bytes: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postcat"))
+        .args(["-c", &s.etc])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // postcat may stop reading early (a fatal); a broken pipe is fine.
+    let _ = stdin.write_all(bytes);
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn standard_input_is_read_when_no_file_is_named() {
+    let s = setup("stdin");
+    let (id, path) = submit(&s);
+    let data = fs::read(&path).unwrap();
+
+    // Postfix: `postcat < FILE` shows the file as "stdin".
+    let out = Command::new(env!("CARGO_BIN_EXE_postcat"))
+        .args(["-c", &s.etc])
+        .stdin(Stdio::from(fs::File::open(&path).unwrap()))
+        .output()
+        .unwrap();
+    let text = stdout_ok(&out);
+    assert!(
+        text.starts_with("*** ENVELOPE RECORDS stdin ***\n"),
+        "{text}"
+    );
+    assert_lines(&normalise(&text, "stdin", &id, &path), GOLDEN_ALL, "< FILE");
+    // From a pipe, with and without -q (no IDs named: stdin too), and
+    // with a section flag.
+    for (flags, golden) in [
+        (&[][..], GOLDEN_ALL),
+        (&["-q"][..], GOLDEN_ALL),
+        (&["-e"][..], GOLDEN_E),
+        (&["-h"][..], GOLDEN_H),
+    ] {
+        let out = stdout_ok(&postcat_piped(&s, flags, &data));
+        assert_lines(
+            &normalise(&out, "stdin", &id, &path),
+            golden,
+            &format!("| {flags:?}"),
+        );
+    }
+    // A damaged input is reported under the name stdin; no warning about
+    // the file mode (standard input is no queue file).
+    let out = postcat_piped(&s, &[], &data[..data.len() - 3]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "postcat: fatal: stdin: incomplete queue file: {} bytes, expected {}\n",
+            data.len() - 3,
+            data.len()
+        )
+    );
+}
+
+#[test]
+fn raw_order_flag_is_accepted_and_changes_nothing() {
+    let s = setup("raw");
+    let (_, path) = submit(&s);
+    let file = path.to_str().unwrap();
+    for flags in [&[][..], &["-o"][..], &["-e", "-d"][..]] {
+        let plain = stdout_ok(&postcat(&s, &[flags, &[file]].concat()));
+        let raw = stdout_ok(&postcat(&s, &[&["-r"], flags, &[file]].concat()));
+        assert_eq!(raw, plain, "{flags:?}");
+    }
+}
+
+/// Splits `postcat -o` output into (offset, line) pairs; the first line
+/// (the envelope marker) has no offset.
+fn offset_lines(out: &str) -> Vec<(u64, String)> {
+    out.lines()
+        .skip(GOLDEN_O_UNPREFIXED)
+        .map(|l| (l[..9].trim_start().parse().expect(l), l.to_string()))
+        .collect()
+}
+
+#[test]
+fn start_offset_shows_the_records_from_there() {
+    let s = setup("start");
+    let (_, path) = submit(&s);
+    let file = path.to_str().unwrap();
+    let len = fs::metadata(&path).unwrap().len();
+    let full = stdout_ok(&postcat(&s, &["-o", file]));
+    let lines = offset_lines(&full);
+
+    // From every record offset: exactly the records from there on, and
+    // no envelope marker (Postfix 3.7 prints it only from offset 0).
+    for (i, (off, _)) in lines.iter().enumerate() {
+        let got = stdout_ok(&postcat(&s, &["-o", "-s", &off.to_string(), file]));
+        let want: String = lines[i..].iter().map(|(_, l)| format!("{l}\n")).collect();
+        if *off == 0 {
+            assert_eq!(got, full);
+        } else {
+            assert_eq!(got, want, "-s {off}");
+        }
+    }
+    let offset_of = |what: &str| {
+        lines
+            .iter()
+            .find(|(_, l)| l[10..].starts_with(what))
+            .map(|(o, _)| o.to_string())
+            .unwrap_or_else(|| panic!("{what} in {full}"))
+    };
+    // From the content marker, -h and -b select as from the start.
+    let m = offset_of("*** MESSAGE CONTENTS");
+    assert_eq!(stdout_ok(&postcat(&s, &["-h", "-s", &m, file])), GOLDEN_H);
+    assert_eq!(stdout_ok(&postcat(&s, &["-b", "-s", &m, file])), GOLDEN_B);
+    // From inside the content, where header and body are not known: text
+    // is shown only with -e, as Postfix's postcat does.
+    let from = offset_of("From:");
+    assert_eq!(stdout_ok(&postcat(&s, &["-h", "-s", &from, file])), "");
+    assert_eq!(
+        stdout_ok(&postcat(&s, &["-e", "-s", &from, file])),
+        format!(
+            "From: Alice <alice@example.org>\n\nHello.\nSecond line.\n\
+             *** HEADER EXTRACTED {file} ***\n*** MESSAGE FILE END {file} ***\n"
+        )
+    );
+    // At or past the end: nothing, success (Postfix seeks and stops).
+    for past in [len, len + 1000] {
+        let out = stdout_ok(&postcat(&s, &["-s", &past.to_string(), file]));
+        assert_eq!(out, "", "-s {past}");
+    }
+    // Standard input that ends before the offset: Postfix's fatal.
+    let data = fs::read(&path).unwrap();
+    let out = postcat_piped(&s, &["-s", &(len + 1).to_string()], &data);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "postcat: fatal: stdin: skip {} bytes failed after {len}\n",
+            len + 1
+        )
+    );
+    assert!(out.stdout.is_empty());
+    // From standard input, the same records as from the file.
+    let sender = offset_of("sender:");
+    let out = stdout_ok(&postcat_piped(&s, &["-s", &sender], &data));
+    let from_file = stdout_ok(&postcat(&s, &["-s", &sender, file]));
+    assert_eq!(out, from_file.replace(file, "stdin"));
+    assert!(out.starts_with("sender: alice@example.org\n"), "{out}");
+
+    // Any offset: the records from there, or a fatal naming the file
+    // (inside a record reads as damage); never a crash.
+    for off in 1..len {
+        let out = postcat(&s, &["-s", &off.to_string(), file]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => assert!(err.is_empty(), "-s {off}: {err}"),
+            Some(1) => assert!(
+                err.starts_with(&format!("postcat: fatal: {file}: ")),
+                "-s {off}: {err}"
+            ),
+            other => panic!("-s {off}: exit {other:?}: {err}"),
+        }
+    }
+}
+
+#[test]
+fn bad_start_offsets_are_fatal() {
+    let s = setup("badoffset");
+    let (_, path) = submit(&s);
+    let file = path.to_str().unwrap();
+    // Postfix: `postcat: fatal: bad offset: abc`, exit 1, nothing printed.
+    for bad in ["abc", "-1", "12x", "", " 5", "+5", "99999999999999999999"] {
+        let out = postcat(&s, &["-s", bad, file]);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("postcat: fatal: bad offset: {bad}\n")
+        );
+        assert!(out.stdout.is_empty(), "{bad:?}");
+    }
+}
+
+#[test]
+fn f_is_an_invalid_option_as_in_postfix_3_7() {
+    let s = setup("dash-f");
+    let (_, path) = submit(&s);
+    // Postfix 3.7.11, word for word (`-f` arrived in 3.10).
+    let out = postcat(&s, &["-f", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "postcat: invalid option -- 'f'\n\
+         postcat: fatal: usage: postcat [-b (body text)] [-c config_dir] [-d (decimal record type)] \
+         [-e (envelope records)] [-h (header text)] [-q (access queue)] [-v] [file(s)...]\n"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -410,17 +410,16 @@ where
     let timeout = shell.timeout;
     let greeting = tokio::task::block_in_place(|| session.greeting());
     flush_logs(session);
-    match greeting {
-        Step::Close(r) => {
-            let _ = wr.write_all(&r.to_wire()).await;
-            return End::Closed;
-        }
-        Step::Reply(r) => {
-            if wr.write_all(&r.to_wire()).await.is_err() || wr.flush().await.is_err() {
-                return End::Lost;
-            }
-        }
-        _ => {}
+    let (r, close) = match greeting {
+        Step::Close(r) => (r, true),
+        Step::Reply(r) | Step::Data(r) => (r, false),
+        Step::Bdat { .. } => return End::Closed,
+    };
+    if wr.write_all(&r.to_wire()).await.is_err() || wr.flush().await.is_err() {
+        return End::Lost;
+    }
+    if close {
+        return End::Closed;
     }
     let mut line = Vec::with_capacity(1024);
     loop {

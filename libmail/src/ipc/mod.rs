@@ -52,19 +52,46 @@ pub fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
 /// the result says what happened and the caller usually ignores it (the
 /// service's own wakeup timer will find the work).
 pub fn trigger(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    open_trigger(path)?.send(bytes)
+}
+
+/// A trigger endpoint, open and not yet written: what a caller that must
+/// not change anything while the service is down opens first (`postqueue
+/// -i` and `-s` make messages due only once qmgr is known to listen).
+/// Dropped without [`send`](Self::send), it closes having sent nothing,
+/// which the service ignores.
+pub enum TriggerConn {
+    Socket(UnixStream),
+    Fifo(std::fs::File),
+}
+
+/// Opens the service at `path` (a UNIX socket or a FIFO) for a trigger.
+/// Fails, as [`trigger`] does, when nothing listens there.
+pub fn open_trigger(path: &Path) -> io::Result<TriggerConn> {
     let meta = std::fs::metadata(path)?;
     use std::os::unix::fs::FileTypeExt;
     if meta.file_type().is_fifo() {
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags_nonblock()
             .open(path)?;
-        return f.write_all(bytes);
+        return Ok(TriggerConn::Fifo(f));
     }
-    let mut s = connect(path, TRIGGER_TIMEOUT)?;
-    s.write_all(bytes)?;
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    Ok(())
+    Ok(TriggerConn::Socket(connect(path, TRIGGER_TIMEOUT)?))
+}
+
+impl TriggerConn {
+    /// Writes the trigger bytes and closes.
+    pub fn send(self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            TriggerConn::Fifo(mut f) => f.write_all(bytes),
+            TriggerConn::Socket(mut s) => {
+                s.write_all(bytes)?;
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// `postqueue -f`, `sendmail -q`, `facteur flush`: tell qmgr to forget
@@ -84,5 +111,56 @@ impl NonBlock for std::fs::OpenOptions {
     fn custom_flags_nonblock(&mut self) -> &mut Self {
         use std::os::unix::fs::OpenOptionsExt;
         self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn open_trigger_sends_nothing_until_asked_on_sockets_and_fifos() {
+        let dir = std::env::temp_dir().join(format!("ipc-trigger-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+
+        // Nothing listening: an error, as trigger() gives.
+        assert!(open_trigger(&dir.join("none")).is_err());
+        assert!(trigger(&dir.join("none"), b"D").is_err());
+
+        // A socket: a probe closes with no bytes; send() delivers them.
+        let sock = dir.join("qmgr");
+        let l = UnixListener::bind(&sock).unwrap();
+        drop(open_trigger(&sock).unwrap());
+        open_trigger(&sock).unwrap().send(b"D").unwrap();
+        trigger(&sock, b"FADI").unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let (mut c, _) = l.accept().unwrap();
+            let mut b = Vec::new();
+            c.read_to_end(&mut b).unwrap();
+            got.push(b);
+        }
+        assert_eq!(got, [b"".to_vec(), b"D".to_vec(), b"FADI".to_vec()]);
+
+        // A FIFO: the same through a reader that is open.
+        let fifo = dir.join("pickup");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No reader: the FIFO is down.
+        assert!(open_trigger(&fifo).is_err());
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_nonblock()
+            .open(&fifo)
+            .unwrap();
+        open_trigger(&fifo).unwrap().send(b"W").unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(reader.read(&mut b).unwrap(), 1);
+        assert_eq!(&b[..1], b"W");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -543,6 +543,13 @@ impl QueueLayout {
     }
 }
 
+/// Makes a deferred message due now: qmgr schedules deferred mail by the
+/// file's mtime (the next attempt), so `postqueue -i`/`-s` and
+/// `postsuper -H`/`-r` set it to the present.
+pub fn make_due(file: &fs::File) -> io::Result<()> {
+    file.set_times(fs::FileTimes::new().set_modified(SystemTime::now()))
+}
+
 /// fsync of a directory, so that renames and unlinks in it are durable.
 pub fn sync_directory(dir: &Path) -> io::Result<()> {
     sync_dir(dir)
