@@ -8,6 +8,7 @@
 //! *internal* form (quotes removed) as Postfix's tables expect.
 
 pub mod domains;
+pub mod networks;
 pub mod resolve;
 pub mod rewrite;
 
