@@ -2,13 +2,44 @@
 //! [`server`] the tokio shell around it; the access restrictions are the
 //! session's [`session::Gate`].
 
+pub mod gate;
+pub mod restrict;
 pub mod server;
 pub mod session;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use libmail::address::resolve::Resolver;
 use libmail::config::params::Params;
-use libmail::service::{bool_param, num_param, time_param};
+use libmail::service::{bool_param, num_param, time_param, Service};
 
 use session::Settings;
+
+/// smtpd's main: configuration and restrictions first (any error is
+/// fatal before master hears "ready", so master throttles a broken
+/// configuration instead of restarting it in a loop), then the server.
+pub fn main() {
+    let svc = Service::start("smtpd");
+    let p = &svc.params;
+    let resolver =
+        Arc::new(Resolver::new(p).unwrap_or_else(|e| libmail::log::fatal(&format!("{e}"))));
+    let restrictions = restrict::Restrictions::from_params(p, resolver)
+        .unwrap_or_else(|e| libmail::log::fatal(&e));
+    for w in restrictions.warnings() {
+        libmail::warning!("{w}");
+    }
+    let shell = server::Shell {
+        settings: Arc::new(Settings::from_params(p)),
+        gate: Arc::new(gate::RestrictionGate(Arc::new(restrictions))),
+        timeout: Duration::from_secs(time_param(p, "smtpd_timeout", 300).max(1)),
+        line_limit: num_param(p, "line_length_limit", 2048).clamp(512, 1 << 20) as usize,
+        peername_lookup: bool_param(p, "smtpd_peername_lookup", true),
+        queue_directory: svc.layout.root().to_path_buf(),
+        ipc_timeout: Duration::from_secs(time_param(p, "ipc_timeout", 3600).max(1)),
+    };
+    server::run(svc, shell);
+}
 
 impl Settings {
     /// smtpd's parameters, with Postfix's defaults.

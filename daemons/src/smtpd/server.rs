@@ -439,7 +439,7 @@ where
             };
         let step = tokio::task::block_in_place(|| session.command(&got));
         flush_logs(session);
-        if let Some(p) = session.error_pause() {
+        if let Some(p) = session.take_pause() {
             let _ = wr.flush().await;
             tokio::time::sleep(p).await;
         }

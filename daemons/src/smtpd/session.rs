@@ -33,6 +33,8 @@ use libmail::ipc::Attrs;
 use libmail::smtp::command::{self, Body, Command, MailParams, RcptParams};
 use libmail::smtp::Reply;
 
+pub use super::restrict::{Log, PendingDefer};
+
 /// The stages at which the restrictions are asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ask {
@@ -52,10 +54,17 @@ pub struct View<'a> {
     pub helo: Option<&'a str>,
     pub sender: Option<&'a str>,
     pub recipient: Option<&'a str>,
+    pub etrn_domain: Option<&'a str>,
     pub rcpt_count: usize,
     pub pipelining_violation: bool,
     pub tls: bool,
+    pub smtputf8: bool,
     pub sasl_username: Option<&'a str>,
+    /// The transaction was already marked DISCARD / HOLD.
+    pub discarded: bool,
+    pub held: bool,
+    /// A `defer_if_permit` of an earlier stage (`smtpd_delay_reject = no`).
+    pub pending_defer: Option<&'a PendingDefer>,
 }
 
 /// The restrictions' answer: a reply (reject or defer), or none (go on),
@@ -71,8 +80,11 @@ pub struct Verdict {
     pub bcc: Vec<String>,
     /// PREPEND: header lines.
     pub prepend: Vec<String>,
-    /// Lines for the log (warn:, info:, reject_warning:).
-    pub log: Vec<String>,
+    /// Lines for the log (warn:, info:, reject_warning:, warnings); the
+    /// session adds its queue ID, command and protocol.
+    pub log: Vec<Log>,
+    /// A `defer_if_permit` to hand to the next stage.
+    pub pending_defer: Option<PendingDefer>,
     /// `sleep N` seen: pause before the reply.
     pub sleep: Option<Duration>,
     /// A 421 or 521 reply: hang up after it.
@@ -217,6 +229,9 @@ pub struct Session {
     /// A previous BDAT failed: the rest of its chunks are read and dropped.
     bdat_failed: Option<Reply>,
     pipelining_violation: bool,
+    pause: Option<Duration>,
+    /// The `defer_if_permit` pending from the previous stage.
+    pending: Option<PendingDefer>,
 }
 
 fn pl(code: u16, enh: &str, text: &str) -> Reply {
@@ -247,6 +262,8 @@ impl Session {
             in_bdat: false,
             bdat_failed: None,
             pipelining_violation: false,
+            pause: None,
+            pending: None,
         }
     }
 
@@ -260,21 +277,48 @@ impl Session {
         self.pipelining_violation = true;
     }
 
-    /// Whether replies should be delayed (`smtpd_soft_error_limit`).
-    pub fn error_pause(&self) -> Option<Duration> {
-        (self.errors > self.set.soft_error_limit).then_some(self.set.error_sleep)
+    /// How long to wait before the reply: `sleep N` of the restrictions,
+    /// or `smtpd_error_sleep_time` past `smtpd_soft_error_limit`.
+    pub fn take_pause(&mut self) -> Option<Duration> {
+        let err = (self.errors > self.set.soft_error_limit).then_some(self.set.error_sleep);
+        match (self.pause.take(), err) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Keeps what a verdict says besides its reply: log lines, a pause.
+    fn absorb(&mut self, v: &Verdict) {
+        let id = self.tx.as_ref().and_then(|t| t.queue_id.clone());
+        let proto = if self.esmtp { "ESMTP" } else { "SMTP" };
+        for l in &v.log {
+            let line = l.line(id.as_deref(), &self.last_verb, Some(proto));
+            self.logs.push(line);
+        }
+        if !self.gate.delay_reject() {
+            self.pending = v.pending_defer.clone();
+        }
+        if let Some(d) = v.sleep {
+            self.pause = Some(self.pause.map_or(d, |p| p.max(d)));
+        }
     }
 
     fn view<'a>(&'a self, recipient: Option<&'a str>) -> View<'a> {
+        let t = self.tx.as_ref();
         View {
             client: &self.client,
             helo: self.helo.as_deref(),
-            sender: self.tx.as_ref().map(|t| t.sender.as_str()),
+            sender: t.map(|t| t.sender.as_str()),
             recipient,
-            rcpt_count: self.tx.as_ref().map_or(0, |t| t.rcpts.len()),
+            etrn_domain: None,
+            rcpt_count: t.map_or(0, |t| t.rcpts.len()),
             pipelining_violation: self.pipelining_violation,
             tls: false,
+            smtputf8: t.is_some_and(|t| t.params.smtputf8),
             sasl_username: None,
+            discarded: t.is_some_and(|t| t.verdict.discard.is_some()),
+            held: t.is_some_and(|t| t.verdict.hold.is_some()),
+            pending_defer: self.pending.as_ref(),
         }
     }
 
@@ -285,7 +329,7 @@ impl Session {
             .push(format!("connect from {}", self.client.label()));
         if !self.gate.delay_reject() {
             let v = self.gate.ask(Ask::Connect, &self.view(None));
-            self.logs.extend(v.log.iter().cloned());
+            self.absorb(&v);
             if let Some(r) = v.reply {
                 self.log_reject("CONNECT", &r, None);
                 // Postfix answers every command with the refusal; closing
@@ -451,15 +495,27 @@ impl Session {
                 }
                 Step::Reply(pl(252, "2.0.0", &a))
             }
-            Command::Etrn(_) => {
+            Command::Etrn(domain) => {
                 self.last_verb = "ETRN".into();
+                let mut view = self.view(None);
+                view.etrn_domain = Some(&domain);
+                let v = self.gate.ask(Ask::Etrn, &view);
+                self.absorb(&v);
                 self.count("etrn", false);
+                if let Some(r) = v.reply {
+                    self.log_reject("ETRN", &r, None);
+                    return if v.hangup {
+                        Step::Close(r)
+                    } else {
+                        self.error(r)
+                    };
+                }
                 // No fast-flush service: Postfix answers so for a site
                 // not in fast_flush_domains.
                 self.error(pl(
                     459,
                     "4.7.1",
-                    "Error: fast flush service is not available",
+                    &format!("<{domain}>: service unavailable"),
                 ))
             }
             Command::Quit => {
@@ -540,7 +596,7 @@ impl Session {
         self.esmtp = esmtp;
         if !self.gate.delay_reject() {
             let v = self.gate.ask(Ask::Helo, &self.view(None));
-            self.logs.extend(v.log.iter().cloned());
+            self.absorb(&v);
             if let Some(r) = v.reply {
                 self.count(verb, false);
                 self.log_reject(&self.last_verb.clone(), &r, None);
@@ -599,7 +655,7 @@ impl Session {
         });
         if !self.gate.delay_reject() {
             let v = self.gate.ask(Ask::Mail, &self.view(None));
-            self.logs.extend(v.log.iter().cloned());
+            self.absorb(&v);
             if let Some(r) = v.reply {
                 self.count("mail", false);
                 self.log_reject("MAIL", &r, None);
@@ -653,7 +709,7 @@ impl Session {
             return self.error(pl(452, "4.5.3", "Error: too many recipients"));
         }
         let v = self.gate.ask(Ask::Rcpt, &self.view(Some(&rcpt)));
-        self.logs.extend(v.log.iter().cloned());
+        self.absorb(&v);
         if let Some(r) = v.reply {
             self.count("rcpt", false);
             self.log_reject("RCPT", &r, Some(&rcpt));
@@ -701,7 +757,7 @@ impl Session {
             return Err(self.error(pl(554, "5.5.1", "Error: no valid recipients")));
         }
         let v = self.gate.ask(Ask::Data, &self.view(None));
-        self.logs.extend(v.log.iter().cloned());
+        self.absorb(&v);
         if let Some(r) = v.reply {
             self.count(verb, false);
             self.log_reject(&verb.to_ascii_uppercase(), &r, None);

@@ -52,6 +52,15 @@ fn group() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// A loopback TCP port nothing listens on now (the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `cond` every 20 ms for up to `secs`; panics naming `what`.
 pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
@@ -153,6 +162,27 @@ impl Instance {
             log,
             master: None,
         }
+    }
+
+    /// Adds an smtpd listening on a free loopback port; returns the port.
+    pub fn with_smtpd(&mut self) -> u16 {
+        let port = free_port();
+        let path = Path::new(&self.etc).join("master.cf");
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str(&format!(
+            "127.0.0.1:{port} inet n  -       n       -       -       smtpd\n"
+        ));
+        fs::write(&path, text).unwrap();
+        port
+    }
+
+    /// Appends lines to main.cf.
+    pub fn main_cf(&self, lines: &str) {
+        let path = Path::new(&self.etc).join("main.cf");
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str(lines);
+        text.push('\n');
+        fs::write(&path, text).unwrap();
     }
 
     /// Writes a file under the instance's top directory.

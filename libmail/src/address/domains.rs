@@ -124,7 +124,13 @@ impl DomainList {
 
     fn name_matches(&self, pattern: &str, d: &str) -> bool {
         if let Some(parent) = pattern.strip_prefix('.') {
-            return d.len() > parent.len() && d.ends_with(pattern);
+            // `.example.com` means "subdomains" only where parents do not
+            // match subdomains already; for a parameter listed in
+            // parent_domain_matches_subdomains Postfix 3.7 matches nothing
+            // with it (checked against Postfix: relay_domains =
+            // .relay.example relays neither x.relay.example nor
+            // relay.example). Matching more here would relay more.
+            return !self.parent_matches && d.len() > parent.len() && d.ends_with(pattern);
         }
         if d == pattern {
             return true;
@@ -159,6 +165,11 @@ mod tests {
         let r = DomainList::new("relay_domains", "example.com", true).unwrap();
         assert!(r.matches("x.example.com").unwrap());
         assert!(!r.matches("xexample.com").unwrap());
+        // With parents matching subdomains, a leading dot matches nothing
+        // (Postfix 3.7): never relay more than Postfix would.
+        let r = DomainList::new("relay_domains", ".relay.example", true).unwrap();
+        assert!(!r.matches("x.relay.example").unwrap());
+        assert!(!r.matches("relay.example").unwrap());
     }
 
     #[test]

@@ -1,0 +1,277 @@
+//! The restriction names smtpd knows, as Postfix 3.7 spells them (old
+//! names included), and what each takes after it in a list.
+//!
+//! Names are matched without regard to case. A name that is not here is a
+//! `smtpd_restriction_classes` name or an unknown restriction (a warning
+//! and `451 4.3.5 Server configuration error` when it is reached, as in
+//! Postfix).
+
+/// What an unsupported restriction takes after it in the list: it is
+/// consumed (and checked the way Postfix checks it) even though the
+/// restriction itself is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arg {
+    /// Nothing.
+    None,
+    /// A domain name (`reject_rbl_client zen.example`): consumed when
+    /// present; Postfix only warns when it is missing.
+    Domain,
+    /// A `type:table` (`check_client_mx_access hash:/x`): required.
+    Map,
+    /// A policy server (`check_policy_service inet:127.0.0.1:10023`):
+    /// required, with a `:`.
+    Server,
+}
+
+/// One restriction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    WarnIfReject,
+    Permit,
+    Defer,
+    Reject,
+    RejectUnauthPipelining,
+    DeferIfPermit,
+    DeferIfReject,
+    Sleep,
+    RejectPlaintextSession,
+    PermitInetInterfaces,
+    PermitMynetworks,
+    CheckClientAccess,
+    CheckReverseClientAccess,
+    CheckSaslAccess,
+    CheckHeloAccess,
+    RejectInvalidHelo,
+    RejectNonFqdnHelo,
+    PermitNakedIp,
+    CheckSenderAccess,
+    RejectNonFqdnSender,
+    RejectUnlistedSender,
+    RejectAuthSenderLoginMismatch,
+    RejectUnauthSenderLoginMismatch,
+    RejectKnownSenderLoginMismatch,
+    RejectSenderLoginMismatch,
+    CheckRecipientAccess,
+    PermitAuthDestination,
+    RejectUnauthDestination,
+    DeferUnauthDestination,
+    CheckRelayDomains,
+    PermitSaslAuthenticated,
+    RejectNonFqdnRecipient,
+    RejectUnlistedRecipient,
+    RejectMultiRecipientBounce,
+    CheckEtrnAccess,
+    /// Recognised, not implemented yet (needs DNS, the network, TLS client
+    /// certificates or address verification): skipped as DUNNO.
+    Unsupported(Arg),
+}
+
+const NAMES: &[(&str, Kind)] = &[
+    ("warn_if_reject", Kind::WarnIfReject),
+    ("permit", Kind::Permit),
+    ("defer", Kind::Defer),
+    ("reject", Kind::Reject),
+    ("reject_unauth_pipelining", Kind::RejectUnauthPipelining),
+    ("defer_if_permit", Kind::DeferIfPermit),
+    ("defer_if_reject", Kind::DeferIfReject),
+    ("sleep", Kind::Sleep),
+    ("reject_plaintext_session", Kind::RejectPlaintextSession),
+    ("permit_inet_interfaces", Kind::PermitInetInterfaces),
+    ("permit_mynetworks", Kind::PermitMynetworks),
+    ("check_client_access", Kind::CheckClientAccess),
+    (
+        "check_reverse_client_hostname_access",
+        Kind::CheckReverseClientAccess,
+    ),
+    ("check_sasl_access", Kind::CheckSaslAccess),
+    ("check_helo_access", Kind::CheckHeloAccess),
+    ("reject_invalid_helo_hostname", Kind::RejectInvalidHelo),
+    ("reject_invalid_hostname", Kind::RejectInvalidHelo),
+    ("reject_non_fqdn_helo_hostname", Kind::RejectNonFqdnHelo),
+    ("reject_non_fqdn_hostname", Kind::RejectNonFqdnHelo),
+    ("permit_naked_ip_address", Kind::PermitNakedIp),
+    ("check_sender_access", Kind::CheckSenderAccess),
+    ("reject_non_fqdn_sender", Kind::RejectNonFqdnSender),
+    ("reject_unlisted_sender", Kind::RejectUnlistedSender),
+    (
+        "reject_authenticated_sender_login_mismatch",
+        Kind::RejectAuthSenderLoginMismatch,
+    ),
+    (
+        "reject_unauthenticated_sender_login_mismatch",
+        Kind::RejectUnauthSenderLoginMismatch,
+    ),
+    (
+        "reject_known_sender_login_mismatch",
+        Kind::RejectKnownSenderLoginMismatch,
+    ),
+    (
+        "reject_sender_login_mismatch",
+        Kind::RejectSenderLoginMismatch,
+    ),
+    ("check_recipient_access", Kind::CheckRecipientAccess),
+    ("permit_auth_destination", Kind::PermitAuthDestination),
+    ("reject_unauth_destination", Kind::RejectUnauthDestination),
+    ("defer_unauth_destination", Kind::DeferUnauthDestination),
+    ("check_relay_domains", Kind::CheckRelayDomains),
+    ("permit_sasl_authenticated", Kind::PermitSaslAuthenticated),
+    ("reject_non_fqdn_recipient", Kind::RejectNonFqdnRecipient),
+    ("reject_unlisted_recipient", Kind::RejectUnlistedRecipient),
+    ("check_recipient_maps", Kind::RejectUnlistedRecipient),
+    (
+        "reject_multi_recipient_bounce",
+        Kind::RejectMultiRecipientBounce,
+    ),
+    ("check_etrn_access", Kind::CheckEtrnAccess),
+    // Recognised, not implemented yet.
+    ("check_policy_service", Kind::Unsupported(Arg::Server)),
+    (
+        "reject_unknown_client_hostname",
+        Kind::Unsupported(Arg::None),
+    ),
+    ("reject_unknown_client", Kind::Unsupported(Arg::None)),
+    (
+        "reject_unknown_reverse_client_hostname",
+        Kind::Unsupported(Arg::None),
+    ),
+    ("reject_maps_rbl", Kind::Unsupported(Arg::None)),
+    ("reject_rbl_client", Kind::Unsupported(Arg::Domain)),
+    ("reject_rbl", Kind::Unsupported(Arg::Domain)),
+    ("permit_dnswl_client", Kind::Unsupported(Arg::Domain)),
+    ("reject_rhsbl_client", Kind::Unsupported(Arg::Domain)),
+    ("permit_rhswl_client", Kind::Unsupported(Arg::Domain)),
+    (
+        "reject_rhsbl_reverse_client",
+        Kind::Unsupported(Arg::Domain),
+    ),
+    ("check_ccert_access", Kind::Unsupported(Arg::Map)),
+    ("check_client_ns_access", Kind::Unsupported(Arg::Map)),
+    ("check_client_mx_access", Kind::Unsupported(Arg::Map)),
+    ("check_client_a_access", Kind::Unsupported(Arg::Map)),
+    (
+        "check_reverse_client_hostname_ns_access",
+        Kind::Unsupported(Arg::Map),
+    ),
+    (
+        "check_reverse_client_hostname_mx_access",
+        Kind::Unsupported(Arg::Map),
+    ),
+    (
+        "check_reverse_client_hostname_a_access",
+        Kind::Unsupported(Arg::Map),
+    ),
+    ("reject_unknown_helo_hostname", Kind::Unsupported(Arg::None)),
+    ("reject_unknown_hostname", Kind::Unsupported(Arg::None)),
+    ("check_helo_ns_access", Kind::Unsupported(Arg::Map)),
+    ("check_helo_mx_access", Kind::Unsupported(Arg::Map)),
+    ("check_helo_a_access", Kind::Unsupported(Arg::Map)),
+    ("reject_rhsbl_helo", Kind::Unsupported(Arg::Domain)),
+    ("reject_unknown_sender_domain", Kind::Unsupported(Arg::None)),
+    ("reject_unknown_address", Kind::Unsupported(Arg::None)),
+    ("reject_unverified_sender", Kind::Unsupported(Arg::None)),
+    ("check_sender_ns_access", Kind::Unsupported(Arg::Map)),
+    ("check_sender_mx_access", Kind::Unsupported(Arg::Map)),
+    ("check_sender_a_access", Kind::Unsupported(Arg::Map)),
+    ("reject_rhsbl_sender", Kind::Unsupported(Arg::Domain)),
+    ("permit_mx_backup", Kind::Unsupported(Arg::None)),
+    ("permit_tls_all_clientcerts", Kind::Unsupported(Arg::None)),
+    ("permit_tls_clientcerts", Kind::Unsupported(Arg::None)),
+    (
+        "reject_unknown_recipient_domain",
+        Kind::Unsupported(Arg::None),
+    ),
+    ("check_recipient_ns_access", Kind::Unsupported(Arg::Map)),
+    ("check_recipient_mx_access", Kind::Unsupported(Arg::Map)),
+    ("check_recipient_a_access", Kind::Unsupported(Arg::Map)),
+    ("reject_rhsbl_recipient", Kind::Unsupported(Arg::Domain)),
+    ("reject_unverified_recipient", Kind::Unsupported(Arg::None)),
+];
+
+/// The restriction called `name` (any case).
+pub fn lookup(name: &str) -> Option<Kind> {
+    NAMES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, k)| *k)
+}
+
+/// For the `specify one of (...) before ... restriction` warning.
+pub const MAP_COMMANDS: &str = "check_client_access, check_reverse_client_hostname_access, \
+     check_helo_access, check_sender_access, check_recipient_access, check_etrn_access";
+
+/// Restrictions that count as relay control (Postfix's `rcpt_required`),
+/// in the order Postfix lists them.
+pub const RELAY_CONTROL: &[&str] = &[
+    "reject_unauth_destination",
+    "defer_unauth_destination",
+    "reject",
+    "defer",
+    "defer_if_permit",
+    "check_relay_domains",
+];
+
+/// The message that refuses a configuration without relay control.
+pub fn relay_control_error() -> String {
+    let n = RELAY_CONTROL.len();
+    let mut list = String::new();
+    for (i, r) in RELAY_CONTROL.iter().enumerate() {
+        list.push_str(r);
+        if i + 2 == n {
+            list.push_str(" or ");
+        } else if i + 1 < n {
+            list.push_str(", ");
+        }
+    }
+    format!(
+        "in parameter smtpd_relay_restrictions or smtpd_recipient_restrictions, \
+         specify at least one working instance of: {list}"
+    )
+}
+
+/// What skipping an unsupported restriction means, for the warning given
+/// once when the configuration is loaded.
+pub fn unsupported_warning(name: &str) -> String {
+    let effect = if name.to_ascii_lowercase().starts_with("permit") {
+        "it never permits"
+    } else {
+        "mail it would reject or defer is accepted"
+    };
+    format!(
+        "restriction \"{name}\" is not supported yet (it needs DNS, the network, \
+         TLS client certificates or address verification): it is skipped as DUNNO, \
+         so {effect}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_ignore_case_and_old_names_map_to_new() {
+        assert_eq!(lookup("PERMIT_MyNetworks"), Some(Kind::PermitMynetworks));
+        assert_eq!(
+            lookup("reject_invalid_hostname"),
+            lookup("reject_invalid_helo_hostname")
+        );
+        assert_eq!(
+            lookup("check_recipient_maps"),
+            Some(Kind::RejectUnlistedRecipient)
+        );
+        assert_eq!(
+            lookup("reject_rbl_client"),
+            Some(Kind::Unsupported(Arg::Domain))
+        );
+        assert_eq!(lookup("my_class"), None);
+    }
+
+    #[test]
+    fn relay_control_message_is_postfix_s() {
+        assert_eq!(
+            relay_control_error(),
+            "in parameter smtpd_relay_restrictions or smtpd_recipient_restrictions, \
+             specify at least one working instance of: reject_unauth_destination, \
+             defer_unauth_destination, reject, defer, defer_if_permit or check_relay_domains"
+        );
+    }
+}

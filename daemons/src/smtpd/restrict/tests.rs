@@ -1,0 +1,1629 @@
+//! Tests of the restriction engine: a main.cf text and texthash tables in
+//! a temporary directory, the decision for a set of facts, and the exact
+//! reply, actions and log lines Postfix 3.7 gives for it (checked against
+//! a running Postfix 3.7.11 where the source left room for doubt).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use libmail::address::resolve::Resolver;
+use libmail::config::maincf::MainCf;
+use libmail::config::params::Params;
+
+use super::*;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+const BASE: &str = "compatibility_level = 3.6
+myhostname = mx.example.com
+mydomain = example.com
+myorigin = example.com
+mydestination = mx.example.com, localhost, example.com
+mynetworks = 10.0.0.0/8
+alias_maps =
+local_recipient_maps = texthash:{dir}/users
+";
+
+/// A scratch configuration directory, removed afterwards.
+struct Setup {
+    dir: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = std::env::temp_dir().join(format!(
+            "facteur-restrict-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Setup { dir };
+        s.table("users", "alice x\nbob x\n");
+        s
+    }
+
+    /// Writes a table source; `texthash:{dir}/NAME` names it in main.cf.
+    fn table(&self, name: &str, content: &str) {
+        std::fs::write(self.dir.join(name), content).unwrap();
+    }
+
+    fn params(&self, extra: &str) -> Params {
+        let text = format!("{BASE}{extra}\n").replace("{dir}", self.dir.to_str().unwrap());
+        let (m, _) = MainCf::parse(&text, "/x/main.cf");
+        Params::new(self.dir.to_str().unwrap(), m)
+    }
+
+    fn load(&self, extra: &str) -> Result<Restrictions, String> {
+        let p = self.params(extra);
+        let resolver = Arc::new(Resolver::new(&p).unwrap());
+        Restrictions::from_params(&p, resolver)
+    }
+
+    fn rules(&self, extra: &str) -> Restrictions {
+        self.load(extra).unwrap()
+    }
+}
+
+fn stranger<'a>() -> Facts<'a> {
+    Facts {
+        helo: Some("mx.client.example"),
+        sender: Some("sender@example.net"),
+        ..Facts::new(
+            "192.0.2.1".parse().unwrap(),
+            "client.example",
+            "client.example",
+        )
+    }
+}
+
+fn rcpt(r: &str) -> Facts<'_> {
+    Facts {
+        recipient: Some(r),
+        ..stranger()
+    }
+}
+
+/// The reply as logs show it, or `permit`.
+fn said(d: &Decision) -> String {
+    d.reply
+        .as_ref()
+        .map_or_else(|| "permit".to_string(), Reply::log_form)
+}
+
+fn warnings(d: &Decision) -> Vec<String> {
+    d.log
+        .iter()
+        .filter_map(|l| match l {
+            Log::Warning(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(d: &Decision) -> Vec<String> {
+    d.log
+        .iter()
+        .filter_map(|l| match l {
+            Log::Event(e) => Some(e.line(None, "RCPT", Some("ESMTP"))),
+            _ => None,
+        })
+        .collect()
+}
+
+// ----- relay control -----
+
+#[test]
+fn relay_control_is_required_with_postfix_wording() {
+    let s = Setup::new();
+    let want = "in parameter smtpd_relay_restrictions or smtpd_recipient_restrictions, \
+                specify at least one working instance of: reject_unauth_destination, \
+                defer_unauth_destination, reject, defer, defer_if_permit or check_relay_domains";
+    assert_eq!(
+        s.load("smtpd_relay_restrictions = permit_mynetworks")
+            .unwrap_err(),
+        want
+    );
+    // warn_if_reject X does not count X; a permit ends the search.
+    assert_eq!(
+        s.load("smtpd_relay_restrictions = warn_if_reject reject, permit")
+            .unwrap_err(),
+        want
+    );
+    assert_eq!(
+        s.load("smtpd_relay_restrictions = permit, reject_unauth_destination")
+            .unwrap_err(),
+        want
+    );
+    // Names are case-insensitive; classes count.
+    assert!(s
+        .load("smtpd_relay_restrictions = REJECT_unauth_destination")
+        .is_ok());
+    assert!(s
+        .load(
+            "smtpd_relay_restrictions = guard\nsmtpd_restriction_classes = guard\n\
+             guard = permit_mynetworks, defer_unauth_destination"
+        )
+        .is_ok());
+    // Either list may hold it.
+    assert!(s
+        .load(
+            "smtpd_relay_restrictions =\nsmtpd_recipient_restrictions = reject_unauth_destination"
+        )
+        .is_ok());
+}
+
+#[test]
+fn default_relay_list_defers_unauthorised_relay_with_454() {
+    let s = Setup::new();
+    let r = s.rules("");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("x@elsewhere.example"))),
+        "454 4.7.1 <x@elsewhere.example>: Relay access denied"
+    );
+    let trusted = Facts {
+        client_addr: "10.1.2.3".parse().unwrap(),
+        ..rcpt("x@elsewhere.example")
+    };
+    assert_eq!(said(&r.check_rcpt(&trusted)), "permit");
+    let authed = Facts {
+        sasl_username: Some("alice"),
+        ..rcpt("x@elsewhere.example")
+    };
+    assert_eq!(said(&r.check_rcpt(&authed)), "permit");
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+}
+
+#[test]
+fn relay_list_runs_before_recipient_list_from_level_3_6() {
+    let s = Setup::new();
+    let first = s.rules("smtpd_recipient_restrictions = reject_unauth_destination");
+    assert_eq!(
+        said(&first.check_rcpt(&rcpt("x@elsewhere.example"))),
+        "454 4.7.1 <x@elsewhere.example>: Relay access denied"
+    );
+    let old = s.rules(
+        "smtpd_recipient_restrictions = reject_unauth_destination\n\
+         smtpd_relay_before_recipient_restrictions = no",
+    );
+    assert_eq!(
+        said(&old.check_rcpt(&rcpt("x@elsewhere.example"))),
+        "554 5.7.1 <x@elsewhere.example>: Relay access denied"
+    );
+    let code = s.rules(
+        "smtpd_relay_restrictions = reject_unauth_destination\nrelay_domains_reject_code = 550",
+    );
+    assert_eq!(
+        said(&code.check_rcpt(&rcpt("x@elsewhere.example"))),
+        "550 5.7.1 <x@elsewhere.example>: Relay access denied"
+    );
+}
+
+#[test]
+fn permit_auth_destination_covers_every_final_and_relay_class() {
+    let s = Setup::new();
+    s.table("va", "known@valias.example x\n");
+    let r = s.rules(
+        "smtpd_relay_restrictions = permit_auth_destination, reject\n\
+         virtual_alias_domains = valias.example\nvirtual_alias_maps = texthash:{dir}/va\n\
+         virtual_mailbox_domains = vbox.example\nrelay_domains = relay.example",
+    );
+    for ok in [
+        "alice@example.com",
+        "known@valias.example",
+        "any@vbox.example",
+        "any@sub.relay.example",
+    ] {
+        assert_eq!(said(&r.check_rcpt(&rcpt(ok))), "permit", "{ok}");
+    }
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("x@elsewhere.example"))),
+        "554 5.7.1 <x@elsewhere.example>: Recipient address rejected: Access denied"
+    );
+}
+
+#[test]
+fn source_routed_recipients_are_not_authorised_destinations() {
+    let s = Setup::new();
+    s.table("rcpt", "relay.example OK\n");
+    let r = s.rules(
+        "relay_domains = relay.example\n\
+         smtpd_relay_restrictions = check_recipient_access texthash:{dir}/rcpt, reject_unauth_destination",
+    );
+    assert_eq!(said(&r.check_rcpt(&rcpt("u@relay.example"))), "permit");
+    // user%elsewhere@relay: the OK counts as DUNNO, and relaying is refused.
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("u%elsewhere.example@relay.example"))),
+        "554 5.7.1 <u%elsewhere.example@relay.example>: Relay access denied"
+    );
+    let allowed = s.rules(
+        "relay_domains = relay.example\nallow_untrusted_routing = yes\n\
+         smtpd_relay_restrictions = check_recipient_access texthash:{dir}/rcpt, reject_unauth_destination",
+    );
+    assert_eq!(
+        said(&allowed.check_rcpt(&rcpt("u%elsewhere.example@relay.example"))),
+        "permit"
+    );
+}
+
+// ----- the evaluation model -----
+
+#[test]
+fn client_reject_is_answered_at_rcpt_with_delay_reject() {
+    let s = Setup::new();
+    let r = s.rules("smtpd_client_restrictions = reject");
+    assert!(r.delay_reject());
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("alice@example.com"))),
+        "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: Access denied"
+    );
+    // The bare postmaster is always accepted.
+    assert_eq!(said(&r.check_rcpt(&rcpt("postmaster"))), "permit");
+    assert_eq!(said(&r.check_rcpt(&rcpt("PostMaster"))), "permit");
+    // With delay_reject = no the client list answers at connect only.
+    let now = s.rules("smtpd_client_restrictions = reject\nsmtpd_delay_reject = no");
+    assert!(!now.delay_reject());
+    assert_eq!(
+        said(&now.check(
+            Stage::Client,
+            &Facts::new("192.0.2.1".parse().unwrap(), "unknown", "unknown")
+        )),
+        "554 5.7.1 <unknown[192.0.2.1]>: Client host rejected: Access denied"
+    );
+    assert_eq!(said(&now.check_rcpt(&rcpt("alice@example.com"))), "permit");
+}
+
+#[test]
+fn delayed_lists_run_in_postfix_order_at_rcpt() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_client_restrictions = reject_unauth_pipelining\n\
+         smtpd_helo_restrictions = reject_non_fqdn_helo_hostname\n\
+         smtpd_sender_restrictions = reject_non_fqdn_sender\n\
+         smtpd_relay_restrictions = reject_non_fqdn_recipient, defer_unauth_destination",
+    );
+    let all_bad = Facts {
+        helo: Some("x"),
+        sender: Some("a@localhost"),
+        pipelining_violation: true,
+        ..rcpt("bob")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&all_bad)),
+        "503 5.5.0 <client.example[192.0.2.1]>: Client host rejected: Improper use of SMTP command pipelining"
+    );
+    let f = Facts {
+        pipelining_violation: false,
+        ..all_bad.clone()
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "504 5.5.2 <x>: Helo command rejected: need fully-qualified hostname"
+    );
+    let f = Facts {
+        helo: Some("x.example"),
+        ..f
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "504 5.5.2 <a@localhost>: Sender address rejected: need fully-qualified address"
+    );
+    let f = Facts {
+        sender: Some("a@example.net"),
+        ..f
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "504 5.5.2 <bob>: Recipient address rejected: need fully-qualified address"
+    );
+    // Without HELO (not required), the HELO list has nothing to check.
+    let f = Facts {
+        helo: None,
+        ..rcpt("bob@example.com")
+    };
+    assert_eq!(said(&r.check_rcpt(&f)), "permit");
+}
+
+#[test]
+fn permit_ends_only_its_own_list() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_client_restrictions = permit_mynetworks, reject\n\
+         smtpd_sender_restrictions = reject",
+    );
+    let trusted = Facts {
+        client_addr: "10.0.0.7".parse().unwrap(),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&trusted)),
+        "554 5.7.1 <sender@example.net>: Sender address rejected: Access denied"
+    );
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(
+        said(&d),
+        "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: Access denied"
+    );
+}
+
+#[test]
+fn unlisted_recipients_are_rejected_even_for_trusted_clients() {
+    let s = Setup::new();
+    let r = s.rules("");
+    let trusted = |a: &'static str| Facts {
+        client_addr: "10.9.9.9".parse().unwrap(),
+        ..rcpt(a)
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&trusted("carol@example.com"))),
+        "550 5.1.1 <carol@example.com>: Recipient address rejected: User unknown in local recipient table"
+    );
+    assert_eq!(said(&r.check_rcpt(&trusted("alice@example.com"))), "permit");
+    // The local part is looked up with the extension removed and alone.
+    assert_eq!(said(&r.check_rcpt(&trusted("Alice@Example.COM"))), "permit");
+    for special in [
+        "postmaster@example.com",
+        "MAILER-DAEMON@example.com",
+        "double-bounce@example.com",
+    ] {
+        assert_eq!(
+            said(&r.check_rcpt(&trusted(special))),
+            "permit",
+            "{special}"
+        );
+    }
+    let plain =
+        s.rules("show_user_unknown_table_name = no\nunknown_local_recipient_reject_code = 450");
+    assert_eq!(
+        said(&plain.check_rcpt(&rcpt("carol@example.com"))),
+        "450 4.1.1 <carol@example.com>: Recipient address rejected: User unknown"
+    );
+    let off = s.rules("smtpd_reject_unlisted_recipient = no");
+    assert_eq!(said(&off.check_rcpt(&rcpt("carol@example.com"))), "permit");
+    let none = s.rules("local_recipient_maps =");
+    assert_eq!(said(&none.check_rcpt(&rcpt("carol@example.com"))), "permit");
+}
+
+#[test]
+fn recipient_validation_follows_the_address_class() {
+    let s = Setup::new();
+    s.table("va", "known@valias.example x\n");
+    s.table("vm", "box@vbox.example x\n");
+    s.table("rr", "r@relay.example x\n");
+    let conf = "virtual_alias_domains = valias.example\nvirtual_alias_maps = texthash:{dir}/va\n\
+                virtual_mailbox_domains = vbox.example\nvirtual_mailbox_maps = texthash:{dir}/vm\n\
+                relay_domains = relay.example\nrelay_recipient_maps = texthash:{dir}/rr\n";
+    let r = s.rules(conf);
+    let cases = [
+        ("known@valias.example", "permit"),
+        (
+            "u@valias.example",
+            "550 5.1.1 <u@valias.example>: Recipient address rejected: User unknown in virtual alias table",
+        ),
+        ("box@vbox.example", "permit"),
+        (
+            "u@vbox.example",
+            "550 5.1.1 <u@vbox.example>: Recipient address rejected: User unknown in virtual mailbox table",
+        ),
+        ("r@relay.example", "permit"),
+        (
+            "z@relay.example",
+            "550 5.1.1 <z@relay.example>: Recipient address rejected: User unknown in relay recipient table",
+        ),
+    ];
+    for (a, want) in cases {
+        assert_eq!(said(&r.check_rcpt(&rcpt(a))), want, "{a}");
+    }
+    let codes = s.rules(&format!(
+        "{conf}unknown_virtual_alias_reject_code = 551\nunknown_virtual_mailbox_reject_code = 552\n\
+         unknown_relay_recipient_reject_code = 553\nshow_user_unknown_table_name = no"
+    ));
+    assert_eq!(
+        said(&codes.check_rcpt(&rcpt("u@valias.example"))),
+        "551 5.1.1 <u@valias.example>: Recipient address rejected: User unknown"
+    );
+    assert_eq!(
+        said(&codes.check_rcpt(&rcpt("u@vbox.example"))),
+        "552 5.1.1 <u@vbox.example>: Recipient address rejected: User unknown"
+    );
+    assert_eq!(
+        said(&codes.check_rcpt(&rcpt("z@relay.example"))),
+        "553 5.1.1 <z@relay.example>: Recipient address rejected: User unknown"
+    );
+    // An empty relay_recipient_maps accepts every relay recipient.
+    let open = s.rules("relay_domains = relay.example");
+    assert_eq!(said(&open.check_rcpt(&rcpt("z@relay.example"))), "permit");
+    // A virtual alias match makes any address valid.
+    s.table("va2", "carol@example.com alice\n");
+    let aliased = s.rules("virtual_alias_maps = texthash:{dir}/va2");
+    assert_eq!(
+        said(&aliased.check_rcpt(&rcpt("carol@example.com"))),
+        "permit"
+    );
+}
+
+#[test]
+fn unlisted_senders_get_the_sender_status_code() {
+    let s = Setup::new();
+    let r = s.rules("smtpd_reject_unlisted_sender = yes");
+    let f = Facts {
+        sender: Some("nobody@example.com"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "550 5.1.0 <nobody@example.com>: Sender address rejected: User unknown in local recipient table"
+    );
+    let null = Facts {
+        sender: Some(""),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&r.check_rcpt(&null)), "permit");
+    let explicit = s.rules("smtpd_sender_restrictions = reject_unlisted_sender");
+    assert_eq!(
+        said(&explicit.check_rcpt(&f)),
+        "550 5.1.0 <nobody@example.com>: Sender address rejected: User unknown in local recipient table"
+    );
+    let now = s.rules("smtpd_reject_unlisted_sender = yes\nsmtpd_delay_reject = no");
+    assert_eq!(
+        said(&now.check(Stage::Sender, &f)),
+        "550 5.1.0 <nobody@example.com>: Sender address rejected: User unknown in local recipient table"
+    );
+}
+
+#[test]
+fn warn_if_reject_logs_the_next_restriction_only() {
+    let s = Setup::new();
+    let r = s.rules("smtpd_helo_restrictions = warn_if_reject reject_non_fqdn_helo_hostname, reject_invalid_helo_hostname");
+    let f = Facts {
+        helo: Some("x"),
+        ..rcpt("alice@example.com")
+    };
+    let d = r.check_rcpt(&f);
+    assert_eq!(said(&d), "permit");
+    assert_eq!(
+        events(&d),
+        vec![
+            "NOQUEUE: reject_warning: RCPT from client.example[192.0.2.1]: 504 5.5.2 <x>: \
+              Helo command rejected: need fully-qualified hostname; from=<sender@example.net> \
+              to=<alice@example.com> proto=ESMTP helo=<x>"
+        ]
+    );
+    let bad = Facts {
+        helo: Some("a..b"),
+        ..f
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&bad)),
+        "501 5.5.2 <a..b>: Helo command rejected: Invalid name"
+    );
+    // Configuration errors are never softened.
+    let e = s.rules("smtpd_client_restrictions = warn_if_reject no_such_restriction");
+    assert_eq!(
+        said(&e.check_rcpt(&rcpt("alice@example.com"))),
+        "451 4.3.5 Server configuration error"
+    );
+}
+
+#[test]
+fn defer_if_permit_turns_the_final_permit_into_450() {
+    let s = Setup::new();
+    let r = s.rules("smtpd_client_restrictions = defer_if_permit");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("alice@example.com"))),
+        "450 4.7.0 <client.example[192.0.2.1]>: Client host rejected: defer_if_permit requested"
+    );
+    // A reject later on still wins.
+    let rej =
+        s.rules("smtpd_client_restrictions = defer_if_permit\nsmtpd_sender_restrictions = reject");
+    assert_eq!(
+        said(&rej.check_rcpt(&rcpt("alice@example.com"))),
+        "554 5.7.1 <sender@example.net>: Sender address rejected: Access denied"
+    );
+    // With delay_reject = no it is carried from the client stage to RCPT.
+    let now = s.rules("smtpd_client_restrictions = defer_if_permit\nsmtpd_delay_reject = no");
+    let c = now.check(Stage::Client, &stranger());
+    assert_eq!(said(&c), "permit");
+    let pending = c.pending_defer.clone().expect("pending");
+    let h = now.check(
+        Stage::Helo,
+        &Facts {
+            pending_defer: Some(&pending),
+            ..stranger()
+        },
+    );
+    let pending = h.pending_defer.clone().expect("carried through HELO");
+    let f = Facts {
+        pending_defer: Some(&pending),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&now.check_rcpt(&f)),
+        "450 4.7.0 <client.example[192.0.2.1]>: Client host rejected: defer_if_permit requested"
+    );
+    // Data starts afresh.
+    assert_eq!(said(&now.check(Stage::Data, &f)), "permit");
+}
+
+#[test]
+fn defer_if_reject_turns_a_later_5xx_into_450() {
+    let s = Setup::new();
+    let r = s.rules("smtpd_sender_restrictions = defer_if_reject, reject");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("alice@example.com"))),
+        "450 4.7.0 <sender@example.net>: Sender address rejected: defer_if_reject requested"
+    );
+    // It lasts one stage: the recipient list's reject stays a 554.
+    let next = s.rules(
+        "smtpd_sender_restrictions = defer_if_reject\nsmtpd_recipient_restrictions = reject",
+    );
+    assert_eq!(
+        said(&next.check_rcpt(&rcpt("alice@example.com"))),
+        "554 5.7.1 <alice@example.com>: Recipient address rejected: Access denied"
+    );
+}
+
+#[test]
+fn soft_bounce_turns_5xx_into_4xx() {
+    let s = Setup::new();
+    let r = s.rules("soft_bounce = yes\nsmtpd_relay_restrictions = reject_unauth_destination");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("x@elsewhere.example"))),
+        "454 4.7.1 <x@elsewhere.example>: Relay access denied"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("carol@example.com"))),
+        "450 4.1.1 <carol@example.com>: Recipient address rejected: User unknown in local recipient table"
+    );
+}
+
+#[test]
+fn reply_codes_come_from_their_parameters() {
+    let s = Setup::new();
+    let r = s.rules(
+        "reject_code = 550\ndefer_code = 451\nsmtpd_sender_restrictions = reject\n\
+         smtpd_data_restrictions = defer",
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("alice@example.com"))),
+        "550 5.7.1 <sender@example.net>: Sender address rejected: Access denied"
+    );
+    assert_eq!(
+        said(&r.check(Stage::Data, &rcpt("alice@example.com"))),
+        "451 4.3.2 <DATA>: Data command rejected: Try again later"
+    );
+    let p = s
+        .rules("plaintext_reject_code = 530\nsmtpd_sender_restrictions = reject_plaintext_session");
+    assert_eq!(
+        said(&p.check_rcpt(&rcpt("alice@example.com"))),
+        "530 5.7.1 Session encryption is required"
+    );
+    let tls = Facts {
+        tls: true,
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&p.check_rcpt(&tls)), "permit");
+    let n = s.rules(
+        "non_fqdn_reject_code = 550\ninvalid_hostname_reject_code = 550\n\
+         smtpd_helo_restrictions = reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname",
+    );
+    let f = Facts {
+        helo: Some("[::1]"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&n.check_rcpt(&f)),
+        "550 5.5.2 <[::1]>: Helo command rejected: invalid ip address"
+    );
+}
+
+// ----- HELO, sender and recipient syntax -----
+
+#[test]
+fn helo_hostname_checks_match_postfix() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_helo_restrictions = reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname",
+    );
+    let cases = [
+        (
+            "a_b..c",
+            "501 5.5.2 <a_b..c>: Helo command rejected: Invalid name",
+        ),
+        ("[1.2.3.4]", "permit"),
+        (
+            "[::1]",
+            "501 5.5.2 <[::1]>: Helo command rejected: invalid ip address",
+        ),
+        ("[IPv6:::1]", "permit"),
+        (
+            "1.2.3.4",
+            "504 5.5.2 <1.2.3.4>: Helo command rejected: need fully-qualified hostname",
+        ),
+        (
+            "host.",
+            "504 5.5.2 <host.>: Helo command rejected: need fully-qualified hostname",
+        ),
+        (
+            "x-.example",
+            "501 5.5.2 <x-.example>: Helo command rejected: Invalid name",
+        ),
+        (
+            "-x.example",
+            "501 5.5.2 <-x.example>: Helo command rejected: Invalid name",
+        ),
+        ("mx.client.example.", "permit"),
+    ];
+    for (helo, want) in cases {
+        let f = Facts {
+            helo: Some(helo),
+            ..rcpt("alice@example.com")
+        };
+        assert_eq!(said(&r.check_rcpt(&f)), want, "{helo}");
+    }
+}
+
+#[test]
+fn non_fqdn_addresses_are_rejected_by_context() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_sender_restrictions = reject_non_fqdn_sender\n\
+         smtpd_recipient_restrictions = reject_non_fqdn_recipient",
+    );
+    let f = Facts {
+        sender: Some("a@localhost"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "504 5.5.2 <a@localhost>: Sender address rejected: need fully-qualified address"
+    );
+    let null = Facts {
+        sender: Some(""),
+        ..rcpt("alice")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&null)),
+        "504 5.5.2 <alice>: Recipient address rejected: need fully-qualified address"
+    );
+    let literal = Facts {
+        client_addr: "10.0.0.1".parse().unwrap(),
+        ..rcpt("alice@[192.0.2.9]")
+    };
+    assert_eq!(said(&r.check_rcpt(&literal)), "permit");
+    let ascii = Facts {
+        client_addr: "10.0.0.1".parse().unwrap(),
+        ..rcpt("alice@bücher.example")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&ascii)),
+        "504 5.5.2 <alice@bücher.example>: Recipient address rejected: need fully-qualified address"
+    );
+    let utf8 = Facts {
+        smtputf8: true,
+        ..ascii
+    };
+    assert_eq!(said(&r.check_rcpt(&utf8)), "permit", "SMTPUTF8 allows it");
+}
+
+#[test]
+fn multi_recipient_bounces_are_refused() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_recipient_restrictions = reject_multi_recipient_bounce\n\
+         smtpd_data_restrictions = reject_multi_recipient_bounce",
+    );
+    let first = Facts {
+        sender: Some(""),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&r.check_rcpt(&first)), "permit");
+    let second = Facts {
+        rcpt_count: 1,
+        recipient: Some("bob@example.com"),
+        ..first.clone()
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&second)),
+        "550 5.5.3 <bob@example.com>: Recipient address rejected: Multi-recipient bounce"
+    );
+    assert_eq!(said(&r.check(Stage::Data, &first)), "permit");
+    let data = Facts {
+        rcpt_count: 2,
+        ..first
+    };
+    assert_eq!(
+        said(&r.check(Stage::Data, &data)),
+        "550 5.5.3 <DATA>: Data command rejected: Multi-recipient bounce"
+    );
+}
+
+#[test]
+fn pipelining_plaintext_and_end_of_data_texts() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_data_restrictions = reject_unauth_pipelining\n\
+         smtpd_end_of_data_restrictions = reject",
+    );
+    let f = Facts {
+        pipelining_violation: true,
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check(Stage::Data, &f)),
+        "503 5.5.0 <DATA>: Data command rejected: Improper use of SMTP command pipelining"
+    );
+    assert_eq!(
+        said(&r.check(Stage::Data, &rcpt("alice@example.com"))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check(Stage::EndOfData, &f)),
+        "554 5.7.1 <END-OF-MESSAGE>: End-of-data rejected: Access denied"
+    );
+}
+
+// ----- access tables -----
+
+#[test]
+fn access_reject_and_defer_texts() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "spam@example.net REJECT\ntext@example.net REJECT Go away\n\
+         dsn@example.net REJECT 4.7.9 Custom\nlater@example.net DEFER\n\
+         later2@example.net DEFER come back\n",
+    );
+    let r = s.rules("smtpd_sender_restrictions = check_sender_access texthash:{dir}/access");
+    let cases = [
+        (
+            "spam@example.net",
+            "554 5.7.1 <spam@example.net>: Sender address rejected: Access denied",
+        ),
+        (
+            "text@example.net",
+            "554 5.7.1 <text@example.net>: Sender address rejected: Go away",
+        ),
+        (
+            "dsn@example.net",
+            "554 5.7.9 <dsn@example.net>: Sender address rejected: Custom",
+        ),
+        (
+            "later@example.net",
+            "450 4.7.1 <later@example.net>: Sender address rejected: Access denied",
+        ),
+        (
+            "later2@example.net",
+            "450 4.7.1 <later2@example.net>: Sender address rejected: come back",
+        ),
+    ];
+    for (sender, want) in cases {
+        let f = Facts {
+            sender: Some(sender),
+            ..rcpt("alice@example.com")
+        };
+        assert_eq!(said(&r.check_rcpt(&f)), want, "{sender}");
+    }
+    let codes = s.rules(
+        "access_map_reject_code = 550\naccess_map_defer_code = 451\n\
+         smtpd_sender_restrictions = check_sender_access texthash:{dir}/access",
+    );
+    let f = Facts {
+        sender: Some("spam@example.net"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&codes.check_rcpt(&f)),
+        "550 5.7.1 <spam@example.net>: Sender address rejected: Access denied"
+    );
+    let f = Facts {
+        sender: Some("later@example.net"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&codes.check_rcpt(&f)),
+        "451 4.7.1 <later@example.net>: Sender address rejected: Access denied"
+    );
+}
+
+#[test]
+fn access_numeric_results() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "five@example.net 550 5.1.1 Nope here\nfour@example.net 450 go away\n\
+         bare@example.net 550\nstamp@example.net 1700000000\nbye@example.net 421 closing\n",
+    );
+    let r =
+        s.rules("smtpd_sender_restrictions = check_sender_access texthash:{dir}/access, reject");
+    let ask = |sender: &'static str| {
+        r.check_rcpt(&Facts {
+            sender: Some(sender),
+            ..rcpt("alice@example.com")
+        })
+    };
+    // Postfix 3.7 sends a recipient 5.1.1 given for a sender as 5.1.7.
+    let d = ask("five@example.net");
+    assert_eq!(
+        said(&d),
+        "550 5.1.7 <five@example.net>: Sender address rejected: Nope here"
+    );
+    assert!(d.log.contains(&Log::Info(
+        "mapping DSN status 5.1.1 into Sender address status 5.1.7".into()
+    )));
+    assert_eq!(
+        said(&ask("four@example.net")),
+        "450 4.7.1 <four@example.net>: Sender address rejected: go away"
+    );
+    // A code without text is all-numeric, which means OK.
+    assert_eq!(said(&ask("bare@example.net")), "permit");
+    assert_eq!(said(&ask("stamp@example.net")), "permit");
+    let d = ask("bye@example.net");
+    assert_eq!(
+        said(&d),
+        "421 4.7.1 <bye@example.net>: Sender address rejected: closing"
+    );
+    assert!(d.hangup());
+}
+
+#[test]
+fn access_ok_ends_the_list_and_dunno_ends_the_search() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "client.example OK\nexample.net DUNNO\nspam@ REJECT\n192.0.2 REJECT network\nunknown REJECT nameless\n",
+    );
+    let r = s.rules(
+        "smtpd_client_restrictions = check_client_access texthash:{dir}/access, reject\n\
+         smtpd_sender_restrictions = check_sender_access texthash:{dir}/access",
+    );
+    // OK ends the client list (the reject after it is not reached).
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+    // DUNNO on the domain stops the search before `spam@`.
+    let f = Facts {
+        sender: Some("spam@example.net"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&r.check_rcpt(&f)), "permit");
+    let f = Facts {
+        sender: Some("spam@other.org"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 <spam@other.org>: Sender address rejected: Access denied"
+    );
+    // Network prefixes of the address; `unknown` for a nameless client.
+    let net = Facts {
+        client_name: "other.example",
+        client_addr: "192.0.2.77".parse().unwrap(),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&net)),
+        "554 5.7.1 <other.example[192.0.2.77]>: Client host rejected: network"
+    );
+    let nameless = Facts {
+        client_name: "unknown",
+        client_addr: "198.51.100.1".parse().unwrap(),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&nameless)),
+        "554 5.7.1 <unknown[198.51.100.1]>: Client host rejected: nameless"
+    );
+}
+
+#[test]
+fn access_lookups_use_parent_domains_extensions_and_the_null_sender_key() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "example.org REJECT parent\nuser+tag@example.net REJECT tag\nuser@example.net OK\n<> REJECT null\n",
+    );
+    let r = s.rules(
+        "recipient_delimiter = +\n\
+         smtpd_sender_restrictions = check_sender_access texthash:{dir}/access",
+    );
+    let ask = |sender: &'static str| {
+        said(&r.check_rcpt(&Facts {
+            sender: Some(sender),
+            ..rcpt("alice@example.com")
+        }))
+    };
+    assert_eq!(
+        ask("a@mx.example.org"),
+        "554 5.7.1 <a@mx.example.org>: Sender address rejected: parent"
+    );
+    assert_eq!(
+        ask("USER+tag@Example.NET"),
+        "554 5.7.1 <USER+tag@Example.NET>: Sender address rejected: tag"
+    );
+    assert_eq!(ask("user+other@example.net"), "permit");
+    assert_eq!(ask(""), "554 5.7.1 <>: Sender address rejected: null");
+    let key = s.rules(
+        "smtpd_null_access_lookup_key = <null>\n\
+         smtpd_sender_restrictions = check_sender_access texthash:{dir}/access",
+    );
+    let f = Facts {
+        sender: Some(""),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&key.check_rcpt(&f)), "permit");
+}
+
+#[test]
+fn helo_etrn_sasl_and_reverse_client_tables() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "heloname.example REJECT helo\nexample.org REJECT etrn\nmallory REJECT login\nrev.example OK\n",
+    );
+    let r = s.rules(
+        "smtpd_sasl_auth_enable = yes\n\
+         smtpd_helo_restrictions = check_sasl_access texthash:{dir}/access, check_helo_access texthash:{dir}/access\n\
+         smtpd_etrn_restrictions = check_etrn_access texthash:{dir}/access\n\
+         smtpd_client_restrictions = check_reverse_client_hostname_access texthash:{dir}/access",
+    );
+    let f = Facts {
+        helo: Some("mx.heloname.example"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 <mx.heloname.example>: Helo command rejected: helo"
+    );
+    let login = Facts {
+        sasl_username: Some("mallory"),
+        ..f.clone()
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&login)),
+        "554 5.7.1 <mallory>: SASL login name rejected: login"
+    );
+    let etrn = Facts {
+        etrn_domain: Some("sub.example.org"),
+        helo: Some("fine.example"),
+        ..stranger()
+    };
+    assert_eq!(
+        said(&r.check(Stage::Etrn, &etrn)),
+        "554 5.7.1 <sub.example.org>: Etrn command rejected: etrn"
+    );
+    // OK is refused for the unverified reverse name.
+    let rev = Facts {
+        reverse_name: "rev.example",
+        helo: Some("fine.example"),
+        ..rcpt("alice@example.com")
+    };
+    let d = r.check_rcpt(&rev);
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&d),
+        vec![
+            "restriction check_reverse_client_hostname_access returns OK for rev.example",
+            "this is not allowed for security reasons",
+            "use DUNNO instead of OK if you want to make an exception",
+        ]
+    );
+}
+
+#[test]
+fn access_message_actions_and_their_log_lines() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "hold@example.net HOLD\nwhy@example.net HOLD looks odd\nwarn@example.net WARN watch this\n\
+         info@example.net INFO fyi\nfilter@example.net FILTER smtp:[127.0.0.1]:10025\n\
+         redir@example.net REDIRECT abuse@example.com\nbcc@example.net BCC archive@example.com\n\
+         prep@example.net PREPEND X-Test: yes\ndrop@example.net DISCARD\n\
+         nofilter@example.net FILTER nocolon\nnoredir@example.net REDIRECT nobody\n\
+         noprep@example.net PREPEND not a header\n",
+    );
+    let r = s.rules(
+        "smtpd_sender_restrictions = check_sender_access texthash:{dir}/access\n\
+         smtpd_recipient_restrictions = reject_non_fqdn_recipient",
+    );
+    let ask = |sender: &'static str| {
+        r.check_rcpt(&Facts {
+            sender: Some(sender),
+            ..rcpt("alice@example.com")
+        })
+    };
+    let line = |what: &str, text: &str, sender: &str| {
+        format!(
+            "NOQUEUE: {what}: RCPT from client.example[192.0.2.1]: {text}; from=<{sender}> \
+             to=<alice@example.com> proto=ESMTP helo=<mx.client.example>"
+        )
+    };
+    let d = ask("hold@example.net");
+    assert_eq!(
+        (said(&d), d.actions.clone()),
+        ("permit".into(), vec![Action::Hold(String::new())])
+    );
+    assert_eq!(
+        events(&d),
+        vec![line(
+            "hold",
+            "<hold@example.net>: Sender address triggers HOLD action",
+            "hold@example.net"
+        )]
+    );
+    let again = r.check_rcpt(&Facts {
+        sender: Some("hold@example.net"),
+        held: true,
+        ..rcpt("alice@example.com")
+    });
+    assert!(
+        again.actions.is_empty() && again.log.is_empty(),
+        "HOLD once"
+    );
+    let d = ask("why@example.net");
+    assert_eq!(d.actions, vec![Action::Hold("looks odd".into())]);
+    assert_eq!(
+        events(&d),
+        vec![line(
+            "hold",
+            "<why@example.net>: Sender address looks odd",
+            "why@example.net"
+        )]
+    );
+    let d = ask("warn@example.net");
+    assert_eq!(
+        events(&d),
+        vec![line("warn", "watch this", "warn@example.net")]
+    );
+    let d = ask("info@example.net");
+    assert_eq!(events(&d), vec![line("info", "fyi", "info@example.net")]);
+    let d = ask("filter@example.net");
+    assert_eq!(
+        d.actions,
+        vec![Action::Filter("smtp:[127.0.0.1]:10025".into())]
+    );
+    assert_eq!(
+        events(&d),
+        vec![line(
+            "filter",
+            "<filter@example.net>: Sender address triggers FILTER smtp:[127.0.0.1]:10025",
+            "filter@example.net"
+        )]
+    );
+    let d = ask("redir@example.net");
+    assert_eq!(
+        d.actions,
+        vec![Action::Redirect("abuse@example.com".into())]
+    );
+    let d = ask("bcc@example.net");
+    assert_eq!(d.actions, vec![Action::Bcc("archive@example.com".into())]);
+    assert_eq!(
+        events(&d),
+        vec![line(
+            "bcc",
+            "<bcc@example.net>: Sender address triggers BCC archive@example.com",
+            "bcc@example.net"
+        )]
+    );
+    let d = ask("prep@example.net");
+    assert_eq!(d.actions, vec![Action::Prepend("X-Test: yes".into())]);
+    assert!(events(&d).is_empty());
+    // DISCARD permits and skips everything after it, the implicit
+    // recipient validation included.
+    let d = r.check_rcpt(&Facts {
+        sender: Some("drop@example.net"),
+        ..rcpt("carol")
+    });
+    assert_eq!(said(&d), "permit");
+    assert!(d.discard());
+    let later = r.check_rcpt(&Facts {
+        discarded: true,
+        ..rcpt("carol")
+    });
+    assert_eq!(said(&later), "permit");
+    // Malformed actions are warned about and ignored.
+    let d = ask("nofilter@example.net");
+    assert!(d.actions.is_empty());
+    assert!(
+        warnings(&d)[0].ends_with("entry \"nofilter@example.net\" requires transport:destination")
+    );
+    let d = ask("noredir@example.net");
+    assert!(d.actions.is_empty());
+    assert!(warnings(&d)[0].ends_with("entry \"noredir@example.net\" requires user@domain target"));
+    let d = ask("noprep@example.net");
+    assert!(d.actions.is_empty());
+    assert!(warnings(&d)[0].ends_with("entry \"noprep@example.net\" requires header: text"));
+}
+
+#[test]
+fn message_actions_need_a_transaction() {
+    let s = Setup::new();
+    s.table("access", "client.example HOLD\n");
+    let r = s.rules(
+        "smtpd_delay_reject = no\n\
+         smtpd_client_restrictions = check_client_access texthash:{dir}/access",
+    );
+    let d = r.check(
+        Stage::Client,
+        &Facts::new(
+            "192.0.2.1".parse().unwrap(),
+            "client.example",
+            "client.example",
+        ),
+    );
+    assert_eq!(said(&d), "permit");
+    assert!(d.actions.is_empty());
+    assert_eq!(
+        warnings(&d),
+        vec![format!(
+            "access table texthash:{}/access: with smtpd_delay_reject=no, action HOLD is always \
+             skipped in Client host or Helo command restrictions",
+            s.dir.display()
+        )]
+    );
+    // Delayed to RCPT, the client list's HOLD takes effect.
+    let delayed = s.rules("smtpd_client_restrictions = check_client_access texthash:{dir}/access");
+    let d = delayed.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(d.actions, vec![Action::Hold(String::new())]);
+}
+
+#[test]
+fn access_defer_if_permit_and_defer_if_reject_results() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "dip@example.net DEFER_IF_PERMIT\ndir@example.net DEFER_IF_REJECT maybe later\n",
+    );
+    let r = s.rules(
+        "smtpd_sender_restrictions = check_sender_access texthash:{dir}/access, reject_non_fqdn_recipient",
+    );
+    let ask = |sender: &'static str, to: &'static str| {
+        said(&r.check_rcpt(&Facts {
+            sender: Some(sender),
+            ..rcpt(to)
+        }))
+    };
+    assert_eq!(
+        ask("dip@example.net", "alice@example.com"),
+        "450 4.7.1 <dip@example.net>: Sender address rejected: Service unavailable"
+    );
+    assert_eq!(ask("dir@example.net", "alice@example.com"), "permit");
+    assert_eq!(
+        ask("dir@example.net", "alice"),
+        "450 4.7.1 <dir@example.net>: Sender address rejected: maybe later"
+    );
+}
+
+// ----- classes, recursion, configuration errors -----
+
+#[test]
+fn restriction_classes_in_lists_and_table_results() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "class@example.net strict\nlist@example.net reject_non_fqdn_helo_hostname, permit\n",
+    );
+    let r = s.rules(
+        "smtpd_restriction_classes = strict\nstrict = reject_non_fqdn_helo_hostname, reject\n\
+         smtpd_sender_restrictions = check_sender_access texthash:{dir}/access",
+    );
+    let ask = |sender: &'static str, helo: &'static str| {
+        said(&r.check_rcpt(&Facts {
+            sender: Some(sender),
+            helo: Some(helo),
+            ..rcpt("alice@example.com")
+        }))
+    };
+    assert_eq!(
+        ask("class@example.net", "x"),
+        "504 5.5.2 <x>: Helo command rejected: need fully-qualified hostname"
+    );
+    // The class's reject names what the table was asked about.
+    assert_eq!(
+        ask("class@example.net", "x.example"),
+        "554 5.7.1 <class@example.net>: Sender address rejected: Access denied"
+    );
+    assert_eq!(ask("list@example.net", "x.example"), "permit");
+    assert_eq!(
+        ask("list@example.net", "x"),
+        "504 5.5.2 <x>: Helo command rejected: need fully-qualified hostname"
+    );
+    // Used directly in a list.
+    let direct = s.rules(
+        "smtpd_restriction_classes = strict\nstrict = reject_non_fqdn_helo_hostname, reject\n\
+         smtpd_client_restrictions = permit_mynetworks, strict",
+    );
+    assert_eq!(
+        said(&direct.check_rcpt(&rcpt("alice@example.com"))),
+        "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: Access denied"
+    );
+    assert_eq!(
+        s.load("smtpd_restriction_classes = empty\n").unwrap_err(),
+        "restriction class `empty' needs a definition"
+    );
+}
+
+#[test]
+fn recursion_is_limited_to_100_levels() {
+    let s = Setup::new();
+    s.table("access", "loop@example.net loopclass\n");
+    let r = s.rules(
+        "smtpd_restriction_classes = loopclass\n\
+         loopclass = check_sender_access texthash:{dir}/access\n\
+         smtpd_sender_restrictions = check_sender_access texthash:{dir}/access",
+    );
+    let d = r.check_rcpt(&Facts {
+        sender: Some("loop@example.net"),
+        ..rcpt("alice@example.com")
+    });
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&d),
+        vec![format!(
+            "access table texthash:{}/access entry loopclass causes unreasonable recursion",
+            s.dir.display()
+        )]
+    );
+    // A class that names itself is stopped the same way.
+    let own = s.rules("smtpd_restriction_classes = me\nme = me\nsmtpd_sender_restrictions = me");
+    let d = own.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(warnings(&d).len(), 1);
+}
+
+#[test]
+fn tables_in_access_results_are_refused() {
+    let s = Setup::new();
+    s.table(
+        "access",
+        "tab@example.net check_sender_access texthash:/x\n",
+    );
+    let r = s.rules("smtpd_sender_restrictions = check_sender_access texthash:{dir}/access");
+    let d = r.check_rcpt(&Facts {
+        sender: Some("tab@example.net"),
+        ..rcpt("alice@example.com")
+    });
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&d),
+        vec![
+            format!(
+                "access table texthash:{}/access has entry with lookup table: check_sender_access texthash:/x",
+                s.dir.display()
+            ),
+            "do not specify lookup tables inside SMTPD access maps".to_string(),
+            "define a restriction class and specify its name instead.".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn unknown_restrictions_fail_when_reached() {
+    let s = Setup::new();
+    let r = s.rules("smtpd_client_restrictions = permit_mynetworks, bogus_restriction");
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&d),
+        vec!["unknown smtpd restriction: \"bogus_restriction\""]
+    );
+    // Not reached: no effect.
+    let trusted = Facts {
+        client_addr: "10.0.0.1".parse().unwrap(),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&r.check_rcpt(&trusted)), "permit");
+    // Bad arguments are server errors too.
+    let sleep = s.rules("smtpd_client_restrictions = sleep soon");
+    let d = sleep.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&d),
+        vec!["restriction sleep must be followed by number"]
+    );
+    let map = s.rules("smtpd_client_restrictions = check_client_access permit");
+    let d = map.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&d),
+        vec!["restriction check_client_access: bad argument \"permit\": need maptype:mapname"]
+    );
+}
+
+#[test]
+fn bare_tables_take_the_list_s_access_check() {
+    let s = Setup::new();
+    s.table("access", "client.example REJECT by bare table\n");
+    let r = s.rules(
+        "smtpd_client_restrictions = texthash:{dir}/access\n\
+         smtpd_data_restrictions = texthash:{dir}/access",
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("alice@example.com"))),
+        "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: by bare table"
+    );
+    let d = r.check(Stage::Data, &rcpt("alice@example.com"));
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&d),
+        vec![format!(
+            "specify one of (check_client_access, check_reverse_client_hostname_access, \
+             check_helo_access, check_sender_access, check_recipient_access, check_etrn_access) \
+             before Data command restriction \"texthash:{}/access\"",
+            s.dir.display()
+        )]
+    );
+}
+
+#[test]
+fn table_lookup_errors_are_server_configuration_errors() {
+    let s = Setup::new();
+    let r = s.rules("smtpd_sender_restrictions = check_sender_access fail:x");
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(
+        said(&d),
+        "451 4.3.5 <sender@example.net>: Sender address rejected: Server configuration error"
+    );
+    assert!(warnings(&d)[0].starts_with("fail:x lookup error for \"sender@example.net\""));
+    // A broken recipient table is a temporary lookup failure.
+    let v = s.rules("local_recipient_maps = fail:users");
+    assert_eq!(
+        said(&v.check_rcpt(&rcpt("alice@example.com"))),
+        "451 4.3.0 <alice@example.com>: Temporary lookup failure"
+    );
+}
+
+#[test]
+fn tables_that_cannot_open_name_the_parameter() {
+    let s = Setup::new();
+    let e = s
+        .load("smtpd_recipient_restrictions = check_recipient_access hash:/nonexistent/access")
+        .unwrap_err();
+    assert!(e.starts_with("smtpd_recipient_restrictions: "), "{e}");
+    let e = s.load("mynetworks = 10.0.0.1/8").unwrap_err();
+    assert!(
+        e.starts_with("mynetworks: non-null host address bits"),
+        "{e}"
+    );
+    let e = s.load("relay_recipient_maps = bogus:x").unwrap_err();
+    assert!(e.starts_with("relay_recipient_maps: "), "{e}");
+}
+
+// ----- client restrictions -----
+
+#[test]
+fn permit_mynetworks_and_permit_sasl_authenticated() {
+    let s = Setup::new();
+    let r = s.rules(
+        "mynetworks = !10.0.0.9, 10.0.0.0/8, [2001:db8::]/32\n\
+         smtpd_client_restrictions = permit_mynetworks, permit_sasl_authenticated, reject",
+    );
+    let from = |a: &str| Facts {
+        client_addr: a.parse().unwrap(),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&r.check_rcpt(&from("10.1.1.1"))), "permit");
+    assert_eq!(said(&r.check_rcpt(&from("2001:db8::5"))), "permit");
+    assert_eq!(
+        said(&r.check_rcpt(&from("10.0.0.9"))),
+        "554 5.7.1 <client.example[10.0.0.9]>: Client host rejected: Access denied"
+    );
+    let authed = Facts {
+        sasl_username: Some("bob"),
+        ..from("10.0.0.9")
+    };
+    assert_eq!(said(&r.check_rcpt(&authed)), "permit");
+    // An IPv4-mapped IPv6 client is its IPv4 address, in matches and texts.
+    assert_eq!(said(&r.check_rcpt(&from("::ffff:10.1.1.1"))), "permit");
+    assert_eq!(
+        said(&r.check_rcpt(&from("::ffff:192.0.2.8"))),
+        "554 5.7.1 <client.example[192.0.2.8]>: Client host rejected: Access denied"
+    );
+}
+
+#[test]
+fn permit_actions_are_logged_when_asked() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_log_access_permit_actions = permit_mynetworks\n\
+         smtpd_relay_restrictions = reject_unauth_destination\n\
+         smtpd_client_restrictions = permit_mynetworks, reject",
+    );
+    let d = r.check_rcpt(&Facts {
+        client_addr: "10.0.0.1".parse().unwrap(),
+        ..rcpt("alice@example.com")
+    });
+    assert_eq!(
+        events(&d),
+        vec![
+            "NOQUEUE: permit: RCPT from client.example[10.0.0.1]: action=permit_mynetworks \
+              for Client host=client.example[10.0.0.1] ; from=<sender@example.net> \
+              to=<alice@example.com> proto=ESMTP helo=<mx.client.example>"
+        ]
+    );
+    let quiet = s.rules("smtpd_client_restrictions = permit_mynetworks, reject");
+    let d = quiet.check_rcpt(&Facts {
+        client_addr: "10.0.0.1".parse().unwrap(),
+        ..rcpt("alice@example.com")
+    });
+    assert!(events(&d).is_empty());
+}
+
+#[test]
+fn sender_login_mismatch_restrictions() {
+    let s = Setup::new();
+    s.table(
+        "logins",
+        "alice@example.com alice, admin\nbob@example.com bob\n",
+    );
+    let r = s.rules(
+        "smtpd_sasl_auth_enable = yes\nsmtpd_sender_login_maps = texthash:{dir}/logins\n\
+         smtpd_sender_restrictions = reject_sender_login_mismatch",
+    );
+    let ask = |sender: &'static str, user: Option<&'static str>| {
+        said(&r.check_rcpt(&Facts {
+            sender: Some(sender),
+            sasl_username: user,
+            ..rcpt("alice@example.com")
+        }))
+    };
+    assert_eq!(ask("alice@example.com", Some("admin")), "permit");
+    assert_eq!(
+        ask("bob@example.com", Some("alice")),
+        "553 5.7.1 <bob@example.com>: Sender address rejected: not owned by user alice"
+    );
+    assert_eq!(
+        ask("other@example.net", Some("alice")),
+        "553 5.7.1 <other@example.net>: Sender address rejected: not owned by user alice"
+    );
+    assert_eq!(
+        ask("bob@example.com", None),
+        "553 5.7.1 <bob@example.com>: Sender address rejected: not logged in"
+    );
+    assert_eq!(ask("other@example.net", None), "permit");
+    let known = s.rules(
+        "smtpd_sasl_auth_enable = yes\nsmtpd_sender_login_maps = texthash:{dir}/logins\n\
+         smtpd_sender_restrictions = reject_known_sender_login_mismatch",
+    );
+    let f = Facts {
+        sender: Some("other@example.net"),
+        sasl_username: Some("alice"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&known.check_rcpt(&f)), "permit");
+    let off = s.rules("smtpd_sender_restrictions = reject_authenticated_sender_login_mismatch");
+    let d = off.check_rcpt(&f);
+    assert_eq!(said(&d), "permit");
+    assert_eq!(
+        warnings(&d),
+        vec!["restriction `reject_authenticated_sender_login_mismatch' ignored: no SASL support"]
+    );
+}
+
+// ----- sleep, unsupported restrictions, the log line -----
+
+#[test]
+fn sleep_is_returned_to_the_session() {
+    let s = Setup::new();
+    let r = s.rules("smtpd_client_restrictions = sleep 5, permit");
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(said(&d), "permit");
+    assert_eq!(d.actions, vec![Action::Sleep(5)]);
+}
+
+#[test]
+fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_client_restrictions = reject_rbl_client zen.example, reject_unknown_client_hostname, \
+         reject_rbl_client bl.example, permit_dnswl_client wl.example\n\
+         smtpd_recipient_restrictions = check_policy_service inet:127.0.0.1:10023, \
+         check_recipient_mx_access texthash:{dir}/users",
+    );
+    assert_eq!(r.warnings().len(), 5, "{:?}", r.warnings());
+    assert!(r.warnings()[0].starts_with("restriction \"reject_rbl_client\" is not supported yet"));
+    assert!(r.warnings()[0].ends_with("so mail it would reject or defer is accepted"));
+    assert!(r
+        .warnings()
+        .iter()
+        .any(|w| w.contains("\"permit_dnswl_client\"") && w.ends_with("it never permits")));
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+    // The arguments are still checked as Postfix checks them.
+    let bad =
+        s.rules("smtpd_recipient_restrictions = check_policy_service, reject_unauth_destination");
+    let d = bad.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(said(&d), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&d),
+        vec!["restriction check_policy_service must be followed by transport:server"]
+    );
+}
+
+#[test]
+fn event_lines_have_postfix_s_shape() {
+    let e = Event {
+        what: "reject_warning",
+        text: "554 5.7.1 x".into(),
+        client: "unknown[192.0.2.1]".into(),
+        sender: Some(String::new()),
+        recipient: Some("john doe@example.com".into()),
+        helo: None,
+    };
+    assert_eq!(
+        e.line(Some("4F2A51C0D2"), "RCPT", Some("ESMTP")),
+        "4F2A51C0D2: reject_warning: RCPT from unknown[192.0.2.1]: 554 5.7.1 x; from=<> \
+         to=<\"john doe\"@example.com> proto=ESMTP"
+    );
+    assert_eq!(
+        Log::Warning("x".into()).line(None, "RCPT", None),
+        "warning: x"
+    );
+    let bare = Event {
+        sender: None,
+        recipient: None,
+        ..e
+    };
+    assert_eq!(
+        bare.line(None, "CONNECT", None),
+        "NOQUEUE: reject_warning: CONNECT from unknown[192.0.2.1]: 554 5.7.1 x;"
+    );
+}
+
+#[test]
+fn data_stage_hides_the_recipient_with_several() {
+    let s = Setup::new();
+    s.table("access", "alice@example.com WARN seen\n");
+    let r = s.rules("smtpd_data_restrictions = check_recipient_access texthash:{dir}/access");
+    let one = Facts {
+        rcpt_count: 1,
+        ..rcpt("alice@example.com")
+    };
+    let d = r.check(Stage::Data, &one);
+    assert_eq!(events(&d).len(), 1);
+    assert!(events(&d)[0].contains("to=<alice@example.com>"));
+    let two = Facts {
+        rcpt_count: 2,
+        ..one
+    };
+    assert!(r.check(Stage::Data, &two).log.is_empty());
+}
+
+#[test]
+fn permit_inet_interfaces_and_legacy_check_relay_domains() {
+    let s = Setup::new();
+    let r = s.rules(
+        "inet_interfaces = 127.0.0.1\n\
+         smtpd_client_restrictions = permit_inet_interfaces, reject",
+    );
+    let local = Facts {
+        client_addr: "127.0.0.1".parse().unwrap(),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(said(&r.check_rcpt(&local)), "permit");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("alice@example.com"))),
+        "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: Access denied"
+    );
+    let legacy = s.rules(
+        "relay_domains = trusted.example\n\
+         smtpd_relay_restrictions = check_relay_domains",
+    );
+    assert!(legacy
+        .warnings()
+        .iter()
+        .any(|w| w.starts_with("support for restriction \"check_relay_domains\" will be removed")));
+    assert_eq!(
+        said(&legacy.check_rcpt(&rcpt("x@elsewhere.example"))),
+        "554 5.7.1 <x@elsewhere.example>: Recipient address rejected: Relay access denied"
+    );
+    let friend = Facts {
+        client_name: "mx.trusted.example",
+        ..rcpt("x@elsewhere.example")
+    };
+    assert_eq!(said(&legacy.check_rcpt(&friend)), "permit");
+}

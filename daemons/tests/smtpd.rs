@@ -1,0 +1,218 @@
+//! smtpd end to end, with real clients: swaks and Postfix's smtp-source
+//! talk to a whole instance; the mail must land in the mailbox with
+//! smtpd's Received: header, refusals must be Postfix's replies, and the
+//! log must have Postfix's lines.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{user, wait_for, Instance};
+
+fn swaks(port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--timeout", "30"])
+        .args(args)
+        .output()
+        .expect("swaks (scripts/test.sh installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A line-by-line SMTP client for exact replies.
+struct Raw {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let w = s.try_clone().unwrap();
+        let mut r = Raw {
+            r: BufReader::new(s),
+            w,
+        };
+        let g = r.reply();
+        assert!(g.starts_with("220 "), "{g}");
+        r
+    }
+
+    /// A whole reply (all its lines).
+    fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            if self.r.read_line(&mut l).unwrap() == 0 {
+                return all;
+            }
+            all.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &str) {
+        self.w.write_all(bytes.as_bytes()).unwrap();
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        self.send(&format!("{line}\r\n"));
+        self.reply()
+    }
+}
+
+#[test]
+fn swaks_mail_reaches_the_mailbox_with_smtpds_received_header() {
+    let mut i = Instance::new("smtpd-swaks", "");
+    let port = i.with_smtpd();
+    i.start();
+    let me = user();
+    let (ok, out) = swaks(
+        port,
+        &[
+            "--ehlo",
+            "client.example",
+            "--from",
+            "alice@example.org",
+            "--to",
+            &format!("{me}@mx.example.test"),
+            "--header",
+            "Subject: over smtp",
+            "--body",
+            "hello through smtpd",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("<-  250 2.0.0 Ok: queued as "), "{out}");
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    let m = &got[0];
+    assert!(
+        m.contains("\nReceived: from client.example (localhost [127.0.0.1])\n\tby mx.example.test (Postfix) with ESMTP id ")
+            || m.contains("\nReceived: from client.example (unknown [127.0.0.1])\n\tby mx.example.test (Postfix) with ESMTP id "),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("\tfor <{me}@mx.example.test>; ")),
+        "{m}"
+    );
+    assert!(m.contains("hello through smtpd"), "{m}");
+    assert!(m.starts_with("Return-Path: <alice@example.org>\n"), "{m}");
+    let client = i.wait_log(r"postfix/smtpd\[\d+\]: connect from (\S+)\[127\.0\.0\.1\]$");
+    let name = client
+        .rsplit("connect from ")
+        .next()
+        .unwrap()
+        .split('[')
+        .next()
+        .unwrap()
+        .to_string();
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: [0-9A-F]+: client={}\[127\.0\.0\.1\]$",
+        regex::escape(&name)
+    ));
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: disconnect from {}\[127\.0\.0\.1\] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5$",
+        regex::escape(&name)
+    ));
+}
+
+#[test]
+fn strangers_cannot_relay_and_unknown_users_are_refused() {
+    let mut i = Instance::new("smtpd-relay", "");
+    let port = i.with_smtpd();
+    // Loopback is not "my network" here: the client is a stranger.
+    i.main_cf("mynetworks = 192.0.2.0/24");
+    i.start();
+    let mut c = Raw::connect(port);
+    assert!(c
+        .cmd("EHLO stranger.example")
+        .starts_with("250-mx.example.test\r\n"));
+    assert_eq!(c.cmd("MAIL FROM:<s@stranger.example>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        c.cmd("RCPT TO:<victim@elsewhere.example>"),
+        "454 4.7.1 <victim@elsewhere.example>: Relay access denied\r\n"
+    );
+    assert_eq!(
+        c.cmd("RCPT TO:<nosuchuser-xyz@mx.example.test>"),
+        "550 5.1.1 <nosuchuser-xyz@mx.example.test>: Recipient address rejected: User unknown in local recipient table\r\n"
+    );
+    assert_eq!(c.cmd("DATA"), "554 5.5.1 Error: no valid recipients\r\n");
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    i.wait_log(r"postfix/smtpd\[\d+\]: NOQUEUE: reject: RCPT from \S+\[127\.0\.0\.1\]: 454 4\.7\.1 <victim@elsewhere\.example>: Relay access denied; from=<s@stranger\.example> to=<victim@elsewhere\.example> proto=ESMTP helo=<stranger\.example>$");
+    assert!(
+        i.queue_files("incoming").is_empty() && i.queue_files("active").is_empty(),
+        "nothing queued"
+    );
+}
+
+#[test]
+fn smtp_source_sessions_in_parallel_all_arrive() {
+    let mut i = Instance::new("smtpd-source", "");
+    let port = i.with_smtpd();
+    i.start();
+    let me = user();
+    let out = Command::new("/usr/sbin/smtp-source")
+        .args(["-s", "4", "-m", "40", "-l", "4096", "-f", "src@example.org"])
+        .args(["-t", &format!("{me}@mx.example.test")])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("smtp-source (package postfix)");
+    assert!(out.status.success(), "{out:?}");
+    let got = i.wait_maildir(&i.user_maildir(), 40);
+    assert_eq!(got.len(), 40);
+}
+
+#[test]
+fn protocol_replies_pipelining_and_smuggling() {
+    let mut i = Instance::new("smtpd-proto", "");
+    let port = i.with_smtpd();
+    i.start();
+    let me = user();
+    let mut c = Raw::connect(port);
+    assert_eq!(c.cmd("HELP"), "500 5.5.2 Error: command not recognized\r\n");
+    assert_eq!(
+        c.cmd("RCPT TO:<a@b>"),
+        "503 5.5.1 Error: need MAIL command\r\n"
+    );
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@b"),
+        "501 5.1.7 Bad sender address syntax\r\n"
+    );
+    let ehlo = c.cmd("EHLO client.example");
+    assert_eq!(
+        ehlo,
+        "250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n\
+         250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
+    );
+    // Pipelined: every reply comes, in order.
+    c.send(&format!(
+        "MAIL FROM:<p@example.org>\r\nRCPT TO:<{me}@mx.example.test>\r\nDATA\r\n"
+    ));
+    assert_eq!(c.reply(), "250 2.1.0 Ok\r\n");
+    assert_eq!(c.reply(), "250 2.1.5 Ok\r\n");
+    assert_eq!(c.reply(), "354 End data with <CR><LF>.<CR><LF>\r\n");
+    // A bare-LF dot does not end the message (SMTP smuggling): the
+    // "MAIL FROM" after it is content.
+    c.send("Subject: smuggle\r\n\r\nline\n.\nMAIL FROM:<evil@example.org>\r\n..dot\r\n.\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(
+        got[0].contains("\nMAIL FROM:<evil@example.org>\n.dot\n"),
+        "{:?}",
+        got[0]
+    );
+    wait_for(10, "one delivery only", || {
+        i.maildir(&i.user_maildir()).len() == 1
+    });
+}
