@@ -35,4 +35,5 @@ echo "== facteur set-permissions (queue directory under ./run/queue):"
 
 echo "== starting the mail system in the foreground (Ctrl-C stops it)."
 echo "   Try: $bin/sendmail -C run/etc \$(id -un) < some-message; mail lands in run/mail/\$(id -un)/new"
+echo "   or over SMTP on 127.0.0.1:10025: swaks --server 127.0.0.1 --port 10025 --to \$(id -un)@localhost"
 exec "$bin/facteur" -c run/etc start-fg
