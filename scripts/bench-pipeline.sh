@@ -2,7 +2,12 @@
 # Benchmark: local submission to Maildir delivery, Facteur against Postfix,
 # on this machine, in one run.
 #
-#   scripts/bench-pipeline.sh [MESSAGES] [PARALLEL]     (default 10000, 4)
+#   scripts/bench-pipeline.sh [MESSAGES] [PARALLEL] [sendmail|smtp]
+#                                    (default 10000, 4, sendmail)
+#
+# With `smtp`, the messages come over SMTP instead: Postfix's smtp-source
+# with PARALLEL sessions (-s) and 4 KiB messages (-l 4096) to each
+# system's smtpd on a loopback port; everything else is the same.
 #
 # For each system: a private instance under /tmp (its own config, queue and
 # spool), MESSAGES messages of about 4 KiB submitted with that system's
@@ -19,6 +24,10 @@ cd "$(dirname "$0")/.."
 top=$PWD
 N=${1:-10000}
 P=${2:-4}
+MODE=${3:-sendmail}
+case "$MODE" in sendmail|smtp) ;; *) echo "bench-pipeline: mode is sendmail or smtp" >&2; exit 2 ;; esac
+[ "$MODE" = sendmail ] || [ -x /usr/sbin/smtp-source ] || { echo "bench-pipeline: smtp-source is needed (package postfix)" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 [ "$(id -u)" = 0 ] || { echo "bench-pipeline: run as root (Postfix's master needs it)" >&2; exit 1; }
 command -v strace >/dev/null || { echo "bench-pipeline: strace is needed (apt-get install strace)" >&2; exit 1; }
 [ -x /usr/sbin/postfix ] || { echo "bench-pipeline: postfix is needed (apt-get install postfix)" >&2; exit 1; }
@@ -57,11 +66,22 @@ tree_rss() {
   echo "$total"
 }
 
-# submit COUNT SENDMAIL_CMD [strace output]: COUNT messages by P submitters.
+# submit COUNT SUBMIT [strace output]: COUNT messages by P submitters.
+# SUBMIT is a sendmail command line, or smtp:PORT (smtp-source).
 submit() {
   local count=$1 sendmail=$2 trace=${3:-}
   local per=$(( (count + P - 1) / P ))
   local cmd=(xargs -P "$P" -n "$per" sh -c 'for i; do '"$sendmail"' < '"$work/msg"' || exit 1; done' sh)
+  if [ "${sendmail%%:*}" = smtp ]; then
+    cmd=(/usr/sbin/smtp-source -s "$P" -m "$count" -l 4096 -f bench@example.test
+         -t "$user@bench.example.test" "127.0.0.1:${sendmail#smtp:}")
+    if [ -n "$trace" ]; then
+      strace -f -c -e trace=fsync,fdatasync -o "$trace" "${cmd[@]}" >/dev/null 2>&1 || true
+    else
+      "${cmd[@]}" >/dev/null 2>&1 || true
+    fi
+    return
+  fi
   if [ -n "$trace" ]; then
     seq "$count" | strace -f -c -e trace=fsync,fdatasync -o "$trace" "${cmd[@]}" >/dev/null 2>&1 || true
   else
@@ -125,8 +145,15 @@ echo "== Postfix instance"
 pf=$work/postfix
 mkdir -p "$pf/etc" "$pf/data" "$pf/mail"
 cp /etc/postfix/master.cf "$pf/etc/master.cf"
-# No SMTP listener on port 25 for the benchmark.
+# No SMTP listener on port 25 for the benchmark; in smtp mode, one on a
+# free loopback port (not chrooted: the instance lives under /tmp).
 sed -i 's/^smtp\( *\)inet/#smtp\1inet/' "$pf/etc/master.cf"
+pf_submit="/usr/sbin/sendmail -C $pf/etc -f bench@example.test $user"
+if [ "$MODE" = smtp ]; then
+  pport=$(free_port)
+  echo "127.0.0.1:$pport inet n - n - - smtpd" >> "$pf/etc/master.cf"
+  pf_submit="smtp:$pport"
+fi
 cat > "$pf/etc/main.cf" <<CF
 compatibility_level = 3.6
 queue_directory = $pf/queue
@@ -148,13 +175,19 @@ chown postfix "$pf/data"
 /usr/sbin/postfix -c "$pf/etc" check >/dev/null 2>&1 || true
 /usr/sbin/postfix -c "$pf/etc" start >/dev/null 2>&1
 pfpid=$(head -1 "$pf/queue/pid/master.pid" | tr -d ' ')
-run postfix "$pfpid" "/usr/sbin/sendmail -C $pf/etc -f bench@example.test $user" "$pf/mail/$user"
+run postfix "$pfpid" "$pf_submit" "$pf/mail/$user"
 /usr/sbin/postfix -c "$pf/etc" stop >/dev/null 2>&1 || true
 
 echo "== Facteur instance"
 fa=$work/facteur
 mkdir -p "$fa/etc" "$fa/data" "$fa/mail"
 cp conf/master.cf "$fa/etc/master.cf"
+fa_submit="$bin/sendmail -C $fa/etc -f bench@example.test $user"
+if [ "$MODE" = smtp ]; then
+  fport=$(free_port)
+  sed -i "s/^127.0.0.1:10025 /127.0.0.1:$fport /" "$fa/etc/master.cf"
+  fa_submit="smtp:$fport"
+fi
 cat > "$fa/etc/main.cf" <<CF
 compatibility_level = 3.6
 queue_directory = $fa/queue
@@ -179,7 +212,7 @@ chown postfix "$fa/data"
 "$bin/master" -d -c "$fa/etc" >/dev/null 2>&1 &
 fapid=$!; pids+=("$fapid")
 for _ in $(seq 200); do [ -S "$fa/queue/public/pickup" ] && break; sleep 0.05; done
-run facteur "$fapid" "$bin/sendmail -C $fa/etc -f bench@example.test $user" "$fa/mail/$user"
+run facteur "$fapid" "$fa_submit" "$fa/mail/$user"
 kill "$fapid" 2>/dev/null || true; wait "$fapid" 2>/dev/null || true
 
 echo "== ratios (Facteur / Postfix)"

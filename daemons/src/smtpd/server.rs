@@ -437,7 +437,14 @@ where
                 Ok(Err(_)) | Ok(Ok(Line::Eof)) => return End::Lost,
                 Ok(Ok(Line::Full)) => String::from_utf8_lossy(&line).into_owned(),
             };
-        let step = tokio::task::block_in_place(|| session.command(&got));
+        // Only the commands that talk to cleanup may block (RCPT opens the
+        // queue file, DATA and BDAT send the envelope); the others run
+        // here (table lookups are memory-mapped).
+        let step = if may_block(&got) {
+            tokio::task::block_in_place(|| session.command(&got))
+        } else {
+            session.command(&got)
+        };
         flush_logs(session);
         if let Some(p) = session.take_pause() {
             let _ = wr.flush().await;
@@ -492,6 +499,14 @@ where
     }
 }
 
+/// Whether a command line may block (it talks to cleanup).
+fn may_block(line: &str) -> bool {
+    let verb = line.trim_start().get(..4).unwrap_or("");
+    ["RCPT", "DATA", "BDAT"]
+        .iter()
+        .any(|v| verb.eq_ignore_ascii_case(v))
+}
+
 fn rd_is_empty<R: AsyncBufRead + Unpin>(rd: &mut R) -> bool {
     // A zero-time poll of fill_buf tells whether bytes are buffered.
     use std::task::{Context, Poll};
@@ -538,13 +553,14 @@ async fn read_data<R: AsyncBufRead + Unpin>(
         } else {
             &line
         };
-        tokio::task::block_in_place(|| {
-            if ended {
-                session.data_line(body);
-            } else {
-                session.data_piece(body);
-            }
-        });
+        if ended {
+            session.data_line(body);
+        } else {
+            session.data_piece(body);
+        }
+        if session.should_flush() {
+            tokio::task::block_in_place(|| session.flush());
+        }
         prev_crlf = ended && crlf;
         if !ended {
             // The rest of this line comes in the next piece, without
@@ -557,13 +573,14 @@ async fn read_data<R: AsyncBufRead + Unpin>(
                     Ok(Err(_)) | Ok(Ok(None)) => return Err(End::Lost),
                     Ok(Ok(Some(x))) => x,
                 };
-                tokio::task::block_in_place(|| {
-                    if e {
-                        session.data_line(&line);
-                    } else {
-                        session.data_piece(&line);
-                    }
-                });
+                if e {
+                    session.data_line(&line);
+                } else {
+                    session.data_piece(&line);
+                }
+                if session.should_flush() {
+                    tokio::task::block_in_place(|| session.flush());
+                }
                 if e {
                     prev_crlf = c;
                     break;
@@ -632,7 +649,10 @@ async fn read_bdat<R: AsyncBufRead + Unpin>(
         };
         left -= n as u64;
         let chunk = &buf[..n];
-        tokio::task::block_in_place(|| session.bdat_bytes(chunk));
+        session.bdat_bytes(chunk);
+        if session.should_flush() {
+            tokio::task::block_in_place(|| session.flush());
+        }
     }
     Ok(())
 }

@@ -921,7 +921,19 @@ impl Session {
         if eol {
             t.pending.push(b'\n');
         }
-        self.flush_pending(false);
+    }
+
+    /// Whether enough content has gathered to go to cleanup now (the
+    /// shell then calls [`flush`](Self::flush) where blocking is allowed).
+    pub fn should_flush(&self) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|t| t.pending.len() >= FLUSH_AT && t.failed.is_none())
+    }
+
+    /// Hands the gathered content to cleanup.
+    pub fn flush(&mut self) {
+        self.flush_pending(true);
     }
 
     /// Hands buffered content to cleanup once enough has gathered (or
@@ -972,7 +984,6 @@ impl Session {
             }
             t.pending.push(b);
         }
-        self.flush_pending(false);
     }
 
     /// The end of DATA (or of the last BDAT): the verdict.
