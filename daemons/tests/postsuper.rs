@@ -35,17 +35,9 @@ fn message(subject: &str, mid: &str) -> String {
 
 /// Runs postsuper with `args` and `stdin`.
 fn postsuper(i: &Instance, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut c = Command::new(common::program("postsuper"))
-        .args(["-c", &i.etc])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    c.wait_with_output().unwrap()
+    let mut all = vec!["-c", i.etc.as_str()];
+    all.extend_from_slice(args);
+    common::run_with_input(&common::program("postsuper"), &all, stdin)
 }
 
 /// postsuper's standard error, asserting success.

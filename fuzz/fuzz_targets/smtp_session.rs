@@ -18,7 +18,7 @@ impl Gate for Open {
     fn delay_reject(&self) -> bool {
         true
     }
-    fn ask(&self, _: Ask, _: &View) -> Verdict {
+    fn ask(&self, _: Ask, _: &Facts) -> Verdict {
         Verdict::default()
     }
 }

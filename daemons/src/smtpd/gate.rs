@@ -1,12 +1,11 @@
 //! The restrictions ([`Restrictions`]) as the session's [`Gate`]: the
-//! session's view becomes the engine's facts, the engine's decision the
-//! session's verdict.
+//! engine's decision becomes the session's verdict.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::restrict::{Action, Facts, Restrictions, Stage};
-use super::session::{Ask, Gate, Verdict, View};
+use super::session::{Ask, Gate, Verdict};
 
 pub struct RestrictionGate(pub Arc<Restrictions>);
 
@@ -15,32 +14,17 @@ impl Gate for RestrictionGate {
         self.0.delay_reject()
     }
 
-    fn ask(&self, at: Ask, v: &View) -> Verdict {
-        let f = Facts {
-            helo: v.helo,
-            sender: v.sender,
-            recipient: v.recipient,
-            etrn_domain: v.etrn_domain,
-            sasl_username: v.sasl_username,
-            tls: v.tls,
-            smtputf8: v.smtputf8,
-            pipelining_violation: v.pipelining_violation,
-            rcpt_count: v.rcpt_count,
-            discarded: v.discarded,
-            held: v.held,
-            pending_defer: v.pending_defer,
-            ..Facts::new(v.client.addr, &v.client.name, &v.client.reverse_name)
-        };
+    fn ask(&self, at: Ask, f: &Facts) -> Verdict {
         let d = match at {
-            Ask::Connect => self.0.check(Stage::Client, &f),
-            Ask::Helo => self.0.check(Stage::Helo, &f),
-            Ask::Mail => self.0.check(Stage::Sender, &f),
+            Ask::Connect => self.0.check(Stage::Client, f),
+            Ask::Helo => self.0.check(Stage::Helo, f),
+            Ask::Mail => self.0.check(Stage::Sender, f),
             // With delay_reject it runs the client, helo and sender lists
             // first; without, only the relay and recipient lists.
-            Ask::Rcpt => self.0.check_rcpt(&f),
-            Ask::Data => self.0.check(Stage::Data, &f),
-            Ask::EndOfData => self.0.check(Stage::EndOfData, &f),
-            Ask::Etrn => self.0.check(Stage::Etrn, &f),
+            Ask::Rcpt => self.0.check_rcpt(f),
+            Ask::Data => self.0.check(Stage::Data, f),
+            Ask::EndOfData => self.0.check(Stage::EndOfData, f),
+            Ask::Etrn => self.0.check(Stage::Etrn, f),
         };
         let hangup = d.hangup();
         let mut out = Verdict {

@@ -973,23 +973,10 @@ impl<'r, 'f> Eval<'r, 'f> {
             return Status::Dunno;
         }
         self.recipient_checked = false;
-        let start = if self.r.delay_reject {
-            if self.client_stage(None) == Status::Reject {
-                return Status::Reject;
-            }
-            let c = self.out.pending_defer.clone();
-            if self.helo_stage(c) == Status::Reject {
-                return Status::Reject;
-            }
-            let h = self.out.pending_defer.clone();
-            if self.sender_stage(h) == Status::Reject {
-                return Status::Reject;
-            }
-            self.out.pending_defer.clone()
-        } else {
-            self.f.pending_defer.cloned()
+        let start = match self.delayed_stages(true) {
+            Ok(s) => s,
+            Err(reject) => return reject,
         };
-        self.out.pending_defer = None;
         self.defer_if_permit = start;
         self.reset();
         let lists: [&[Tok]; 2] = if self.r.relay_before_recipient {
@@ -1015,23 +1002,41 @@ impl<'r, 'f> Eval<'r, 'f> {
         status
     }
 
-    fn etrn_stage(&mut self) -> Status {
-        let Some(domain) = self.f.etrn_domain else {
-            return Status::Dunno;
-        };
+    /// With `smtpd_delay_reject`, the client and HELO lists (and the
+    /// sender list, `with_sender`) run first, each handing its pending
+    /// `defer_if_permit` to the next; without it, the one the session
+    /// kept from the earlier command. `Err` is their reject.
+    fn delayed_stages(&mut self, with_sender: bool) -> Result<Option<PendingDefer>, Status> {
         let start = if self.r.delay_reject {
             if self.client_stage(None) == Status::Reject {
-                return Status::Reject;
+                return Err(Status::Reject);
             }
             let c = self.out.pending_defer.clone();
             if self.helo_stage(c) == Status::Reject {
-                return Status::Reject;
+                return Err(Status::Reject);
+            }
+            if with_sender {
+                let h = self.out.pending_defer.clone();
+                if self.sender_stage(h) == Status::Reject {
+                    return Err(Status::Reject);
+                }
             }
             self.out.pending_defer.clone()
         } else {
             self.f.pending_defer.cloned()
         };
         self.out.pending_defer = None;
+        Ok(start)
+    }
+
+    fn etrn_stage(&mut self) -> Status {
+        let Some(domain) = self.f.etrn_domain else {
+            return Status::Dunno;
+        };
+        let start = match self.delayed_stages(false) {
+            Ok(s) => s,
+            Err(reject) => return reject,
+        };
         self.defer_if_permit = start;
         self.reset();
         let status = self.run(&self.r.etrn, domain, What::Etrn, DefAcl::Etrn);

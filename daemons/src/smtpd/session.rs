@@ -33,7 +33,7 @@ use libmail::ipc::Attrs;
 use libmail::smtp::command::{self, Body, Command, MailParams, RcptParams};
 use libmail::smtp::Reply;
 
-pub use super::restrict::{Log, PendingDefer};
+pub use super::restrict::{Facts, Log, PendingDefer};
 
 /// The stages at which the restrictions are asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,26 +45,6 @@ pub enum Ask {
     Data,
     EndOfData,
     Etrn,
-}
-
-/// What the restrictions can see of the session.
-#[derive(Debug, Clone)]
-pub struct View<'a> {
-    pub client: &'a Client,
-    pub helo: Option<&'a str>,
-    pub sender: Option<&'a str>,
-    pub recipient: Option<&'a str>,
-    pub etrn_domain: Option<&'a str>,
-    pub rcpt_count: usize,
-    pub pipelining_violation: bool,
-    pub tls: bool,
-    pub smtputf8: bool,
-    pub sasl_username: Option<&'a str>,
-    /// The transaction was already marked DISCARD / HOLD.
-    pub discarded: bool,
-    pub held: bool,
-    /// A `defer_if_permit` of an earlier stage (`smtpd_delay_reject = no`).
-    pub pending_defer: Option<&'a PendingDefer>,
 }
 
 /// The restrictions' answer: a reply (reject or defer), or none (go on),
@@ -96,7 +76,8 @@ pub trait Gate: Send + Sync {
     /// With `smtpd_delay_reject = yes`, everything but data, end-of-data
     /// and ETRN is asked at RCPT.
     fn delay_reject(&self) -> bool;
-    fn ask(&self, at: Ask, view: &View) -> Verdict;
+    /// `facts`: what the session knows (restrict's [`Facts`]).
+    fn ask(&self, at: Ask, facts: &Facts) -> Verdict;
 }
 
 /// Where an accepted message goes (cleanup). Blocking calls: the shell
@@ -303,22 +284,23 @@ impl Session {
         }
     }
 
-    fn view<'a>(&'a self, recipient: Option<&'a str>) -> View<'a> {
+    fn view<'a>(&'a self, recipient: Option<&'a str>) -> Facts<'a> {
         let t = self.tx.as_ref();
-        View {
-            client: &self.client,
+        Facts {
             helo: self.helo.as_deref(),
             sender: t.map(|t| t.sender.as_str()),
             recipient,
-            etrn_domain: None,
             rcpt_count: t.map_or(0, |t| t.rcpts.len()),
             pipelining_violation: self.pipelining_violation,
-            tls: false,
             smtputf8: t.is_some_and(|t| t.params.smtputf8),
-            sasl_username: None,
             discarded: t.is_some_and(|t| t.verdict.discard.is_some()),
             held: t.is_some_and(|t| t.verdict.hold.is_some()),
             pending_defer: self.pending.as_ref(),
+            ..Facts::new(
+                self.client.addr,
+                &self.client.name,
+                &self.client.reverse_name,
+            )
         }
     }
 

@@ -37,7 +37,7 @@ impl Gate for TestGate {
     fn delay_reject(&self) -> bool {
         self.delay
     }
-    fn ask(&self, at: Ask, view: &View) -> Verdict {
+    fn ask(&self, at: Ask, view: &Facts) -> Verdict {
         let mut v = Verdict::default();
         if at == Ask::Rcpt {
             if let Some(r) = view.recipient.filter(|r| r.ends_with("@bad.example")) {

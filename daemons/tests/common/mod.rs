@@ -52,6 +52,30 @@ fn group() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Runs `prog` with `args` and `input` on its standard input. A program
+/// that refuses at once (queue_minfree, bad flags) exits without reading
+/// its input: a broken pipe is then its answer, which the exit status and
+/// stderr carry.
+pub fn run_with_input(prog: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", prog.display()));
+    let written = child.stdin.take().unwrap().write_all(input.as_bytes());
+    if let Err(e) = written {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing to {}: {e}",
+            prog.display()
+        );
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A loopback TCP port nothing listens on now (the kernel's choice).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -247,26 +271,9 @@ impl Instance {
 
     /// Runs sendmail with `args`, the message on standard input.
     pub fn sendmail(&self, args: &[&str], message: &str) -> Output {
-        let mut child = Command::new(program("sendmail"))
-            .args(["-C", &self.etc])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A sendmail that refuses at once (queue_minfree, bad flags) exits
-        // without reading its input: a broken pipe here is its answer, which
-        // the exit status and stderr below carry.
-        let written = child.stdin.take().unwrap().write_all(message.as_bytes());
-        if let Err(e) = written {
-            assert_eq!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe,
-                "writing to sendmail: {e}"
-            );
-        }
-        child.wait_with_output().unwrap()
+        let mut all = vec!["-C", self.etc.as_str()];
+        all.extend_from_slice(args);
+        run_with_input(&program("sendmail"), &all, message)
     }
 
     /// Submits and asserts success.

@@ -27,16 +27,22 @@ pub struct DomainList {
 /// Most items read from `/file` entries (bounded like everything else).
 const MAX_ITEMS: usize = 100_000;
 
+/// A list parameter's value, and whether it is named in
+/// `parent_domain_matches_subdomains` (domain and network lists alike).
+pub(crate) fn list_param(params: &Params, name: &str) -> Result<(String, bool), TableError> {
+    let value = params
+        .value(name)
+        .map_err(|e| TableError::Config(format!("{name}: {e}")))?;
+    let parents = params
+        .value("parent_domain_matches_subdomains")
+        .unwrap_or_default();
+    Ok((value, split_list(&parents).contains(&name)))
+}
+
 impl DomainList {
     /// The list in parameter `name` of `params`.
     pub fn from_param(params: &Params, name: &str) -> Result<DomainList, TableError> {
-        let value = params
-            .value(name)
-            .map_err(|e| TableError::Config(format!("{name}: {e}")))?;
-        let parents = params
-            .value("parent_domain_matches_subdomains")
-            .unwrap_or_default();
-        let parent_matches = split_list(&parents).contains(&name);
+        let (value, parent_matches) = list_param(params, name)?;
         DomainList::new(name, &value, parent_matches)
     }
 

@@ -180,13 +180,7 @@ fn is_address_form(item: &str) -> bool {
 impl NetworkList {
     /// The list in parameter `name` of `params`.
     pub fn from_param(params: &Params, name: &str) -> Result<NetworkList, TableError> {
-        let value = params
-            .value(name)
-            .map_err(|e| TableError::Config(format!("{name}: {e}")))?;
-        let parents = params
-            .value("parent_domain_matches_subdomains")
-            .unwrap_or_default();
-        let parent_matches = split_list(&parents).contains(&name);
+        let (value, parent_matches) = super::domains::list_param(params, name)?;
         NetworkList::new(name, &value, parent_matches)
     }
 

@@ -138,6 +138,33 @@ impl Table for FailTable {
     }
 }
 
+/// `nis:map`: Facteur has no NIS client. Postfix on a host without an NIS
+/// domain opens such a table, warns once and finds nothing in it; the
+/// same here, so that Postfix's default `alias_maps = hash:/etc/aliases,
+/// nis:mail.aliases` (and the `local_recipient_maps` built on it) works.
+pub struct NisTable {
+    name: String,
+}
+
+impl NisTable {
+    pub fn open(spec: &str) -> NisTable {
+        crate::warning!("dict_nis_init: NIS domain name not set - NIS lookups disabled");
+        NisTable {
+            name: spec.to_string(),
+        }
+    }
+}
+
+impl Table for NisTable {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lookup(&self, _key: &str) -> Result<Option<String>, TableError> {
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,32 +220,5 @@ mod tests {
             FailTable::new("fail:x").lookup("a"),
             Err(TableError::Temporary(_))
         ));
-    }
-}
-
-/// `nis:map`: Facteur has no NIS client. Postfix on a host without an NIS
-/// domain opens such a table, warns once and finds nothing in it; the
-/// same here, so that Postfix's default `alias_maps = hash:/etc/aliases,
-/// nis:mail.aliases` (and the `local_recipient_maps` built on it) works.
-pub struct NisTable {
-    name: String,
-}
-
-impl NisTable {
-    pub fn open(spec: &str) -> NisTable {
-        crate::warning!("dict_nis_init: NIS domain name not set - NIS lookups disabled");
-        NisTable {
-            name: spec.to_string(),
-        }
-    }
-}
-
-impl Table for NisTable {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn lookup(&self, _key: &str) -> Result<Option<String>, TableError> {
-        Ok(None)
     }
 }

@@ -199,8 +199,8 @@ pub fn open(spec: &str, opts: &OpenOptions) -> Result<Box<dyn Table>, TableError
 
 /// The table types [`open`] knows (`postconf -m`).
 pub const TYPES: &[&str] = &[
-    "btree", "cdb", "cidr", "fail", "hash", "inline", "nis", "pcre", "pipemap", "proxy",
-    "regexp", "static", "texthash", "unionmap", "unix",
+    "btree", "cdb", "cidr", "fail", "hash", "inline", "nis", "pcre", "pipemap", "proxy", "regexp",
+    "static", "texthash", "unionmap", "unix",
 ];
 
 /// The file behind a file-based table, remembered at open so [`Table::changed`]
