@@ -1,8 +1,9 @@
 //! How local(8) acts on a target: as whom (user database, privileges),
-//! in which process (a forked child when the agent runs as root, so that
-//! switching user IDs cannot affect the threads serving other
-//! connections), and the `|command` runner with its environment, output
-//! capture and time limit.
+//! how (as root: the delivering thread alone switches its effective IDs
+//! with raw system calls, so the threads serving other connections stay
+//! root; the spool mailbox, whose writer needs root and the user in turn,
+//! in a forked child), and the `|command` runner with its environment,
+//! output capture and time limit.
 
 use std::ffi::{CStr, CString};
 use std::io::{self, Read, Write};
@@ -84,10 +85,87 @@ pub fn privileged() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs `f` as user `who` and returns its result. As root: in a forked
-/// child that gives up root for good (`setgroups`, `setgid`, `setuid`)
-/// before `f` runs, unless `keep_root` (then `f` switches effective IDs
-/// itself, for the spool mailbox). Unprivileged: right here.
+/// The calling thread's effective user and groups, switched to another
+/// user until dropped. Linux keeps credentials per thread; glibc's
+/// `seteuid` and friends change every thread of the process (they signal
+/// each one), the raw system calls change only the caller. So one
+/// delivery thread writes as the recipient while the others go on as
+/// root — what Postfix's single-threaded local gets from `seteuid`,
+/// without a process per delivery. The saved user ID stays 0, which is
+/// what lets the guard switch back.
+struct ThreadCreds {
+    groups: Vec<libc::gid_t>,
+}
+
+fn raw(r: libc::c_long) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+const KEEP: libc::c_long = libc::uid_t::MAX as libc::c_long;
+
+impl ThreadCreds {
+    fn switch(uid: u32, gid: u32) -> io::Result<ThreadCreds> {
+        // SAFETY: getgroups into a buffer of the size it reports.
+        let groups = unsafe {
+            let n = libc::getgroups(0, std::ptr::null_mut());
+            let mut g = vec![0 as libc::gid_t; n.max(0) as usize];
+            let n = libc::getgroups(g.len() as libc::c_int, g.as_mut_ptr());
+            g.truncate(n.max(0) as usize);
+            g
+        };
+        let saved = ThreadCreds { groups };
+        let gids = [gid as libc::gid_t];
+        // SAFETY: raw per-thread credential calls with valid arguments;
+        // on any failure the guard (dropped on return) restores root.
+        unsafe {
+            raw(libc::syscall(
+                libc::SYS_setgroups,
+                1 as libc::c_long,
+                gids.as_ptr(),
+            ))?;
+            raw(libc::syscall(
+                libc::SYS_setresgid,
+                KEEP,
+                gid as libc::c_long,
+                KEEP,
+            ))?;
+            raw(libc::syscall(
+                libc::SYS_setresuid,
+                KEEP,
+                uid as libc::c_long,
+                KEEP,
+            ))?;
+        }
+        Ok(saved)
+    }
+}
+
+impl Drop for ThreadCreds {
+    fn drop(&mut self) {
+        // SAFETY: back to root (the saved set-user-ID is 0), then the
+        // groups; a failure here would leave this thread unprivileged,
+        // which fails later deliveries safely rather than wrongly.
+        unsafe {
+            let _ = libc::syscall(libc::SYS_setresuid, KEEP, 0 as libc::c_long, KEEP);
+            let _ = libc::syscall(libc::SYS_setresgid, KEEP, 0 as libc::c_long, KEEP);
+            let _ = libc::syscall(
+                libc::SYS_setgroups,
+                self.groups.len() as libc::c_long,
+                self.groups.as_ptr(),
+            );
+        }
+    }
+}
+
+/// Runs `f` as user `who` and returns its result. As root: on this
+/// thread with its effective IDs switched (see [`ThreadCreds`]); with
+/// `keep_root` (the spool mailbox, whose writer switches IDs itself with
+/// glibc calls that would touch every thread) in a forked child instead.
+/// Unprivileged: right here.
 pub fn as_user<F>(who: Option<(u32, u32)>, keep_root: bool, f: F) -> Result<String, MailboxError>
 where
     F: FnOnce() -> Result<String, MailboxError>,
@@ -95,6 +173,11 @@ where
     let Some((uid, gid)) = who.filter(|_| privileged()) else {
         return f();
     };
+    if !keep_root {
+        let _creds = ThreadCreds::switch(uid, gid)
+            .map_err(|e| MailboxError::new("4.3.0", format!("cannot change user ID: {e}")))?;
+        return f();
+    }
     let mut fds = [0; 2];
     // SAFETY: pipe2 with a valid array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -329,6 +412,47 @@ pub fn run_command(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_thread_writes_as_the_user_while_the_others_stay_root() {
+        if !privileged() {
+            eprintln!("SKIPPED: needs root (CI runs as root)");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let file = dir.join("as-nobody");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let f2 = file.clone();
+        let t = std::thread::spawn(move || {
+            let r = as_user(Some((65534, 65534)), false, || {
+                std::fs::write(&f2, "x").map_err(|e| MailboxError::new("4.3.0", e.to_string()))?;
+                // SAFETY: geteuid cannot fail.
+                let inside = unsafe { libc::geteuid() };
+                tx.send(inside).unwrap();
+                go_rx.recv().unwrap();
+                Ok(String::new())
+            });
+            r.unwrap();
+            // SAFETY: geteuid cannot fail.
+            unsafe { libc::geteuid() }
+        });
+        assert_eq!(
+            rx.recv().unwrap(),
+            65534,
+            "the delivering thread is the user"
+        );
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "the other threads stay root");
+        go_tx.send(()).unwrap();
+        assert_eq!(t.join().unwrap(), 0, "back to root after the delivery");
+        assert_eq!(std::fs::metadata(&file).unwrap().uid(), 65534);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
     use libmail::mailbox::SliceSource;
 
