@@ -3,7 +3,9 @@
 #
 # Installs what the tests need when it is missing (Postfix, whose postconf is
 # the reference the differential tests compare against; swaks; tinycdb;
-# pflogsumm, which must count the end-to-end tests' logs right), then runs
+# pflogsumm, which must count the end-to-end tests' logs right; Perl's TLS
+# modules for swaks --tls; Dovecot, for the SASL and LMTP tests against a
+# real server), then runs
 # every test with cargo-nextest when present, else cargo test.
 #
 # Usage: scripts/test.sh [extra arguments for the test runner]
@@ -20,6 +22,12 @@ rm -rf "$pcdir"
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v cdb >/dev/null 2>&1 || need+=(tinycdb)
 command -v pflogsumm >/dev/null 2>&1 || need+=(pflogsumm)
+# swaks --tls needs Perl's TLS modules (smtpd STARTTLS tests).
+perl -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libio-socket-ssl-perl)
+perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
+# The throwaway Dovecot of ../shared/fixtures/dovecot (SASL and LMTP tests).
+[ -x /usr/sbin/dovecot ] && [ -x /usr/bin/doveadm ] || need+=(dovecot-core)
+[ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need[*]} (needed by the tests)"
   sudo=""

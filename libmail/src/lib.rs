@@ -13,6 +13,8 @@ pub mod ipc;
 pub mod log;
 pub mod mailbox;
 pub mod queue;
+pub mod sasl;
 pub mod service;
 pub mod smtp;
 pub mod table;
+pub mod tls;

@@ -29,8 +29,33 @@ pub fn main() {
     for w in restrictions.warnings() {
         libmail::warning!("{w}");
     }
+    let level = libmail::tls::Level::from_params(p).unwrap_or_else(|e| libmail::log::fatal(&e));
+    let wrapper = bool_param(p, "smtpd_tls_wrappermode", false);
+    // TLS is mandatory under encrypt and in wrapper mode: the
+    // smtpd_tls_mandatory_* parameters then apply.
+    let tls = if level != libmail::tls::Level::None || wrapper {
+        match libmail::tls::server_config(p, wrapper || level == libmail::tls::Level::Encrypt) {
+            Ok(Some(c)) => Some(tokio_rustls::TlsAcceptor::from(c)),
+            Ok(None) => {
+                libmail::warning!("No server certs available. TLS won't be enabled");
+                None
+            }
+            Err(e) => {
+                libmail::warning!("{e}: disabling TLS support");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut settings = Settings::from_params(p);
+    settings.tls.level = level;
+    settings.tls.available = tls.is_some();
     let shell = server::Shell {
-        settings: Arc::new(Settings::from_params(p)),
+        settings: Arc::new(settings),
+        tls,
+        wrapper,
+        starttls_timeout: Duration::from_secs(time_param(p, "smtpd_starttls_timeout", 300).max(1)),
         gate: Arc::new(gate::RestrictionGate(Arc::new(restrictions))),
         timeout: Duration::from_secs(time_param(p, "smtpd_timeout", 300).max(1)),
         line_limit: num_param(p, "line_length_limit", 2048).clamp(512, 1 << 20) as usize,
@@ -74,6 +99,13 @@ impl Settings {
                 .map(|s| s.to_string())
                 .collect(),
             soft_bounce: bool_param(p, "soft_bounce", false),
+            tls: session::TlsPolicy {
+                level: libmail::tls::Level::from_params(p).unwrap_or_default(),
+                available: false,
+                loglevel: num_param(p, "smtpd_tls_loglevel", 0),
+                received_header: bool_param(p, "smtpd_tls_received_header", false),
+                ask_ccert: bool_param(p, "smtpd_tls_ask_ccert", false),
+            },
         }
     }
 }

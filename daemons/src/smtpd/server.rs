@@ -21,8 +21,12 @@ use libmail::ipc::cleanup::{CleanupClient, CleanupError};
 use libmail::ipc::Attrs;
 use libmail::service::{self, Listener, Service};
 use libmail::smtp::Reply;
+use libmail::tls::Summary;
 use libmail::{info, warning};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    BufWriter,
+};
 use tokio::net::TcpStream;
 
 use super::session::{Client, Gate, Queue, Session, Settings, Step};
@@ -30,6 +34,12 @@ use super::session::{Client, Gate, Queue, Session, Settings, Step};
 /// How the shell is tuned.
 pub struct Shell {
     pub settings: Arc<Settings>,
+    /// The TLS server configuration, when one could be built.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `smtpd_tls_wrappermode`: TLS before the greeting.
+    pub wrapper: bool,
+    /// `smtpd_starttls_timeout`: the whole handshake.
+    pub starttls_timeout: Duration,
     pub gate: Arc<dyn Gate>,
     pub timeout: Duration,
     pub line_limit: usize,
@@ -369,12 +379,57 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         client: None,
     });
     let mut session = Session::new(shell.settings.clone(), shell.gate.clone(), queue, client);
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(16 << 10, rd);
-    let mut wr = BufWriter::with_capacity(16 << 10, wr);
-    let end = serve(&mut session, &mut rd, &mut wr, &shell).await;
-    let _ = wr.flush().await;
     let label = session.client.label();
+    let mut stream: Stream = Box::new(stream);
+    if shell.wrapper {
+        if shell.tls.is_none() {
+            warning!(
+                "Wrapper-mode request dropped from {label} for service smtpd. \
+                 TLS context initialization failed. For details see earlier warnings in your logs."
+            );
+            return;
+        }
+        match handshake(&shell, stream).await {
+            Ok((s, summary)) => {
+                stream = s;
+                session.tls_started(summary);
+            }
+            Err(e) => {
+                info!("connect from {label}");
+                info!("SSL_accept error from {label}: {e}");
+                info!("lost connection after CONNECT from {label}");
+                info!("{}", session.disconnect_line());
+                return;
+            }
+        }
+    }
+    let mut greet = true;
+    let end = loop {
+        let (rd, wr) = tokio::io::split(stream);
+        let mut rd = BufReader::with_capacity(16 << 10, rd);
+        let mut wr = BufWriter::with_capacity(16 << 10, wr);
+        let end = serve(&mut session, &mut rd, &mut wr, &shell, greet).await;
+        greet = false;
+        let _ = wr.flush().await;
+        if !matches!(end, End::StartTls) {
+            break end;
+        }
+        // Whatever the client sent after STARTTLS, before the handshake,
+        // is plaintext anyone on the path could have injected: it is
+        // dropped with the reader's buffer, never read as commands.
+        let plain = rd.into_inner().unsplit(wr.into_inner());
+        match handshake(&shell, plain).await {
+            Ok((s, summary)) => {
+                stream = s;
+                session.tls_started(summary);
+                flush_logs(&mut session);
+            }
+            Err(e) => {
+                info!("SSL_accept error from {label}: {e}");
+                break End::Lost;
+            }
+        }
+    };
     for l in session.take_logs() {
         info!("{l}");
     }
@@ -382,7 +437,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         End::Quit => {}
         End::Lost => info!("lost connection after {} from {label}", session.last_verb),
         End::Timeout => info!("timeout after {} from {label}", session.last_verb),
-        End::Closed => {}
+        End::Closed | End::StartTls => {}
     }
     session.lost_in_place();
     info!("{}", session.disconnect_line());
@@ -393,6 +448,29 @@ enum End {
     Closed,
     Lost,
     Timeout,
+    /// STARTTLS was answered with 220: the handshake comes next.
+    StartTls,
+}
+
+/// A client connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Stream = Box<dyn Io>;
+
+/// The server side of the TLS handshake, within `smtpd_starttls_timeout`.
+async fn handshake(shell: &Shell, stream: Stream) -> Result<(Stream, Summary), String> {
+    let acceptor = shell
+        .tls
+        .as_ref()
+        .ok_or_else(|| "TLS is not available".to_string())?;
+    match tokio::time::timeout(shell.starttls_timeout, acceptor.accept(stream)).await {
+        Err(_) => Err("timeout".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(tls)) => {
+            let summary = Summary::of(tls.get_ref().1);
+            Ok((Box::new(tls), summary))
+        }
+    }
 }
 
 impl Session {
@@ -402,25 +480,52 @@ impl Session {
     }
 }
 
-async fn serve<R, W>(session: &mut Session, rd: &mut R, wr: &mut W, shell: &Shell) -> End
+async fn serve<R, W>(
+    session: &mut Session,
+    rd: &mut R,
+    wr: &mut W,
+    shell: &Shell,
+    greet: bool,
+) -> End
 where
     R: AsyncBufRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let timeout = shell.timeout;
+    if greet {
+        if let Some(end) = greeting(session, wr).await {
+            return end;
+        }
+    }
+    commands(session, rd, wr, shell).await
+}
+
+/// Sends the greeting; `Some` when the session ends there.
+async fn greeting<W: tokio::io::AsyncWrite + Unpin>(
+    session: &mut Session,
+    wr: &mut W,
+) -> Option<End> {
     let greeting = tokio::task::block_in_place(|| session.greeting());
     flush_logs(session);
     let (r, close) = match greeting {
         Step::Close(r) => (r, true),
         Step::Reply(r) | Step::Data(r) => (r, false),
-        Step::Bdat { .. } => return End::Closed,
+        Step::Bdat { .. } | Step::StartTls(_) => return Some(End::Closed),
     };
     if wr.write_all(&r.to_wire()).await.is_err() || wr.flush().await.is_err() {
-        return End::Lost;
+        return Some(End::Lost);
     }
     if close {
-        return End::Closed;
+        return Some(End::Closed);
     }
+    None
+}
+
+async fn commands<R, W>(session: &mut Session, rd: &mut R, wr: &mut W, shell: &Shell) -> End
+where
+    R: AsyncBufRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let timeout = shell.timeout;
     let mut line = Vec::with_capacity(1024);
     loop {
         let got =
@@ -455,6 +560,12 @@ where
                 if wr.write_all(&r.to_wire()).await.is_err() {
                     return End::Lost;
                 }
+            }
+            Step::StartTls(r) => {
+                if wr.write_all(&r.to_wire()).await.is_err() || wr.flush().await.is_err() {
+                    return End::Lost;
+                }
+                return End::StartTls;
             }
             Step::Close(r) => {
                 let _ = wr.write_all(&r.to_wire()).await;

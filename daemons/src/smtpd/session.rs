@@ -10,7 +10,12 @@
 //!   `smtpd_discard_ehlo_keywords`), `MAIL`, `RCPT`, `DATA`, `BDAT`,
 //!   `RSET`, `NOOP`, `VRFY` (`disable_vrfy_command`), `ETRN`, `QUIT`; every
 //!   other verb, `HELP` included, is `500 5.5.2 Error: command not
-//!   recognized`. STARTTLS and AUTH are not offered yet.
+//!   recognized`. AUTH is not offered yet.
+//! * `STARTTLS` (listed after ETRN when `smtpd_tls_security_level` is
+//!   `may` or `encrypt` and a certificate is loaded): the session answers
+//!   and hands the handshake to the shell ([`Step::StartTls`]); after it,
+//!   [`Session::tls_started`] forgets everything said in plaintext. Under
+//!   `encrypt`, MAIL, RCPT, DATA, VRFY and ETRN need TLS first.
 //! * The access decisions go through a [`Gate`] (the smtpd restrictions),
 //!   at RCPT when `smtpd_delay_reject = yes`, else at each command.
 //! * The queue file is opened (through a [`Queue`]: cleanup) at the first
@@ -32,6 +37,7 @@ use std::time::Duration;
 use libmail::ipc::Attrs;
 use libmail::smtp::command::{self, Body, Command, MailParams, RcptParams};
 use libmail::smtp::Reply;
+use libmail::tls::{Level, Summary};
 
 pub use super::restrict::{Facts, Log, PendingDefer};
 
@@ -137,6 +143,24 @@ pub struct Settings {
     pub smtputf8: bool,
     pub discard_ehlo: Vec<String>,
     pub soft_bounce: bool,
+    pub tls: TlsPolicy,
+}
+
+/// The `smtpd_tls_*` settings the conversation needs (the handshake
+/// itself is the shell's).
+#[derive(Debug, Clone, Default)]
+pub struct TlsPolicy {
+    /// `smtpd_tls_security_level` (or the legacy `smtpd_use_tls`,
+    /// `smtpd_enforce_tls`).
+    pub level: Level,
+    /// A server certificate is configured and loaded: STARTTLS can work.
+    pub available: bool,
+    /// `smtpd_tls_loglevel`.
+    pub loglevel: i64,
+    /// `smtpd_tls_received_header`.
+    pub received_header: bool,
+    /// `smtpd_tls_ask_ccert`.
+    pub ask_ccert: bool,
 }
 
 /// Per-command counters for the `disconnect from` line.
@@ -184,6 +208,10 @@ pub enum Step {
         size: u64,
         last: bool,
     },
+    /// Send the 220, then: drop whatever the client sent after STARTTLS
+    /// in plaintext, do the TLS handshake, and call
+    /// [`Session::tls_started`] (or end the session if it failed).
+    StartTls(Reply),
 }
 
 /// Content is handed to cleanup in pieces of about this size.
@@ -213,6 +241,8 @@ pub struct Session {
     pause: Option<Duration>,
     /// The `defer_if_permit` pending from the previous stage.
     pending: Option<PendingDefer>,
+    /// TLS is active: what the handshake gave.
+    tls: Option<Summary>,
 }
 
 fn pl(code: u16, enh: &str, text: &str) -> Reply {
@@ -245,6 +275,84 @@ impl Session {
             pipelining_violation: false,
             pause: None,
             pending: None,
+            tls: None,
+        }
+    }
+
+    /// Whether TLS is active.
+    pub fn tls_active(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS handshake completed (after STARTTLS, or before the
+    /// greeting in wrapper mode). Everything learned in plaintext is
+    /// forgotten (RFC 3207 4.2): HELO, the transaction, a pending defer.
+    pub fn tls_started(&mut self, summary: Summary) {
+        self.reset();
+        self.helo = None;
+        self.esmtp = false;
+        self.pending = None;
+        if self.set.tls.loglevel >= 1 {
+            let trust = if summary.peer_fingerprint.is_some() {
+                "Untrusted"
+            } else {
+                "Anonymous"
+            };
+            self.logs.push(format!(
+                "{trust} TLS connection established from {}: {}",
+                self.client.label(),
+                summary.describe()
+            ));
+        }
+        self.tls = Some(summary);
+    }
+
+    /// The client certificate's SHA-256 fingerprint, when one was
+    /// presented (for `permit_tls_clientcerts`).
+    pub fn peer_fingerprint(&self) -> Option<&str> {
+        self.tls.as_ref()?.peer_fingerprint.as_deref()
+    }
+
+    /// `530 5.7.0 Must issue a STARTTLS command first` under `encrypt`
+    /// before the handshake.
+    fn needs_tls(&mut self, verb: &str) -> Option<Step> {
+        if self.set.tls.level == Level::Encrypt && self.tls.is_none() {
+            self.count(verb, false);
+            return Some(self.error(pl(530, "5.7.0", "Must issue a STARTTLS command first")));
+        }
+        None
+    }
+
+    fn starttls(&mut self) -> Step {
+        self.last_verb = "STARTTLS".into();
+        if self.tls.is_some() {
+            self.count("starttls", false);
+            return self.error(pl(554, "5.5.1", "Error: TLS already active"));
+        }
+        let discarded = self
+            .set
+            .discard_ehlo
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case("STARTTLS"));
+        if self.set.tls.level == Level::None || discarded {
+            self.count("starttls", false);
+            return self.error(pl(502, "5.5.1", "Error: command not implemented"));
+        }
+        if !self.set.tls.available {
+            self.count("starttls", false);
+            return self.error(pl(454, "4.7.0", "TLS not available due to local problem"));
+        }
+        self.count("starttls", true);
+        Step::StartTls(pl(220, "2.0.0", "Ready to start TLS"))
+    }
+
+    /// `ESMTP` or `SMTP`, with RFC 3848's `S` for TLS (ESMTP only), as
+    /// the Received: header writes the protocol.
+    fn received_proto(&self) -> &'static str {
+        match (self.esmtp, self.tls.is_some()) {
+            (true, true) => "ESMTPS",
+            (true, false) => "ESMTP",
+            (false, _) => "SMTP",
         }
     }
 
@@ -296,6 +404,7 @@ impl Session {
             discarded: t.is_some_and(|t| t.verdict.discard.is_some()),
             held: t.is_some_and(|t| t.verdict.hold.is_some()),
             pending_defer: self.pending.as_ref(),
+            tls: self.tls.is_some(),
             ..Facts::new(
                 self.client.addr,
                 &self.client.name,
@@ -307,8 +416,9 @@ impl Session {
     /// The greeting: `220 banner`, or a refusal by the client
     /// restrictions when they are not delayed.
     pub fn greeting(&mut self) -> Step {
+        // First, even before the TLS line of a wrapper-mode handshake.
         self.logs
-            .push(format!("connect from {}", self.client.label()));
+            .insert(0, format!("connect from {}", self.client.label()));
         if !self.gate.delay_reject() {
             let v = self.gate.ask(Ask::Connect, &self.view(None));
             self.absorb(&v);
@@ -466,6 +576,9 @@ impl Session {
             }
             Command::Vrfy(a) => {
                 self.last_verb = "VRFY".into();
+                if let Some(s) = self.needs_tls("vrfy") {
+                    return s;
+                }
                 if self.set.disable_vrfy {
                     self.count("vrfy", false);
                     return self.error(pl(502, "5.5.1", "VRFY command is disabled"));
@@ -479,6 +592,9 @@ impl Session {
             }
             Command::Etrn(domain) => {
                 self.last_verb = "ETRN".into();
+                if let Some(s) = self.needs_tls("etrn") {
+                    return s;
+                }
                 let mut view = self.view(None);
                 view.etrn_domain = Some(&domain);
                 let v = self.gate.ask(Ask::Etrn, &view);
@@ -505,19 +621,11 @@ impl Session {
                 self.count("quit", true);
                 Step::Close(pl(221, "2.0.0", "Bye"))
             }
-            Command::StartTls | Command::Auth(..) => {
-                let verb = if matches!(cmd, Command::StartTls) {
-                    "starttls"
-                } else {
-                    "auth"
-                };
-                self.last_verb = verb.to_ascii_uppercase();
-                self.count(verb, false);
-                if verb == "auth" {
-                    self.error(pl(503, "5.5.1", "Error: authentication not enabled"))
-                } else {
-                    self.error(pl(502, "5.5.1", "Error: command not implemented"))
-                }
+            Command::StartTls => self.starttls(),
+            Command::Auth(..) => {
+                self.last_verb = "AUTH".into();
+                self.count("auth", false);
+                self.error(pl(503, "5.5.1", "Error: authentication not enabled"))
             }
             Command::Unknown(v) => {
                 self.last_verb = "UNKNOWN".into();
@@ -551,6 +659,9 @@ impl Session {
             k.push("VRFY".into());
         }
         k.push("ETRN".into());
+        if self.set.tls.level != Level::None && self.set.tls.available && self.tls.is_none() {
+            k.push("STARTTLS".into());
+        }
         k.push("ENHANCEDSTATUSCODES".into());
         k.push("8BITMIME".into());
         k.push("DSN".into());
@@ -612,6 +723,9 @@ impl Session {
 
     fn mail(&mut self, sender: String, params: MailParams) -> Step {
         self.last_verb = "MAIL".into();
+        if let Some(s) = self.needs_tls("mail") {
+            return s;
+        }
         if self.set.helo_required && self.helo.is_none() {
             self.count("mail", false);
             return self.error(pl(503, "5.5.1", "Error: send HELO/EHLO first"));
@@ -678,6 +792,9 @@ impl Session {
 
     fn rcpt(&mut self, rcpt: String, params: RcptParams) -> Step {
         self.last_verb = "RCPT".into();
+        if let Some(s) = self.needs_tls("rcpt") {
+            return s;
+        }
         if self.tx.is_none() {
             self.count("rcpt", false);
             return self.error(pl(503, "5.5.1", "Error: need MAIL command"));
@@ -839,8 +956,25 @@ impl Session {
             self.client.name,
             self.client.received_addr()
         ));
+        if let (Some(s), true) = (&self.tls, self.set.tls.received_header) {
+            let mut using = format!(
+                "\t(using {} with cipher {} ({}/{} bits)",
+                s.protocol, s.cipher, s.bits, s.bits
+            );
+            if let Some(k) = &s.key_exchange {
+                out.push(using);
+                using = format!("\t key-exchange {k}");
+            }
+            using.push(')');
+            out.push(using);
+            if !self.set.tls.ask_ccert {
+                out.push("\t(No client certificate requested)".into());
+            } else if s.peer_fingerprint.is_none() {
+                out.push("\t(Client did not present a certificate)".into());
+            }
+        }
         let id = t.queue_id.as_deref().unwrap_or("");
-        let proto = if self.esmtp { "ESMTP" } else { "SMTP" };
+        let proto = self.received_proto();
         let date = crate::cleanup::headers::mail_date(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -865,6 +999,9 @@ impl Session {
 
     fn data(&mut self) -> Step {
         self.last_verb = "DATA".into();
+        if let Some(s) = self.needs_tls("data") {
+            return s;
+        }
         if self.in_bdat {
             self.count("data", false);
             return self.error(pl(503, "5.5.1", "Error: DATA after BDAT"));

@@ -25,6 +25,7 @@ fn settings() -> Settings {
         smtputf8: true,
         discard_ehlo: vec![],
         soft_bounce: false,
+        tls: TlsPolicy::default(),
     }
 }
 
@@ -114,6 +115,7 @@ fn said(s: &mut Session, line: &str) -> String {
     match s.command(line) {
         Step::Reply(r) | Step::Close(r) | Step::Data(r) => r.to_string(),
         Step::Bdat { size, last } => format!("BDAT {size} {last}"),
+        Step::StartTls(r) => format!("STARTTLS {r}"),
     }
 }
 
@@ -324,4 +326,209 @@ fn bdat_chunks_become_lines() {
     }
     let text = String::from_utf8(rec.lock().unwrap().content.clone()).unwrap();
     assert!(text.ends_with("\nSubject: x\n\nbody\n"), "{text:?}");
+}
+
+/// Records whether each question saw TLS.
+struct TlsSeen(Mutex<Vec<(Ask, bool)>>);
+
+impl Gate for TlsSeen {
+    fn delay_reject(&self) -> bool {
+        true
+    }
+    fn ask(&self, at: Ask, view: &Facts) -> Verdict {
+        self.0.lock().unwrap().push((at, view.tls));
+        Verdict::default()
+    }
+}
+
+fn tls_session(
+    level: libmail::tls::Level,
+    available: bool,
+) -> (Session, Arc<Mutex<Record>>, Arc<TlsSeen>) {
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let gate = Arc::new(TlsSeen(Mutex::new(Vec::new())));
+    let mut set = settings();
+    set.tls = TlsPolicy {
+        level,
+        available,
+        loglevel: 1,
+        received_header: true,
+        ask_ccert: false,
+    };
+    let mut s = Session::new(
+        Arc::new(set),
+        gate.clone(),
+        Box::new(TestQueue(rec.clone())),
+        Client {
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 4242,
+            name: "localhost".into(),
+            reverse_name: "localhost".into(),
+        },
+    );
+    s.greeting();
+    s.take_logs();
+    (s, rec, gate)
+}
+
+fn tls13() -> libmail::tls::Summary {
+    libmail::tls::Summary {
+        protocol: "TLSv1.3".into(),
+        cipher: "TLS_AES_256_GCM_SHA384".into(),
+        bits: 256,
+        key_exchange: Some("X25519".into()),
+        peer_fingerprint: None,
+    }
+}
+
+#[test]
+fn starttls_is_offered_after_etrn_until_tls_is_active() {
+    use libmail::tls::Level;
+    let (mut s, _, _) = tls_session(Level::May, true);
+    let ehlo = said(&mut s, "EHLO client.example");
+    assert!(
+        ehlo.contains("250-ETRN\r\n250-STARTTLS\r\n250-ENHANCEDSTATUSCODES"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        said(&mut s, "STARTTLS now"),
+        "501 5.5.4 Syntax: STARTTLS\r\n"
+    );
+    assert_eq!(
+        said(&mut s, "STARTTLS"),
+        "STARTTLS 220 2.0.0 Ready to start TLS\r\n"
+    );
+    s.tls_started(tls13());
+    assert!(s.tls_active());
+    assert_eq!(
+        s.take_logs(),
+        [
+            "Anonymous TLS connection established from localhost[127.0.0.1]: \
+          TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519"
+        ]
+    );
+    let ehlo = said(&mut s, "EHLO client.example");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!(
+        said(&mut s, "STARTTLS"),
+        "554 5.5.1 Error: TLS already active\r\n"
+    );
+}
+
+#[test]
+fn the_handshake_forgets_helo_and_the_transaction() {
+    use libmail::tls::Level;
+    let (mut s, rec, _) = tls_session(Level::May, true);
+    said(&mut s, "EHLO plain.example");
+    said(&mut s, "MAIL FROM:<a@example.org>");
+    assert_eq!(said(&mut s, "RCPT TO:<b@example.org>"), "250 2.1.5 Ok\r\n");
+    assert!(said(&mut s, "STARTTLS").starts_with("STARTTLS 220"));
+    s.tls_started(tls13());
+    assert_eq!(
+        rec.lock().unwrap().aborted,
+        1,
+        "the open queue file is dropped"
+    );
+    assert_eq!(
+        said(&mut s, "RCPT TO:<b@example.org>"),
+        "503 5.5.1 Error: need MAIL command\r\n"
+    );
+    // The HELO name said in plaintext is not the one of the header.
+    said(&mut s, "MAIL FROM:<a@example.org>");
+    said(&mut s, "RCPT TO:<b@example.org>");
+    assert!(said(&mut s, "DATA").starts_with("354"));
+    s.data_line(b"x");
+    s.data_end();
+    let content = String::from_utf8(rec.lock().unwrap().content.clone()).unwrap();
+    assert!(
+        content.starts_with("Received: from localhost (localhost [127.0.0.1])\n"),
+        "{content}"
+    );
+    assert!(!content.contains("plain.example"), "{content}");
+    // Without EHLO after TLS the protocol is SMTP, not ESMTPS.
+    assert!(content.contains("with SMTP id"), "{content}");
+}
+
+#[test]
+fn received_header_says_esmtps_and_tls_details_and_restrictions_see_tls() {
+    use libmail::tls::Level;
+    let (mut s, rec, gate) = tls_session(Level::May, true);
+    said(&mut s, "EHLO client.example");
+    said(&mut s, "MAIL FROM:<a@example.org>");
+    said(&mut s, "RCPT TO:<b@example.org>");
+    said(&mut s, "RSET");
+    said(&mut s, "STARTTLS");
+    s.tls_started(tls13());
+    said(&mut s, "EHLO client.example");
+    said(&mut s, "MAIL FROM:<a@example.org>");
+    said(&mut s, "RCPT TO:<b@example.org>");
+    assert!(said(&mut s, "DATA").starts_with("354"));
+    s.data_line(b"x");
+    assert!(s
+        .data_end()
+        .to_string()
+        .starts_with("250 2.0.0 Ok: queued as"));
+    let content = String::from_utf8(rec.lock().unwrap().content.clone()).unwrap();
+    assert!(
+        content.starts_with(
+            "Received: from client.example (localhost [127.0.0.1])\n\
+             \t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)\n\
+             \t key-exchange X25519)\n\
+             \t(No client certificate requested)\n\
+             \tby mx.example.test (Postfix) with ESMTPS id ABCDE"
+        ),
+        "{content}"
+    );
+    let seen = gate.0.lock().unwrap().clone();
+    let rcpts: Vec<bool> = seen
+        .iter()
+        .filter(|(a, _)| *a == Ask::Rcpt)
+        .map(|(_, t)| *t)
+        .collect();
+    assert_eq!(rcpts, [false, true], "RCPT before and after the handshake");
+}
+
+#[test]
+fn encrypt_requires_starttls_before_mail() {
+    use libmail::tls::Level;
+    let (mut s, _, _) = tls_session(Level::Encrypt, true);
+    said(&mut s, "EHLO client.example");
+    for cmd in [
+        "MAIL FROM:<a@example.org>",
+        "RCPT TO:<b@example.org>",
+        "VRFY x",
+        "ETRN x",
+    ] {
+        assert_eq!(
+            said(&mut s, cmd),
+            "530 5.7.0 Must issue a STARTTLS command first\r\n",
+            "{cmd}"
+        );
+    }
+    said(&mut s, "STARTTLS");
+    s.tls_started(tls13());
+    said(&mut s, "EHLO client.example");
+    assert_eq!(
+        said(&mut s, "MAIL FROM:<a@example.org>"),
+        "250 2.1.0 Ok\r\n"
+    );
+}
+
+#[test]
+fn starttls_without_a_certificate_or_without_tls() {
+    use libmail::tls::Level;
+    let (mut s, _, _) = tls_session(Level::May, false);
+    let ehlo = said(&mut s, "EHLO client.example");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!(
+        said(&mut s, "STARTTLS"),
+        "454 4.7.0 TLS not available due to local problem\r\n"
+    );
+    let (mut s, _, _) = tls_session(Level::None, true);
+    let ehlo = said(&mut s, "EHLO client.example");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!(
+        said(&mut s, "STARTTLS"),
+        "502 5.5.1 Error: command not implemented\r\n"
+    );
 }
