@@ -65,6 +65,10 @@ fuzz_target!(|data: &[u8]| {
         smtputf8: true,
         discard_ehlo: vec![],
         soft_bounce: false,
+        tls: TlsPolicy::default(),
+        auth_tls_only: false,
+        broken_sasl_clients: false,
+        sasl_authenticated_header: false,
     };
     let mut s = Session::new(
         Arc::new(set),

@@ -9,10 +9,8 @@
 //! installed: `scripts/test.sh` installs it. A missing Dovecot or fixture
 //! fails the test with that advice; it is never skipped silently.
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use libmail::sasl::base64;
@@ -21,100 +19,18 @@ use libmail::sasl::{ehlo_keywords, smtp, MechFlags, Step};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The fixture script, found beside the repository as CI checks it out
-/// (`<workspace>/../shared/fixtures/dovecot/`).
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/dovecot/dovecot-fixture.sh")
+#[path = "support/dovecot.rs"]
+mod fixture;
+use fixture::Fixture;
+
+trait Client {
+    fn client(&self) -> Dovecot;
 }
 
-/// A running Dovecot; stopped (and its directory removed) on drop.
-struct Fixture {
-    base: PathBuf,
-    auth_socket: PathBuf,
-    pid: u32,
-}
-
-impl Fixture {
-    fn start(name: &str) -> Fixture {
-        let script = script();
-        assert!(
-            script.is_file(),
-            "the Dovecot fixture {} is missing: the shared/ directory must sit beside the \
-             repository; run scripts/test.sh",
-            script.display()
-        );
-        assert!(
-            Path::new("/usr/sbin/dovecot").exists() && Path::new("/usr/bin/doveadm").exists(),
-            "Dovecot is not installed (dovecot-core, dovecot-lmtpd): run scripts/test.sh, \
-             which installs it"
-        );
-        let base = std::env::temp_dir().join(format!(
-            "facteur-sasl-dovecot-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        let mut f = Fixture {
-            base,
-            auth_socket: PathBuf::new(),
-            pid: 0,
-        };
-        f.run_start();
-        f
-    }
-
-    fn run_start(&mut self) {
-        let (ok, stdout, stderr) = self.script("start");
-        assert!(ok, "dovecot-fixture.sh start failed: {stdout}{stderr}");
-        let var = |k: &str| {
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-                .unwrap_or_else(|| panic!("no {k} in the fixture's output:\n{stdout}"))
-                .to_string()
-        };
-        self.auth_socket = PathBuf::from(var("DOVECOT_AUTH_SOCKET"));
-        self.pid = var("DOVECOT_PID").parse().unwrap();
-    }
-
-    fn stop(&self) {
-        let (ok, stdout, stderr) = self.script("stop");
-        assert!(ok, "dovecot-fixture.sh stop failed: {stdout}{stderr}");
-    }
-
-    /// Runs the fixture script. Its output goes to files, not pipes:
-    /// the daemonized Dovecot inherits the script's stdout and stderr and
-    /// keeps them open, so reading a pipe to its end would never finish.
-    fn script(&self, cmd: &str) -> (bool, String, String) {
-        let out = self.base.with_extension("out");
-        let err = self.base.with_extension("err");
-        let status = Command::new("sh")
-            .arg(script())
-            .arg(cmd)
-            .arg(&self.base)
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).unwrap())
-            .stderr(File::create(&err).unwrap())
-            .status()
-            .expect("run dovecot-fixture.sh");
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        let r = (status.success(), read(&out), read(&err));
-        let _ = std::fs::remove_file(&out);
-        let _ = std::fs::remove_file(&err);
-        r
-    }
-
+impl Client for Fixture {
     fn client(&self) -> Dovecot {
         Dovecot::connect(Endpoint::Unix(self.auth_socket.clone()), TIMEOUT)
             .expect("connect to the fixture's auth socket")
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // `stop` waits until the master process has exited.
-        let _ = self.script("stop");
-        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 

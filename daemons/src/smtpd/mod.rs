@@ -62,6 +62,7 @@ pub fn main() {
         peername_lookup: bool_param(p, "smtpd_peername_lookup", true),
         queue_directory: svc.layout.root().to_path_buf(),
         ipc_timeout: Duration::from_secs(time_param(p, "ipc_timeout", 3600).max(1)),
+        sasl: sasl_config(p, svc.layout.root()),
     };
     server::run(svc, shell);
 }
@@ -106,8 +107,36 @@ impl Settings {
                 received_header: bool_param(p, "smtpd_tls_received_header", false),
                 ask_ccert: bool_param(p, "smtpd_tls_ask_ccert", false),
             },
+            auth_tls_only: bool_param(p, "smtpd_tls_auth_only", false),
+            broken_sasl_clients: bool_param(p, "broken_sasl_auth_clients", false),
+            sasl_authenticated_header: bool_param(p, "smtpd_sasl_authenticated_header", false),
         }
     }
+}
+
+/// How to reach the SASL server, when `smtpd_sasl_auth_enable = yes`:
+/// only Dovecot's protocol (`smtpd_sasl_type = dovecot`); Cyrus, Postfix's
+/// default type, is refused at start with a message that says what to set.
+fn sasl_config(p: &Params, queue_directory: &std::path::Path) -> Option<server::SaslConfig> {
+    if !bool_param(p, "smtpd_sasl_auth_enable", false) {
+        return None;
+    }
+    let v = |n: &str| p.value(n).unwrap_or_default();
+    let kind = v("smtpd_sasl_type");
+    if kind != "dovecot" {
+        libmail::log::fatal(&format!(
+            "SASL server implementation {kind:?} is not supported: set smtpd_sasl_type = dovecot \
+             (and smtpd_sasl_path to Dovecot's auth socket)"
+        ));
+    }
+    let endpoint = libmail::sasl::dovecot::Endpoint::parse(&v("smtpd_sasl_path"), queue_directory)
+        .unwrap_or_else(|e| libmail::log::fatal(&format!("smtpd_sasl_path: {e}")));
+    let policy = libmail::sasl::SecurityPolicy::parse(
+        &v("smtpd_sasl_security_options"),
+        &v("smtpd_sasl_tls_security_options"),
+    )
+    .unwrap_or_else(|e| libmail::log::fatal(&format!("smtpd_sasl_security_options: {e:?}")));
+    Some(server::SaslConfig { endpoint, policy })
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 
-use super::session::{Client, Gate, Queue, Session, Settings, Step};
+use super::session::{Client, Gate, Queue, Sasl, SaslStep, Session, Settings, Step};
 
 /// How the shell is tuned.
 pub struct Shell {
@@ -46,6 +46,71 @@ pub struct Shell {
     pub peername_lookup: bool,
     pub queue_directory: PathBuf,
     pub ipc_timeout: Duration,
+    /// SMTP AUTH (None: `smtpd_sasl_auth_enable = no`).
+    pub sasl: Option<SaslConfig>,
+}
+
+/// Where AUTH goes (`smtpd_sasl_*`).
+pub struct SaslConfig {
+    pub endpoint: libmail::sasl::dovecot::Endpoint,
+    pub policy: libmail::sasl::SecurityPolicy,
+}
+
+/// Dovecot, as the session's [`Sasl`]: one auth connection per SMTP
+/// session, opened when EHLO first asks for the mechanisms.
+struct DovecotSasl {
+    dovecot: libmail::sasl::dovecot::Dovecot,
+    local: Option<SocketAddr>,
+    remote: SocketAddr,
+    warned: bool,
+}
+
+impl Sasl for DovecotSasl {
+    fn mechanisms(&mut self, tls: bool) -> Vec<String> {
+        if let Err(e) = self.dovecot.ensure_connected() {
+            if !self.warned {
+                warning!("SASL: {e}");
+                self.warned = true;
+            }
+            return Vec::new();
+        }
+        self.dovecot
+            .offered(tls)
+            .iter()
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    fn start(
+        &mut self,
+        mech: &str,
+        initial: Option<&str>,
+        tls: bool,
+        _client: &Client,
+    ) -> SaslStep {
+        let info = libmail::sasl::dovecot::ClientInfo::new(self.local, Some(self.remote), tls);
+        let step = self.dovecot.start(mech, initial, &info);
+        self.note_error();
+        step
+    }
+
+    fn respond(&mut self, response: &str) -> SaslStep {
+        let step = self.dovecot.respond(response);
+        self.note_error();
+        step
+    }
+
+    fn abort(&mut self) {
+        self.dovecot.abort();
+    }
+}
+
+impl DovecotSasl {
+    fn note_error(&mut self) {
+        if let Some(e) = self.dovecot.last_error() {
+            warning!("{e}");
+        }
+    }
 }
 
 /// cleanup, as the session's [`Queue`].
@@ -378,7 +443,20 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         timeout: shell.ipc_timeout,
         client: None,
     });
+    let local = stream.local_addr().ok();
     let mut session = Session::new(shell.settings.clone(), shell.gate.clone(), queue, client);
+    if let Some(c) = &shell.sasl {
+        session = session.with_sasl(Box::new(DovecotSasl {
+            dovecot: libmail::sasl::dovecot::Dovecot::new(
+                c.endpoint.clone(),
+                libmail::sasl::dovecot::DEFAULT_TIMEOUT,
+            )
+            .with_policy(c.policy),
+            local,
+            remote: peer,
+            warned: false,
+        }));
+    }
     let label = session.client.label();
     let mut stream: Stream = Box::new(stream);
     if shell.wrapper {
@@ -545,7 +623,10 @@ where
         // Only the commands that talk to cleanup may block (RCPT opens the
         // queue file, DATA and BDAT send the envelope); the others run
         // here (table lookups are memory-mapped).
-        let step = if may_block(&got) {
+        let step = if may_block(&got)
+            || session.in_auth()
+            || (shell.sasl.is_some() && is_verb(&got, &["EHLO", "AUTH"]))
+        {
             tokio::task::block_in_place(|| session.command(&got))
         } else {
             session.command(&got)
@@ -612,10 +693,13 @@ where
 
 /// Whether a command line may block (it talks to cleanup).
 fn may_block(line: &str) -> bool {
+    is_verb(line, &["RCPT", "DATA", "BDAT"])
+}
+
+/// Whether the line starts with one of these four-letter verbs.
+fn is_verb(line: &str, verbs: &[&str]) -> bool {
     let verb = line.trim_start().get(..4).unwrap_or("");
-    ["RCPT", "DATA", "BDAT"]
-        .iter()
-        .any(|v| verb.eq_ignore_ascii_case(v))
+    verbs.iter().any(|v| verb.eq_ignore_ascii_case(v))
 }
 
 fn rd_is_empty<R: AsyncBufRead + Unpin>(rd: &mut R) -> bool {

@@ -99,6 +99,19 @@ pub trait Queue: Send {
     fn abort(&mut self);
 }
 
+/// SMTP AUTH's server side (Dovecot). Blocking calls: the shell runs
+/// them where blocking is allowed.
+pub trait Sasl: Send {
+    /// The mechanisms to offer with TLS active or not (after the
+    /// security options); empty: AUTH is not offered.
+    fn mechanisms(&mut self, tls: bool) -> Vec<String>;
+    fn start(&mut self, mech: &str, initial: Option<&str>, tls: bool, client: &Client) -> SaslStep;
+    fn respond(&mut self, response: &str) -> SaslStep;
+    fn abort(&mut self);
+}
+
+pub use libmail::sasl::Step as SaslStep;
+
 /// The connecting client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -144,6 +157,12 @@ pub struct Settings {
     pub discard_ehlo: Vec<String>,
     pub soft_bounce: bool,
     pub tls: TlsPolicy,
+    /// `smtpd_tls_auth_only`: AUTH only under TLS.
+    pub auth_tls_only: bool,
+    /// `broken_sasl_auth_clients`: also `AUTH=` in EHLO.
+    pub broken_sasl_clients: bool,
+    /// `smtpd_sasl_authenticated_header`.
+    pub sasl_authenticated_header: bool,
 }
 
 /// The `smtpd_tls_*` settings the conversation needs (the handshake
@@ -243,6 +262,12 @@ pub struct Session {
     pending: Option<PendingDefer>,
     /// TLS is active: what the handshake gave.
     tls: Option<Summary>,
+    /// AUTH's server (None: `smtpd_sasl_auth_enable = no`).
+    sasl: Option<Box<dyn Sasl>>,
+    /// After a successful AUTH: (mechanism, user name).
+    auth: Option<(String, String)>,
+    /// An AUTH exchange waits for the client's next line (the mechanism).
+    auth_pending: Option<String>,
 }
 
 fn pl(code: u16, enh: &str, text: &str) -> Reply {
@@ -276,6 +301,116 @@ impl Session {
             pause: None,
             pending: None,
             tls: None,
+            sasl: None,
+            auth: None,
+            auth_pending: None,
+        }
+    }
+
+    /// Turns SMTP AUTH on, with this server behind it.
+    pub fn with_sasl(mut self, sasl: Box<dyn Sasl>) -> Session {
+        self.sasl = Some(sasl);
+        self
+    }
+
+    /// Whether the client's next line answers an AUTH challenge.
+    pub fn in_auth(&self) -> bool {
+        self.auth_pending.is_some()
+    }
+
+    /// The mechanisms AUTH offers now (none: not offered).
+    fn auth_mechanisms(&mut self) -> Vec<String> {
+        let tls = self.tls.is_some();
+        if self.set.auth_tls_only && !tls {
+            return Vec::new();
+        }
+        match self.sasl.as_mut() {
+            Some(s) => s.mechanisms(tls),
+            None => Vec::new(),
+        }
+    }
+
+    fn auth_cmd(&mut self, mech: String, initial: Option<String>) -> Step {
+        self.last_verb = "AUTH".into();
+        let fail = |s: &mut Session, r: Reply| {
+            s.count("auth", false);
+            s.error(r)
+        };
+        use libmail::sasl::smtp as ss;
+        if self.auth_mechanisms().is_empty() {
+            return fail(self, ss::not_enabled());
+        }
+        if self.auth.is_some() {
+            return fail(self, ss::already_authenticated());
+        }
+        if self.tx.is_some() {
+            return fail(self, ss::transaction_in_progress());
+        }
+        // `=` is an empty initial response (RFC 4954).
+        let initial = initial.map(|i| if i == "=" { String::new() } else { i });
+        let tls = self.tls.is_some();
+        let client = self.client.clone();
+        let step = match self.sasl.as_mut() {
+            Some(s) => s.start(&mech, initial.as_deref(), tls, &client),
+            None => return fail(self, ss::not_enabled()),
+        };
+        self.auth_step(mech, step)
+    }
+
+    /// What an exchange step means for the client.
+    fn auth_step(&mut self, mech: String, step: SaslStep) -> Step {
+        use libmail::sasl::smtp as ss;
+        let reply = ss::reply(&step);
+        match step {
+            SaslStep::Challenge(_) => {
+                self.auth_pending = Some(mech);
+                Step::Reply(reply)
+            }
+            SaslStep::Success { user } => {
+                self.count("auth", true);
+                self.auth = Some((mech, user));
+                Step::Reply(reply)
+            }
+            failure => {
+                self.count("auth", false);
+                // A warning, as fail2ban's postfix-sasl filter expects.
+                if let Some(l) = ss::failure_log(&self.client.label(), &mech, &failure) {
+                    self.logs.push(format!("warning: {l}"));
+                }
+                self.error(reply)
+            }
+        }
+    }
+
+    /// The client's answer to a challenge (or `*` to cancel).
+    fn auth_response(&mut self, mech: String, line: &str) -> Step {
+        use libmail::sasl::smtp as ss;
+        match ss::client_line(line, ss::RESPONSE_LIMIT) {
+            ss::ClientLine::Response(r) => {
+                let step = match self.sasl.as_mut() {
+                    Some(s) => s.respond(r),
+                    None => SaslStep::temp_fail("no authentication server"),
+                };
+                self.auth_step(mech, step)
+            }
+            ss::ClientLine::Abort => {
+                if let Some(s) = self.sasl.as_mut() {
+                    s.abort();
+                }
+                self.count("auth", false);
+                self.logs.push(format!(
+                    "warning: {}",
+                    ss::abort_log(&self.client.label(), &mech)
+                ));
+                self.error(ss::aborted())
+            }
+            ss::ClientLine::TooLong => {
+                if let Some(s) = self.sasl.as_mut() {
+                    s.abort();
+                }
+                self.count("auth", false);
+                self.error(ss::response_too_long())
+            }
         }
     }
 
@@ -292,6 +427,8 @@ impl Session {
         self.helo = None;
         self.esmtp = false;
         self.pending = None;
+        self.auth = None;
+        self.auth_pending = None;
         if self.set.tls.loglevel >= 1 {
             let trust = if summary.peer_fingerprint.is_some() {
                 "Untrusted"
@@ -349,10 +486,12 @@ impl Session {
     /// `ESMTP` or `SMTP`, with RFC 3848's `S` for TLS (ESMTP only), as
     /// the Received: header writes the protocol.
     fn received_proto(&self) -> &'static str {
-        match (self.esmtp, self.tls.is_some()) {
-            (true, true) => "ESMTPS",
-            (true, false) => "ESMTP",
-            (false, _) => "SMTP",
+        match (self.esmtp, self.tls.is_some(), self.auth.is_some()) {
+            (true, true, true) => "ESMTPSA",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, false, false) => "ESMTP",
+            (false, ..) => "SMTP",
         }
     }
 
@@ -405,6 +544,7 @@ impl Session {
             held: t.is_some_and(|t| t.verdict.hold.is_some()),
             pending_defer: self.pending.as_ref(),
             tls: self.tls.is_some(),
+            sasl_username: self.auth.as_ref().map(|(_, u)| u.as_str()),
             ..Facts::new(
                 self.client.addr,
                 &self.client.name,
@@ -537,6 +677,10 @@ impl Session {
     /// One command line (without CRLF; bytes that are not UTF-8 were
     /// replaced by the shell).
     pub fn command(&mut self, line: &str) -> Step {
+        // A line answering an AUTH challenge is not a command.
+        if let Some(mech) = self.auth_pending.take() {
+            return self.auth_response(mech, line);
+        }
         let cmd = match command::parse(line) {
             Ok(c) => c,
             Err(r) => {
@@ -622,11 +766,7 @@ impl Session {
                 Step::Close(pl(221, "2.0.0", "Bye"))
             }
             Command::StartTls => self.starttls(),
-            Command::Auth(..) => {
-                self.last_verb = "AUTH".into();
-                self.count("auth", false);
-                self.error(pl(503, "5.5.1", "Error: authentication not enabled"))
-            }
+            Command::Auth(mech, initial) => self.auth_cmd(mech, initial),
             Command::Unknown(v) => {
                 self.last_verb = "UNKNOWN".into();
                 self.unknown.total += 1;
@@ -648,7 +788,7 @@ impl Session {
         }
     }
 
-    fn ehlo_keywords(&self) -> Vec<String> {
+    fn ehlo_keywords(&mut self) -> Vec<String> {
         let mut k = vec!["PIPELINING".to_string()];
         k.push(if self.set.message_size_limit > 0 {
             format!("SIZE {}", self.set.message_size_limit)
@@ -661,6 +801,13 @@ impl Session {
         k.push("ETRN".into());
         if self.set.tls.level != Level::None && self.set.tls.available && self.tls.is_none() {
             k.push("STARTTLS".into());
+        }
+        let mechs = self.auth_mechanisms();
+        if !mechs.is_empty() {
+            k.push(format!("AUTH {}", mechs.join(" ")));
+            if self.set.broken_sasl_clients {
+                k.push(format!("AUTH={}", mechs.join(" ")));
+            }
         }
         k.push("ENHANCEDSTATUSCODES".into());
         k.push("8BITMIME".into());
@@ -825,6 +972,9 @@ impl Session {
             match self.queue.open() {
                 Ok(id) => {
                     let mut line = format!("{id}: client={}", self.client.label());
+                    if let Some((m, u)) = &self.auth {
+                        line.push_str(&format!(", sasl_method={m}, sasl_username={u}"));
+                    }
                     let _ = &mut line;
                     self.logs.push(line);
                     if let Some(t) = self.tx.as_mut() {
@@ -932,6 +1082,10 @@ impl Session {
             a.push("attr.helo_name", h);
         }
         a.push("attr.protocol", if self.esmtp { "ESMTP" } else { "SMTP" });
+        if let Some((m, u)) = &self.auth {
+            a.push("attr.sasl_method", m);
+            a.push("attr.sasl_username", u);
+        }
         let rcpts: Vec<(String, RcptParams)> = match &t.verdict.redirect {
             Some(r) => vec![(r.clone(), RcptParams::default())],
             None => t.rcpts.clone(),
@@ -972,6 +1126,9 @@ impl Session {
             } else if s.peer_fingerprint.is_none() {
                 out.push("\t(Client did not present a certificate)".into());
             }
+        }
+        if let (Some((_, u)), true) = (&self.auth, self.set.sasl_authenticated_header) {
+            out.push(format!("\t(Authenticated sender: {u})"));
         }
         let id = t.queue_id.as_deref().unwrap_or("");
         let proto = self.received_proto();

@@ -26,6 +26,9 @@ fn settings() -> Settings {
         discard_ehlo: vec![],
         soft_bounce: false,
         tls: TlsPolicy::default(),
+        auth_tls_only: false,
+        broken_sasl_clients: false,
+        sasl_authenticated_header: true,
     }
 }
 
@@ -530,5 +533,104 @@ fn starttls_without_a_certificate_or_without_tls() {
     assert_eq!(
         said(&mut s, "STARTTLS"),
         "502 5.5.1 Error: command not implemented\r\n"
+    );
+}
+
+/// A scripted SASL server: PLAIN with `alice`/`pw` (AHVzZXIAcHc= is
+/// "\0user\0pw" — any other response fails), LOGIN in two rounds.
+struct TestSasl;
+
+impl Sasl for TestSasl {
+    fn mechanisms(&mut self, _tls: bool) -> Vec<String> {
+        vec!["PLAIN".into(), "LOGIN".into()]
+    }
+    fn start(&mut self, mech: &str, initial: Option<&str>, _tls: bool, _c: &Client) -> SaslStep {
+        match (mech, initial) {
+            ("PLAIN", Some("AGFsaWNlAHB3")) => SaslStep::Success {
+                user: "alice".into(),
+            },
+            ("PLAIN", None) => SaslStep::Challenge(String::new()),
+            ("LOGIN", None) => SaslStep::Challenge("VXNlcm5hbWU6".into()),
+            _ => SaslStep::fail("authentication failure"),
+        }
+    }
+    fn respond(&mut self, response: &str) -> SaslStep {
+        match response {
+            "YWxpY2U=" => SaslStep::Challenge("UGFzc3dvcmQ6".into()),
+            "cHc=" | "AGFsaWNlAHB3" => SaslStep::Success {
+                user: "alice".into(),
+            },
+            _ => SaslStep::fail("authentication failure"),
+        }
+    }
+    fn abort(&mut self) {}
+}
+
+#[test]
+fn auth_plain_login_failure_abort_and_postfix_refusals() {
+    let (s, rec) = session(true);
+    let mut s = s.with_sasl(Box::new(TestSasl));
+    let ehlo = said(&mut s, "EHLO c");
+    assert!(
+        ehlo.contains("250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES"),
+        "{ehlo}"
+    );
+    assert_eq!(
+        said(&mut s, "AUTH PLAIN AGJvYgB4"),
+        "535 5.7.8 Error: authentication failed: authentication failure\r\n"
+    );
+    assert_eq!(said(&mut s, "AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(said(&mut s, "*"), "501 5.7.0 Authentication aborted\r\n");
+    assert_eq!(said(&mut s, "AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(said(&mut s, "YWxpY2U="), "334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(
+        said(&mut s, "cHc="),
+        "235 2.7.0 Authentication successful\r\n"
+    );
+    assert_eq!(
+        said(&mut s, "AUTH PLAIN AGFsaWNlAHB3"),
+        "503 5.5.1 Error: already authenticated\r\n"
+    );
+    said(&mut s, "MAIL FROM:<alice@example.org>");
+    said(&mut s, "RCPT TO:<u@x>");
+    let logs = s.take_logs().join("\n");
+    assert!(
+        logs.contains(
+            "ABCDE1: client=localhost[127.0.0.1], sasl_method=LOGIN, sasl_username=alice"
+        ),
+        "{logs}"
+    );
+    assert!(logs.contains("SASL PLAIN authentication failed"), "{logs}");
+    said(&mut s, "DATA");
+    s.data_line(b"Subject: x");
+    s.data_end();
+    let r = rec.lock().unwrap();
+    let text = String::from_utf8(r.content.clone()).unwrap();
+    assert!(
+        text.contains(
+            "\t(Authenticated sender: alice)\n\tby mx.example.test (Postfix) with ESMTPA id ABCDE1"
+        ),
+        "{text}"
+    );
+    let env = r.envelope.as_ref().unwrap();
+    assert_eq!(env.get("attr.sasl_username"), Some("alice"));
+    assert_eq!(env.get("attr.sasl_method"), Some("LOGIN"));
+}
+
+#[test]
+fn auth_refused_without_sasl_and_inside_a_transaction() {
+    let (mut plain, _) = session(true);
+    said(&mut plain, "EHLO c");
+    assert_eq!(
+        said(&mut plain, "AUTH PLAIN"),
+        "503 5.5.1 Error: authentication not enabled\r\n"
+    );
+    let (s, _) = session(true);
+    let mut s = s.with_sasl(Box::new(TestSasl));
+    said(&mut s, "EHLO c");
+    said(&mut s, "MAIL FROM:<a@b>");
+    assert_eq!(
+        said(&mut s, "AUTH PLAIN AGFsaWNlAHB3"),
+        "503 5.5.1 Error: MAIL transaction in progress\r\n"
     );
 }
