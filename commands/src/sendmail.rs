@@ -54,7 +54,7 @@ const USAGE: &str = "usage: sendmail [-i|-oi] [-t] [-f sender] [-r sender] [-F f
 Reads a message from standard input and queues it in $queue_directory/maildrop.
 -q flushes the queue; -bi (or -I) rebuilds the alias database like newaliases;
 -bp lists the queue like mailq.
-Not supported yet: -bs (SMTP on stdin), -bv, -bd/-bl.
+Not supported yet: -bv, -bd/-bl.
 See docs/man/sendmail.1.md.";
 
 /// A fatal error: what to print after `sendmail: fatal: ` and the exit
@@ -94,6 +94,8 @@ enum Mode {
     NewAliases,
     /// `-bp`: list the queue (mailq).
     List,
+    /// `-bs`: SMTP on standard input and output (smtpd -S).
+    Smtp,
 }
 
 /// `-C dir` / `-Cdir` found before getopt runs.
@@ -192,7 +194,7 @@ fn parse_options(args: &[String]) -> Result<Options, Fatal> {
                 Some('h' | 'H') => {}
                 Some('p') => o.mode = Mode::List,
                 Some('i') => o.mode = Mode::NewAliases,
-                Some('s') => return unsupported("-bs (SMTP on standard input)"),
+                Some('s') => o.mode = Mode::Smtp,
                 Some('v') => return unsupported("-bv (address verification)"),
                 Some('d' | 'l') => return unsupported("-bd/-bl (daemon mode)"),
                 _ => return fatal(EX_USAGE, format!("unsupported: -b{v}")),
@@ -286,6 +288,24 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
                 0 => Ok(()),
                 code => Err(Fatal(code, "newaliases failed".into())),
             };
+        }
+        Mode::Smtp => {
+            // As Postfix's sendmail does: run smtpd stand-alone on our
+            // standard input and output.
+            let params =
+                Params::load(&config_dir).map_err(|d| Fatal(EX_CONFIG, d.postfix_located()))?;
+            let dir = params
+                .value("daemon_directory")
+                .map_err(|e| Fatal(EX_CONFIG, format!("daemon_directory: {e}")))?;
+            let smtpd = std::path::Path::new(&dir).join("smtpd");
+            use std::os::unix::process::CommandExt;
+            let e = std::process::Command::new(&smtpd)
+                .args(["-S", "-c", &config_dir])
+                .exec();
+            return Err(Fatal(
+                EX_UNAVAILABLE,
+                format!("cannot run {}: {e}", smtpd.display()),
+            ));
         }
         Mode::Flush => {
             let params =

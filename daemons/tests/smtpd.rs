@@ -216,3 +216,40 @@ fn protocol_replies_pipelining_and_smuggling() {
         i.maildir(&i.user_maildir()).len() == 1
     });
 }
+
+#[test]
+fn sendmail_bs_speaks_smtp_on_standard_input() {
+    let mut i = Instance::new("smtpd-bs", "");
+    i.start();
+    let me = user();
+    let input = format!(
+        "EHLO local.example\r\nMAIL FROM:<me@example.org>\r\nRCPT TO:<{me}@mx.example.test>\r\n\
+         DATA\r\nSubject: via -bs\r\n\r\n..dotted\r\nbody\r\n.\r\nQUIT\r\n"
+    );
+    let out = common::run_with_input(&common::program("sendmail"), &["-C", &i.etc, "-bs"], &input);
+    assert!(out.status.success(), "{out:?}");
+    let replies = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = replies.lines().collect();
+    assert_eq!(lines[0], "220 mx.example.test ESMTP Postfix");
+    assert_eq!(lines[1], "250-mx.example.test");
+    let rest: Vec<&str> = lines
+        .iter()
+        .copied()
+        .skip(1)
+        .skip_while(|l| l.starts_with("250-"))
+        .collect();
+    assert_eq!(rest[0], "250 CHUNKING");
+    assert_eq!(rest[1], "250 2.1.0 Ok");
+    assert_eq!(rest[2], "250 2.1.5 Ok");
+    assert_eq!(rest[3], "354 End data with <CR><LF>.<CR><LF>");
+    assert!(rest[4].starts_with("250 2.0.0 Ok: queued as "), "{replies}");
+    assert_eq!(rest[5], "221 2.0.0 Bye");
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(got[0].contains("Subject: via -bs\n"), "{}", got[0]);
+    assert!(got[0].contains("\n.dotted\nbody\n"), "{}", got[0]);
+    assert!(
+        got[0].contains("Received: from local.example (localhost [127.0.0.1])"),
+        "{}",
+        got[0]
+    );
+}

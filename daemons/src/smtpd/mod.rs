@@ -6,6 +6,7 @@ pub mod gate;
 pub mod restrict;
 pub mod server;
 pub mod session;
+pub mod standalone;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +21,13 @@ use session::Settings;
 /// fatal before master hears "ready", so master throttles a broken
 /// configuration instead of restarting it in a loop), then the server.
 pub fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-S") {
+        std::process::exit(stand_alone(&args));
+    }
     let svc = Service::start("smtpd");
     let p = &svc.params;
-    let resolver =
-        Arc::new(Resolver::new(p).unwrap_or_else(|e| libmail::log::fatal(&format!("{e}"))));
-    let restrictions = restrict::Restrictions::from_params(p, resolver)
-        .unwrap_or_else(|e| libmail::log::fatal(&e));
-    for w in restrictions.warnings() {
-        libmail::warning!("{w}");
-    }
+    let restrictions = restrictions(p);
     let level = libmail::tls::Level::from_params(p).unwrap_or_else(|e| libmail::log::fatal(&e));
     let wrapper = bool_param(p, "smtpd_tls_wrappermode", false);
     // TLS is mandatory under encrypt and in wrapper mode: the
@@ -65,6 +64,37 @@ pub fn main() {
         sasl: sasl_config(p, svc.layout.root()),
     };
     server::run(svc, shell);
+}
+
+/// The restrictions, or a fatal error naming what is wrong.
+fn restrictions(p: &Params) -> restrict::Restrictions {
+    let resolver =
+        Arc::new(Resolver::new(p).unwrap_or_else(|e| libmail::log::fatal(&format!("{e}"))));
+    let r = restrict::Restrictions::from_params(p, resolver)
+        .unwrap_or_else(|e| libmail::log::fatal(&e));
+    for w in r.warnings() {
+        libmail::warning!("{w}");
+    }
+    r
+}
+
+/// `smtpd -S [-c DIR]`: one session on standard input and output
+/// (`sendmail -bs`), not started by master.
+fn stand_alone(args: &[String]) -> i32 {
+    let dir = standalone::config_dir(args);
+    let params = match Params::load(&dir.to_string_lossy()) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("smtpd: fatal: {}", d.postfix_located());
+            return 1;
+        }
+    };
+    if let Err(e) = libmail::log::init("smtpd", &params, false) {
+        eprintln!("smtpd: fatal: {e}");
+        return 1;
+    }
+    let gate = Arc::new(gate::RestrictionGate(Arc::new(restrictions(&params))));
+    standalone::run(&params, Settings::from_params(&params), gate)
 }
 
 impl Settings {
