@@ -5,7 +5,7 @@
 # the reference the differential tests compare against; swaks; tinycdb;
 # pflogsumm, which must count the end-to-end tests' logs right; Perl's TLS
 # modules for swaks --tls; Dovecot, for the SASL and LMTP tests against a
-# real server), then runs
+# real server; postgrey, a real policy server), then runs
 # every test with cargo-nextest when present, else cargo test.
 #
 # Usage: scripts/test.sh [extra arguments for the test runner]
@@ -28,6 +28,8 @@ perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 # The throwaway Dovecot of ../shared/fixtures/dovecot (SASL and LMTP tests).
 [ -x /usr/sbin/dovecot ] && [ -x /usr/bin/doveadm ] || need+=(dovecot-core)
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
+# A real policy server for check_policy_service (daemons/tests/smtpd_policy.rs).
+[ -x /usr/sbin/postgrey ] || need+=(postgrey)
 if [ ${#need[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need[*]} (needed by the tests)"
   sudo=""

@@ -79,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             port: 1,
             name: "unknown".into(),
             reverse_name: "unknown".into(),
+            server: None,
         },
     );
     let _ = s.greeting();

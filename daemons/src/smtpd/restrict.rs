@@ -39,7 +39,11 @@
 //!   `type:table` is refused (`451 4.3.5`), since every table must be
 //!   opened when the configuration is loaded.
 //!
-//! Restrictions that need DNS, the network (policy servers), TLS client
+//! `check_policy_service` asks a policy server (Postfix's SMTPD_POLICY_README
+//! protocol, see the `policy` module) and evaluates its action as an
+//! access-table result.
+//!
+//! Restrictions that need DNS, TLS client
 //! certificates or address verification are recognised and skipped as
 //! DUNNO, with one warning when the configuration is loaded
 //! ([`Restrictions::warnings`]). Unknown names are Postfix's: a warning and
@@ -49,6 +53,7 @@
 //! refuses a configuration without relay control, as Postfix does.
 
 mod names;
+mod policy;
 mod syntax;
 
 #[cfg(test)]
@@ -145,6 +150,30 @@ pub struct Facts<'a> {
     /// the previous stage (client for HELO; HELO, else client, for MAIL
     /// and ETRN; MAIL for RCPT).
     pub pending_defer: Option<&'a PendingDefer>,
+    /// The rest is only sent to policy servers (`check_policy_service`).
+    /// The queue ID once assigned (`queue_id`).
+    pub queue_id: Option<&'a str>,
+    /// EHLO was used (`protocol_name=ESMTP`, `protocol_state=EHLO`).
+    pub esmtp: bool,
+    /// The client's port (`client_port`; `unknown` when `None`).
+    pub client_port: Option<u16>,
+    /// The local end of the connection (`server_address`, `server_port`).
+    pub server_addr: Option<IpAddr>,
+    pub server_port: Option<u16>,
+    /// The transaction's unique instance string (`instance`).
+    pub instance: Option<&'a str>,
+    /// The MAIL SIZE= value, or the actual size at end of data (`size`).
+    pub size: u64,
+    /// The SASL mechanism used (`sasl_method`).
+    pub sasl_method: Option<&'a str>,
+    /// The MAIL AUTH= value (`sasl_sender`).
+    pub sasl_sender: Option<&'a str>,
+    /// TLS protocol, cipher and key size (`encryption_*`).
+    pub tls_protocol: Option<&'a str>,
+    pub tls_cipher: Option<&'a str>,
+    pub tls_keysize: u32,
+    /// smtpd runs under stress (`stress=yes`).
+    pub stress: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -167,6 +196,19 @@ impl<'a> Facts<'a> {
             discarded: false,
             held: false,
             pending_defer: None,
+            queue_id: None,
+            esmtp: false,
+            client_port: None,
+            server_addr: None,
+            server_port: None,
+            instance: None,
+            size: 0,
+            sasl_method: None,
+            sasl_sender: None,
+            tls_protocol: None,
+            tls_cipher: None,
+            tls_keysize: 0,
+            stress: false,
         }
     }
 }
@@ -479,6 +521,7 @@ pub struct Restrictions {
     delimiters: String,
     double_bounce: String,
     access_parent_matches: bool,
+    policy: policy::Policy,
     warnings: Vec<String>,
 }
 
@@ -638,6 +681,13 @@ impl Restrictions {
             }
             PermitLog { names, tables }
         };
+        let policy = policy::Policy::from_lists(
+            lists
+                .iter()
+                .map(Vec::as_slice)
+                .chain(classes.values().map(Vec::as_slice)),
+            params,
+        )?;
         let mut it = lists.into_iter();
         let mut next = || it.next().unwrap_or_default();
         Ok(Restrictions {
@@ -696,6 +746,7 @@ impl Restrictions {
             delimiters: value(params, "recipient_delimiter")?,
             double_bounce: value(params, "double_bounce_sender")?,
             access_parent_matches: split_list(&parents).contains(&"smtpd_access_maps"),
+            policy,
             warnings,
         })
     }
@@ -1680,6 +1731,19 @@ impl<'r, 'f> Eval<'r, 'f> {
                     Status::Dunno
                 }
             }
+            Kind::CheckPolicyService => match list.get(*i + 1) {
+                Some(t) if t.text.contains(':') => {
+                    *i += 1;
+                    self.policy_service(&t.text, name, what, def)?
+                }
+                _ => {
+                    self.warn(
+                        "restriction check_policy_service must be followed by \
+                         transport:server",
+                    );
+                    return Err(self.server_error());
+                }
+            },
             Kind::Unsupported(arg) => {
                 match arg {
                     Arg::None => {}
@@ -1696,16 +1760,6 @@ impl<'r, 'f> Eval<'r, 'f> {
                     Arg::Map => {
                         self.map_arg(list, i, implicit)?;
                     }
-                    Arg::Server => match list.get(*i + 1) {
-                        Some(t) if t.text.contains(':') => *i += 1,
-                        _ => {
-                            self.warn(
-                                "restriction check_policy_service must be followed by \
-                                 transport:server",
-                            );
-                            return Err(self.server_error());
-                        }
-                    },
                 }
                 Status::Dunno
             }

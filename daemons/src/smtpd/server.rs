@@ -437,6 +437,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         port: peer.port(),
         name,
         reverse_name,
+        server: stream.local_addr().ok(),
     };
     let queue = Box::new(Cleanup {
         root: shell.queue_directory.clone(),
@@ -623,7 +624,11 @@ where
         // Only the commands that talk to cleanup may block (RCPT opens the
         // queue file, DATA and BDAT send the envelope); the others run
         // here (table lookups are memory-mapped).
+        // Restrictions run at these commands too when they are not
+        // delayed to RCPT, and may ask a policy server.
+        let undelayed = !shell.gate.delay_reject() && is_verb(&got, &["HELO", "EHLO", "MAIL"]);
         let step = if may_block(&got)
+            || undelayed
             || session.in_auth()
             || (shell.sasl.is_some() && is_verb(&got, &["EHLO", "AUTH"]))
         {
@@ -693,7 +698,7 @@ where
 
 /// Whether a command line may block (it talks to cleanup).
 fn may_block(line: &str) -> bool {
-    is_verb(line, &["RCPT", "DATA", "BDAT"])
+    is_verb(line, &["RCPT", "DATA", "BDAT", "ETRN"])
 }
 
 /// Whether the line starts with one of these four-letter verbs.

@@ -121,6 +121,8 @@ pub struct Client {
     pub name: String,
     /// The PTR name, or `unknown`.
     pub reverse_name: String,
+    /// Our end of the connection (for policy servers), when known.
+    pub server: Option<std::net::SocketAddr>,
 }
 
 impl Client {
@@ -545,6 +547,16 @@ impl Session {
             pending_defer: self.pending.as_ref(),
             tls: self.tls.is_some(),
             sasl_username: self.auth.as_ref().map(|(_, u)| u.as_str()),
+            sasl_method: self.auth.as_ref().map(|(m, _)| m.as_str()),
+            queue_id: t.and_then(|t| t.queue_id.as_deref()),
+            esmtp: self.esmtp,
+            client_port: Some(self.client.port),
+            server_addr: self.client.server.map(|a| a.ip()),
+            server_port: self.client.server.map(|a| a.port()),
+            size: t.map_or(0, |t| t.size.max(t.params.size.unwrap_or(0))),
+            tls_protocol: self.tls.as_ref().map(|s| s.protocol.as_str()),
+            tls_cipher: self.tls.as_ref().map(|s| s.cipher.as_str()),
+            tls_keysize: self.tls.as_ref().map_or(0, |s| u32::from(s.bits)),
             ..Facts::new(
                 self.client.addr,
                 &self.client.name,

@@ -148,6 +148,7 @@ pub fn run(params: &Params, settings: Settings, gate: Arc<dyn Gate>) -> i32 {
         port: 0,
         name: "localhost".into(),
         reverse_name: "localhost".into(),
+        server: None,
     };
     let mut session = Session::new(Arc::new(settings), gate, queue, client);
     let stdin = io::stdin();

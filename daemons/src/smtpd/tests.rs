@@ -109,6 +109,7 @@ fn session(delay: bool) -> (Session, Arc<Mutex<Record>>) {
             port: 4242,
             name: "localhost".into(),
             reverse_name: "localhost".into(),
+            server: None,
         },
     );
     (s, rec)
@@ -367,6 +368,7 @@ fn tls_session(
             port: 4242,
             name: "localhost".into(),
             reverse_name: "localhost".into(),
+            server: None,
         },
     );
     s.greeting();

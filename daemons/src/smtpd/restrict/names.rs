@@ -18,9 +18,6 @@ pub enum Arg {
     Domain,
     /// A `type:table` (`check_client_mx_access hash:/x`): required.
     Map,
-    /// A policy server (`check_policy_service inet:127.0.0.1:10023`):
-    /// required, with a `:`.
-    Server,
 }
 
 /// One restriction.
@@ -61,6 +58,8 @@ pub enum Kind {
     RejectUnlistedRecipient,
     RejectMultiRecipientBounce,
     CheckEtrnAccess,
+    /// `check_policy_service SERVER` (see the policy module).
+    CheckPolicyService,
     /// Recognised, not implemented yet (needs DNS, the network, TLS client
     /// certificates or address verification): skipped as DUNNO.
     Unsupported(Arg),
@@ -123,8 +122,8 @@ const NAMES: &[(&str, Kind)] = &[
         Kind::RejectMultiRecipientBounce,
     ),
     ("check_etrn_access", Kind::CheckEtrnAccess),
+    ("check_policy_service", Kind::CheckPolicyService),
     // Recognised, not implemented yet.
-    ("check_policy_service", Kind::Unsupported(Arg::Server)),
     (
         "reject_unknown_client_hostname",
         Kind::Unsupported(Arg::None),

@@ -1522,10 +1522,9 @@ fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
     let r = s.rules(
         "smtpd_client_restrictions = reject_rbl_client zen.example, reject_unknown_client_hostname, \
          reject_rbl_client bl.example, permit_dnswl_client wl.example\n\
-         smtpd_recipient_restrictions = check_policy_service inet:127.0.0.1:10023, \
-         check_recipient_mx_access texthash:{dir}/users",
+         smtpd_recipient_restrictions = check_recipient_mx_access texthash:{dir}/users",
     );
-    assert_eq!(r.warnings().len(), 5, "{:?}", r.warnings());
+    assert_eq!(r.warnings().len(), 4, "{:?}", r.warnings());
     assert!(r.warnings()[0].starts_with("restriction \"reject_rbl_client\" is not supported yet"));
     assert!(r.warnings()[0].ends_with("so mail it would reject or defer is accepted"));
     assert!(r
@@ -1626,4 +1625,368 @@ fn permit_inet_interfaces_and_legacy_check_relay_domains() {
         ..rcpt("x@elsewhere.example")
     };
     assert_eq!(said(&legacy.check_rcpt(&friend)), "permit");
+}
+
+// ----- check_policy_service -----
+
+/// A scripted policy server on a loopback port or a unix socket: it
+/// answers each request with the next action of the script (an action
+/// containing `=` is sent as the raw reply body) and records the requests
+/// and the number of connections.
+struct PolicyServer {
+    addr: String,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+fn serve_policy<S: std::io::Read + std::io::Write>(
+    s: S,
+    script: &std::sync::Mutex<std::collections::VecDeque<String>>,
+    requests: &std::sync::Mutex<Vec<String>>,
+) {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(s);
+    loop {
+        let mut req = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            req.push_str(&line);
+            if line == "\n" {
+                break;
+            }
+        }
+        requests.lock().unwrap().push(req);
+        let Some(action) = script.lock().unwrap().pop_front() else {
+            return;
+        };
+        // `CLOSE:action`: answer, then close the connection.
+        let (close, action) = match action.strip_prefix("CLOSE:") {
+            Some(a) => (true, a.to_string()),
+            None => (false, action),
+        };
+        let reply = if action.contains('=') {
+            action
+        } else {
+            format!("action={action}\n\n")
+        };
+        if r.get_mut().write_all(reply.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+impl PolicyServer {
+    fn start(unix: Option<&std::path::Path>, script: &[&str]) -> PolicyServer {
+        let script = Arc::new(std::sync::Mutex::new(
+            script
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<std::collections::VecDeque<_>>(),
+        ));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (sc, rq, cn) = (script.clone(), requests.clone(), connections.clone());
+        let addr = match unix {
+            Some(path) => {
+                let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+                std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        cn.fetch_add(1, Ordering::SeqCst);
+                        let (sc, rq) = (sc.clone(), rq.clone());
+                        std::thread::spawn(move || serve_policy(s, &sc, &rq));
+                    }
+                });
+                format!("unix:{}", path.display())
+            }
+            None => {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let a = l.local_addr().unwrap();
+                std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        cn.fetch_add(1, Ordering::SeqCst);
+                        let (sc, rq) = (sc.clone(), rq.clone());
+                        std::thread::spawn(move || serve_policy(s, &sc, &rq));
+                    }
+                });
+                format!("inet:{a}")
+            }
+        };
+        PolicyServer {
+            addr,
+            requests,
+            connections,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn policy_rules(s: &Setup, server: &str, extra: &str) -> Restrictions {
+    s.rules(&format!(
+        "smtpd_recipient_restrictions = reject_unauth_destination, \
+         check_policy_service {server}\n{extra}"
+    ))
+}
+
+#[test]
+fn policy_request_is_postfix_s_text() {
+    let s = Setup::new();
+    let srv = PolicyServer::start(None, &["DUNNO"]);
+    let r = policy_rules(
+        &s,
+        &srv.addr,
+        "smtpd_policy_service_policy_context = submission",
+    );
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    let f = Facts {
+        queue_id: Some("4F2A51C0D2"),
+        esmtp: true,
+        client_port: Some(54321),
+        server_addr: Some("192.0.2.25".parse().unwrap()),
+        server_port: Some(25),
+        instance: Some("1a2b.5f3c.1"),
+        size: 12345,
+        sasl_method: Some("PLAIN"),
+        sasl_username: Some("alice"),
+        tls_protocol: Some("TLSv1.3"),
+        tls_cipher: Some("TLS_AES_256_GCM_SHA384"),
+        tls_keysize: 256,
+        rcpt_count: 3,
+        ..rcpt("alice@example.com")
+    };
+    let d = r.check_rcpt(&f);
+    assert_eq!(said(&d), "permit");
+    assert_eq!(
+        srv.requests(),
+        vec![
+            "request=smtpd_access_policy\n\
+             protocol_state=RCPT\n\
+             protocol_name=ESMTP\n\
+             client_address=192.0.2.1\n\
+             client_name=client.example\n\
+             client_port=54321\n\
+             reverse_client_name=client.example\n\
+             server_address=192.0.2.25\n\
+             server_port=25\n\
+             helo_name=mx.client.example\n\
+             sender=sender@example.net\n\
+             recipient=alice@example.com\n\
+             recipient_count=0\n\
+             queue_id=4F2A51C0D2\n\
+             instance=1a2b.5f3c.1\n\
+             size=12345\n\
+             etrn_domain=\n\
+             stress=\n\
+             sasl_method=PLAIN\n\
+             sasl_username=alice\n\
+             sasl_sender=\n\
+             ccert_subject=\n\
+             ccert_issuer=\n\
+             ccert_fingerprint=\n\
+             ccert_pubkey_fingerprint=\n\
+             encryption_protocol=TLSv1.3\n\
+             encryption_cipher=TLS_AES_256_GCM_SHA384\n\
+             encryption_keysize=256\n\
+             policy_context=submission\n\
+             compatibility_level=3.6\n\
+             mail_version=3.7.11\n\
+             \n"
+        ]
+    );
+    // Defaults: unknown ports and addresses, SMTP, an empty sender.
+    let srv = PolicyServer::start(None, &["DUNNO"]);
+    let r = s.rules(&format!(
+        "smtpd_client_restrictions = check_policy_service {}\n\
+         smtpd_recipient_restrictions = reject_unauth_destination",
+        srv.addr
+    ));
+    let d = r.check(
+        Stage::Client,
+        &Facts::new("::ffff:192.0.2.7".parse().unwrap(), "unknown", "unknown"),
+    );
+    assert_eq!(said(&d), "permit");
+    let req = &srv.requests()[0];
+    assert!(
+        req.starts_with(
+            "request=smtpd_access_policy\nprotocol_state=CONNECT\nprotocol_name=SMTP\n\
+         client_address=192.0.2.7\nclient_name=unknown\nclient_port=unknown\n\
+         reverse_client_name=unknown\nserver_address=unknown\nserver_port=unknown\n\
+         helo_name=\nsender=\nrecipient=\nrecipient_count=0\nqueue_id=\n"
+        ),
+        "{req}"
+    );
+}
+
+#[test]
+fn policy_actions_are_access_results() {
+    let s = Setup::new();
+    let cases: &[(&str, &str)] = &[
+        ("DUNNO", "permit"),
+        ("OK", "permit"),
+        (
+            "REJECT go away",
+            "554 5.7.1 <alice@example.com>: Recipient address rejected: go away",
+        ),
+        (
+            "DEFER_IF_PERMIT Service temporarily unavailable",
+            "450 4.7.1 <alice@example.com>: Recipient address rejected: Service temporarily unavailable",
+        ),
+        (
+            "450 4.2.0 Greylisted, see http://postgrey.schweikert.ch/help/example.com.html",
+            "450 4.2.0 <alice@example.com>: Recipient address rejected: Greylisted, see \
+             http://postgrey.schweikert.ch/help/example.com.html",
+        ),
+        (
+            "permit_mynetworks, defer",
+            "450 4.3.2 <alice@example.com>: Recipient address rejected: Try again later",
+        ),
+        (
+            "permit_mynetworks, reject",
+            "554 5.7.1 <alice@example.com>: Recipient address rejected: Access denied",
+        ),
+        (
+            "550 5.1.1 No such user",
+            "550 5.1.1 <alice@example.com>: Recipient address rejected: No such user",
+        ),
+    ];
+    let srv = PolicyServer::start(None, &cases.iter().map(|c| c.0).collect::<Vec<_>>());
+    let r = policy_rules(&s, &srv.addr, "");
+    for (action, want) in cases {
+        let d = r.check_rcpt(&rcpt("alice@example.com"));
+        assert_eq!(said(&d), *want, "action {action}");
+        assert!(warnings(&d).is_empty(), "{action}: {:?}", warnings(&d));
+    }
+    // One connection, kept and reused.
+    assert_eq!(srv.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(srv.requests().len(), cases.len());
+
+    let srv = PolicyServer::start(None, &["PREPEND X-Policy: seen", "HOLD"]);
+    let r = policy_rules(&s, &srv.addr, "");
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(said(&d), "permit");
+    assert_eq!(d.actions, vec![Action::Prepend("X-Policy: seen".into())]);
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert!(
+        matches!(d.actions[..], [Action::Hold(_)]),
+        "{:?}",
+        d.actions
+    );
+    assert_eq!(
+        events(&d),
+        vec![
+            "NOQUEUE: hold: RCPT from client.example[192.0.2.1]: <alice@example.com>: \
+             Recipient address triggers HOLD action; from=<sender@example.net> \
+             to=<alice@example.com> proto=ESMTP helo=<mx.client.example>"
+        ]
+    );
+}
+
+#[test]
+fn policy_failures_use_the_default_action() {
+    let s = Setup::new();
+    // Nobody listens on this port (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = policy_rules(
+        &s,
+        &format!("inet:127.0.0.1:{port}"),
+        "smtpd_policy_service_retry_delay = 0s",
+    );
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(
+        said(&d),
+        "451 4.3.5 <alice@example.com>: Recipient address rejected: Server configuration problem"
+    );
+    let w = warnings(&d);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w[0].starts_with(&format!("inet:127.0.0.1:{port}: connect error: ")));
+    assert_eq!(
+        w[2],
+        format!("problem talking to server inet:127.0.0.1:{port}")
+    );
+
+    // A reply with an attribute Postfix does not expect, then a good one:
+    // the second try succeeds on a new connection.
+    let srv = PolicyServer::start(None, &["foo=bar\n\n", "OK"]);
+    let r = policy_rules(&s, &srv.addr, "smtpd_policy_service_retry_delay = 0s");
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(said(&d), "permit");
+    assert_eq!(
+        warnings(&d),
+        vec![format!("{}: unexpected attribute foo", srv.addr)]
+    );
+    assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
+
+    // The braces form: its own default action and try limit.
+    let r = policy_rules(
+        &s,
+        &format!(
+            "{{ inet:127.0.0.1:{port}, try_limit=1, default_action=DEFER_IF_PERMIT Policy down }}"
+        ),
+        "",
+    );
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(
+        said(&d),
+        "450 4.7.1 <alice@example.com>: Recipient address rejected: Policy down"
+    );
+    assert_eq!(warnings(&d).len(), 2, "{:?}", warnings(&d));
+
+    // Bad server names are refused when the configuration is loaded.
+    let e = s
+        .load("smtpd_recipient_restrictions = reject_unauth_destination, check_policy_service tcp:x:1")
+        .unwrap_err();
+    assert!(e.starts_with("invalid transport name"), "{e}");
+}
+
+#[test]
+fn policy_over_a_unix_socket_relative_to_the_queue_directory() {
+    let s = Setup::new();
+    std::fs::create_dir_all(s.dir.join("private")).unwrap();
+    let srv = PolicyServer::start(Some(&s.dir.join("private/policy")), &["REJECT no"]);
+    assert!(srv.addr.starts_with("unix:/"));
+    let r = policy_rules(
+        &s,
+        "{ unix:private/policy, policy_context = { submission } }",
+        "queue_directory = {dir}",
+    );
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(
+        said(&d),
+        "554 5.7.1 <alice@example.com>: Recipient address rejected: no"
+    );
+    assert!(srv.requests()[0].contains("\npolicy_context=submission\n"));
+}
+
+#[test]
+fn policy_connections_closed_by_the_server_or_the_limit_are_replaced() {
+    let s = Setup::new();
+    // The server closes after its first answer: the kept connection is
+    // found dead and replaced without a warning or a retry delay.
+    let srv = PolicyServer::start(None, &["CLOSE:OK", "REJECT x"]);
+    let r = policy_rules(&s, &srv.addr, "smtpd_policy_service_retry_delay = 100s");
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+    let d = r.check_rcpt(&rcpt("alice@example.com"));
+    assert_eq!(
+        said(&d),
+        "554 5.7.1 <alice@example.com>: Recipient address rejected: x"
+    );
+    assert!(warnings(&d).is_empty(), "{:?}", warnings(&d));
+    assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
+
+    // request_limit = 1: a new connection for every request.
+    let srv = PolicyServer::start(None, &["DUNNO", "DUNNO", "DUNNO"]);
+    let r = policy_rules(&s, &srv.addr, "smtpd_policy_service_request_limit = 1");
+    for _ in 0..3 {
+        assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+    }
+    assert_eq!(srv.connections.load(Ordering::SeqCst), 3);
 }
