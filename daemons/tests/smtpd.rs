@@ -5,70 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
+use common::smtp::{swaks, Raw};
 use common::{user, wait_for, Instance};
-
-fn swaks(port: u16, args: &[&str]) -> (bool, String) {
-    let out = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--timeout", "30"])
-        .args(args)
-        .output()
-        .expect("swaks (scripts/test.sh installs it)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// A line-by-line SMTP client for exact replies.
-struct Raw {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let w = s.try_clone().unwrap();
-        let mut r = Raw {
-            r: BufReader::new(s),
-            w,
-        };
-        let g = r.reply();
-        assert!(g.starts_with("220 "), "{g}");
-        r
-    }
-
-    /// A whole reply (all its lines).
-    fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            if self.r.read_line(&mut l).unwrap() == 0 {
-                return all;
-            }
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
-    }
-
-    fn send(&mut self, bytes: &str) {
-        self.w.write_all(bytes.as_bytes()).unwrap();
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.send(&format!("{line}\r\n"));
-        self.reply()
-    }
-}
 
 #[test]
 fn swaks_mail_reaches_the_mailbox_with_smtpds_received_header() {

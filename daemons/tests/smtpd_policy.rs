@@ -5,12 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::smtp::Raw;
 use common::{free_port, user, wait_for, Instance};
 
 /// postgrey in the foreground as our child, stopped by its pid.
@@ -81,57 +81,6 @@ impl Postgrey {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         pg
-    }
-}
-
-/// A line-by-line SMTP client for exact replies.
-struct Raw {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Raw {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let w = s.try_clone().unwrap();
-        let mut r = Raw {
-            r: BufReader::new(s),
-            w,
-        };
-        let g = r.reply();
-        assert!(g.starts_with("220 "), "{g}");
-        r
-    }
-
-    fn reply(&mut self) -> String {
-        let mut all = String::new();
-        loop {
-            let mut l = String::new();
-            if self.r.read_line(&mut l).unwrap() == 0 {
-                return all;
-            }
-            all.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return all;
-            }
-        }
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-        self.reply()
-    }
-
-    /// EHLO and MAIL, then the reply to RCPT.
-    fn rcpt(port: u16, rcpt: &str) -> (Raw, String) {
-        let mut c = Raw::connect(port);
-        let e = c.cmd("EHLO client.example");
-        assert!(e.starts_with("250"), "{e}");
-        let m = c.cmd("MAIL FROM:<alice@example.org>");
-        assert!(m.starts_with("250 "), "{m}");
-        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
-        (c, r)
     }
 }
 

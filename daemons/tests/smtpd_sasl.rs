@@ -9,22 +9,13 @@ mod common;
 #[path = "../../libmail/tests/support/dovecot.rs"]
 mod fixture;
 
-use std::process::Command;
-
 use common::Instance;
 use fixture::Fixture;
 
 fn swaks(port: u16, args: &[&str]) -> (bool, String) {
-    let out = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--timeout", "30", "--from", "alice@example.test"])
-        .args(args)
-        .output()
-        .expect("swaks (scripts/test.sh installs it)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let mut all = vec!["--from", "alice@example.test"];
+    all.extend_from_slice(args);
+    common::smtp::swaks(port, &all)
 }
 
 #[test]

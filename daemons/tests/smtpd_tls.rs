@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::smtp::swaks;
 use common::{user, Instance};
 
 /// A self-signed certificate and its key for mx.example.test, in the
@@ -44,19 +45,6 @@ fn tls_instance(tag: &str, extra: &str) -> (Instance, u16) {
          smtpd_tls_loglevel = 1\n{extra}"
     ));
     (i, port)
-}
-
-fn swaks(port: u16, args: &[&str]) -> (bool, String) {
-    let out = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--timeout", "30"])
-        .args(args)
-        .output()
-        .expect("swaks (scripts/test.sh installs it)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 /// Replies read line by line from any stream.

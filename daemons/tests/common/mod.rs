@@ -6,6 +6,8 @@
 //! SIGKILL after a bounded wait) and removes the directory.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
