@@ -30,6 +30,8 @@ perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
 # A real policy server for check_policy_service (daemons/tests/smtpd_policy.rs).
 [ -x /usr/sbin/postgrey ] || need+=(postgrey)
+# A real DNS server for the DNS restrictions (daemons/src/smtpd/restrict/tests.rs).
+[ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 if [ ${#need[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need[*]} (needed by the tests)"
   sudo=""

@@ -121,6 +121,15 @@ struct Allowed {
 /// in step with it.
 const ALLOWED: &[Allowed] = &[
     Allowed {
+        case: "*",
+        command: "*",
+        stream: "stdout",
+        forgive: Forgive::LinesContaining(&["facteur_dns_servers"]),
+        reason: "Facteur's own parameter `facteur_dns_servers` (the DNS servers of \
+                 smtpd's DNS restrictions) is a built-in parameter, so postconf \
+                 shows it with the others.",
+    },
+    Allowed {
         case: "48-no-final-newline",
         command: "-e relayhost=[relay.example.com]",
         stream: "main.cf",

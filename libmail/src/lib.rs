@@ -9,6 +9,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod dns;
 pub mod ipc;
 pub mod log;
 pub mod mailbox;

@@ -43,7 +43,12 @@
 //! protocol, see the `policy` module) and evaluates its action as an
 //! access-table result.
 //!
-//! Restrictions that need DNS, TLS client
+//! The DNS restrictions (`reject_rbl_client`, `reject_rhsbl_*`,
+//! `permit_dnswl_client`, `reject_unknown_{sender,recipient}_domain`) ask
+//! `libmail::dns`, which blocks: the session calls the engine inside
+//! `block_in_place`. The other restrictions that need DNS
+//! (`reject_unknown_{client,reverse_client,helo}_hostname`,
+//! `check_*_{a,mx,ns}_access`, `permit_rhswl_client`), TLS client
 //! certificates or address verification are recognised and skipped as
 //! DUNNO, with one warning when the configuration is loaded
 //! ([`Restrictions::warnings`]). Unknown names are Postfix's: a warning and
@@ -72,7 +77,8 @@ use libmail::smtp::Reply;
 use libmail::table::search::{access_address_keys, access_host_keys, address_keys, Key, Maps};
 use libmail::table::{OpenOptions, TableError};
 
-use names::{Arg, Kind};
+use libmail::dns::{Dns, DnsError};
+use names::{Arg, Kind, Rhsbl};
 
 /// Deepest nesting of restriction classes and access-table results
 /// (Postfix's limit).
@@ -522,7 +528,19 @@ pub struct Restrictions {
     double_bounce: String,
     access_parent_matches: bool,
     policy: policy::Policy,
+    dnsbl: DnsSettings,
     warnings: Vec<String>,
+}
+
+/// The DNS restrictions' resolver and replies (only made when a list uses
+/// one of them).
+struct DnsSettings {
+    dns: Option<Dns>,
+    rbl_code: u16,
+    unknown_addr_code: u16,
+    /// `default_rbl_reply`, unexpanded.
+    default_rbl_reply: String,
+    rbl_reply_maps: Option<Maps>,
 }
 
 impl std::fmt::Debug for Restrictions {
@@ -681,6 +699,17 @@ impl Restrictions {
             }
             PermitLog { names, tables }
         };
+        let dnsbl = DnsSettings {
+            dns: if used.iter().any(|t| t.kind.is_some_and(Kind::uses_dns)) {
+                Some(Dns::from_params(params)?)
+            } else {
+                None
+            },
+            rbl_code: code(params, "maps_rbl_reject_code")?,
+            unknown_addr_code: code(params, "unknown_address_reject_code")?,
+            default_rbl_reply: params.raw("default_rbl_reply").unwrap_or_default(),
+            rbl_reply_maps: open_maps(params, "rbl_reply_maps")?,
+        };
         let policy = policy::Policy::from_lists(
             lists
                 .iter()
@@ -747,6 +776,7 @@ impl Restrictions {
             double_bounce: value(params, "double_bounce_sender")?,
             access_parent_matches: split_list(&parents).contains(&"smtpd_access_maps"),
             policy,
+            dnsbl,
             warnings,
         })
     }
@@ -1744,6 +1774,37 @@ impl<'r, 'f> Eval<'r, 'f> {
                     return Err(self.server_error());
                 }
             },
+            Kind::RejectRblClient | Kind::PermitDnswlClient | Kind::RejectRhsbl(_) => {
+                let Some(arg) = list.get(*i + 1) else {
+                    self.warn(format!(
+                        "restriction {} requires domain name argument",
+                        list[*i].text
+                    ));
+                    return Ok(Status::Dunno);
+                };
+                *i += 1;
+                let arg = arg.text.clone();
+                match kind {
+                    Kind::RejectRblClient => self.rbl_client(&arg)?,
+                    Kind::PermitDnswlClient => {
+                        if self.dnswl_client(&arg, what)? {
+                            self.permit(&list[*i - 1].text, What::Client, &self.namaddr(), None)
+                        } else {
+                            Status::Dunno
+                        }
+                    }
+                    Kind::RejectRhsbl(k) => self.rhsbl(k, &arg)?,
+                    _ => Status::Dunno,
+                }
+            }
+            Kind::RejectUnknownSenderDomain => match self.sender {
+                Some(s) if !s.is_empty() => self.unknown_address(s, What::Sender)?,
+                _ => Status::Dunno,
+            },
+            Kind::RejectUnknownRecipientDomain => match self.recipient {
+                Some(r) => self.unknown_address(r, What::Recipient)?,
+                None => Status::Dunno,
+            },
             Kind::Unsupported(arg) => {
                 match arg {
                     Arg::None => {}
@@ -1767,6 +1828,250 @@ impl<'r, 'f> Eval<'r, 'f> {
     }
 
     // ----- the individual checks -----
+
+    /// The resolver (made at load whenever a DNS restriction is listed).
+    fn dns(&self) -> &'r Dns {
+        match &self.r.dnsbl.dns {
+            Some(d) => d,
+            None => unreachable!("a DNS restriction without a resolver"),
+        }
+    }
+
+    /// Looks up `query` (A) under a DNSBL argument `domain[=filter]`:
+    /// the matching addresses, or `None` when not listed (a temporary
+    /// failure is logged and counts as not listed, as in Postfix).
+    fn dnsbl_query(&mut self, query: &str, filter: Option<&str>) -> Option<Vec<String>> {
+        match self.dns().a(query) {
+            Ok(addrs) => {
+                let addrs: Vec<String> = addrs
+                    .into_iter()
+                    .map(|a| a.to_string())
+                    .filter(|a| filter.is_none_or(|f| dnsbl_filter_matches(f, a)))
+                    .collect();
+                (!addrs.is_empty()).then_some(addrs)
+            }
+            Err(DnsError::NotFound) => None,
+            Err(DnsError::Temporary(e)) => {
+                self.warn(format!("{query}: RBL lookup error: {e}"));
+                None
+            }
+        }
+    }
+
+    /// reject_rbl_client: the reversed client address under the domain.
+    fn rbl_client(&mut self, arg: &str) -> Res {
+        let (domain, filter) = split_dnsbl(arg);
+        let query = libmail::dns::reverse_name(self.addr, domain);
+        if self.dnsbl_query(&query, filter).is_none() {
+            return Ok(Status::Dunno);
+        }
+        let what = self.addr.to_string();
+        Ok(self.rbl_reject(&query, domain, &what, What::Client))
+    }
+
+    /// permit_dnswl_client: listed clients are permitted; in the relay and
+    /// recipient lists only for a recipient this server accepts anyway
+    /// (it never overrides reject_unauth_destination).
+    fn dnswl_client(&mut self, arg: &str, what: What) -> Result<bool, Abort> {
+        let (domain, filter) = split_dnsbl(arg);
+        let query = libmail::dns::reverse_name(self.addr, domain);
+        if self.dnsbl_query(&query, filter).is_none() {
+            return Ok(false);
+        }
+        if what == What::Recipient {
+            if let Some(rcpt) = self.recipient {
+                return Ok(self.auth_destination(rcpt)? == Status::Ok);
+            }
+        }
+        Ok(true)
+    }
+
+    /// reject_rhsbl_*: the name (client, PTR, HELO, address domain) under
+    /// the domain.
+    fn rhsbl(&mut self, k: Rhsbl, arg: &str) -> Res {
+        let domain_of = |a: &'f str| a.rfind('@').map(|i| &a[i + 1..]);
+        let (name, class) = match k {
+            Rhsbl::Client => (Some(self.f.client_name), What::Client),
+            Rhsbl::ReverseClient => (Some(self.f.reverse_name), What::ReverseClient),
+            Rhsbl::Helo => (self.f.helo, What::Helo),
+            Rhsbl::Sender => (self.sender.and_then(domain_of), What::Sender),
+            Rhsbl::Recipient => (self.recipient.and_then(domain_of), What::Recipient),
+        };
+        let Some(name) = name.map(syntax::strip_one_dot) else {
+            return Ok(Status::Dunno);
+        };
+        if name.is_empty()
+            || name == "unknown"
+            || name.starts_with('[')
+            || !syntax::valid_hostname(name)
+            || syntax::valid_hostaddr(name)
+        {
+            return Ok(Status::Dunno);
+        }
+        let (domain, filter) = split_dnsbl(arg);
+        let query = format!("{name}.{}", domain.trim_end_matches('.'));
+        if self.dnsbl_query(&query, filter).is_none() {
+            return Ok(Status::Dunno);
+        }
+        Ok(self.rbl_reject(&query, domain, name, class))
+    }
+
+    /// The DNSBL reply: `rbl_reply_maps` (by domain), else
+    /// `default_rbl_reply`, with `$rbl_code`, `$rbl_class`, `$rbl_what`,
+    /// `$rbl_domain`, `$rbl_reason` (the TXT record), `$client_address`,
+    /// `$client_name`, `$helo_name`, `$sender`, `$recipient`.
+    fn rbl_reject(&mut self, query: &str, domain: &str, what_name: &str, what: What) -> Status {
+        let r = self.r;
+        let template = r
+            .dnsbl
+            .rbl_reply_maps
+            .as_ref()
+            .and_then(|m| {
+                m.find_first(&[Key {
+                    text: domain.to_ascii_lowercase(),
+                    whole: true,
+                }])
+                .ok()
+                .flatten()
+            })
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| r.dnsbl.default_rbl_reply.clone());
+        let reason = match self.dns().txt(query) {
+            Ok(t) => t.join(" "),
+            Err(_) => String::new(),
+        };
+        let esc = |v: &str| v.replace('$', "$$");
+        let vars: Vec<(&str, String)> = vec![
+            ("rbl_code", r.dnsbl.rbl_code.to_string()),
+            ("rbl_class", what.label().to_string()),
+            ("rbl_what", esc(what_name)),
+            ("rbl_domain", esc(domain)),
+            ("rbl_reason", esc(&reason)),
+            ("rbl_txt", esc(&reason)),
+            ("client_address", self.addr.to_string()),
+            ("client_name", esc(self.f.client_name)),
+            ("reverse_client_name", esc(self.f.reverse_name)),
+            ("helo_name", esc(self.f.helo.unwrap_or(""))),
+            ("sender", esc(self.sender.unwrap_or(""))),
+            ("recipient", esc(self.recipient.unwrap_or(""))),
+        ];
+        let lookup = |n: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty())
+        };
+        let text = match libmail::config::expand::Expansion::new().expand(&template, &lookup) {
+            Ok(t) => t,
+            Err(e) => {
+                self.warn(format!("{domain}: bad RBL reply template: {e}"));
+                format!(
+                    "{} Service unavailable; {} [{what_name}] blocked using {domain}",
+                    r.dnsbl.rbl_code,
+                    what.label()
+                )
+            }
+        };
+        // "CODE [X.Y.Z] text"; a template without a valid code uses
+        // $rbl_code's, as Postfix's reply parser falls back.
+        let (code, rest) = match text.split_once(' ') {
+            Some((c, rest)) if c.len() == 3 && c.parse::<u16>().is_ok() => {
+                (c.parse::<u16>().unwrap_or(r.dnsbl.rbl_code), rest)
+            }
+            _ => (r.dnsbl.rbl_code, text.as_str()),
+        };
+        let (dsn, rest) = match rest.split_once(' ') {
+            Some((d, t)) if syntax::dsn_len(d) == d.len() && !d.is_empty() => (d.to_string(), t),
+            _ => ("5.7.1".to_string(), rest),
+        };
+        let class = if code >= 500 { '5' } else { '4' };
+        let dsn = format!("{class}{}", &dsn[1..]);
+        let rest = rest.to_string();
+        self.reject(ErrorClass::Policy, code, &dsn, rest)
+    }
+
+    /// reject_unknown_sender_domain / reject_unknown_recipient_domain
+    /// (reject_unknown_address): only for domains this server is not the
+    /// final destination of, nor address literals.
+    fn unknown_address(&mut self, addr: &str, what: What) -> Res {
+        let resolved = match self.resolve(addr) {
+            Ok(r) => r,
+            Err(()) => return Err(self.lookup_failure(addr)),
+        };
+        if matches!(
+            resolved.class,
+            Class::Local | Class::VirtualAlias | Class::VirtualMailbox
+        ) {
+            return Ok(Status::Dunno);
+        }
+        let Some(at) = resolved.recipient.rfind('@') else {
+            return Ok(Status::Dunno);
+        };
+        let domain = resolved.recipient[at + 1..].to_string();
+        if domain.is_empty() || (domain.starts_with('[') && domain.ends_with(']')) {
+            return Ok(Status::Dunno);
+        }
+        Ok(self.unknown_mailhost(&domain, addr, what))
+    }
+
+    /// reject_unknown_mailhost: MX, then A, then AAAA; a null MX is
+    /// refused outright, a temporary failure is a defer_if_permit.
+    fn unknown_mailhost(&mut self, domain: &str, addr: &str, what: What) -> Status {
+        let dns = self.dns();
+        let sender = what == What::Sender;
+        let mut temp = None;
+        match dns.mx(domain) {
+            Ok(mx) if libmail::dns::is_null_mx(&mx) => {
+                let (code, dsn) = if sender {
+                    (550, "5.7.27")
+                } else {
+                    (556, "5.1.10")
+                };
+                return self.reject(
+                    ErrorClass::Policy,
+                    code,
+                    dsn,
+                    format!(
+                        "<{addr}>: {} rejected: Domain {domain} does not accept mail (nullMX)",
+                        what.label()
+                    ),
+                );
+            }
+            Ok(_) => return Status::Dunno,
+            Err(DnsError::NotFound) => {}
+            Err(DnsError::Temporary(e)) => temp = Some(e),
+        }
+        if temp.is_none() {
+            match dns.a(domain) {
+                Ok(_) => return Status::Dunno,
+                Err(DnsError::NotFound) => {}
+                Err(DnsError::Temporary(e)) => temp = Some(e),
+            }
+        }
+        if temp.is_none() {
+            match dns.aaaa(domain) {
+                Ok(_) => return Status::Dunno,
+                Err(DnsError::NotFound) => {}
+                Err(DnsError::Temporary(e)) => temp = Some(e),
+            }
+        }
+        let dsn = if sender { "4.1.8" } else { "4.1.2" };
+        let text = format!("<{addr}>: {} rejected: Domain not found", what.label());
+        match temp {
+            None => self.reject(
+                ErrorClass::Policy,
+                self.r.dnsbl.unknown_addr_code,
+                dsn,
+                text,
+            ),
+            Some(e) => {
+                self.out
+                    .log
+                    .push(Log::Info(format!("{domain}: temporary DNS failure: {e}")));
+                self.defer_if_permit(ErrorClass::Policy, 450, dsn, text)
+            }
+        }
+    }
 
     /// reject_invalid_hostaddr for a `[...]` HELO argument.
     fn invalid_hostaddr(&mut self, h: &str) -> Status {
@@ -2402,6 +2707,40 @@ fn host_keys(name: Option<&str>, addr: Option<&str>, parent_matches: bool) -> Ve
 
 /// A reply text as Postfix sends it: control characters become spaces,
 /// and it is cut at `max` bytes (on a character boundary).
+/// `domain=filter` of a DNSBL restriction.
+fn split_dnsbl(arg: &str) -> (&str, Option<&str>) {
+    match arg.split_once('=') {
+        Some((d, f)) => (d, Some(f)),
+        None => (arg, None),
+    }
+}
+
+/// Whether a DNSBL answer matches the `=filter` of the restriction: each
+/// octet is a number, `[a..b]` range, or `[a;b;...]` list (Postfix's
+/// ip_match patterns, without the bitmasks).
+fn dnsbl_filter_matches(filter: &str, addr: &str) -> bool {
+    let fs: Vec<&str> = filter.split('.').collect();
+    let os: Vec<&str> = addr.split('.').collect();
+    if fs.len() != 4 || os.len() != 4 {
+        return filter == addr;
+    }
+    fs.iter().zip(os).all(|(f, o)| {
+        let Ok(o) = o.parse::<u16>() else {
+            return false;
+        };
+        match f.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            Some(inner) => inner.split(';').any(|part| match part.split_once("..") {
+                Some((a, b)) => match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(a), Ok(b)) => a <= o && o <= b,
+                    _ => false,
+                },
+                None => part.parse::<u16>() == Ok(o),
+            }),
+            None => f.parse::<u16>() == Ok(o),
+        }
+    })
+}
+
 fn sanitize(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()

@@ -20,6 +20,16 @@ pub enum Arg {
     Map,
 }
 
+/// What a `reject_rhsbl_*` restriction looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rhsbl {
+    Client,
+    ReverseClient,
+    Helo,
+    Sender,
+    Recipient,
+}
+
 /// One restriction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -60,6 +70,16 @@ pub enum Kind {
     CheckEtrnAccess,
     /// `check_policy_service SERVER` (see the policy module).
     CheckPolicyService,
+    /// `reject_rbl_client domain[=d.d.d.d]` (DNS).
+    RejectRblClient,
+    /// `permit_dnswl_client domain[=d.d.d.d]` (DNS).
+    PermitDnswlClient,
+    /// `reject_rhsbl_* domain[=d.d.d.d]` (DNS), by what is looked up.
+    RejectRhsbl(Rhsbl),
+    /// `reject_unknown_sender_domain` (DNS).
+    RejectUnknownSenderDomain,
+    /// `reject_unknown_recipient_domain` (DNS).
+    RejectUnknownRecipientDomain,
     /// Recognised, not implemented yet (needs DNS, the network, TLS client
     /// certificates or address verification): skipped as DUNNO.
     Unsupported(Arg),
@@ -134,14 +154,14 @@ const NAMES: &[(&str, Kind)] = &[
         Kind::Unsupported(Arg::None),
     ),
     ("reject_maps_rbl", Kind::Unsupported(Arg::None)),
-    ("reject_rbl_client", Kind::Unsupported(Arg::Domain)),
-    ("reject_rbl", Kind::Unsupported(Arg::Domain)),
-    ("permit_dnswl_client", Kind::Unsupported(Arg::Domain)),
-    ("reject_rhsbl_client", Kind::Unsupported(Arg::Domain)),
+    ("reject_rbl_client", Kind::RejectRblClient),
+    ("reject_rbl", Kind::RejectRblClient),
+    ("permit_dnswl_client", Kind::PermitDnswlClient),
+    ("reject_rhsbl_client", Kind::RejectRhsbl(Rhsbl::Client)),
     ("permit_rhswl_client", Kind::Unsupported(Arg::Domain)),
     (
         "reject_rhsbl_reverse_client",
-        Kind::Unsupported(Arg::Domain),
+        Kind::RejectRhsbl(Rhsbl::ReverseClient),
     ),
     ("check_ccert_access", Kind::Unsupported(Arg::Map)),
     ("check_client_ns_access", Kind::Unsupported(Arg::Map)),
@@ -164,27 +184,47 @@ const NAMES: &[(&str, Kind)] = &[
     ("check_helo_ns_access", Kind::Unsupported(Arg::Map)),
     ("check_helo_mx_access", Kind::Unsupported(Arg::Map)),
     ("check_helo_a_access", Kind::Unsupported(Arg::Map)),
-    ("reject_rhsbl_helo", Kind::Unsupported(Arg::Domain)),
-    ("reject_unknown_sender_domain", Kind::Unsupported(Arg::None)),
+    ("reject_rhsbl_helo", Kind::RejectRhsbl(Rhsbl::Helo)),
+    (
+        "reject_unknown_sender_domain",
+        Kind::RejectUnknownSenderDomain,
+    ),
     ("reject_unknown_address", Kind::Unsupported(Arg::None)),
     ("reject_unverified_sender", Kind::Unsupported(Arg::None)),
     ("check_sender_ns_access", Kind::Unsupported(Arg::Map)),
     ("check_sender_mx_access", Kind::Unsupported(Arg::Map)),
     ("check_sender_a_access", Kind::Unsupported(Arg::Map)),
-    ("reject_rhsbl_sender", Kind::Unsupported(Arg::Domain)),
+    ("reject_rhsbl_sender", Kind::RejectRhsbl(Rhsbl::Sender)),
     ("permit_mx_backup", Kind::Unsupported(Arg::None)),
     ("permit_tls_all_clientcerts", Kind::Unsupported(Arg::None)),
     ("permit_tls_clientcerts", Kind::Unsupported(Arg::None)),
     (
         "reject_unknown_recipient_domain",
-        Kind::Unsupported(Arg::None),
+        Kind::RejectUnknownRecipientDomain,
     ),
     ("check_recipient_ns_access", Kind::Unsupported(Arg::Map)),
     ("check_recipient_mx_access", Kind::Unsupported(Arg::Map)),
     ("check_recipient_a_access", Kind::Unsupported(Arg::Map)),
-    ("reject_rhsbl_recipient", Kind::Unsupported(Arg::Domain)),
+    (
+        "reject_rhsbl_recipient",
+        Kind::RejectRhsbl(Rhsbl::Recipient),
+    ),
     ("reject_unverified_recipient", Kind::Unsupported(Arg::None)),
 ];
+
+impl Kind {
+    /// Whether the restriction asks the DNS.
+    pub fn uses_dns(self) -> bool {
+        matches!(
+            self,
+            Kind::RejectRblClient
+                | Kind::PermitDnswlClient
+                | Kind::RejectRhsbl(_)
+                | Kind::RejectUnknownSenderDomain
+                | Kind::RejectUnknownRecipientDomain
+        )
+    }
+}
 
 /// The restriction called `name` (any case).
 pub fn lookup(name: &str) -> Option<Kind> {
@@ -257,8 +297,9 @@ mod tests {
             lookup("check_recipient_maps"),
             Some(Kind::RejectUnlistedRecipient)
         );
+        assert_eq!(lookup("reject_rbl_client"), Some(Kind::RejectRblClient));
         assert_eq!(
-            lookup("reject_rbl_client"),
+            lookup("permit_rhswl_client"),
             Some(Kind::Unsupported(Arg::Domain))
         );
         assert_eq!(lookup("my_class"), None);

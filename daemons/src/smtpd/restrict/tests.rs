@@ -1520,17 +1520,18 @@ fn sleep_is_returned_to_the_session() {
 fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
     let s = Setup::new();
     let r = s.rules(
-        "smtpd_client_restrictions = reject_rbl_client zen.example, reject_unknown_client_hostname, \
-         reject_rbl_client bl.example, permit_dnswl_client wl.example\n\
+        "smtpd_client_restrictions = reject_unknown_helo_hostname, reject_unknown_client_hostname, \
+         reject_unknown_helo_hostname, permit_rhswl_client wl.example\n\
          smtpd_recipient_restrictions = check_recipient_mx_access texthash:{dir}/users",
     );
     assert_eq!(r.warnings().len(), 4, "{:?}", r.warnings());
-    assert!(r.warnings()[0].starts_with("restriction \"reject_rbl_client\" is not supported yet"));
+    assert!(r.warnings()[0]
+        .starts_with("restriction \"reject_unknown_helo_hostname\" is not supported yet"));
     assert!(r.warnings()[0].ends_with("so mail it would reject or defer is accepted"));
     assert!(r
         .warnings()
         .iter()
-        .any(|w| w.contains("\"permit_dnswl_client\"") && w.ends_with("it never permits")));
+        .any(|w| w.contains("\"permit_rhswl_client\"") && w.ends_with("it never permits")));
     assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
     // The arguments are still checked as Postfix checks them.
     let bad =
@@ -1989,4 +1990,305 @@ fn policy_connections_closed_by_the_server_or_the_limit_are_replaced() {
         assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
     }
     assert_eq!(srv.connections.load(Ordering::SeqCst), 3);
+}
+
+// ----- DNS restrictions, against a real DNS server (dnsmasq) -----
+
+/// A dnsmasq on a loopback port, killed (by PID) when dropped.
+pub(super) struct DnsServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DnsServer {
+    /// dnsmasq answering for `.test` only: `bl.test` lists 127.0.0.1
+    /// (with a TXT reason) and `bad.example.test` (RHSBL), `mx.test` has
+    /// an MX, `a.test` an A record, `nullmx.test` the null MX; everything
+    /// else under `.test` is NXDOMAIN. `None` when dnsmasq is missing or
+    /// does not start.
+    pub(super) fn start() -> Option<DnsServer> {
+        let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        for _ in 0..5 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let mut child = std::process::Command::new(bin)
+                .args([
+                    "--no-daemon",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--no-poll",
+                    "--pid-file=",
+                    "--user=root",
+                    "--group=root",
+                    "--local=/test/",
+                    &format!("--port={port}"),
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--host-record=1.0.0.127.bl.test,127.0.0.2",
+                    "--txt-record=1.0.0.127.bl.test,Listed; see https://bl.test/?127.0.0.1",
+                    "--host-record=1.0.0.127.other.test,127.0.0.9",
+                    "--host-record=bad.example.test.bl.test,127.0.0.2",
+                    "--host-record=1.0.0.127.wl.test,127.0.0.2",
+                    "--mx-host=mx.test,mail.mx.test,10",
+                    "--host-record=a.test,192.0.2.10",
+                    "--dns-rr=nullmx.test,15,000000",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()?;
+            // Ready when it answers a query (bounded); a dnsmasq that
+            // could not bind exits, and the next port is tried.
+            if answers(port) {
+                return Some(DnsServer { child, port });
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None
+    }
+
+    fn main_cf(&self) -> String {
+        format!("facteur_dns_servers = 127.0.0.1:{}\n", self.port)
+    }
+}
+
+fn local_client<'a>() -> Facts<'a> {
+    Facts {
+        client_addr: "127.0.0.1".parse().unwrap(),
+        ..stranger()
+    }
+}
+
+/// Whether a DNS server on 127.0.0.1:`port` answers an A query for
+/// `a.test` within about five seconds.
+fn answers(port: u16) -> bool {
+    let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let _ = sock.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+    let query: &[u8] =
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x04test\x00\x00\x01\x00\x01";
+    let mut buf = [0u8; 512];
+    for _ in 0..50 {
+        if sock.send_to(query, ("127.0.0.1", port)).is_ok() {
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if n >= 2 && buf[..2] == [0x12, 0x34] {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// The dnsmasq these tests need; scripts/test.sh installs it.
+macro_rules! dns_or_skip {
+    () => {
+        DnsServer::start().expect(
+            "dnsmasq (package dnsmasq-base) did not start: run scripts/test.sh, which installs it",
+        )
+    };
+}
+
+#[test]
+fn dns_lookups_tell_records_from_not_found() {
+    let d = dns_or_skip!();
+    let dns = Dns::with_servers(
+        &[format!("127.0.0.1:{}", d.port).parse().unwrap()],
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        dns.a("1.0.0.127.bl.test").unwrap(),
+        vec![std::net::Ipv4Addr::new(127, 0, 0, 2)]
+    );
+    assert_eq!(dns.a("2.0.0.127.bl.test"), Err(DnsError::NotFound));
+    assert_eq!(
+        dns.txt("1.0.0.127.bl.test").unwrap(),
+        vec!["Listed; see https://bl.test/?127.0.0.1".to_string()]
+    );
+    let mx = dns.mx("mx.test").unwrap();
+    assert_eq!(mx[0].exchange, "mail.mx.test");
+    assert!(libmail::dns::is_null_mx(&dns.mx("nullmx.test").unwrap()));
+    assert_eq!(dns.mx("a.test"), Err(DnsError::NotFound));
+}
+
+#[test]
+fn rbl_client_rejects_a_listed_client_with_the_txt_reason() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = s.rules(&format!(
+        "{}smtpd_client_restrictions = reject_rbl_client bl.test",
+        d.main_cf()
+    ));
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    let f = Facts {
+        recipient: Some("alice@example.com"),
+        ..local_client()
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using bl.test; \
+         Listed; see https://bl.test/?127.0.0.1"
+    );
+    // Not listed: passes.
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+}
+
+#[test]
+fn rbl_client_address_filter_and_reply_maps() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    s.table("rbl", "other.test 450 4.7.1 $rbl_what is on $rbl_domain\n");
+    let f = Facts {
+        recipient: Some("alice@example.com"),
+        ..local_client()
+    };
+    let r = s.rules(&format!(
+        "{}smtpd_client_restrictions = reject_rbl_client bl.test=127.0.0.[3..5]",
+        d.main_cf()
+    ));
+    assert_eq!(said(&r.check_rcpt(&f)), "permit");
+    let r = s.rules(&format!(
+        "{}rbl_reply_maps = texthash:{{dir}}/rbl\n\
+         smtpd_client_restrictions = reject_rbl_client other.test=127.0.0.9",
+        d.main_cf()
+    ));
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "450 4.7.1 127.0.0.1 is on other.test"
+    );
+    // No TXT record: no "; reason".
+    let r = s.rules(&format!(
+        "{}smtpd_client_restrictions = reject_rbl_client other.test",
+        d.main_cf()
+    ));
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using other.test"
+    );
+}
+
+#[test]
+fn rhsbl_sender_and_dnswl_client() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = s.rules(&format!(
+        "{}smtpd_sender_restrictions = reject_rhsbl_sender bl.test",
+        d.main_cf()
+    ));
+    let f = Facts {
+        sender: Some("x@bad.example.test"),
+        recipient: Some("alice@example.com"),
+        ..stranger()
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 Service unavailable; Sender address [bad.example.test] blocked using bl.test"
+    );
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+    // A DNSWL-listed client skips the rest of the client list.
+    let r = s.rules(&format!(
+        "{}smtpd_client_restrictions = permit_dnswl_client wl.test, reject",
+        d.main_cf()
+    ));
+    let f = Facts {
+        recipient: Some("alice@example.com"),
+        ..local_client()
+    };
+    assert_eq!(said(&r.check_rcpt(&f)), "permit");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("alice@example.com"))),
+        "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: Access denied"
+    );
+}
+
+#[test]
+fn unknown_sender_and_recipient_domains() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = s.rules(&format!(
+        "{}smtpd_sender_restrictions = reject_unknown_sender_domain\n\
+         smtpd_relay_restrictions =\n\
+         smtpd_recipient_restrictions = reject_unknown_recipient_domain, \
+         reject_unauth_destination",
+        d.main_cf()
+    ));
+    let with = |sender: &'static str, rcpt: &'static str| Facts {
+        sender: Some(sender),
+        recipient: Some(rcpt),
+        ..stranger()
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&with("x@none.test", "alice@example.com"))),
+        "450 4.1.8 <x@none.test>: Sender address rejected: Domain not found"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&with("x@mx.test", "alice@example.com"))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&with("x@a.test", "alice@example.com"))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&with("x@nullmx.test", "alice@example.com"))),
+        "550 5.7.27 <x@nullmx.test>: Sender address rejected: Domain nullmx.test \
+         does not accept mail (nullMX)"
+    );
+    // The null sender and local domains are not looked up.
+    assert_eq!(
+        said(&r.check_rcpt(&with("", "alice@example.com"))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&with("bob@example.com", "alice@example.com"))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&with("x@a.test", "y@none.test"))),
+        "450 4.1.2 <y@none.test>: Recipient address rejected: Domain not found"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&with("x@a.test", "y@nullmx.test"))),
+        "556 5.1.10 <y@nullmx.test>: Recipient address rejected: Domain nullmx.test \
+         does not accept mail (nullMX)"
+    );
+}
+
+#[test]
+fn unknown_sender_domain_defers_on_a_dns_failure() {
+    // Nothing listens on the port: a timeout, so a defer_if_permit.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Setup::new();
+    let r = s.rules(&format!(
+        "facteur_dns_servers = 127.0.0.1:{port}\n\
+         smtpd_sender_restrictions = reject_unknown_sender_domain"
+    ));
+    let f = Facts {
+        sender: Some("x@a.test"),
+        recipient: Some("alice@example.com"),
+        ..stranger()
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "450 4.1.8 <x@a.test>: Sender address rejected: Domain not found"
+    );
 }
