@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate the typed-parameter table of docs/compatibility.md from
-libmail/src/config/params.tsv (the section between the BEGIN/END markers).
+libmail/src/config/params.tsv (the section between the BEGIN/END markers),
+keeping every status already written by hand and every row of a
+parameter the registry does not type.
 Run it after changing the registry; the test registry_is_documented fails
 until the table lists every typed parameter."""
 import os, re
@@ -36,7 +38,20 @@ virtual_mailbox_base virtual_uid_maps virtual_gid_maps
 virtual_minimum_uid virtual_mailbox_limit mail_name mail_version
 compatibility_level config_directory setgid_group maillog_file_prefixes
 """.split())
-rows = []
+doc_path = os.path.join(top, "docs/compatibility.md")
+doc = open(doc_path).read()
+begin = doc.index("<!-- BEGIN typed parameters")
+begin = doc.index("-->", begin) + 3
+end = doc.index("<!-- END typed parameters -->")
+# What the table says now: a status someone wrote by hand ("supported",
+# "partial: ...") wins over the EFFECT list, and rows for parameters that
+# are not typed in the registry are kept as they are.
+existing = {}
+for line in doc[begin:end].splitlines():
+    m = re.match(r"^\| `([^`]+)` \| ([^|]*) \| (.*?) \| (.*) \|$", line)
+    if m:
+        existing[m.group(1)] = (line, m.group(3))
+rows = {}
 for line in open(os.path.join(top, "libmail/src/config/params.tsv")):
     if line.startswith("#"):
         continue
@@ -45,12 +60,14 @@ for line in open(os.path.join(top, "libmail/src/config/params.tsv")):
         continue
     meaning = meaning.replace("|", "\\|")
     effect = "supported" if name in EFFECT else "not yet"
-    rows.append(f"| `{name}` | {typ} | {effect} | {meaning} |")
-doc_path = os.path.join(top, "docs/compatibility.md")
-doc = open(doc_path).read()
-begin = doc.index("<!-- BEGIN typed parameters")
-begin = doc.index("-->", begin) + 3
-end = doc.index("<!-- END typed parameters -->")
+    line_now, kept = existing.get(name, (None, "not yet"))
+    if kept != "not yet":
+        rows[name] = line_now
+        continue
+    rows[name] = f"| `{name}` | {typ} | {effect} | {meaning} |"
+for name, (line, _) in existing.items():
+    rows.setdefault(name, line)
+rows = [rows[n] for n in sorted(rows)]
 table = "\n| parameter | type | effect | meaning |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
 open(doc_path, "w").write(doc[:begin] + table + doc[end:])
 print(f"{len(rows)} typed parameters listed")
