@@ -457,6 +457,7 @@ struct Codes {
     virtual_mailbox: u16,
     relay_rcpt: u16,
     multi_rcpt: u16,
+    unknown_client: u16,
 }
 
 /// The recipient and sender validation tables.
@@ -759,6 +760,7 @@ impl Restrictions {
                 virtual_mailbox: code(params, "unknown_virtual_mailbox_reject_code")?,
                 relay_rcpt: code(params, "unknown_relay_recipient_reject_code")?,
                 multi_rcpt: code(params, "multi_recipient_bounce_reject_code")?,
+                unknown_client: code(params, "unknown_client_reject_code")?,
             },
             soft_bounce: flag(params, "soft_bounce")?,
             delay_reject: flag(params, "smtpd_delay_reject")?,
@@ -1797,6 +1799,27 @@ impl<'r, 'f> Eval<'r, 'f> {
                     _ => Status::Dunno,
                 }
             }
+            // The client's names come from the session's lookups (the
+            // verified name: PTR and forward confirmation; the PTR name).
+            Kind::RejectUnknownClient if self.f.client_name == "unknown" => self.reject(
+                ErrorClass::Policy,
+                r.codes.unknown_client,
+                "4.7.25",
+                format!(
+                    "Client host rejected: cannot find your hostname, [{}]",
+                    self.addr
+                ),
+            ),
+            Kind::RejectUnknownReverseClient if self.f.reverse_name == "unknown" => self.reject(
+                ErrorClass::Policy,
+                r.codes.unknown_client,
+                "4.7.1",
+                format!(
+                    "Client host rejected: cannot find your reverse hostname, [{}]",
+                    self.addr
+                ),
+            ),
+            Kind::RejectUnknownClient | Kind::RejectUnknownReverseClient => Status::Dunno,
             Kind::RejectUnknownSenderDomain => match self.sender {
                 Some(s) if !s.is_empty() => self.unknown_address(s, What::Sender)?,
                 _ => Status::Dunno,

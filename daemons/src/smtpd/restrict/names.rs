@@ -76,6 +76,11 @@ pub enum Kind {
     PermitDnswlClient,
     /// `reject_rhsbl_* domain[=d.d.d.d]` (DNS), by what is looked up.
     RejectRhsbl(Rhsbl),
+    /// `reject_unknown_client_hostname` (old name
+    /// `reject_unknown_client`): no verified client name.
+    RejectUnknownClient,
+    /// `reject_unknown_reverse_client_hostname`: no PTR name at all.
+    RejectUnknownReverseClient,
     /// `reject_unknown_sender_domain` (DNS).
     RejectUnknownSenderDomain,
     /// `reject_unknown_recipient_domain` (DNS).
@@ -143,16 +148,13 @@ const NAMES: &[(&str, Kind)] = &[
     ),
     ("check_etrn_access", Kind::CheckEtrnAccess),
     ("check_policy_service", Kind::CheckPolicyService),
-    // Recognised, not implemented yet.
-    (
-        "reject_unknown_client_hostname",
-        Kind::Unsupported(Arg::None),
-    ),
-    ("reject_unknown_client", Kind::Unsupported(Arg::None)),
+    ("reject_unknown_client_hostname", Kind::RejectUnknownClient),
+    ("reject_unknown_client", Kind::RejectUnknownClient),
     (
         "reject_unknown_reverse_client_hostname",
-        Kind::Unsupported(Arg::None),
+        Kind::RejectUnknownReverseClient,
     ),
+    // Recognised, not implemented yet.
     ("reject_maps_rbl", Kind::Unsupported(Arg::None)),
     ("reject_rbl_client", Kind::RejectRblClient),
     ("reject_rbl", Kind::RejectRblClient),

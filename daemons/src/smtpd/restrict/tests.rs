@@ -671,6 +671,43 @@ fn helo_hostname_checks_match_postfix() {
 }
 
 #[test]
+fn clients_without_a_verified_or_reverse_name_are_deferred() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_client_restrictions = reject_unknown_reverse_client_hostname, \
+         reject_unknown_client_hostname",
+    );
+    // PTR present but not confirmed: only the verified-name check fires.
+    let unverified = Facts {
+        client_name: "unknown",
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&unverified)),
+        "450 4.7.25 Client host rejected: cannot find your hostname, [192.0.2.1]"
+    );
+    // No PTR at all: the reverse check comes first in this list.
+    let nameless = Facts {
+        client_name: "unknown",
+        reverse_name: "unknown",
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&nameless)),
+        "450 4.7.1 Client host rejected: cannot find your reverse hostname, [192.0.2.1]"
+    );
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+    // The old name, and the code from unknown_client_reject_code.
+    let old = s.rules(
+        "smtpd_client_restrictions = reject_unknown_client\nunknown_client_reject_code = 550",
+    );
+    assert_eq!(
+        said(&old.check_rcpt(&unverified)),
+        "550 5.7.25 Client host rejected: cannot find your hostname, [192.0.2.1]"
+    );
+}
+
+#[test]
 fn non_fqdn_addresses_are_rejected_by_context() {
     let s = Setup::new();
     let r = s.rules(
@@ -1520,7 +1557,7 @@ fn sleep_is_returned_to_the_session() {
 fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
     let s = Setup::new();
     let r = s.rules(
-        "smtpd_client_restrictions = reject_unknown_helo_hostname, reject_unknown_client_hostname, \
+        "smtpd_client_restrictions = reject_unknown_helo_hostname, reject_unknown_address, \
          reject_unknown_helo_hostname, permit_rhswl_client wl.example\n\
          smtpd_recipient_restrictions = check_recipient_mx_access texthash:{dir}/users",
     );
