@@ -458,6 +458,7 @@ struct Codes {
     relay_rcpt: u16,
     multi_rcpt: u16,
     unknown_client: u16,
+    unknown_helo: u16,
 }
 
 /// The recipient and sender validation tables.
@@ -761,6 +762,7 @@ impl Restrictions {
                 relay_rcpt: code(params, "unknown_relay_recipient_reject_code")?,
                 multi_rcpt: code(params, "multi_recipient_bounce_reject_code")?,
                 unknown_client: code(params, "unknown_client_reject_code")?,
+                unknown_helo: code(params, "unknown_hostname_reject_code")?,
             },
             soft_bounce: flag(params, "soft_bounce")?,
             delay_reject: flag(params, "smtpd_delay_reject")?,
@@ -1820,6 +1822,15 @@ impl<'r, 'f> Eval<'r, 'f> {
                 ),
             ),
             Kind::RejectUnknownClient | Kind::RejectUnknownReverseClient => Status::Dunno,
+            Kind::RejectUnknownHelo => match self.f.helo {
+                // Address literals and malformed names are other checks'.
+                Some(h)
+                    if !h.starts_with('[') && syntax::valid_hostname(syntax::strip_one_dot(h)) =>
+                {
+                    self.unknown_helo(h)
+                }
+                _ => Status::Dunno,
+            },
             Kind::RejectUnknownSenderDomain => match self.sender {
                 Some(s) if !s.is_empty() => self.unknown_address(s, What::Sender)?,
                 _ => Status::Dunno,
@@ -2092,6 +2103,36 @@ impl<'r, 'f> Eval<'r, 'f> {
                     .log
                     .push(Log::Info(format!("{domain}: temporary DNS failure: {e}")));
                 self.defer_if_permit(ErrorClass::Policy, 450, dsn, text)
+            }
+        }
+    }
+
+    /// reject_unknown_helo_hostname: an address (A, AAAA) or an MX for
+    /// the HELO name; a temporary failure is a defer_if_permit.
+    fn unknown_helo(&mut self, helo: &str) -> Status {
+        let dns = self.dns();
+        let name = syntax::strip_one_dot(helo);
+        let mut temp = None;
+        let lookups: [&dyn Fn() -> Result<(), DnsError>; 3] = [
+            &|| dns.a(name).map(|_| ()),
+            &|| dns.aaaa(name).map(|_| ()),
+            &|| dns.mx(name).map(|_| ()),
+        ];
+        for lookup in lookups {
+            match lookup() {
+                Ok(()) => return Status::Dunno,
+                Err(DnsError::NotFound) => {}
+                Err(DnsError::Temporary(e)) => temp = Some(e),
+            }
+        }
+        let text = format!("<{helo}>: Helo command rejected: Host not found");
+        match temp {
+            None => self.reject(ErrorClass::Policy, self.r.codes.unknown_helo, "4.7.1", text),
+            Some(e) => {
+                self.out
+                    .log
+                    .push(Log::Info(format!("{name}: temporary DNS failure: {e}")));
+                self.defer_if_permit(ErrorClass::Policy, 450, "4.7.1", text)
             }
         }
     }

@@ -81,6 +81,9 @@ pub enum Kind {
     RejectUnknownClient,
     /// `reject_unknown_reverse_client_hostname`: no PTR name at all.
     RejectUnknownReverseClient,
+    /// `reject_unknown_helo_hostname` (old name `reject_unknown_hostname`):
+    /// the HELO name has no address and no MX (DNS).
+    RejectUnknownHelo,
     /// `reject_unknown_sender_domain` (DNS).
     RejectUnknownSenderDomain,
     /// `reject_unknown_recipient_domain` (DNS).
@@ -181,8 +184,8 @@ const NAMES: &[(&str, Kind)] = &[
         "check_reverse_client_hostname_a_access",
         Kind::Unsupported(Arg::Map),
     ),
-    ("reject_unknown_helo_hostname", Kind::Unsupported(Arg::None)),
-    ("reject_unknown_hostname", Kind::Unsupported(Arg::None)),
+    ("reject_unknown_helo_hostname", Kind::RejectUnknownHelo),
+    ("reject_unknown_hostname", Kind::RejectUnknownHelo),
     ("check_helo_ns_access", Kind::Unsupported(Arg::Map)),
     ("check_helo_mx_access", Kind::Unsupported(Arg::Map)),
     ("check_helo_a_access", Kind::Unsupported(Arg::Map)),
@@ -222,6 +225,7 @@ impl Kind {
             Kind::RejectRblClient
                 | Kind::PermitDnswlClient
                 | Kind::RejectRhsbl(_)
+                | Kind::RejectUnknownHelo
                 | Kind::RejectUnknownSenderDomain
                 | Kind::RejectUnknownRecipientDomain
         )

@@ -1557,13 +1557,12 @@ fn sleep_is_returned_to_the_session() {
 fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
     let s = Setup::new();
     let r = s.rules(
-        "smtpd_client_restrictions = reject_unknown_helo_hostname, reject_unknown_address, \
-         reject_unknown_helo_hostname, permit_rhswl_client wl.example\n\
+        "smtpd_client_restrictions = reject_maps_rbl, reject_unknown_address, \
+         reject_maps_rbl, permit_rhswl_client wl.example\n\
          smtpd_recipient_restrictions = check_recipient_mx_access texthash:{dir}/users",
     );
     assert_eq!(r.warnings().len(), 4, "{:?}", r.warnings());
-    assert!(r.warnings()[0]
-        .starts_with("restriction \"reject_unknown_helo_hostname\" is not supported yet"));
+    assert!(r.warnings()[0].starts_with("restriction \"reject_maps_rbl\" is not supported yet"));
     assert!(r.warnings()[0].ends_with("so mail it would reject or defer is accepted"));
     assert!(r
         .warnings()
@@ -2251,6 +2250,27 @@ fn rhsbl_sender_and_dnswl_client() {
         said(&r.check_rcpt(&rcpt("alice@example.com"))),
         "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: Access denied"
     );
+}
+
+#[test]
+fn unknown_helo_hostnames_are_deferred() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = s.rules(&format!(
+        "{}smtpd_helo_restrictions = reject_unknown_helo_hostname",
+        d.main_cf()
+    ));
+    let helo = |h: &'static str| Facts {
+        helo: Some(h),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&helo("nohost.test"))),
+        "450 4.7.1 <nohost.test>: Helo command rejected: Host not found"
+    );
+    assert_eq!(said(&r.check_rcpt(&helo("a.test"))), "permit");
+    assert_eq!(said(&r.check_rcpt(&helo("mx.test"))), "permit");
+    assert_eq!(said(&r.check_rcpt(&helo("[192.0.2.1]"))), "permit");
 }
 
 #[test]
