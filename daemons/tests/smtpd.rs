@@ -193,3 +193,41 @@ fn sendmail_bs_speaks_smtp_on_standard_input() {
         got[0]
     );
 }
+
+#[test]
+fn smtpd_with_dns_restrictions_exits_cleanly_on_reload() {
+    // The DNS resolver (and its runtime) exists as soon as a restriction
+    // uses DNS; no lookup is needed for the exit to matter. The server
+    // named here never has to answer.
+    let mut i = Instance::new("smtpd-dns-exit", "");
+    let port = i.with_smtpd();
+    i.main_cf(&format!(
+        "facteur_dns_servers = 127.0.0.1:{}\nsmtpd_client_restrictions = reject_rbl_client bl.test",
+        common::free_port()
+    ));
+    i.start();
+    let mut c = Raw::connect(port);
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    let line = i.wait_log(r"postfix/smtpd\[\d+\]: connect from ");
+    let pid: i32 = line
+        .split("smtpd[")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .and_then(|p| p.parse().ok())
+        .expect("smtpd's pid");
+    // SAFETY: signalling the master we started.
+    unsafe { libc::kill(i.master_pid().unwrap() as i32, libc::SIGHUP) };
+    // master reaps the old smtpd (it is its parent) before the pid is gone.
+    // SAFETY: signal 0 only checks existence.
+    wait_for(
+        30,
+        "the old smtpd to exit",
+        || unsafe { libc::kill(pid, 0) } != 0,
+    );
+    let log = i.log_text();
+    assert!(
+        !log.contains(&format!("pid {pid} exit status"))
+            && !log.contains(&format!("pid {pid} killed")),
+        "{log}"
+    );
+}

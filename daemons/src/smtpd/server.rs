@@ -213,6 +213,11 @@ pub fn run(mut svc: Service, shell: Shell) {
     let maxproc = svc.maxproc;
     svc.ready();
     let shell = Arc::new(shell);
+    // The last reference is dropped here, outside the runtime: the
+    // restrictions own the DNS resolver's own runtime, and tokio refuses
+    // to drop a runtime from inside an asynchronous context (smtpd
+    // panicked on every exit when DNS restrictions were configured).
+    let keep = shell.clone();
     rt.block_on(async move {
         let _ = listener.set_nonblocking(true);
         let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -270,6 +275,8 @@ pub fn run(mut svc: Service, shell: Shell) {
             let _ = tokio::time::timeout(tick, done.notified()).await;
         }
     });
+    drop(rt);
+    drop(keep);
 }
 
 /// The client's name as Postfix finds it: the PTR name, kept only when
