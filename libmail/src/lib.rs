@@ -13,6 +13,7 @@ pub mod dns;
 pub mod ipc;
 pub mod log;
 pub mod mailbox;
+pub mod net;
 pub mod queue;
 pub mod sasl;
 pub mod service;

@@ -259,45 +259,17 @@ fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<OwnedFd> {
         ))?)
     };
     set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
-    let r = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: a valid socket and a sockaddr_in of the size given.
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            }
-        }
-        SocketAddr::V6(a) => {
-            set_int_opt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: a valid socket and a sockaddr_in6 of the size given.
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sin6 as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                )
-            }
-        }
+    if addr.is_ipv6() {
+        set_int_opt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
+    }
+    let (sa, len) = libmail::net::sockaddr(&addr);
+    // SAFETY: a valid socket and a socket address of the length given.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len,
+        )
     };
     cvt(r)?;
     // SAFETY: a bound socket.
