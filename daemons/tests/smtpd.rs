@@ -231,3 +231,30 @@ fn smtpd_with_dns_restrictions_exits_cleanly_on_reload() {
         "{log}"
     );
 }
+
+#[test]
+fn unauthorised_pipelining_is_noticed_and_refused() {
+    let mut i = Instance::new("smtpd-pipe", "");
+    let port = i.with_smtpd();
+    i.main_cf("smtpd_data_restrictions = reject_unauth_pipelining");
+    i.start();
+    let me = user();
+    // HELO (no PIPELINING offered), then everything in one write.
+    let mut c = Raw::connect(port);
+    c.send(&format!(
+        "HELO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<{me}@mx.example.test>\r\nDATA\r\n"
+    ));
+    for _ in 0..3 {
+        c.reply();
+    }
+    assert_eq!(
+        c.reply(),
+        "503 5.5.0 <DATA>: Data command rejected: Improper use of SMTP command pipelining\r\n"
+    );
+    // The same commands one at a time after EHLO are fine.
+    let mut c = Raw::connect(port);
+    c.cmd("EHLO client.example");
+    c.cmd("MAIL FROM:<a@example.org>");
+    c.cmd(&format!("RCPT TO:<{me}@mx.example.test>"));
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+}

@@ -588,6 +588,11 @@ where
                 Ok(Err(_)) | Ok(Ok(Line::Eof)) => return End::Lost,
                 Ok(Ok(Line::Full)) => String::from_utf8_lossy(&line).into_owned(),
             };
+        // More already waiting behind this command, without PIPELINING
+        // negotiated: what reject_unauth_pipelining looks for.
+        if !session.may_pipeline() && !rd_is_empty(rd) {
+            session.note_pipelining_violation();
+        }
         // Only the commands that talk to cleanup may block (RCPT opens the
         // queue file, DATA and BDAT send the envelope); the others run
         // here (table lookups are memory-mapped).

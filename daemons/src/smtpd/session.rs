@@ -209,7 +209,6 @@ struct Transaction {
     too_big: bool,
     failed: Option<Reply>,
     pending: Vec<u8>,
-    started: bool,
     /// BDAT: the last chunk ended in CR (a CR LF may straddle chunks).
     cr: bool,
 }
@@ -500,6 +499,12 @@ impl Session {
     /// Log lines produced since the last call.
     pub fn take_logs(&mut self) -> Vec<String> {
         std::mem::take(&mut self.logs)
+    }
+
+    /// Whether the client may pipeline (it said EHLO; PIPELINING is
+    /// always offered).
+    pub fn may_pipeline(&self) -> bool {
+        self.esmtp
     }
 
     /// The shell saw commands sent ahead of a reply without PIPELINING.
@@ -1033,7 +1038,6 @@ impl Session {
         let env = self.envelope();
         let received = self.received();
         let t = self.tx.as_mut().expect("checked");
-        t.started = true;
         let sent = self.queue.envelope(&env);
         if let Err(r) = sent {
             t.failed = Some(r);
@@ -1221,16 +1225,10 @@ impl Session {
 
     /// Hands the gathered content to cleanup.
     pub fn flush(&mut self) {
-        self.flush_pending(true);
-    }
-
-    /// Hands buffered content to cleanup once enough has gathered (or
-    /// now, with `all`).
-    fn flush_pending(&mut self, all: bool) {
         let Some(t) = self.tx.as_mut() else {
             return;
         };
-        if t.pending.is_empty() || (!all && t.pending.len() < FLUSH_AT) || t.failed.is_some() {
+        if t.pending.is_empty() || t.failed.is_some() {
             return;
         }
         let chunk = std::mem::take(&mut t.pending);
