@@ -10,5 +10,6 @@ pub mod local;
 pub mod master;
 pub mod pickup;
 pub mod qmgr;
+pub mod smtp;
 pub mod smtpd;
 pub mod virtual_agent;

@@ -280,6 +280,20 @@ pub fn xtext_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// RFC 3461 xtext encoding: `+`, `=`, controls, space and non-ASCII
+/// bytes as `+XX`.
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
 fn unsupported(p: &str) -> Reply {
     Reply::new(555, "5.5.4", format!("Unsupported option: {p}"))
 }
@@ -481,6 +495,11 @@ mod tests {
 
     #[test]
     fn rcpt_dsn_parameters() {
+        assert_eq!(xtext_encode("a+b=c d\u{e9}"), "a+2Bb+3Dc+20d+C3+A9");
+        assert_eq!(
+            xtext_decode(&xtext_encode("x+y=z")).as_deref(),
+            Some("x+y=z")
+        );
         match parse("RCPT TO:<u@d> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;u+40d").unwrap() {
             Command::Rcpt(a, p) => {
                 assert_eq!(a, "u@d");

@@ -26,6 +26,8 @@
 //!
 //! Every file is read with a size bound ([`MAX_PEM_BYTES`]).
 
+pub mod client;
+
 use std::io::Read;
 use std::sync::Arc;
 
@@ -55,11 +57,11 @@ pub enum Level {
     Encrypt,
 }
 
-fn val(p: &Params, name: &str) -> String {
+pub(crate) fn val(p: &Params, name: &str) -> String {
     p.value(name).unwrap_or_default().trim().to_string()
 }
 
-fn yes(p: &Params, name: &str) -> bool {
+pub(crate) fn yes(p: &Params, name: &str) -> bool {
     crate::config::check::parse_bool(&val(p, name)).unwrap_or(false)
 }
 
@@ -152,7 +154,7 @@ pub fn suite_name(s: CipherSuite) -> (String, u16) {
 }
 
 /// The suites left by a cipher grade and an exclusion list.
-fn suites(
+pub(crate) fn suites(
     grade_param: &str,
     grade: &str,
     exclude: &str,
@@ -205,7 +207,7 @@ fn read_bounded(param: &str, path: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The PEM sections of a file, in order.
-fn sections(param: &str, path: &str) -> Result<Vec<(SectionKind, Vec<u8>)>, String> {
+pub(crate) fn sections(param: &str, path: &str) -> Result<Vec<(SectionKind, Vec<u8>)>, String> {
     let bytes = read_bounded(param, path)?;
     <(SectionKind, Vec<u8>)>::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()

@@ -1,0 +1,126 @@
+//! The smtp and lmtp delivery agents end to end: a whole Facteur instance
+//! relays to real peers on loopback (Postfix's smtp-sink, Dovecot's LMTP)
+//! and the log lines, the peers' mailboxes and the queue are checked.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{free_port, wait_for, Instance};
+
+/// Postfix's smtp-sink on 127.0.0.1:port, saving each message as a file
+/// under `dir`; killed by PID when dropped.
+struct Sink {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Sink {
+    fn start(top: &Path, extra: &[&str]) -> Sink {
+        let dir = top.join(format!("sink-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let mut args: Vec<String> = vec!["-u".into(), common::user(), "-d".into()];
+        args.push(format!("{}/%M.", dir.display()));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("127.0.0.1:{port}"));
+        args.push("100".into());
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smtp-sink (package postfix): run scripts/test.sh");
+        wait_for(10, "smtp-sink to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Sink { child, port, dir }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v.iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn message(subject: &str) -> String {
+    format!("From: alice@example.test\nTo: bob@remote.test\nSubject: {subject}\n\n.leading dot\nbody of {subject}\n")
+}
+
+#[test]
+fn relayhost_delivery_to_smtp_sink_logs_like_postfix() {
+    let mut inst = Instance::new("smtp-sink", "");
+    let sink = Sink::start(&inst.top, &[]);
+    inst.main_cf(&format!("relayhost = [127.0.0.1]:{}", sink.port));
+    inst.start();
+    for i in 0..3 {
+        inst.send(
+            &["-f", "alice@example.test", "bob@remote.test"],
+            &message(&format!("m{i}")),
+        );
+    }
+    inst.kick();
+    wait_for(30, "3 messages at the sink", || sink.messages().len() >= 3);
+    let line = inst.wait_log(r"smtp\[\d+\]: [0-9A-F]+: to=<bob@remote\.test>.*status=sent");
+    let re = regex::Regex::new(&format!(
+        r"to=<bob@remote\.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{}, (conn_use=\d+, )?delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=2\.0\.0, status=sent \(250 2\.0\.0 Ok\)$",
+        sink.port
+    ))
+    .unwrap();
+    assert!(re.is_match(&line), "{line}");
+    let got = sink.messages();
+    assert!(got.iter().any(|m| m.contains("Subject: m1")));
+    for m in &got {
+        // The leading dot arrives unstuffed, the envelope as sent.
+        assert!(m.contains("\n.leading dot"), "{m}");
+        assert!(m.contains("MAIL FROM:<alice@example.test>") || m.contains("alice@example.test"));
+    }
+    wait_for(30, "the queue to empty", || {
+        inst.queue_files("active").is_empty() && inst.queue_files("incoming").is_empty()
+    });
+    assert!(inst.queue_files("deferred").is_empty());
+}
+
+#[test]
+fn refused_connection_is_deferred_with_postfix_reason() {
+    let mut inst = Instance::new("smtp-refused", "");
+    let port = free_port();
+    inst.main_cf(&format!("relayhost = [127.0.0.1]:{port}"));
+    inst.start();
+    inst.send(
+        &["-f", "alice@example.test", "bob@remote.test"],
+        &message("x"),
+    );
+    inst.kick();
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.ends_with(&format!(
+            "relay=none, delay={}",
+            line.split("relay=none, delay=").nth(1).unwrap_or("")
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "dsn=4.4.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused)"
+        )),
+        "{line}"
+    );
+    wait_for(30, "the message in deferred/", || {
+        !inst.queue_files("deferred").is_empty()
+    });
+}
