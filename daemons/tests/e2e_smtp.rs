@@ -124,3 +124,129 @@ fn refused_connection_is_deferred_with_postfix_reason() {
         !inst.queue_files("deferred").is_empty()
     });
 }
+
+#[path = "../../libmail/tests/support/dovecot.rs"]
+mod dovecot;
+
+/// Files in a Dovecot user's Maildir (new/).
+fn dovecot_mail(d: &dovecot::Fixture, user: &str) -> Vec<String> {
+    let dir = d.base.join("mail").join(user).join("Maildir/new");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v.iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
+#[test]
+fn lmtp_to_dovecot_over_unix_socket_per_recipient_results() {
+    let dv = dovecot::Fixture::start("lmtp-unix");
+    let mut inst = Instance::new("lmtp-unix", "");
+    inst.main_cf(&format!(
+        "virtual_mailbox_domains = example.test\nvirtual_transport = lmtp:unix:{}\n",
+        dv.base.join("run/lmtp").display()
+    ));
+    inst.start();
+    // One message, four recipients: two users, an unknown one and one
+    // over quota (Dovecot refuses that one after DATA only).
+    let big = format!(
+        "From: sender@remote.test\nSubject: hello lmtp\n\n{}\n",
+        "0123456789abcdef".repeat(200)
+    );
+    inst.send(
+        &[
+            "-f",
+            "sender@remote.test",
+            "alice@example.test",
+            "bob@example.test",
+            "nobody@example.test",
+            "full@example.test",
+        ],
+        &big,
+    );
+    inst.kick();
+    let sock = dv.base.join("run/lmtp");
+    let relay = format!(
+        r"relay=mx\.example\.test\[{}\]",
+        regex::escape(&sock.display().to_string())
+    );
+    let alice = inst.wait_log(&format!(r"to=<alice@example\.test>, {relay}, .*status=sent \(250 2\.0\.0 <alice@example\.test> .* Saved\)"));
+    assert!(alice.contains("dsn=2.0.0"), "{alice}");
+    inst.wait_log(r"to=<bob@example\.test>, .*status=sent");
+    let nobody = inst.wait_log(r"to=<nobody@example\.test>, .*status=bounced");
+    assert!(
+        nobody.contains("dsn=5.1.1") && nobody.contains("(in reply to RCPT TO command)"),
+        "{nobody}"
+    );
+    let full = inst.wait_log(r"to=<full@example\.test>, .*status=bounced");
+    assert!(
+        full.contains("dsn=5.2.2") && full.contains("(in reply to end of DATA command)"),
+        "{full}"
+    );
+    assert_eq!(dovecot_mail(&dv, "alice@example.test").len(), 1);
+    let bob = dovecot_mail(&dv, "bob@example.test");
+    assert_eq!(bob.len(), 1);
+    assert!(bob[0].contains("Subject: hello lmtp"));
+    assert!(dovecot_mail(&dv, "full@example.test").is_empty());
+}
+
+#[test]
+fn hard_and_soft_rejects_and_soft_bounce() {
+    // A 5xx for every RCPT: bounced; the same under soft_bounce:
+    // SOFTBOUNCE with a 4.x.x code, and the message stays queued.
+    for soft in [false, true] {
+        let mut inst = Instance::new(if soft { "smtp-softbounce" } else { "smtp-5xx" }, "");
+        let sink = Sink::start(&inst.top, &["-f", "RCPT"]);
+        inst.main_cf(&format!("relayhost = [127.0.0.1]:{}", sink.port));
+        if soft {
+            inst.main_cf("soft_bounce = yes");
+        }
+        inst.start();
+        inst.send(
+            &["-f", "alice@example.test", "bob@remote.test"],
+            &message("r"),
+        );
+        inst.kick();
+        let said = format!(
+            "host 127.0.0.1[127.0.0.1] said: 500 5.3.0 Error: command failed (in reply to RCPT TO command)"
+        );
+        if soft {
+            let line = inst.wait_log(r"to=<bob@remote\.test>.*status=SOFTBOUNCE");
+            assert!(
+                line.contains(&format!("dsn=4.3.0, status=SOFTBOUNCE ({said})")),
+                "{line}"
+            );
+            wait_for(30, "the message in deferred/", || {
+                !inst.queue_files("deferred").is_empty()
+            });
+        } else {
+            let line = inst.wait_log(r"to=<bob@remote\.test>.*status=bounced");
+            assert!(
+                line.contains(&format!("dsn=5.3.0, status=bounced ({said})")),
+                "{line}"
+            );
+        }
+    }
+    // A 4xx: deferred, the reply in the reason.
+    let mut inst = Instance::new("smtp-4xx", "");
+    let sink = Sink::start(&inst.top, &["-r", "RCPT"]);
+    inst.main_cf(&format!("relayhost = [127.0.0.1]:{}", sink.port));
+    inst.start();
+    inst.send(
+        &["-f", "alice@example.test", "bob@remote.test"],
+        &message("s"),
+    );
+    inst.kick();
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.contains("dsn=4.3.0, status=deferred (host 127.0.0.1[127.0.0.1] said: 450 4.3.0 Error: command failed (in reply to RCPT TO command))"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}", sink.port)),
+        "{line}"
+    );
+    assert!(sink.messages().is_empty());
+}

@@ -99,6 +99,42 @@ pub struct Outcome {
     pub reason: String,
 }
 
+/// `soft_bounce`: this agent turns its bounces into deferrals (set once
+/// by [`run_agent`] from the configuration). The log says
+/// `status=SOFTBOUNCE` with a 4.x.x code, as Postfix's does.
+static SOFT_BOUNCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_soft_bounce(on: bool) {
+    SOFT_BOUNCE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn soft_bounce() -> bool {
+    SOFT_BOUNCE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `5.1.1` → `4.1.1`.
+fn soften_dsn(dsn: &str) -> String {
+    match dsn.strip_prefix('5') {
+        Some(rest) => format!("4{rest}"),
+        None => dsn.to_string(),
+    }
+}
+
+/// What qmgr is told under `soft_bounce`: bounced becomes deferred.
+fn softened(outcomes: Vec<Outcome>) -> Vec<Outcome> {
+    soften(outcomes, soft_bounce())
+}
+
+fn soften(mut outcomes: Vec<Outcome>, on: bool) -> Vec<Outcome> {
+    if on {
+        for o in outcomes.iter_mut().filter(|o| o.status == Status::Bounced) {
+            o.status = Status::Deferred;
+            o.dsn = soften_dsn(&o.dsn);
+        }
+    }
+    outcomes
+}
+
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
@@ -259,6 +295,7 @@ pub fn delivery_line(
     if let Some(o) = rcpt.orig.as_deref().filter(|o| *o != rcpt.address) {
         line.push_str(&format!("orig_to=<{o}>, "));
     }
+    let soft = soft_bounce() && outcome.status == Status::Bounced;
     line.push_str(&format!(
         "relay={relay}, delay={}, delays={}/{}/{}/{}, dsn={}, status={} ({})",
         format_delay(total),
@@ -266,8 +303,16 @@ pub fn delivery_line(
         format_delay(b),
         format_delay(c),
         format_delay(d),
-        outcome.dsn,
-        outcome.status.as_str(),
+        if soft {
+            soften_dsn(&outcome.dsn)
+        } else {
+            outcome.dsn.clone()
+        },
+        if soft {
+            "SOFTBOUNCE"
+        } else {
+            outcome.status.as_str()
+        },
         outcome.reason
     ));
     line
@@ -344,7 +389,7 @@ pub fn serve_connection<S, F>(
             }
         };
         let outcomes = if held.is_some() {
-            deliver(&req)
+            softened(deliver(&req))
         } else {
             // Gone (postsuper moved or removed it) or unreadable: deliver
             // nothing; qmgr sees the file gone and forgets the message.
@@ -408,6 +453,11 @@ where
     D: Fn(&C, &Request) -> Vec<Outcome> + Send + Sync + 'static,
 {
     let svc = crate::service::Service::start(program);
+    set_soft_bounce(crate::service::bool_param(
+        &svc.params,
+        "soft_bounce",
+        false,
+    ));
     let cfg = std::sync::Arc::new(load(&svc).unwrap_or_else(|e| crate::log::fatal(&e)));
     let layout = svc.layout.clone();
     svc.serve_streams(false, move |stream| {
@@ -549,6 +599,27 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn soft_bounce_turns_bounces_into_deferrals() {
+        assert_eq!(soften_dsn("5.1.1"), "4.1.1");
+        assert_eq!(soften_dsn("4.4.1"), "4.4.1");
+        let o = |status, dsn: &str| Outcome {
+            offset: 1,
+            status,
+            dsn: dsn.into(),
+            reason: "r".into(),
+        };
+        let out = soften(
+            vec![o(Status::Bounced, "5.1.1"), o(Status::Sent, "2.0.0")],
+            true,
+        );
+        assert_eq!(out[0].status, Status::Deferred);
+        assert_eq!(out[0].dsn, "4.1.1");
+        assert_eq!(out[1].status, Status::Sent);
+        let off = soften(vec![o(Status::Bounced, "5.1.1")], false);
+        assert_eq!(off[0].status, Status::Bounced);
     }
 
     #[test]
