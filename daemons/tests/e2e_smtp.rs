@@ -209,9 +209,7 @@ fn hard_and_soft_rejects_and_soft_bounce() {
             &message("r"),
         );
         inst.kick();
-        let said = format!(
-            "host 127.0.0.1[127.0.0.1] said: 500 5.3.0 Error: command failed (in reply to RCPT TO command)"
-        );
+        let said = "host 127.0.0.1[127.0.0.1] said: 500 5.3.0 Error: command failed (in reply to RCPT TO command)";
         if soft {
             let line = inst.wait_log(r"to=<bob@remote\.test>.*status=SOFTBOUNCE");
             assert!(
