@@ -65,7 +65,10 @@ fn message(subject: &str) -> String {
 fn relayhost_delivery_to_smtp_sink_logs_like_postfix() {
     let mut inst = Instance::new("smtp-sink", "");
     let sink = Sink::start(&inst.top, &[]);
-    inst.main_cf(&format!("relayhost = [127.0.0.1]:{}", sink.port));
+    inst.main_cf(&format!(
+        "relayhost = [127.0.0.1]:{}\nsmtp_bind_address = 127.0.0.5\nsmtp_helo_name = out.example.test",
+        sink.port
+    ));
     inst.start();
     for i in 0..3 {
         inst.send(
@@ -85,9 +88,13 @@ fn relayhost_delivery_to_smtp_sink_logs_like_postfix() {
     let got = sink.messages();
     assert!(got.iter().any(|m| m.contains("Subject: m1")));
     for m in &got {
-        // The leading dot arrives unstuffed, the envelope as sent.
+        // The leading dot arrives unstuffed; the envelope, the HELO name
+        // and the source address are the configured ones.
         assert!(m.contains("\n.leading dot"), "{m}");
-        assert!(m.contains("MAIL FROM:<alice@example.test>") || m.contains("alice@example.test"));
+        assert!(m.contains("X-Client-Addr: 127.0.0.5\n"), "{m}");
+        assert!(m.contains("X-Helo-Args: out.example.test\n"), "{m}");
+        assert!(m.contains("X-Mail-Args: <alice@example.test>"), "{m}");
+        assert!(m.contains("X-Rcpt-Args: <bob@remote.test>"), "{m}");
     }
     wait_for(30, "the queue to empty", || {
         inst.queue_files("active").is_empty() && inst.queue_files("incoming").is_empty()

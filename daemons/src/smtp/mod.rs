@@ -30,7 +30,7 @@
 //! Each recipient gets Postfix's line: `ID: to=<r>, relay=host[ip]:port,
 //! conn_use=N, delay=.., delays=a/b/c/d, dsn=X.Y.Z, status=sent (250 ...)`.
 //!
-//! Not yet: `smtp_bind_address`, client certificates, DANE and
+//! Not yet: client certificates, DANE and
 //! fingerprint levels, `smtp_generic_maps`, `smtp_header_checks`,
 //! fallback relays, XFORWARD, TLS session resumption across processes.
 
@@ -99,6 +99,9 @@ pub struct Config {
     address_limit: usize,
     session_limit: usize,
     default_port: u16,
+    /// `smtp_bind_address`, `smtp_bind_address6`.
+    bind4: Option<std::net::IpAddr>,
+    bind6: Option<std::net::IpAddr>,
     pub line_length_limit: usize,
     cache: cache::Cache,
 }
@@ -153,7 +156,20 @@ impl Config {
                 n("helo_name")
             },
         );
+        let bind = |name: String, v6: bool| -> Result<Option<std::net::IpAddr>, String> {
+            let v = value(p, &name);
+            let v = v.trim();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            match v.parse::<std::net::IpAddr>() {
+                Ok(a) if a.is_ipv6() == v6 => Ok(Some(a)),
+                _ => Err(format!("{name}: bad address \"{v}\"")),
+            }
+        };
         Ok(Config {
+            bind4: bind(n("bind_address"), false)?,
+            bind6: bind(n("bind_address6"), true)?,
             lmtp,
             myhostname: value(p, "myhostname"),
             helo_name: helo_name.trim().to_string(),
@@ -585,10 +601,11 @@ fn connect(cfg: &Config, peer: &Peer, hop: &NextHop) -> Result<Conn, String> {
             .map(|s| Conn::new(Socket::Unix(s)))
             .map_err(|e| format!("connect to {shown}: {}", strerror(&e))),
         (Peer::Inet { addr, .. }, _) => {
-            let r = if cfg.timeouts.connect.is_zero() {
-                TcpStream::connect(addr)
-            } else {
-                TcpStream::connect_timeout(addr, cfg.timeouts.connect)
+            let source = if addr.is_ipv4() { cfg.bind4 } else { cfg.bind6 };
+            let r = match source {
+                Some(from) => libmail::net::connect_from(from, addr, cfg.timeouts.connect),
+                None if cfg.timeouts.connect.is_zero() => TcpStream::connect(addr),
+                None => TcpStream::connect_timeout(addr, cfg.timeouts.connect),
             };
             r.map(|s| {
                 let _ = s.set_nodelay(true);
