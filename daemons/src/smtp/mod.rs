@@ -533,6 +533,8 @@ fn attempt(
             let conn = match connect(cfg, &peer, &hop) {
                 Ok(c) => c,
                 Err(reason) => {
+                    // Postfix logs every failed connection on its own line.
+                    libmail::info!("{reason}");
                     *fallback = Some(("4.4.1".into(), reason, false));
                     break None;
                 }
