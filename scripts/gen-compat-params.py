@@ -60,6 +60,9 @@ lmtp_sasl_password_maps lmtp_sasl_security_options lmtp_sasl_tls_security_option
 lmtp_sender_dependent_authentication lmtp_tls_security_level lmtp_tls_loglevel lmtp_tls_wrappermode
 smtp_helo_name smtp_helo_timeout smtp_never_send_ehlo lmtp_lhlo_name
 lmtp_lhlo_timeout soft_bounce
+bounce_template_file enable_threaded_bounces bounce_service_name defer_service_name
+trace_service_name delay_warning_time 2bounce_notice_recipient delay_notice_recipient
+double_bounce_sender bounce_size_limit
 """.split())
 doc_path = os.path.join(top, "docs/compatibility.md")
 doc = open(doc_path).read()

@@ -3,6 +3,7 @@
 //! daemons share lives in libmail (`service` for the process skeleton,
 //! `ipc` for the protocols, `queue` for queue files).
 
+pub mod bounce;
 pub mod cleanup;
 pub mod discard;
 pub mod error;

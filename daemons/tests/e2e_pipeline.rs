@@ -241,7 +241,11 @@ fn header_checks_reject_and_hold_and_pflogsumm_counts_the_log() {
     let me = user();
     i.send(&["-f", "f@example.org", &me], &msg("one"));
     i.send(&["-f", "f@example.org", &me], &msg("two"));
-    i.send(&["-f", "f@example.org", "x@gone.example"], &msg("three"));
+    // NOTIFY=NEVER: no notice to the remote sender (tests stay on loopback).
+    i.send(
+        &["-f", "f@example.org", "-N", "never", "x@gone.example"],
+        &msg("three"),
+    );
     i.send(&["-f", "f@example.org", "y@drop.example"], &msg("four"));
     i.send(&["-f", "f@example.org", &me], &msg("hold me"));
     i.send(&["-f", "f@example.org", &me], &msg("reject me"));

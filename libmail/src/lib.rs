@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod dns;
+pub mod dsn;
 pub mod ipc;
 pub mod log;
 pub mod mailbox;

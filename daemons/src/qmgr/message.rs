@@ -1,16 +1,60 @@
 //! One message in the active queue: its open queue file, the jobs out
-//! for it, and what happens when the last one comes back.
+//! for it, and what happens when the last one comes back — the notices
+//! it owes, then removal or the deferred queue.
+//!
+//! # The end of a pass
+//!
+//! While jobs come back, bounced recipients are appended to `bounce/ID`
+//! and delivered NOTIFY=SUCCESS ones to `trace/ID` (fsynced) before they
+//! are marked done; deferred ones are kept in memory. When the last job
+//! is back ([`Msg::finish`]):
+//!
+//! 1. `defer/ID` is rewritten: the newest entry of each recipient still
+//!    pending.
+//! 2. `bounce/ID` not empty → the `bounce` service sends the non-delivery
+//!    notice; once it answers, the log is removed.
+//! 3. `trace/ID` not empty → the `trace` service sends the success
+//!    notice; the log is removed.
+//! 4. Nothing pending and every notice sent → the file is removed
+//!    (`ID: removed`).
+//! 5. Otherwise, past its lifetime (`maximal_queue_lifetime`,
+//!    `bounce_queue_lifetime` for the null sender) or expired by postsuper:
+//!    `ID: from=<s>, status=expired, returned to sender`, the `defer`
+//!    service returns the pending recipients with their last reasons,
+//!    they are marked done and the file is removed.
+//! 6. Otherwise, deferred recipients, older than `delay_warning_time`, no
+//!    warning sent yet → the `defer` service sends the delay warning and
+//!    the file gets its warned mark (`libmail::queue::lock::DELAY_WARNED`).
+//! 7. Then the file goes to `deferred/` with its retry time.
+//!
+//! A notice that cannot be sent (no bounce service, cleanup refusing)
+//! leaves its log in place and the message in `deferred/`, even with
+//! every recipient done: the next pass asks again, and no notice is
+//! asked for twice once it was answered. Only past the lifetime does a
+//! message with nothing left but an unsent notice go (with a warning).
+//! While qmgr stops, no notice is asked for: the message stays in
+//! `active/` and the next qmgr finishes it.
+//!
+//! Crash windows: a notice is sent again if qmgr dies between the bounce
+//! service's answer and its bookkeeping (log removal, done marks, warned
+//! mark). A recipient whose agent marked it done (bounced) before qmgr
+//! read the reply is not in `bounce/ID` if qmgr died in between: its
+//! notice is lost (Postfix's agents write the bounce log themselves,
+//! before the done mark).
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use libmail::address::resolve::Resolver;
+use libmail::address::resolve::{Class, Resolver};
 use libmail::deliver::{delivery_line, now_f64, Outcome, Rcpt, Request, Status, Timing};
+use libmail::dsn::{self, Kind};
 use libmail::queue::statuslog::{self, Entry};
 use libmail::queue::{lock, Access, Limits, Queue, QueueFile, QueueId, QueueLayout, ReadError};
 use libmail::{info, warning};
+
+use crate::bounce::proto::{self, Reply};
 
 use super::workers::{Job, JobResult};
 
@@ -23,6 +67,45 @@ pub(crate) enum OpenError {
     Other(String),
 }
 
+/// What qmgr's configuration says about the end of a pass.
+pub(crate) struct Policy {
+    pub min_backoff: u64,
+    pub max_backoff: u64,
+    pub max_lifetime: u64,
+    pub bounce_lifetime: u64,
+    /// `delay_warning_time`; 0 = no warnings.
+    pub delay_warning: u64,
+    /// The master.cf names of the bounce, defer and trace services.
+    pub bounce_service: String,
+    pub defer_service: String,
+    pub trace_service: String,
+    /// `double_bounce_sender`: local mail to it is discarded.
+    pub double_bounce: String,
+}
+
+/// The steps of the end of a pass (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Failure,
+    Success,
+    Decide,
+    Expire,
+    Warn,
+}
+
+/// What the end of a pass asks of the main loop.
+pub(crate) enum Next {
+    /// Send `request` to the bounce service `service`, then call
+    /// [`Msg::noticed`] with its answer.
+    Ask {
+        service: String,
+        request: proto::Request,
+    },
+    /// The message is settled (removed, deferred, or left to postsuper
+    /// or the next qmgr): forget it.
+    Settled,
+}
+
 pub(crate) struct Msg {
     id: QueueId,
     file: QueueFile,
@@ -32,9 +115,12 @@ pub(crate) struct Msg {
     by_offset: HashMap<u64, usize>,
     outstanding: usize,
     deferred: bool,
-    /// Defer and bounce log entries, written when the message is done
-    /// with this pass.
-    pending_logs: (Vec<Entry>, Vec<Entry>),
+    /// Deferred recipients of this pass, for `defer/ID` at the end.
+    defer_entries: Vec<Entry>,
+    /// A notice of this pass was not sent: keep the message.
+    notice_failed: bool,
+    /// The step waiting for the bounce service's answer.
+    asked: Option<Step>,
 }
 
 /// (transport, nexthop, recipients) for one destination.
@@ -71,7 +157,9 @@ impl Msg {
             by_offset,
             outstanding: 0,
             deferred: false,
-            pending_logs: (Vec::new(), Vec::new()),
+            defer_entries: Vec::new(),
+            notice_failed: false,
+            asked: None,
         })
     }
 
@@ -91,20 +179,34 @@ impl Msg {
         self.outstanding
     }
 
+    /// Whether the message waits for the bounce service.
+    pub fn notifying(&self) -> bool {
+        self.asked.is_some()
+    }
+
+    fn mode(&self) -> u32 {
+        self.file.file().metadata().map(|m| m.mode()).unwrap_or(0)
+    }
+
     /// Whether `postsuper -e`/`-f` marked the message expired.
     pub fn forced_expire(&self) -> bool {
-        self.file
-            .file()
-            .metadata()
-            .is_ok_and(|m| lock::is_forced_expire(m.mode()))
+        lock::is_forced_expire(self.mode())
     }
 
     /// Resolves every pending recipient and groups them by destination.
-    /// Recipients that cannot be resolved now are deferred here.
-    pub fn plan(&mut self, resolver: &Resolver) -> Vec<Group> {
+    /// Recipients that cannot be resolved now are deferred here; local
+    /// mail to `double_bounce_sender` is discarded here, as Postfix's qmgr
+    /// does (the end of a bounce loop).
+    pub fn plan(
+        &mut self,
+        layout: &QueueLayout,
+        resolver: &Resolver,
+        double_bounce: &str,
+    ) -> Vec<Group> {
         let mut groups: Vec<Group> = Vec::new();
         let mut index: HashMap<(String, String), usize> = HashMap::new();
         let mut failed = Vec::new();
+        let mut discarded = Vec::new();
         let pending: Vec<(usize, Rcpt)> = self
             .file
             .envelope()
@@ -124,6 +226,12 @@ impl Msg {
             .collect();
         for (i, rcpt) in pending {
             match resolver.resolve(&rcpt.address) {
+                Ok(res)
+                    if res.class == Class::Local
+                        && is_local_part(&res.recipient, double_bounce) =>
+                {
+                    discarded.push((i, rcpt));
+                }
                 Ok(res) => {
                     let key = (res.transport.clone(), res.nexthop.clone());
                     let slot = *index.entry(key).or_insert_with(|| {
@@ -135,29 +243,49 @@ impl Msg {
                 Err(e) => failed.push((i, rcpt, format!("address resolver failure: {e}"))),
             }
         }
+        if !discarded.is_empty() {
+            self.settle_here(
+                layout,
+                discarded,
+                Status::Sent,
+                "2.0.0",
+                "undeliverable postmaster notification discarded",
+            );
+        }
         if !failed.is_empty() {
-            let rcpts: Vec<(usize, Rcpt)> =
-                failed.iter().map(|(i, r, _)| (*i, r.clone())).collect();
             let reason = failed[0].2.clone();
-            let job = self.job("none", "", rcpts);
-            self.outstanding -= 1;
-            let outcomes = job
-                .request
-                .rcpts
-                .iter()
-                .map(|r| Outcome {
-                    offset: r.offset,
-                    status: Status::Deferred,
-                    dsn: "4.3.0".into(),
-                    reason: reason.clone(),
-                })
-                .collect::<Vec<_>>();
-            for (r, o) in job.request.rcpts.iter().zip(&outcomes) {
-                log_local(&job.request, r, o);
-            }
-            self.record(outcomes, false);
+            let rcpts = failed.into_iter().map(|(i, r, _)| (i, r)).collect();
+            self.settle_here(layout, rcpts, Status::Deferred, "4.3.0", &reason);
         }
         groups
+    }
+
+    /// Outcomes qmgr decides itself (no agent): logged with relay=none.
+    fn settle_here(
+        &mut self,
+        layout: &QueueLayout,
+        rcpts: Vec<(usize, Rcpt)>,
+        status: Status,
+        dsn: &str,
+        reason: &str,
+    ) {
+        let job = self.job("none", "", rcpts);
+        self.outstanding -= 1;
+        let outcomes = job
+            .request
+            .rcpts
+            .iter()
+            .map(|r| Outcome {
+                offset: r.offset,
+                status,
+                dsn: dsn.into(),
+                reason: reason.to_string(),
+            })
+            .collect::<Vec<_>>();
+        for (r, o) in job.request.rcpts.iter().zip(&outcomes) {
+            log_local(&job.request, r, o);
+        }
+        self.record(layout, outcomes, false);
     }
 
     /// A delivery job for some recipients (counted as outstanding).
@@ -182,7 +310,7 @@ impl Msg {
     }
 
     /// Applies a reply (or a failure to get one).
-    pub fn apply(&mut self, r: JobResult) {
+    pub fn apply(&mut self, layout: &QueueLayout, r: JobResult) {
         self.outstanding = self.outstanding.saturating_sub(1);
         let outcomes = match r.outcomes {
             Ok(o) => o,
@@ -204,15 +332,17 @@ impl Msg {
                 out
             }
         };
-        self.record(outcomes, r.marked);
+        self.record(layout, outcomes, r.marked);
     }
 
     /// Done marks and status logs for a set of outcomes.
     /// `marked`: the agent already wrote the done marks.
-    fn record(&mut self, outcomes: Vec<Outcome>, marked: bool) {
+    fn record(&mut self, layout: &QueueLayout, outcomes: Vec<Outcome>, marked: bool) {
         let mut done = Vec::new();
+        let mut bounced = Vec::new();
         let mut defer = Vec::new();
         let mut bounce = Vec::new();
+        let mut trace = Vec::new();
         let now = now_f64() as u64;
         for o in outcomes {
             let Some(&i) = self.by_offset.get(&o.offset) else {
@@ -228,15 +358,25 @@ impl Msg {
                 offset: o.offset,
                 recipient: r.address.clone(),
                 orig_recipient: r.orig.clone(),
+                orcpt: r.dsn_orcpt.clone(),
+                notify: r.dsn_notify,
                 status: o.dsn.clone(),
                 action: String::new(),
                 reason: o.reason.clone(),
                 time: now,
             };
             match o.status {
-                Status::Sent => done.push(i),
-                Status::Bounced => {
+                Status::Sent => {
                     done.push(i);
+                    if dsn::wants(r.dsn_notify, Kind::Success) {
+                        trace.push(Entry {
+                            action: "delivered".into(),
+                            ..entry
+                        });
+                    }
+                }
+                Status::Bounced => {
+                    bounced.push(i);
                     bounce.push(Entry {
                         action: "failed".into(),
                         ..entry
@@ -251,78 +391,294 @@ impl Msg {
                 }
             }
         }
+        let ids = self.id.as_str();
+        // The logs first, durably: a recipient marked done is no longer
+        // delivered, so its notice must already be on record.
+        if let Err(e) = statuslog::append_durable(layout, Queue::Bounce, &self.id, &bounce) {
+            if marked {
+                warning!("{ids}: bounce log: {e}: the sender will not be notified");
+            } else {
+                // Not marked: try these recipients again next time.
+                warning!("{ids}: bounce log: {e}: recipients deferred");
+                self.deferred = true;
+                for mut b in bounce {
+                    b.status = "4.3.0".into();
+                    b.action = "delayed".into();
+                    b.reason = format!("cannot write the bounce log: {e}");
+                    defer.push(b);
+                }
+                bounced.clear();
+            }
+        }
+        if let Err(e) = statuslog::append_durable(layout, Queue::Trace, &self.id, &trace) {
+            warning!("{ids}: trace log: {e}: no success notice");
+        }
+        done.extend(bounced);
         if marked {
             for &i in &done {
                 self.file.note_done(i);
             }
         } else if !done.is_empty() {
             if let Err(e) = self.file.mark_done_durable(&done) {
-                warning!("{}: cannot mark recipients done: {e}", self.id.as_str());
+                warning!("{ids}: cannot mark recipients done: {e}");
             }
         }
-        self.pending_logs.0.extend(defer);
-        self.pending_logs.1.extend(bounce);
+        self.defer_entries.extend(defer);
     }
 
-    /// The last job came back: remove, defer or expire the message.
-    pub fn finish(
-        self,
-        layout: &QueueLayout,
-        (min_backoff, max_backoff, max_life, bounce_life): (u64, u64, u64, u64),
-    ) {
-        let id = self.id;
-        let ids = id.as_str();
-        // postsuper moved or removed the file while it was active: it is
-        // postsuper's now (see libmail::queue::lock); say and do nothing.
-        if !lock::still_names(&layout.path_of(Queue::Active, &id), self.file.file()).unwrap_or(true)
-        {
-            return;
+    /// The last job came back: starts the end of the pass.
+    pub fn finish(&mut self, layout: &QueueLayout, policy: &Policy) -> Next {
+        if self.gone(layout) {
+            return Next::Settled;
         }
-        if let Err(e) = statuslog::append(layout, Queue::Defer, &id, &self.pending_logs.0) {
-            warning!("{ids}: defer log: {e}");
-        }
-        if let Err(e) = statuslog::append(layout, Queue::Bounce, &id, &self.pending_logs.1) {
-            warning!("{ids}: bounce log: {e}");
-        }
-        if self.file.envelope().all_done() {
-            drop(self.file);
-            if let Err(e) = layout.remove(Queue::Active, &id, false) {
-                warning!("{ids}: remove: {e}");
-                return;
-            }
-            let _ = statuslog::remove(layout, Queue::Defer, &id);
-            let _ = statuslog::remove(layout, Queue::Bounce, &id);
-            info!("{ids}: removed");
-            return;
-        }
-        let now = now_f64();
-        let age = (now - self.arrival).max(0.0) as u64;
-        let lifetime = if self.file.envelope().sender.is_empty() {
-            bounce_life
-        } else {
-            max_life
+        self.write_defer_log(layout);
+        self.advance(layout, policy, Step::Failure)
+    }
+
+    /// The bounce service answered the request of [`Next::Ask`].
+    pub fn noticed(&mut self, layout: &QueueLayout, policy: &Policy, reply: Reply) -> Next {
+        let ids = self.id.to_string();
+        let Some(step) = self.asked.take() else {
+            return Next::Settled;
         };
+        if let Err(e) = &reply {
+            warning!("{ids}: delivery status notification not sent: {e}");
+            self.notice_failed = true;
+        }
+        let ok = reply.is_ok();
+        match step {
+            Step::Failure => {
+                if ok {
+                    remove_log(layout, Queue::Bounce, &self.id);
+                }
+                self.advance(layout, policy, Step::Success)
+            }
+            Step::Success => {
+                if ok {
+                    remove_log(layout, Queue::Trace, &self.id);
+                }
+                self.advance(layout, policy, Step::Decide)
+            }
+            Step::Expire if ok => {
+                if self.gone(layout) {
+                    return Next::Settled;
+                }
+                let pending: Vec<usize> = self.file.envelope().pending().map(|(i, _)| i).collect();
+                if let Err(e) = self.file.mark_done_durable(&pending) {
+                    warning!("{ids}: cannot mark recipients done: {e}");
+                }
+                self.remove(layout);
+                Next::Settled
+            }
+            Step::Warn if ok => {
+                if let Err(e) = lock::mark_delay_warned(self.file.file()) {
+                    warning!("{ids}: cannot record the delay warning: {e}");
+                }
+                self.defer(layout, policy);
+                Next::Settled
+            }
+            Step::Expire | Step::Warn | Step::Decide => {
+                self.defer(layout, policy);
+                Next::Settled
+            }
+        }
+    }
+
+    /// postsuper moved or removed the file while it was active: it is
+    /// postsuper's now (see libmail::queue::lock).
+    fn gone(&self, layout: &QueueLayout) -> bool {
+        !lock::still_names(&layout.path_of(Queue::Active, &self.id), self.file.file())
+            .unwrap_or(true)
+    }
+
+    /// Steps from `from` on, until one needs the bounce service.
+    fn advance(&mut self, layout: &QueueLayout, policy: &Policy, from: Step) -> Next {
+        let id = self.id;
+        let mut step = from;
+        loop {
+            match step {
+                Step::Failure => {
+                    if statuslog::has_entries(layout, Queue::Bounce, &id) {
+                        return self.ask(&policy.bounce_service, Kind::Failure, Step::Failure);
+                    }
+                    step = Step::Success;
+                }
+                Step::Success => {
+                    if statuslog::has_entries(layout, Queue::Trace, &id) {
+                        return self.ask(&policy.trace_service, Kind::Success, Step::Success);
+                    }
+                    step = Step::Decide;
+                }
+                _ => return self.decide(layout, policy),
+            }
+        }
+    }
+
+    /// After the failure and success notices: remove, expire, warn or
+    /// defer.
+    fn decide(&mut self, layout: &QueueLayout, policy: &Policy) -> Next {
+        if self.gone(layout) {
+            return Next::Settled;
+        }
+        let ids = self.id.to_string();
+        let pending = !self.file.envelope().all_done();
         let forced = self.forced_expire();
-        if !self.deferred && !forced {
+        if !pending && !self.notice_failed {
+            self.remove(layout);
+            return Next::Settled;
+        }
+        if pending && !self.deferred && !forced && !self.notice_failed {
             // Nothing failed but recipients remain (stopping): the next
             // qmgr requeues it from active/.
-            return;
+            return Next::Settled;
         }
-        if forced || age > lifetime {
+        let age = (now_f64() - self.arrival).max(0.0) as u64;
+        let lifetime = if self.sender().is_empty() {
+            policy.bounce_lifetime
+        } else {
+            policy.max_lifetime
+        };
+        if pending && (forced || age > lifetime) {
+            if libmail::service::stopping() {
+                // The next qmgr returns it.
+                return Next::Settled;
+            }
             info!(
                 "{ids}: from=<{}>, status=expired, returned to sender",
-                self.file.envelope().sender
+                self.sender()
             );
-            warning!("{ids}: no bounce daemon yet: the sender is not notified");
-            drop(self.file);
-            if layout.remove(Queue::Active, &id, false).is_ok() {
-                let _ = statuslog::remove(layout, Queue::Defer, &id);
-                let _ = statuslog::remove(layout, Queue::Bounce, &id);
-                info!("{ids}: removed");
+            self.complete_defer_log(layout, forced);
+            return self.ask(&policy.defer_service, Kind::Failure, Step::Expire);
+        }
+        if !pending && age > lifetime {
+            warning!(
+                "{ids}: delivery status notification still not sent after the queue lifetime -- giving up"
+            );
+            self.remove(layout);
+            return Next::Settled;
+        }
+        if pending
+            && self.deferred
+            && policy.delay_warning > 0
+            && age > policy.delay_warning
+            && !lock::is_delay_warned(self.mode())
+        {
+            return self.ask(&policy.defer_service, Kind::Delay, Step::Warn);
+        }
+        self.defer(layout, policy);
+        Next::Settled
+    }
+
+    /// A request to the bounce service for this message. While qmgr
+    /// stops, nothing is asked: the message stays in active/ for the
+    /// next qmgr.
+    fn ask(&mut self, service: &str, kind: Kind, step: Step) -> Next {
+        if libmail::service::stopping() {
+            return Next::Settled;
+        }
+        let env = self.file.envelope();
+        self.asked = Some(step);
+        Next::Ask {
+            service: service.to_string(),
+            request: proto::Request {
+                kind,
+                queue_name: Queue::Active.name().to_string(),
+                queue_id: self.id.to_string(),
+                sender: env.sender.clone(),
+                envid: env.dsn_envid.clone(),
+                ret: env.dsn_ret,
+                arrival: env.arrival.0,
+            },
+        }
+    }
+
+    /// Rewrites `defer/ID`: the newest entry of each pending recipient
+    /// (this pass's over the older ones), in file order.
+    fn write_defer_log(&mut self, layout: &QueueLayout) {
+        let new = std::mem::take(&mut self.defer_entries);
+        let old = statuslog::read(layout, Queue::Defer, &self.id).unwrap_or_default();
+        let old_len = old.len();
+        let env = self.file.envelope();
+        let mut latest: HashMap<u64, Entry> = HashMap::new();
+        for e in old.into_iter().chain(new.iter().cloned()) {
+            let pending = self
+                .by_offset
+                .get(&e.offset)
+                .is_some_and(|&i| !env.recipients[i].done);
+            if pending {
+                latest.insert(e.offset, e);
             }
+        }
+        if new.is_empty() && latest.len() == old_len {
             return;
         }
-        let delay = age.clamp(min_backoff, max_backoff.max(min_backoff));
+        let mut entries: Vec<Entry> = latest.into_values().collect();
+        entries.sort_by_key(|e| e.offset);
+        if let Err(e) = statuslog::replace(layout, Queue::Defer, &self.id, &entries) {
+            warning!("{}: defer log: {e}", self.id);
+        }
+    }
+
+    /// Before an expiry notice: a reason for every pending recipient the
+    /// defer log does not cover (never tried since a crash, or expired by
+    /// postsuper before any attempt).
+    fn complete_defer_log(&mut self, layout: &QueueLayout, forced: bool) {
+        let have: Vec<u64> = statuslog::read(layout, Queue::Defer, &self.id)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.offset)
+            .collect();
+        let (status, reason) = if forced {
+            ("4.7.0", "message expired by the administrator")
+        } else {
+            ("4.4.7", "message delivery time expired")
+        };
+        let now = now_f64() as u64;
+        let missing: Vec<Entry> = self
+            .file
+            .envelope()
+            .pending()
+            .filter(|(_, r)| !have.contains(&r.offset))
+            .map(|(_, r)| Entry {
+                offset: r.offset,
+                recipient: r.address.clone(),
+                orig_recipient: r.orig.clone(),
+                orcpt: r.dsn_orcpt.clone(),
+                notify: r.dsn_notify,
+                status: status.into(),
+                action: "delayed".into(),
+                reason: reason.into(),
+                time: now,
+            })
+            .collect();
+        if let Err(e) = statuslog::append(layout, Queue::Defer, &self.id, &missing) {
+            warning!("{}: defer log: {e}", self.id);
+        }
+    }
+
+    /// Removes the file and its logs.
+    fn remove(&mut self, layout: &QueueLayout) {
+        let ids = self.id.to_string();
+        if let Err(e) = layout.remove(Queue::Active, &self.id, false) {
+            warning!("{ids}: remove: {e}");
+            return;
+        }
+        for q in [Queue::Defer, Queue::Bounce, Queue::Trace] {
+            remove_log(layout, q, &self.id);
+        }
+        info!("{ids}: removed");
+    }
+
+    /// To `deferred/`, due after the back-off: its age, within
+    /// `minimal_backoff_time` and `maximal_backoff_time`.
+    fn defer(&mut self, layout: &QueueLayout, policy: &Policy) {
+        let ids = self.id.to_string();
+        let now = now_f64();
+        let age = (now - self.arrival).max(0.0) as u64;
+        let delay = age.clamp(
+            policy.min_backoff,
+            policy.max_backoff.max(policy.min_backoff),
+        );
         let next = now as i64 + delay as i64;
         let ts = libc::timespec {
             tv_sec: next as libc::time_t,
@@ -334,11 +690,22 @@ impl Msg {
         if r != 0 {
             warning!("{ids}: set retry time: {}", std::io::Error::last_os_error());
         }
-        drop(self.file);
-        if let Err(e) = layout.move_file(&id, Queue::Active, Queue::Deferred, false) {
+        if let Err(e) = layout.move_file(&self.id, Queue::Active, Queue::Deferred, false) {
             warning!("{ids}: move to deferred: {e}");
         }
     }
+}
+
+fn remove_log(layout: &QueueLayout, q: Queue, id: &QueueId) {
+    if let Err(e) = statuslog::remove(layout, q, id) {
+        warning!("{id}: remove {} log: {e}", q.name());
+    }
+}
+
+/// Whether `addr`'s local part is `local` (case-insensitively).
+fn is_local_part(addr: &str, local: &str) -> bool {
+    let l = addr.rsplit_once('@').map_or(addr, |(l, _)| l);
+    !local.is_empty() && l.eq_ignore_ascii_case(local)
 }
 
 /// The delivery line for a recipient qmgr itself decided about (no agent

@@ -17,11 +17,19 @@
 //!    sent and bounced recipients are marked done in the queue file (one
 //!    byte in place, fdatasync once per reply); deferred ones get a line
 //!    in `defer/ID`, bounced ones in `bounce/ID`.
-//! 5. When a message has no job left: all done → the file is removed
-//!    (`ID: removed`); otherwise it moves to `deferred/` with its mtime set
-//!    to the next attempt: now + its age, bounded by
-//!    `minimal_backoff_time` and `maximal_backoff_time`; past
-//!    `maximal_queue_lifetime` it expires instead.
+//!    Bounced recipients also go to `bounce/ID`, delivered ones with
+//!    NOTIFY=SUCCESS to `trace/ID`, both fsynced before the done marks.
+//! 5. When a message has no job left, it asks the bounce service
+//!    ([`crate::bounce`], off the main loop: [`notify`]) for the notices
+//!    it owes: non-delivery (`bounce/ID`), success (`trace/ID`), then —
+//!    past `maximal_queue_lifetime` (`bounce_queue_lifetime` for the null
+//!    sender) — the return of the pending recipients, or, past
+//!    `delay_warning_time`, once, the delay warning. All done and
+//!    notified → the file is removed (`ID: removed`); otherwise it moves
+//!    to `deferred/` with its mtime set to the next attempt: now + its
+//!    age, bounded by `minimal_backoff_time` and `maximal_backoff_time`.
+//!    A notice that could not be sent keeps the message and its log for
+//!    the next pass. The details are in [`message`].
 //!
 //! Triggers: any byte scans `incoming/`; `D` also scans `deferred/`
 //! (with `A` before it, ignoring the retry times: `postqueue -f`); the
@@ -37,12 +45,11 @@
 //! `libmail::queue::lock`); a message marked expired (`postsuper -e`,
 //! mode bit 0010) is not delivered and expires at once.
 //!
-//! Not yet: bounce notifications to the sender (issue 7: the bounce
-//! daemon); expired and bounced mail is logged and recorded in
-//! `bounce/ID`, then removed. Slow start and dead-destination feedback
-//! are not implemented: the concurrency limit applies at once.
+//! Not yet: slow start and dead-destination feedback: the concurrency
+//! limit applies at once.
 
 mod message;
+mod notify;
 mod workers;
 
 use std::collections::{HashMap, VecDeque};
@@ -50,17 +57,23 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
 use libmail::address::resolve::Resolver;
+use libmail::config::check::parse_time;
+use libmail::config::params::Params;
+use libmail::config::registry::TimeUnit;
 use libmail::queue::{Queue, QueueId};
 use libmail::service::{self, num_param, time_param, Service};
 use libmail::{info, warning};
 
-use message::Msg;
+use message::{Msg, Next, Policy};
+use notify::{NoticeJob, NoticeResult, Notifier};
 use workers::{Job, JobResult, Pools};
 
 /// What wakes the main loop.
 pub(crate) enum Event {
     Trigger(u8),
     Done(Box<JobResult>),
+    /// The bounce service answered.
+    Notice(Box<NoticeResult>),
 }
 
 /// Delivery limits of one transport.
@@ -84,11 +97,9 @@ pub(crate) struct Qmgr {
     dests: HashMap<(String, String), Dest>,
     limits: HashMap<String, Limits>,
     pools: Pools,
+    notifier: Notifier,
+    policy: Policy,
     active_limit: usize,
-    min_backoff: u64,
-    max_backoff: u64,
-    max_lifetime: u64,
-    bounce_lifetime: u64,
     queue_run_delay: u64,
     next_deferred_scan: Instant,
     /// An `A` trigger arrived: the next deferred scan ignores retry times.
@@ -118,12 +129,10 @@ pub fn main() {
         msgs: HashMap::new(),
         dests: HashMap::new(),
         limits: HashMap::new(),
+        notifier: Notifier::new(svc.layout.root().to_path_buf(), tx.clone()),
         pools: Pools::new(svc.layout.root().to_path_buf(), tx),
+        policy: policy(p),
         active_limit: num_param(p, "qmgr_message_active_limit", 20000).max(1) as usize,
-        min_backoff: time_param(p, "minimal_backoff_time", 300),
-        max_backoff: time_param(p, "maximal_backoff_time", 4000),
-        max_lifetime: time_param(p, "maximal_queue_lifetime", 5 * 86400),
-        bounce_lifetime: time_param(p, "bounce_queue_lifetime", 5 * 86400),
         queue_run_delay,
         next_deferred_scan: Instant::now(),
         ignore_times: false,
@@ -134,6 +143,37 @@ pub fn main() {
     q.scan(Queue::Deferred, false);
     q.next_deferred_scan = Instant::now() + Duration::from_secs(q.queue_run_delay);
     q.run(rx);
+}
+
+/// A time parameter with its registry unit (`maximal_queue_lifetime = 3`
+/// is three days, `delay_warning_time = 4` four hours).
+fn time_in(p: &Params, name: &str, unit: TimeUnit, default: u64) -> u64 {
+    p.value(name)
+        .ok()
+        .and_then(|v| parse_time(&v, unit))
+        .unwrap_or(default)
+}
+
+/// What the end of a pass needs from the configuration.
+fn policy(p: &Params) -> Policy {
+    let name = |param: &str, default: &str| {
+        p.value(param)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    };
+    Policy {
+        min_backoff: time_param(p, "minimal_backoff_time", 300),
+        max_backoff: time_param(p, "maximal_backoff_time", 4000),
+        max_lifetime: time_in(p, "maximal_queue_lifetime", TimeUnit::Day, 5 * 86400),
+        bounce_lifetime: time_in(p, "bounce_queue_lifetime", TimeUnit::Day, 5 * 86400),
+        delay_warning: time_in(p, "delay_warning_time", TimeUnit::Hour, 0),
+        bounce_service: name("bounce_service_name", "bounce"),
+        defer_service: name("defer_service_name", "defer"),
+        trace_service: name("trace_service_name", "trace"),
+        double_bounce: name("double_bounce_sender", "double-bounce"),
+    }
 }
 
 /// One qmgr per queue: a previous qmgr that is still finishing its
@@ -167,10 +207,19 @@ impl Qmgr {
             if service::stopping() {
                 // Apply what is in flight, then exit (bounded wait).
                 let deadline = Instant::now() + Duration::from_secs(30);
-                while self.pools.in_flight() > 0 && Instant::now() < deadline {
-                    if let Ok(Event::Done(r)) = rx.recv_timeout(Duration::from_millis(200)) {
-                        self.pools.finished();
-                        self.complete(*r);
+                while self.pools.in_flight() + self.notifier.in_flight() > 0
+                    && Instant::now() < deadline
+                {
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Event::Done(r)) => {
+                            self.pools.finished();
+                            self.complete(*r);
+                        }
+                        Ok(Event::Notice(r)) => {
+                            self.notifier.finished();
+                            self.noticed(*r);
+                        }
+                        _ => {}
                     }
                 }
                 return;
@@ -200,6 +249,10 @@ impl Qmgr {
                             Event::Done(r) => {
                                 self.pools.finished();
                                 self.complete(*r);
+                            }
+                            Event::Notice(r) => {
+                                self.notifier.finished();
+                                self.noticed(*r);
                             }
                         }
                     }
@@ -348,7 +401,7 @@ impl Qmgr {
         let groups = if msg.forced_expire() {
             Vec::new()
         } else {
-            msg.plan(&self.resolver)
+            msg.plan(&self.svc.layout, &self.resolver, &self.policy.double_bounce)
         };
         self.msgs.insert(key.clone(), msg);
         for (transport, nexthop, rcpts) in groups {
@@ -399,25 +452,44 @@ impl Qmgr {
         let Some(msg) = self.msgs.get_mut(&key) else {
             return;
         };
-        msg.apply(r);
+        msg.apply(&self.svc.layout, r);
         self.finish_if_idle(&key);
     }
 
-    /// A message with no job left is removed or deferred.
-    fn finish_if_idle(&mut self, key: &str) {
-        let Some(msg) = self.msgs.get(key) else {
+    /// The bounce service answered for a message.
+    fn noticed(&mut self, r: NoticeResult) {
+        let Some(msg) = self.msgs.get_mut(&r.key) else {
             return;
         };
-        if msg.outstanding() > 0 {
+        let next = msg.noticed(&self.svc.layout, &self.policy, r.reply);
+        self.follow(&r.key, next);
+    }
+
+    /// Does what the end of a pass asks: a notice request, or forgetting
+    /// the settled message.
+    fn follow(&mut self, key: &str, next: Next) {
+        match next {
+            Next::Ask { service, request } => self.notifier.submit(NoticeJob {
+                key: key.to_string(),
+                service,
+                request,
+            }),
+            Next::Settled => {
+                self.msgs.remove(key);
+            }
+        }
+    }
+
+    /// A message with no job left sends its notices, then is removed or
+    /// deferred ([`Msg::finish`]).
+    fn finish_if_idle(&mut self, key: &str) {
+        let Some(msg) = self.msgs.get_mut(key) else {
+            return;
+        };
+        if msg.outstanding() > 0 || msg.notifying() {
             return;
         }
-        let msg = self.msgs.remove(key).expect("present");
-        let lifetimes = (
-            self.min_backoff,
-            self.max_backoff,
-            self.max_lifetime,
-            self.bounce_lifetime,
-        );
-        msg.finish(&self.svc.layout, lifetimes);
+        let next = msg.finish(&self.svc.layout, &self.policy);
+        self.follow(key, next);
     }
 }

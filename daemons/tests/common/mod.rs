@@ -110,6 +110,9 @@ local     unix  -       n       n       -       -       local
 virtual   unix  -       n       n       -       -       virtual
 smtp      unix  -       -       n       -       -       smtp
 lmtp      unix  -       -       n       -       -       lmtp
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
 ";
 
 pub struct Instance {
@@ -146,6 +149,10 @@ impl Instance {
         fs::create_dir_all(&mail).unwrap();
         let queue = top.join("queue");
         let log = top.join("maillog");
+        // facteur_dns_servers points at a port where no DNS server
+        // listens: mail to a remote domain (a bounce to a remote sender,
+        // say) is deferred instead of looking up the real Internet. Tests
+        // that route by DNS start their own server and override it.
         let main = format!(
             "compatibility_level = 3.6\n\
              queue_directory = {q}\n\
@@ -165,6 +172,7 @@ impl Instance {
              alias_database =\n\
              maillog_file = {l}\n\
              maillog_file_prefixes = /tmp, /var, /dev/stdout\n\
+             facteur_dns_servers = 127.0.0.1:1\n\
              {extra}\n",
             q = queue.display(),
             d = top.join("data").display(),
@@ -354,4 +362,59 @@ impl Instance {
         walk(&self.queue.join(q), &mut out);
         out
     }
+}
+
+/// The bounce, defer and trace services of conf/master.cf, which
+/// [`MASTER_CF`] leaves out (see [`Instance::with_bounce`]).
+pub const BOUNCE_SERVICES: &str = "\
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+";
+
+impl Instance {
+    /// Adds the bounce, defer and trace services to master.cf unless it
+    /// has them (before `start`, or followed by [`Instance::reload`]).
+    pub fn with_bounce(&self) {
+        let path = Path::new(&self.etc).join("master.cf");
+        let mut text = fs::read_to_string(&path).unwrap();
+        if !text.contains(BOUNCE_SERVICES) {
+            text.push_str(BOUNCE_SERVICES);
+            fs::write(&path, text).unwrap();
+        }
+    }
+
+    /// Removes the bounce, defer and trace services from master.cf.
+    pub fn without_bounce(&self) {
+        let path = Path::new(&self.etc).join("master.cf");
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace(BOUNCE_SERVICES, "")).unwrap();
+    }
+
+    /// `postfix reload`: SIGHUP to master, which re-reads its
+    /// configuration and restarts qmgr.
+    pub fn reload(&self) {
+        let pid = self.master_pid().expect("master runs");
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    }
+
+    /// Log lines matching `pattern` (a regex).
+    pub fn log_lines(&self, pattern: &str) -> Vec<String> {
+        let re = regex::Regex::new(pattern).unwrap();
+        self.log_text()
+            .lines()
+            .filter(|l| re.is_match(l))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// The queue ID a log line is about (`... prog[pid]: ID: ...`).
+pub fn logged_id(line: &str) -> String {
+    line.split("]: ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .unwrap_or_default()
+        .to_string()
 }

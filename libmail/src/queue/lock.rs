@@ -43,6 +43,34 @@ pub fn is_forced_expire(mode: u32) -> bool {
     mode & FORCED_EXPIRE != 0
 }
 
+/// Mode bit of a queue file whose sender was sent its delay warning
+/// (`delay_warning_time`, group write): qmgr sets it once the bounce
+/// service said the warning is safe in the queue, so a message is warned
+/// about once, across passes and restarts. Postfix keeps the same fact
+/// in a record it rewrites in place; Facteur's queue files change in
+/// place only by done marks, and a mode bit, like the forced-expiry mark,
+/// needs no room in the file and travels with it between queues. Only
+/// the owner-execute bit (complete) means anything else to readers.
+pub const DELAY_WARNED: u32 = 0o020;
+
+/// Whether a queue file's mode says its delay warning was sent.
+pub fn is_delay_warned(mode: u32) -> bool {
+    mode & DELAY_WARNED != 0
+}
+
+/// Sets [`DELAY_WARNED`] on an open queue file and makes it durable
+/// (`fsync`). A crash before the fsync returns may send the warning once
+/// more; never fewer.
+pub fn mark_delay_warned(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata()?.mode() & 0o7777;
+    if mode & DELAY_WARNED == 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode | DELAY_WARNED))?;
+    }
+    super::count_fsync();
+    file.sync_all()
+}
+
 /// A queue file opened and locked; the lock goes with the value.
 #[derive(Debug)]
 pub struct Locked {
@@ -151,6 +179,24 @@ pub fn for_admin(path: &Path, wait: Duration) -> io::Result<AdminLock> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delay_warned_mark_keeps_the_other_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = scratch("warned");
+        let p = d.join("F00");
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700 | FORCED_EXPIRE))
+            .unwrap();
+        let f = File::open(&p).unwrap();
+        assert!(!is_delay_warned(f.metadata().unwrap().mode()));
+        mark_delay_warned(&f).unwrap();
+        mark_delay_warned(&f).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700 | FORCED_EXPIRE | DELAY_WARNED);
+        assert!(is_delay_warned(mode) && is_forced_expire(mode));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("facteur-lock-{name}-{}", std::process::id()));

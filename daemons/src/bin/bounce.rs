@@ -1,0 +1,4 @@
+//! The bounce daemon; see `facteur_daemons::bounce`.
+fn main() {
+    facteur_daemons::bounce::main()
+}
