@@ -710,7 +710,7 @@ fn is_local_part(addr: &str, local: &str) -> bool {
 
 /// The delivery line for a recipient qmgr itself decided about (no agent
 /// was reached): relay=none.
-fn log_local(req: &Request, rcpt: &Rcpt, o: &Outcome) {
+pub(crate) fn log_local(req: &Request, rcpt: &Rcpt, o: &Outcome) {
     let t = Timing {
         received: now_f64(),
         setup: 0.0,

@@ -45,9 +45,17 @@
 //! `libmail::queue::lock`); a message marked expired (`postsuper -e`,
 //! mode bit 0010) is not delivered and expires at once.
 //!
-//! Not yet: slow start and dead-destination feedback: the concurrency
-//! limit applies at once.
+//! Concurrency per destination ([`feedback`]): a destination starts at
+//! `initial_destination_concurrency` and grows towards its limit while
+//! deliveries reach the site; when the agent says the site could not be
+//! reached (smtp/lmtp: no server answered; `site_dsn` in the reply), the
+//! window shrinks, and after a failed pseudo-cohort the destination is
+//! dead for `minimal_backoff_time`: its waiting mail and mail arriving
+//! meanwhile is deferred at once (`delivery temporarily suspended: ...`).
+//! Destinations are served side by side, each within its own window, so a
+//! slow or dead one only holds its own share of the agents.
 
+mod feedback;
 mod message;
 mod notify;
 mod workers;
@@ -64,6 +72,7 @@ use libmail::queue::{Queue, QueueId};
 use libmail::service::{self, num_param, time_param, Service};
 use libmail::{info, warning};
 
+use libmail::deliver::{Outcome, Status};
 use message::{Msg, Next, Policy};
 use notify::{NoticeJob, NoticeResult, Notifier};
 use workers::{Job, JobResult, Pools};
@@ -81,13 +90,18 @@ pub(crate) enum Event {
 struct Limits {
     concurrency: usize,
     recipients: usize,
+    /// `initial_destination_concurrency` (or the transport's own).
+    initial: usize,
+    /// `TRANSPORT_destination_concurrency_failed_cohort_limit` (0: never dead).
+    cohort_limit: usize,
 }
 
-/// Jobs waiting for one destination, and how many are running.
-#[derive(Default)]
+/// Jobs waiting for one destination, how many are running, and how many
+/// may ([`feedback::Window`]).
 struct Dest {
     waiting: VecDeque<Job>,
     running: usize,
+    window: feedback::Window,
 }
 
 pub(crate) struct Qmgr {
@@ -347,6 +361,17 @@ impl Qmgr {
                 .unwrap_or_else(|| num_param(p, default_name, fallback));
             v.max(1) as usize
         };
+        let cohort_limit = p
+            .value(&format!(
+                "{transport}_destination_concurrency_failed_cohort_limit"
+            ))
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .and_then(|v| libmail::config::check::parse_number(&v))
+            .unwrap_or_else(|| {
+                num_param(p, "default_destination_concurrency_failed_cohort_limit", 1)
+            })
+            .max(0) as usize;
         let l = Limits {
             concurrency: get(
                 "destination_concurrency_limit",
@@ -358,6 +383,12 @@ impl Qmgr {
                 "default_destination_recipient_limit",
                 50,
             ),
+            initial: get(
+                "initial_destination_concurrency",
+                "initial_destination_concurrency",
+                5,
+            ),
+            cohort_limit,
         };
         self.limits.insert(transport.to_string(), l);
         l
@@ -411,7 +442,15 @@ impl Qmgr {
                 let job = msg.job(&transport, &nexthop, chunk.to_vec());
                 self.dests
                     .entry((transport.clone(), nexthop.clone()))
-                    .or_default()
+                    .or_insert_with(|| Dest {
+                        waiting: VecDeque::new(),
+                        running: 0,
+                        window: feedback::Window::new(
+                            limits.concurrency,
+                            limits.initial,
+                            limits.cohort_limit,
+                        ),
+                    })
                     .waiting
                     .push_back(job);
             }
@@ -419,8 +458,10 @@ impl Qmgr {
         self.finish_if_idle(&key);
     }
 
-    /// Starts the jobs the concurrency limits allow.
+    /// Starts the jobs the concurrency windows allow; the jobs of a dead
+    /// destination are deferred at once.
     fn dispatch(&mut self) {
+        let now = Instant::now();
         let keys: Vec<(String, String)> = self
             .dests
             .iter()
@@ -428,8 +469,16 @@ impl Qmgr {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            let limit = self.limits_of(&key.0).concurrency;
             let dest = self.dests.get_mut(&key).expect("listed");
+            if let Some((dsn, reason)) = dest.window.dead(now) {
+                let (dsn, reason) = (dsn.to_string(), reason);
+                let jobs: Vec<Job> = dest.waiting.drain(..).collect();
+                for job in jobs {
+                    self.suspend(job, &dsn, &reason);
+                }
+                continue;
+            }
+            let limit = dest.window.allowed(now);
             while dest.running < limit {
                 let Some(job) = dest.waiting.pop_front() else {
                     break;
@@ -438,16 +487,61 @@ impl Qmgr {
                 self.pools.submit(job);
             }
         }
-        self.dests
-            .retain(|_, d| !(d.waiting.is_empty() && d.running == 0));
+        // A destination is forgotten once idle, unless it is dead or has
+        // recent failures: that state keeps a trickle of new mail from
+        // hammering it (bounded: it lasts one back-off).
+        self.dests.retain(|_, d| {
+            !(d.waiting.is_empty() && d.running == 0) || d.window.worth_keeping(now)
+        });
     }
 
-    /// Applies an agent's reply.
+    /// Defers a job's recipients without sending it (dead destination).
+    fn suspend(&mut self, job: Job, dsn: &str, reason: &str) {
+        let outcomes: Vec<Outcome> = job
+            .request
+            .rcpts
+            .iter()
+            .map(|r| Outcome {
+                offset: r.offset,
+                status: Status::Deferred,
+                dsn: dsn.to_string(),
+                reason: reason.to_string(),
+            })
+            .collect();
+        for (r, o) in job.request.rcpts.iter().zip(&outcomes) {
+            message::log_local(&job.request, r, o);
+        }
+        self.apply_result(JobResult {
+            request: job.request,
+            marked: false,
+            outcomes: Ok(outcomes),
+            site_failure: None,
+        });
+    }
+
+    /// Applies an agent's reply, and what it says of the site to the
+    /// destination's window.
     fn complete(&mut self, r: JobResult) {
         let dest = (r.request.transport.clone(), r.request.nexthop.clone());
+        let backoff = Duration::from_secs(self.policy.min_backoff.max(1));
         if let Some(d) = self.dests.get_mut(&dest) {
             d.running = d.running.saturating_sub(1);
+            // No reply at all (the agent failed) says nothing of the site.
+            if r.outcomes.is_ok() {
+                let f = match &r.site_failure {
+                    Some((dsn, reason)) => feedback::Feedback::SiteFailure {
+                        dsn: dsn.clone(),
+                        reason: reason.clone(),
+                    },
+                    None => feedback::Feedback::Reached,
+                };
+                d.window.feedback(f, Instant::now(), backoff);
+            }
         }
+        self.apply_result(r);
+    }
+
+    fn apply_result(&mut self, r: JobResult) {
         let key = r.request.queue_id.clone();
         let Some(msg) = self.msgs.get_mut(&key) else {
             return;

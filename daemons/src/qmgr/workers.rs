@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use libmail::deliver::{outcomes_from_attrs, reply_marked, Outcome, Request};
+use libmail::deliver::{outcomes_from_attrs, reply_marked, reply_site_failure, Outcome, Request};
 use libmail::ipc::{self, Conn};
 
 use super::Event;
@@ -46,6 +46,8 @@ pub(crate) struct JobResult {
     pub marked: bool,
     /// The agent's reply, or why there is none (every recipient deferred).
     pub outcomes: Result<Vec<Outcome>, String>,
+    /// The agent could not reach the next hop at all: (dsn, reason).
+    pub site_failure: Option<(String, String)>,
 }
 
 struct Pool {
@@ -151,6 +153,7 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
                         request: job.request,
                         marked: false,
                         outcomes: Err(reason),
+                        site_failure: None,
                     })));
                     continue;
                 }
@@ -158,11 +161,13 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
         }
         let c = conn.as_mut().expect("connected above");
         let mut marked = false;
+        let mut site_failure = None;
         let result = c
             .send(&job.request.to_attrs())
             .and_then(|_| c.expect())
             .and_then(|a| {
                 marked = reply_marked(&a);
+                site_failure = reply_site_failure(&a);
                 outcomes_from_attrs(&a)
             });
         let outcomes = match result {
@@ -177,6 +182,7 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
                 request: job.request,
                 marked,
                 outcomes,
+                site_failure,
             })))
             .is_err()
         {

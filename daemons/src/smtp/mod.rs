@@ -332,15 +332,18 @@ pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
         .collect();
     let mut setup_time = 0.0;
     let mut fallback: Option<(String, String, bool)> = None;
-    match crate::local::open_queue_file(&cfg.layout, req) {
-        Err(e) => fallback = Some(("4.3.0".into(), e, false)),
+    let reached = match crate::local::open_queue_file(&cfg.layout, req) {
+        Err(e) => {
+            fallback = Some(("4.3.0".into(), e, false));
+            true
+        }
         Ok(qf) => attempt(cfg, req, &qf, &mut track, &mut setup_time, &mut fallback),
-    }
+    };
     let timing = Timing {
         received,
         setup: setup_time,
     };
-    track
+    let outcomes: Vec<Outcome> = track
         .into_iter()
         .map(|t| {
             let (outcome, relay) = t.done.unwrap_or_else(|| {
@@ -371,7 +374,18 @@ pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
             libmail::info!("{}", delivery_line(req, t.rcpt, &relay, timing, &outcome));
             outcome
         })
-        .collect()
+        .collect();
+    // No server of the next hop could be talked to: tell qmgr, which
+    // slows down and finally suspends deliveries to a dead site.
+    if !reached {
+        if let Some(o) = outcomes
+            .first()
+            .filter(|_| outcomes.iter().all(|o| o.status == Status::Deferred))
+        {
+            libmail::deliver::site_failure(&o.dsn, &o.reason);
+        }
+    }
+    outcomes
 }
 
 /// Records one session's results.
@@ -443,16 +457,18 @@ fn attempt(
     track: &mut [Track],
     setup_time: &mut f64,
     fallback: &mut Option<(String, String, bool)>,
-) {
+) -> bool {
     let key = format!("{}:{}", req.transport, req.nexthop.to_ascii_lowercase());
+    let mut reached = false;
     // A session kept from an earlier request to the same next hop.
     while let Some(s) = cfg.cache.take(&key) {
         if run_session(cfg, req, qf, track, s, &key) {
+            reached = true;
             break;
         }
     }
     if open_indices(track).is_empty() {
-        return;
+        return reached;
     }
     let hop = match nexthop::parse(&req.nexthop, cfg.lmtp, cfg.default_port, cfg.layout.root()) {
         Ok(h) => h,
@@ -462,7 +478,7 @@ fn attempt(
                 format!("mail transport unavailable: {e}"),
                 false,
             ));
-            return;
+            return reached;
         }
     };
     let level = cfg.tls_level(&req.nexthop);
@@ -505,7 +521,7 @@ fn attempt(
                     .collect(),
                 Err(e) => {
                     *fallback = Some((e.dsn.into(), e.reason, e.permanent));
-                    return;
+                    return reached;
                 }
             }
         }
@@ -582,9 +598,11 @@ fn attempt(
             continue;
         };
         sessions += 1;
+        reached = true;
         *setup_time = started.elapsed().as_secs_f64();
         run_session(cfg, req, qf, track, s, &key);
     }
+    reached
 }
 
 /// The domain of a next hop (`[mx.example]:25` → `mx.example`).

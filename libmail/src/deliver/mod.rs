@@ -99,6 +99,33 @@ pub struct Outcome {
     pub reason: String,
 }
 
+thread_local! {
+    /// What the agent said of the next hop as a whole during the current
+    /// request (see [`site_failure`]).
+    static SITE: std::cell::RefCell<Option<(String, String)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Called by an agent while it serves a request: no server of the next
+/// hop could be reached or talked to (connection or handshake failure),
+/// as opposed to the recipients being refused. qmgr uses it to slow down
+/// and finally suspend deliveries to a dead site (Postfix's "hop status").
+/// The reply carries it as `site_dsn` and `site_reason`.
+pub fn site_failure(dsn: &str, reason: &str) {
+    SITE.with(|s| *s.borrow_mut() = Some((dsn.to_string(), reason.to_string())));
+}
+
+fn take_site_failure() -> Option<(String, String)> {
+    SITE.with(|s| s.borrow_mut().take())
+}
+
+/// The site failure a reply carries, if any.
+pub fn reply_site_failure(reply: &Attrs) -> Option<(String, String)> {
+    Some((
+        reply.get("site_dsn")?.to_string(),
+        reply.get("site_reason").unwrap_or("").to_string(),
+    ))
+}
+
 /// `soft_bounce`: this agent turns its bounces into deferrals (set once
 /// by [`run_agent`] from the configuration). The log says
 /// `status=SOFTBOUNCE` with a 4.x.x code, as Postfix's does.
@@ -388,6 +415,7 @@ pub fn serve_connection<S, F>(
                 None
             }
         };
+        take_site_failure();
         let outcomes = if held.is_some() {
             softened(deliver(&req))
         } else {
@@ -396,6 +424,9 @@ pub fn serve_connection<S, F>(
             same_outcome(&req, Status::Deferred, "4.3.0", GONE)
         };
         let mut reply = outcomes_to_attrs(&outcomes);
+        if let Some((dsn, reason)) = take_site_failure() {
+            reply.push("site_dsn", dsn).push("site_reason", reason);
+        }
         if held.is_some() {
             match mark_done(layout, &req, &outcomes) {
                 Ok(true) => {
