@@ -62,7 +62,8 @@ smtp_helo_name smtp_helo_timeout smtp_never_send_ehlo lmtp_lhlo_name
 lmtp_lhlo_timeout soft_bounce
 bounce_template_file enable_threaded_bounces bounce_service_name defer_service_name
 trace_service_name delay_warning_time 2bounce_notice_recipient delay_notice_recipient
-double_bounce_sender bounce_size_limit
+double_bounce_sender bounce_size_limit initial_destination_concurrency
+default_destination_concurrency_failed_cohort_limit
 """.split())
 doc_path = os.path.join(top, "docs/compatibility.md")
 doc = open(doc_path).read()
