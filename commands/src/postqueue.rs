@@ -169,26 +169,10 @@ fn gone(e: &ReadError) -> bool {
 /// `asctime()` of a time in local time, cut to 20 characters as showq's
 /// `%20.20s` cuts it: `Mon Jan  8 12:34:56 ` (with the trailing space).
 fn asctime20(t: i64) -> String {
-    // SAFETY: localtime_r with valid pointers.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        let tt = t as libc::time_t;
-        libc::localtime_r(&tt, &mut tm);
-        tm
-    };
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{} {} {:>2} {:02}:{:02}:{:02} ",
-        DAYS[tm.tm_wday.clamp(0, 6) as usize],
-        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    // asctime(3) is `Mon Jan  8 12:34:56 2024`; keep 20 characters.
+    let mut s = libmail::date::asctime(t);
+    s.truncate(20);
+    s
 }
 
 /// The queue ID as showq decorates it: `*` active or `!` hold, then `#`

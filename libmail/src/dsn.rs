@@ -95,7 +95,6 @@
 //! bad header, no text, or an undefined `$name` is ignored with a warning
 //! (the built-in one is used); a file that does not parse is an error.
 
-use std::ffi::CStr;
 use std::io;
 
 use crate::config::expand::{Expansion, Lookup};
@@ -828,67 +827,13 @@ pub fn wrap(line: &str, width: usize, indent: usize) -> Vec<String> {
     }
 }
 
-const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-fn broken_down(t: u64, local: bool) -> libc::tm {
-    let tt = t.min(i64::MAX as u64) as libc::time_t;
-    // SAFETY: tm is plain data; localtime_r/gmtime_r fill it from a valid time_t.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if local {
-            libc::localtime_r(&tt, &mut tm);
-        } else {
-            libc::gmtime_r(&tt, &mut tm);
-        }
-        tm
-    }
-}
-
-/// An RFC 5322 date in local time, the way Postfix writes its dates:
-/// `Tue, 25 Nov 2026 16:41:34 +0000 (UTC)`.
+/// An RFC 5322 date (see [`crate::date::mail_date`]).
 pub fn mail_date(t: u64) -> String {
-    let tm = broken_down(t, true);
-    let off = tm.tm_gmtoff;
-    let sign = if off < 0 { '-' } else { '+' };
-    let a = off.unsigned_abs();
-    let mut s = format!(
-        "{}, {:>2} {} {} {:02}:{:02}:{:02} {}{:02}{:02}",
-        DAYS[tm.tm_wday.clamp(0, 6) as usize],
-        tm.tm_mday,
-        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-        tm.tm_year as i64 + 1900,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        sign,
-        a / 3600,
-        (a % 3600) / 60
-    );
-    if !tm.tm_zone.is_null() {
-        // SAFETY: tm_zone points to a NUL-terminated static zone name.
-        let zone = unsafe { CStr::from_ptr(tm.tm_zone) }.to_string_lossy();
-        if !zone.is_empty() {
-            s.push_str(&format!(" ({zone})"));
-        }
-    }
-    s
+    crate::date::mail_date(t.min(i64::MAX as u64) as i64)
 }
 
-/// `YYYYMMDDhhmmss` in UTC (the Message-ID's first part).
 fn utc_stamp(t: u64) -> String {
-    let tm = broken_down(t, false);
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}",
-        tm.tm_year as i64 + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    crate::date::utc_stamp(t.min(i64::MAX as u64) as i64)
 }
 
 // ---------------------------------------------------------------------

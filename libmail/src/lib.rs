@@ -8,6 +8,7 @@
 pub mod address;
 pub mod cli;
 pub mod config;
+pub mod date;
 pub mod deliver;
 pub mod dns;
 pub mod dsn;

@@ -152,23 +152,15 @@ pub fn verbose() -> bool {
 
 /// The syslog timestamp `Mmm dd hh:mm:ss` in local time.
 fn timestamp() -> String {
-    // SAFETY: time and localtime_r with valid pointers.
-    unsafe {
-        let t = libc::time(std::ptr::null_mut());
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&t, &mut tm);
-        const MONTHS: [&str; 12] = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
-        format!(
-            "{} {:>2} {:02}:{:02}:{:02}",
-            MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        )
-    }
+    let tm = crate::date::broken_down(crate::date::now(), true);
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        crate::date::month_name(&tm),
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -16,8 +16,6 @@
 //! words are left untouched (they are phrases, never addresses), and a
 //! header with unbalanced quotes or brackets is left unchanged.
 
-use std::ffi::CStr;
-
 /// Whether `line` starts a header: `name:` where the name is printable
 /// ASCII without space or colon (white space may precede the colon), as
 /// Postfix's `is_header()`. Returns the length of the name.
@@ -352,59 +350,7 @@ pub fn rewrite_addresses(value: &str, mut rewrite: impl FnMut(&str) -> String) -
     changed.then_some(out)
 }
 
-const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-fn broken_down(t: i64, local: bool) -> libc::tm {
-    let tt = t as libc::time_t;
-    // SAFETY: tm is plain data; localtime_r/gmtime_r fill it from a valid time_t.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if local {
-            libc::localtime_r(&tt, &mut tm);
-        } else {
-            libc::gmtime_r(&tt, &mut tm);
-        }
-        tm
-    }
-}
-
-/// A date as Postfix's `mail_date()` writes it, in local time:
-/// `Tue, 25 Nov 2026 16:41:34 +0000 (UTC)` (day of month space-padded:
-/// `Mon,  8 Jan 2024 ...`).
-pub fn mail_date(t: i64) -> String {
-    let tm = broken_down(t, true);
-    let off = tm.tm_gmtoff;
-    let sign = if off < 0 { '-' } else { '+' };
-    let a = off.unsigned_abs();
-    let zone = if tm.tm_zone.is_null() {
-        String::new()
-    } else {
-        // SAFETY: tm_zone points to a NUL-terminated static zone name.
-        unsafe { CStr::from_ptr(tm.tm_zone) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    let mut s = format!(
-        "{}, {:>2} {} {} {:02}:{:02}:{:02} {}{:02}{:02}",
-        DAYS[tm.tm_wday.clamp(0, 6) as usize],
-        tm.tm_mday,
-        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
-        tm.tm_year as i64 + 1900,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        sign,
-        a / 3600,
-        (a % 3600) / 60
-    );
-    if !zone.is_empty() {
-        s.push_str(&format!(" ({zone})"));
-    }
-    s
-}
+pub use libmail::date::mail_date;
 
 /// The generated Message-Id value (without brackets):
 /// `YYYYMMDDhhmmss.QUEUEID@host` in UTC from the queue file's creation
@@ -413,15 +359,9 @@ pub fn message_id(created_sec: u64, queue_id: &str, myhostname: &str, long_ids: 
     if long_ids {
         return format!("{queue_id}@{myhostname}");
     }
-    let tm = broken_down(created_sec.min(i64::MAX as u64) as i64, false);
     format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}.{queue_id}@{myhostname}",
-        tm.tm_year as i64 + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
+        "{}.{queue_id}@{myhostname}",
+        libmail::date::utc_stamp(created_sec.min(i64::MAX as u64) as i64)
     )
 }
 
@@ -592,7 +532,7 @@ mod tests {
         let d = mail_date(1_704_717_296);
         // "Mon,  8 Jan 2024 12:34:56 +0000 (UTC)" in UTC; the zone varies.
         let parts: Vec<&str> = d.split(' ').collect();
-        assert!(DAYS.iter().any(|x| d.starts_with(&format!("{x},"))), "{d}");
+        assert!(libmail::date::DAYS.iter().any(|x| d.starts_with(&format!("{x},"))), "{d}");
         assert!(d.contains(" 2024 "), "{d}");
         assert!(parts
             .iter()

@@ -50,7 +50,6 @@ use libmail::queue::{QueueFile, QueueLayout};
 use libmail::sasl::SecurityPolicy;
 use libmail::service::{bool_param, num_param, time_param, value};
 use libmail::table::search::{Key, Maps};
-use libmail::table::OpenOptions;
 use libmail::tls::client::{client_configs, ClientTls, Level};
 
 use conn::{Conn, Socket};
@@ -104,16 +103,6 @@ pub struct Config {
     bind6: Option<std::net::IpAddr>,
     pub line_length_limit: usize,
     cache: cache::Cache,
-}
-
-fn maps(p: &Params, name: &str) -> Result<Option<Maps>, String> {
-    let v = p.value(name).map_err(|e| format!("{name}: {e}"))?;
-    if v.trim().is_empty() {
-        return Ok(None);
-    }
-    Maps::open(name, &v, &OpenOptions::default())
-        .map(Some)
-        .map_err(|e| e.to_string())
 }
 
 impl Config {
@@ -179,10 +168,10 @@ impl Config {
             wrappermode: bool_param(p, &n("tls_wrappermode"), false),
             tls: client_configs(p, x)?,
             level: Level::from_params(p, x)?,
-            tls_policy: maps(p, &n("tls_policy_maps"))?,
+            tls_policy: Maps::from_param(p, &n("tls_policy_maps"))?,
             tls_loglevel: num_param(p, &n("tls_loglevel"), 0),
             sasl_maps: if sasl_enable {
-                maps(p, &n("sasl_password_maps"))?
+                Maps::from_param(p, &n("sasl_password_maps"))?
             } else {
                 None
             },

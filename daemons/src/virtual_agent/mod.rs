@@ -35,7 +35,6 @@ use libmail::mailbox::{delivered_to, MailboxError};
 use libmail::queue::QueueLayout;
 use libmail::service::{bool_param, num_param, time_param};
 use libmail::table::search::{address_keys, Maps};
-use libmail::table::OpenOptions;
 
 use crate::local::exec::as_user;
 use crate::local::{log_outcome, open_queue_file};
@@ -55,16 +54,6 @@ pub struct Config {
     pub original_recipient: bool,
 }
 
-fn open_maps(params: &libmail::config::params::Params, name: &str) -> Result<Option<Maps>, String> {
-    let v = params.value(name).map_err(|e| format!("{name}: {e}"))?;
-    if v.trim().is_empty() {
-        return Ok(None);
-    }
-    Maps::open(name, &v, &OpenOptions::default())
-        .map(Some)
-        .map_err(|e| e.to_string())
-}
-
 impl Config {
     pub fn load(
         params: &libmail::config::params::Params,
@@ -73,9 +62,9 @@ impl Config {
         let v = |n: &str| params.value(n).map_err(|e| format!("{n}: {e}"));
         Ok(Config {
             layout,
-            mailbox_maps: open_maps(params, "virtual_mailbox_maps")?,
-            uid_maps: open_maps(params, "virtual_uid_maps")?,
-            gid_maps: open_maps(params, "virtual_gid_maps")?,
+            mailbox_maps: Maps::from_param(params, "virtual_mailbox_maps")?,
+            uid_maps: Maps::from_param(params, "virtual_uid_maps")?,
+            gid_maps: Maps::from_param(params, "virtual_gid_maps")?,
             base: v("virtual_mailbox_base")?,
             minimum_uid: num_param(params, "virtual_minimum_uid", 100).clamp(0, u32::MAX as i64)
                 as u32,

@@ -209,6 +209,21 @@ impl Maps {
         })
     }
 
+    /// The tables of a parameter (`name` in `params`); `None` when it is
+    /// empty. Errors name the parameter.
+    pub fn from_param(
+        params: &crate::config::params::Params,
+        name: &str,
+    ) -> Result<Option<Maps>, String> {
+        let v = params.value(name).map_err(|e| format!("{name}: {e}"))?;
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        Maps::open(name, &v, &OpenOptions::default())
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
     /// The first hit, trying each key in every table before the next key.
     /// Returns the index of the key that matched and the value.
     pub fn find_first(&self, keys: &[Key]) -> Result<Option<(usize, String)>, TableError> {
