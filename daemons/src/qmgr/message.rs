@@ -314,23 +314,7 @@ impl Msg {
         self.outstanding = self.outstanding.saturating_sub(1);
         let outcomes = match r.outcomes {
             Ok(o) => o,
-            Err(reason) => {
-                let out: Vec<Outcome> = r
-                    .request
-                    .rcpts
-                    .iter()
-                    .map(|rc| Outcome {
-                        offset: rc.offset,
-                        status: Status::Deferred,
-                        dsn: "4.3.0".into(),
-                        reason: reason.clone(),
-                    })
-                    .collect();
-                for (rc, o) in r.request.rcpts.iter().zip(&out) {
-                    log_local(&r.request, rc, o);
-                }
-                out
-            }
+            Err(reason) => defer_all(&r.request, "4.3.0", &reason),
         };
         self.record(layout, outcomes, r.marked);
     }
@@ -708,9 +692,28 @@ fn is_local_part(addr: &str, local: &str) -> bool {
     !local.is_empty() && l.eq_ignore_ascii_case(local)
 }
 
+/// Every recipient of a request deferred by qmgr itself (no agent
+/// reply, or a dead destination), each logged with relay=none.
+pub(crate) fn defer_all(req: &Request, dsn: &str, reason: &str) -> Vec<Outcome> {
+    let out: Vec<Outcome> = req
+        .rcpts
+        .iter()
+        .map(|rc| Outcome {
+            offset: rc.offset,
+            status: Status::Deferred,
+            dsn: dsn.to_string(),
+            reason: reason.to_string(),
+        })
+        .collect();
+    for (rc, o) in req.rcpts.iter().zip(&out) {
+        log_local(req, rc, o);
+    }
+    out
+}
+
 /// The delivery line for a recipient qmgr itself decided about (no agent
 /// was reached): relay=none.
-pub(crate) fn log_local(req: &Request, rcpt: &Rcpt, o: &Outcome) {
+fn log_local(req: &Request, rcpt: &Rcpt, o: &Outcome) {
     let t = Timing {
         received: now_f64(),
         setup: 0.0,

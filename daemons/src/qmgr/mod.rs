@@ -72,7 +72,6 @@ use libmail::queue::{Queue, QueueId};
 use libmail::service::{self, num_param, time_param, Service};
 use libmail::{info, warning};
 
-use libmail::deliver::{Outcome, Status};
 use message::{Msg, Next, Policy};
 use notify::{NoticeJob, NoticeResult, Notifier};
 use workers::{Job, JobResult, Pools};
@@ -497,20 +496,7 @@ impl Qmgr {
 
     /// Defers a job's recipients without sending it (dead destination).
     fn suspend(&mut self, job: Job, dsn: &str, reason: &str) {
-        let outcomes: Vec<Outcome> = job
-            .request
-            .rcpts
-            .iter()
-            .map(|r| Outcome {
-                offset: r.offset,
-                status: Status::Deferred,
-                dsn: dsn.to_string(),
-                reason: reason.to_string(),
-            })
-            .collect();
-        for (r, o) in job.request.rcpts.iter().zip(&outcomes) {
-            message::log_local(&job.request, r, o);
-        }
+        let outcomes = message::defer_all(&job.request, dsn, reason);
         self.apply_result(JobResult {
             request: job.request,
             marked: false,
