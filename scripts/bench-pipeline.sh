@@ -27,10 +27,10 @@ P=${2:-4}
 MODE=${3:-sendmail}
 case "$MODE" in sendmail|smtp) ;; *) echo "bench-pipeline: mode is sendmail or smtp" >&2; exit 2 ;; esac
 [ "$MODE" = sendmail ] || [ -x /usr/sbin/smtp-source ] || { echo "bench-pipeline: smtp-source is needed (package postfix)" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-[ "$(id -u)" = 0 ] || { echo "bench-pipeline: run as root (Postfix's master needs it)" >&2; exit 1; }
+. scripts/bench-lib.sh
+need_root bench-pipeline
 command -v strace >/dev/null || { echo "bench-pipeline: strace is needed (apt-get install strace)" >&2; exit 1; }
-[ -x /usr/sbin/postfix ] || { echo "bench-pipeline: postfix is needed (apt-get install postfix)" >&2; exit 1; }
+need_postfix bench-pipeline
 
 echo "== building Facteur (release)"
 cargo build --release --quiet --workspace --bins
@@ -54,17 +54,6 @@ trap "exit 130" INT TERM
 # A 4 KiB message.
 body=$(head -c 3000 /dev/zero | tr '\0' 'x' | fold -w 72)
 printf 'Subject: benchmark\nFrom: bench@example.test\nTo: %s\n\n%s\n' "$user" "$body" > "$work/msg"
-
-# Sum of VmRSS (KiB) of a process and its descendants.
-tree_rss() {
-  local root=$1 total=0 p
-  for p in $(ps -o pid= --ppid "$root" 2>/dev/null) $root; do
-    local kb
-    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-    total=$((total + ${kb:-0}))
-  done
-  echo "$total"
-}
 
 # submit COUNT SUBMIT [strace output]: COUNT messages by P submitters.
 # SUBMIT is a sendmail command line, or smtp:PORT (smtp-source).
@@ -104,8 +93,8 @@ wait_delivered() {
 #      (daemons and submitters), for fsyncs per message.
 run() {
   local name=$1 mpid=$2 sendmail=$3 maildir=$4
-  ( while kill -0 "$mpid" 2>/dev/null; do tree_rss "$mpid"; sleep 0.1; done ) > "$work/$name.rss" &
-  local rpid=$!; pids+=("$rpid")
+  rss_sampler "$mpid" "$work/$name.rss"
+  local rpid=$rss_pid; pids+=("$rpid")
   local start end
   start=$(date +%s.%N)
   submit "$N" "$sendmail"
@@ -113,11 +102,11 @@ run() {
   end=$(date +%s.%N)
   local got secs rate
   got=$(find "$maildir/new" -type f | wc -l)
-  secs=$(echo "$end - $start" | bc -l)
+  secs=$(elapsed "$start" "$end")
   rate=$(echo "$got / $secs" | bc -l)
   kill "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true
   local peak
-  peak=$(sort -n "$work/$name.rss" | tail -1)
+  peak=$(peak_rss "$work/$name.rss")
 
   local M=$(( N / 10 < 100 ? 100 : N / 10 ))
   local trace=$work/$name.strace

@@ -5,7 +5,8 @@
 # the reference the differential tests compare against; swaks; tinycdb;
 # pflogsumm, which must count the end-to-end tests' logs right; Perl's TLS
 # modules for swaks --tls; Dovecot, for the SASL and LMTP tests against a
-# real server; postgrey, a real policy server), then runs
+# real server; postgrey, a real policy server; python3-aiosmtpd, for the
+# scripted SMTP/LMTP peer of the delivery-agent tests), then runs
 # every test with cargo-nextest when present, else cargo test.
 #
 # Usage: scripts/test.sh [extra arguments for the test runner]
@@ -32,6 +33,11 @@ perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)
 [ -x /usr/sbin/postgrey ] || need+=(postgrey)
 # A real DNS server for the DNS restrictions (daemons/src/smtpd/restrict/tests.rs).
 [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+# The scripted SMTP/LMTP server of the delivery-agent tests
+# (daemons/tests/data/scripted_smtpd.py runs under Debian's /usr/bin/python3),
+# and the openssl CLI that makes their test certificates.
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || need+=(python3-aiosmtpd)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need[*]} (needed by the tests)"
   sudo=""

@@ -6,6 +6,7 @@
 //! SIGKILL after a bounded wait) and removes the directory.
 #![allow(dead_code)]
 
+pub mod peers;
 pub mod smtp;
 
 use std::fs;

@@ -92,6 +92,89 @@ impl Fixture {
     }
 }
 
+/// Added for the delivery-agent tests (daemons/tests/common/peers.rs):
+/// LMTP on a TCP port too, and the paths an LMTP client needs.
+impl Fixture {
+    /// Like [`Fixture::start`], with LMTP also on 127.0.0.1:`port`;
+    /// `Err` (with the script's output) when it does not start, e.g. the
+    /// port is taken. The directory is `facteur-lmtp-dovecot-NAME-PID`.
+    pub fn try_start_with_lmtp_port(name: &str, port: u16) -> Result<Fixture, String> {
+        let script = script();
+        assert!(
+            script.is_file(),
+            "the Dovecot fixture {} is missing: the shared/ directory must sit beside the \
+             repository; run scripts/test.sh",
+            script.display()
+        );
+        assert!(
+            Path::new("/usr/sbin/dovecot").exists()
+                && Path::new("/usr/bin/doveadm").exists()
+                && Path::new("/usr/lib/dovecot/lmtp").exists(),
+            "Dovecot is not installed (dovecot-core, dovecot-lmtpd): run scripts/test.sh, \
+             which installs it"
+        );
+        let base = std::env::temp_dir().join(format!(
+            "facteur-lmtp-dovecot-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let mut f = Fixture {
+            base,
+            auth_socket: PathBuf::new(),
+            pid: 0,
+        };
+        let (ok, stdout, stderr) = f.script_with("start", &[&port.to_string()]);
+        if !ok {
+            // Dropping `f` stops whatever started and removes the directory.
+            return Err(format!("dovecot-fixture.sh start: {stdout}{stderr}"));
+        }
+        let var = |k: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .map(str::to_string)
+                .ok_or_else(|| format!("no {k} in the fixture's output:\n{stdout}"))
+        };
+        f.auth_socket = PathBuf::from(var("DOVECOT_AUTH_SOCKET")?);
+        f.pid = var("DOVECOT_PID")?
+            .parse()
+            .map_err(|e| format!("DOVECOT_PID: {e}"))?;
+        Ok(f)
+    }
+
+    /// The LMTP UNIX-domain socket.
+    pub fn lmtp_socket(&self) -> PathBuf {
+        self.base.join("run/lmtp")
+    }
+
+    /// Mail for USER lands in `mail_root()/USER/Maildir/new/`.
+    pub fn mail_root(&self) -> PathBuf {
+        self.base.join("mail")
+    }
+
+    /// [`Fixture::script`] with more arguments after BASEDIR.
+    fn script_with(&self, cmd: &str, extra: &[&str]) -> (bool, String, String) {
+        let out = self.base.with_extension("out");
+        let err = self.base.with_extension("err");
+        let status = Command::new("sh")
+            .arg(script())
+            .arg(cmd)
+            .arg(&self.base)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(File::create(&out).unwrap())
+            .stderr(File::create(&err).unwrap())
+            .status()
+            .expect("run dovecot-fixture.sh");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let r = (status.success(), read(&out), read(&err));
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&err);
+        r
+    }
+}
+
 impl Drop for Fixture {
     fn drop(&mut self) {
         // `stop` waits until the master process has exited.

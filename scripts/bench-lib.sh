@@ -1,0 +1,41 @@
+# Shell functions shared by the benchmark scripts (bench-pipeline.sh,
+# bench-relay.sh). Source it; it defines functions only.
+
+# A TCP port free on 127.0.0.1 now (the kernel's choice).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Sum of VmRSS (KiB) of a process and its children (the daemons of an MTA
+# are children of its master).
+tree_rss() {
+  local root=$1 total=0 p
+  for p in $(ps -o pid= --ppid "$root" 2>/dev/null) $root; do
+    local kb
+    kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    total=$((total + ${kb:-0}))
+  done
+  echo "$total"
+}
+
+# rss_sampler MASTER_PID FILE: samples tree_rss every 100 ms into FILE
+# while MASTER_PID lives, in the background; its PID is in $rss_pid.
+rss_sampler() {
+  local mpid=$1 file=$2
+  ( while kill -0 "$mpid" 2>/dev/null; do tree_rss "$mpid"; sleep 0.1; done ) > "$file" &
+  rss_pid=$!
+}
+
+# peak_rss FILE: the largest sample in FILE (0 when none).
+peak_rss() { sort -n "$1" 2>/dev/null | tail -1 | awk '{print $1+0}'; }
+
+# need_root NAME: exits unless root (Postfix's master needs it).
+need_root() {
+  [ "$(id -u)" = 0 ] || { echo "$1: run as root (Postfix's master needs it)" >&2; exit 1; }
+}
+
+# need_postfix NAME: exits unless Postfix is installed.
+need_postfix() {
+  [ -x /usr/sbin/postfix ] || { echo "$1: postfix is needed (apt-get install postfix)" >&2; exit 1; }
+}
+
+# elapsed START END: END - START in seconds (date +%s.%N values).
+elapsed() { echo "$2 - $1" | bc -l; }
