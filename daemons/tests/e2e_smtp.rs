@@ -132,32 +132,21 @@ fn refused_connection_is_deferred_with_postfix_reason() {
     });
 }
 
-#[path = "../../libmail/tests/support/dovecot.rs"]
-mod dovecot;
-
-/// Files in a Dovecot user's Maildir (new/).
-fn dovecot_mail(d: &dovecot::Fixture, user: &str) -> Vec<String> {
-    let dir = d.base.join("mail").join(user).join("Maildir/new");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v.iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .collect()
-}
-
-#[test]
-fn lmtp_to_dovecot_over_unix_socket_per_recipient_results() {
-    let dv = dovecot::Fixture::start("lmtp-unix");
-    let mut inst = Instance::new("lmtp-unix", "");
+/// One message, four recipients at Dovecot: two users, an unknown one
+/// (refused at RCPT) and one over quota (refused after DATA only, LMTP's
+/// reply per recipient).
+fn lmtp_to_dovecot(inet: bool) {
+    let dv = common::peers::DovecotLmtp::start(if inet { "e2e-inet" } else { "e2e-unix" });
+    let mut inst = Instance::new(if inet { "lmtp-inet" } else { "lmtp-unix" }, "");
+    let transport = if inet {
+        dv.transport_inet()
+    } else {
+        dv.transport_unix()
+    };
     inst.main_cf(&format!(
-        "virtual_mailbox_domains = example.test\nvirtual_transport = lmtp:unix:{}\n",
-        dv.base.join("run/lmtp").display()
+        "virtual_mailbox_domains = example.test\nvirtual_transport = {transport}\n"
     ));
     inst.start();
-    // One message, four recipients: two users, an unknown one and one
-    // over quota (Dovecot refuses that one after DATA only).
     let big = format!(
         "From: sender@remote.test\nSubject: hello lmtp\n\n{}\n",
         "0123456789abcdef".repeat(200)
@@ -174,13 +163,22 @@ fn lmtp_to_dovecot_over_unix_socket_per_recipient_results() {
         &big,
     );
     inst.kick();
-    let sock = dv.base.join("run/lmtp");
-    let relay = format!(
-        r"relay=mx\.example\.test\[{}\]",
-        regex::escape(&sock.display().to_string())
-    );
-    let alice = inst.wait_log(&format!(r"to=<alice@example\.test>, {relay}, .*status=sent \(250 2\.0\.0 <alice@example\.test> .* Saved\)"));
-    assert!(alice.contains("dsn=2.0.0"), "{alice}");
+    let relay = if inet {
+        regex::escape(&format!(
+            "relay={0}[{0}]:{1}",
+            dv.lmtp_inet().ip(),
+            dv.lmtp_inet().port()
+        ))
+    } else {
+        regex::escape(&format!(
+            "relay=mx.example.test[{}]",
+            dv.lmtp_socket().display()
+        ))
+    };
+    let alice = inst.wait_log(&format!(
+        r"to=<alice@example\.test>, {relay}, .*dsn=2\.0\.0, status=sent \(250 2\.0\.0 <alice@example\.test> .* Saved\)"
+    ));
+    assert!(!alice.contains("conn_use"), "{alice}");
     inst.wait_log(r"to=<bob@example\.test>, .*status=sent");
     let nobody = inst.wait_log(r"to=<nobody@example\.test>, .*status=bounced");
     assert!(
@@ -192,11 +190,20 @@ fn lmtp_to_dovecot_over_unix_socket_per_recipient_results() {
         full.contains("dsn=5.2.2") && full.contains("(in reply to end of DATA command)"),
         "{full}"
     );
-    assert_eq!(dovecot_mail(&dv, "alice@example.test").len(), 1);
-    let bob = dovecot_mail(&dv, "bob@example.test");
-    assert_eq!(bob.len(), 1);
+    assert_eq!(dv.wait_messages("alice@example.test", 1).len(), 1);
+    let bob = dv.wait_messages("bob@example.test", 1);
     assert!(bob[0].contains("Subject: hello lmtp"));
-    assert!(dovecot_mail(&dv, "full@example.test").is_empty());
+    assert!(dv.messages("full@example.test").is_empty());
+}
+
+#[test]
+fn lmtp_to_dovecot_over_unix_socket_per_recipient_results() {
+    lmtp_to_dovecot(false);
+}
+
+#[test]
+fn lmtp_to_dovecot_over_tcp_per_recipient_results() {
+    lmtp_to_dovecot(true);
 }
 
 #[test]
@@ -254,4 +261,80 @@ fn hard_and_soft_rejects_and_soft_bounce() {
         "{line}"
     );
     assert!(sink.messages().is_empty());
+}
+
+/// MX routing against a real DNS server (dnsmasq) on loopback: MX
+/// preference with a dead primary, no MX (the domain's own address), null
+/// MX, a domain that does not exist, and an MX host without an address.
+#[test]
+fn mx_routing_with_a_real_dns_server() {
+    use common::peers::{free_port_on, Dns, DnsZone, SmtpSink};
+    use std::net::Ipv4Addr;
+    let dead = Ipv4Addr::new(127, 0, 0, 2);
+    let live = Ipv4Addr::new(127, 0, 0, 3);
+    let own = Ipv4Addr::new(127, 0, 0, 4);
+    let port = free_port_on(&[dead, live, own]);
+    let live_sink = SmtpSink::start_at(live, port, &[]);
+    let own_sink = SmtpSink::start_at(own, port, &[]);
+    let dns = Dns::start(
+        &DnsZone::new()
+            .mx("mx.test", 10, "dead.mx.test")
+            .mx("mx.test", 20, "live.mx.test")
+            .a("dead.mx.test", dead)
+            .a("live.mx.test", live)
+            .a("nomx.test", own)
+            .null_mx("nullmx.test")
+            .mx("badmx.test", 10, "nowhere.badmx.test"),
+    );
+    let mut inst = Instance::new("smtp-mx", "");
+    inst.main_cf(&format!(
+        "{}smtp_tcp_port = {port}\ninet_protocols = ipv4\n",
+        dns.main_cf()
+    ));
+    inst.start();
+    for rcpt in [
+        "u@mx.test",
+        "u@nomx.test",
+        "u@nullmx.test",
+        "u@gone.test",
+        "u@badmx.test",
+    ] {
+        inst.send(&["-f", "alice@example.test", rcpt], &message(rcpt));
+    }
+    inst.kick();
+    let mx = inst.wait_log(r"to=<u@mx\.test>, .*status=sent");
+    assert!(
+        mx.contains(&format!("relay=live.mx.test[127.0.0.3]:{port}, ")),
+        "{mx}"
+    );
+    // The dead primary was tried first and logged on its own line.
+    inst.wait_log(&format!(
+        r"smtp\[\d+\]: connect to dead\.mx\.test\[127\.0\.0\.2\]:{port}: Connection refused$"
+    ));
+    let own_line = inst.wait_log(r"to=<u@nomx\.test>, .*status=sent");
+    assert!(
+        own_line.contains(&format!("relay=nomx.test[127.0.0.4]:{port}, ")),
+        "{own_line}"
+    );
+    let null = inst.wait_log(r"to=<u@nullmx\.test>, .*status=bounced");
+    assert!(
+        null.contains("relay=none, ")
+            && null.contains(
+                "dsn=5.1.10, status=bounced (Domain nullmx.test does not accept mail (nullMX))"
+            ),
+        "{null}"
+    );
+    let gone = inst.wait_log(r"to=<u@gone\.test>, .*status=bounced");
+    assert!(
+        gone.contains("dsn=5.4.4, status=bounced (Host or domain name not found. Name service error for name=gone.test type=A: Host not found)"),
+        "{gone}"
+    );
+    let bad = inst.wait_log(r"to=<u@badmx\.test>, .*status=bounced");
+    assert!(
+        bad.contains("Name service error for name=nowhere.badmx.test type=A: Host not found"),
+        "{bad}"
+    );
+    assert_eq!(live_sink.wait_messages(1).len(), 1);
+    let got = own_sink.wait_messages(1);
+    assert_eq!(got[0].rcpts, ["<u@nomx.test>"]);
 }

@@ -1,0 +1,571 @@
+//! The smtp agent against scripted servers (aiosmtpd, driven by
+//! daemons/tests/data/scripted_smtpd.py) and a real Postfix: STARTTLS at
+//! each security level, AUTH, per-recipient replies, broken and stalled
+//! servers, SIZE, DSN parameters, connection reuse. Each test runs a whole
+//! Facteur instance, submits with sendmail and reads the log line and
+//! what the server recorded.
+
+mod common;
+
+use common::peers::{PostfixRelay, RelayOptions, Scripted, ScriptedConfig, Stage, TestCert};
+use common::Instance;
+
+/// A test CA (its certificate file) and a server certificate for `cn`
+/// signed by it: what `verify` and `secure` need (webpki refuses a
+/// self-signed CA certificate used as the server's own).
+fn ca_and_leaf(dir: &std::path::Path, cn: &str) -> (std::path::PathBuf, TestCert) {
+    use std::process::Command;
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=Facteur test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    let key = format!("{cn}.key");
+    let csr = format!("{cn}.csr");
+    let crt = format!("{cn}.crt");
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={cn}"),
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName=DNS:{cn}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        &crt,
+    ]);
+    let leaf = TestCert {
+        cert: dir.join(&crt),
+        key: dir.join(&key),
+    };
+    // The scripted server may run as another user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir.join("ca.crt"), leaf)
+}
+
+fn msg(subject: &str) -> String {
+    format!("From: alice@example.test\nTo: bob@remote.test\nSubject: {subject}\n\nhello\n")
+}
+
+/// An instance relaying everything to `relayhost`, with extra main.cf.
+fn relaying(tag: &str, relayhost: &str, extra: &str) -> Instance {
+    let mut inst = Instance::new(tag, "");
+    inst.main_cf(&format!("relayhost = {relayhost}\n{extra}"));
+    inst.start();
+    inst
+}
+
+fn send(inst: &Instance, rcpts: &[&str], body: &str) {
+    let mut args = vec!["-f", "alice@example.test"];
+    args.extend_from_slice(rcpts);
+    inst.send(&args, body);
+    inst.kick();
+}
+
+#[test]
+fn starttls_may_is_used_when_offered() {
+    let dir = common::peers::TempDir::new("tls-may");
+    let cert = TestCert::generate(&dir, "mx.remote.test");
+    let srv = Scripted::start(&ScriptedConfig::new().starttls(&cert));
+    let inst = relaying(
+        "tls-may",
+        &srv.relayhost(),
+        "smtp_tls_security_level = may\nsmtp_tls_loglevel = 1\n",
+    );
+    send(&inst, &["bob@remote.test"], &msg("tls"));
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    inst.wait_log(r"smtp\[\d+\]: Untrusted TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]:\d+: TLSv1\.[23] with cipher ");
+    let t = srv.wait_transactions(1);
+    assert!(t[0].tls, "the message went over TLS");
+}
+
+#[test]
+fn starttls_refused_under_may_continues_in_plain_text() {
+    let srv = Scripted::start(&ScriptedConfig::new().refuse_starttls());
+    let inst = relaying(
+        "tls-refused",
+        &srv.relayhost(),
+        "smtp_tls_security_level = may\n",
+    );
+    send(&inst, &["bob@remote.test"], &msg("plain"));
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    let t = srv.wait_transactions(1);
+    assert!(!t[0].tls);
+    let s = srv.wait_sessions(1);
+    assert!(
+        s[0].commands().iter().any(|c| c == "STARTTLS"),
+        "{:?}",
+        s[0].commands()
+    );
+}
+
+#[test]
+fn encrypt_without_starttls_defers_and_sends_nothing() {
+    let srv = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying(
+        "tls-encrypt",
+        &srv.relayhost(),
+        "smtp_tls_security_level = encrypt\n",
+    );
+    send(&inst, &["bob@remote.test"], &msg("must encrypt"));
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.contains("dsn=4.7.4, status=deferred (TLS is required, but was not offered by host 127.0.0.1[127.0.0.1])"),
+        "{line}"
+    );
+    assert!(srv.transactions().is_empty());
+}
+
+#[test]
+fn verify_checks_the_chain_and_the_host_name() {
+    let dir = common::peers::TempDir::new("tls-verify");
+    // A server certificate for "localhost" from a test CA.
+    let good_dir = dir.join("good");
+    std::fs::create_dir_all(&good_dir).unwrap();
+    let (ca, good) = ca_and_leaf(&good_dir, "localhost");
+    let srv = Scripted::start(&ScriptedConfig::new().starttls(&good));
+    let inst = relaying(
+        "tls-verify-ok",
+        &format!("[localhost]:{}", srv.port()),
+        &format!(
+            "smtp_tls_security_level = verify\nsmtp_tls_CAfile = {}\nsmtp_host_lookup = native\nsmtp_tls_loglevel = 1\n",
+            ca.display()
+        ),
+    );
+    send(&inst, &["bob@remote.test"], &msg("verified"));
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    inst.wait_log(r"Verified TLS connection established to localhost\[127\.0\.0\.1\]");
+    assert!(srv.wait_transactions(1)[0].tls);
+
+    // Same CA, another name in the certificate: not verified, deferred.
+    let bad_dir = dir.join("bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let (ca2, other) = ca_and_leaf(&bad_dir, "other.test");
+    let srv2 = Scripted::start(&ScriptedConfig::new().starttls(&other));
+    let inst2 = relaying(
+        "tls-verify-bad",
+        &format!("[localhost]:{}", srv2.port()),
+        &format!(
+            "smtp_tls_security_level = verify\nsmtp_tls_CAfile = {}\nsmtp_host_lookup = native\n",
+            ca2.display()
+        ),
+    );
+    send(&inst2, &["bob@remote.test"], &msg("not verified"));
+    let line = inst2.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.contains("dsn=4.7.5, status=deferred (Server certificate not verified"),
+        "{line}"
+    );
+    assert!(srv2.transactions().is_empty());
+}
+
+#[test]
+fn auth_plain_with_password_maps_after_starttls() {
+    let dir = common::peers::TempDir::new("auth");
+    let cert = TestCert::generate(&dir, "mx.remote.test");
+    let srv = Scripted::start(
+        &ScriptedConfig::new()
+            .starttls(&cert)
+            .auth("sender@isp.test", "s3cret")
+            .auth_requires_tls()
+            .auth_required(),
+    );
+    let relayhost = srv.relayhost();
+    let inst = relaying(
+        "auth",
+        &relayhost,
+        &format!(
+            "smtp_tls_security_level = encrypt\nsmtp_sasl_auth_enable = yes\n\
+             smtp_sasl_security_options = noanonymous\n\
+             smtp_sasl_password_maps = inline:{{ {relayhost}=sender@isp.test:s3cret }}\n"
+        ),
+    );
+    send(&inst, &["bob@remote.test"], &msg("authenticated"));
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    let t = srv.wait_transactions(1);
+    assert_eq!(t[0].auth_user.as_deref(), Some("sender@isp.test"));
+    assert!(t[0].tls);
+}
+
+#[test]
+fn wrong_password_defers_with_the_servers_reply() {
+    let srv = Scripted::start(&ScriptedConfig::new().auth("u", "right").auth_required());
+    let relayhost = srv.relayhost();
+    let inst = relaying(
+        "auth-bad",
+        &relayhost,
+        &format!(
+            "smtp_sasl_auth_enable = yes\nsmtp_sasl_security_options = noanonymous\n\
+             smtp_sasl_password_maps = inline:{{ {relayhost}=u:wrong }}\n"
+        ),
+    );
+    send(&inst, &["bob@remote.test"], &msg("bad password"));
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.contains("(SASL authentication failed; server 127.0.0.1[127.0.0.1] said: 535"),
+        "{line}"
+    );
+    assert!(srv.transactions().is_empty());
+}
+
+#[test]
+fn default_security_options_refuse_plaintext_mechanisms() {
+    // Postfix's default smtp_sasl_security_options (noplaintext) leaves
+    // no usable mechanism: the delivery is deferred, nothing is sent.
+    let srv = Scripted::start(&ScriptedConfig::new().auth("u", "p").auth_required());
+    let relayhost = srv.relayhost();
+    let inst = relaying(
+        "auth-noplain",
+        &relayhost,
+        &format!(
+            "smtp_sasl_auth_enable = yes\nsmtp_sasl_password_maps = inline:{{ {relayhost}=u:p }}\n"
+        ),
+    );
+    send(&inst, &["bob@remote.test"], &msg("no mechanism"));
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(line.contains("no mechanism available"), "{line}");
+}
+
+#[test]
+fn per_recipient_replies_in_one_transaction() {
+    let srv = Scripted::start(
+        &ScriptedConfig::new()
+            .rcpt_for(
+                "gone@remote.test",
+                "550 5.1.1 <gone@remote.test>: no such user",
+            )
+            .rcpt_for("busy@remote.test", "451 4.2.1 mailbox busy"),
+    );
+    let inst = relaying("per-rcpt", &srv.relayhost(), "");
+    send(
+        &inst,
+        &["ok@remote.test", "gone@remote.test", "busy@remote.test"],
+        &msg("three"),
+    );
+    let ok = inst.wait_log(r"to=<ok@remote\.test>.*status=sent");
+    assert!(ok.contains("dsn=2.0.0"), "{ok}");
+    let gone = inst.wait_log(r"to=<gone@remote\.test>.*status=bounced");
+    assert!(
+        gone.contains("dsn=5.1.1, status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <gone@remote.test>: no such user (in reply to RCPT TO command))"),
+        "{gone}"
+    );
+    let busy = inst.wait_log(r"to=<busy@remote\.test>.*status=deferred");
+    assert!(busy.contains("dsn=4.2.1"), "{busy}");
+    let t = srv.wait_transactions(1);
+    assert_eq!(t[0].accepted(), ["ok@remote.test"]);
+}
+
+#[test]
+fn dropped_connection_mid_data_is_deferred_not_lost() {
+    let srv = Scripted::start(&ScriptedConfig::new().drop_mid_data(100));
+    let inst = relaying("drop-data", &srv.relayhost(), "");
+    let big = format!("Subject: big\n\n{}\n", "x".repeat(20000));
+    send(&inst, &["bob@remote.test"], &big);
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    // Where the loss is noticed depends on how much the socket buffers
+    // took before the server hung up: during the body or at its end.
+    assert!(
+        line.contains("dsn=4.4.2, status=deferred (lost connection with 127.0.0.1[127.0.0.1] while sending message body)")
+            || line.contains("dsn=4.4.2, status=deferred (lost connection with 127.0.0.1[127.0.0.1] while sending end of data -- message may be sent more than once)"),
+        "{line}"
+    );
+    common::wait_for(30, "the message in deferred/", || {
+        !inst.queue_files("deferred").is_empty()
+    });
+}
+
+#[test]
+fn stalled_greeting_times_out() {
+    let srv = Scripted::start(&ScriptedConfig::new().stall(Stage::Greeting, 60));
+    let inst = relaying("stall", &srv.relayhost(), "smtp_helo_timeout = 1s\n");
+    send(&inst, &["bob@remote.test"], &msg("stalled"));
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.contains("(conversation with 127.0.0.1[127.0.0.1] timed out while receiving the initial server greeting)"),
+        "{line}"
+    );
+}
+
+#[test]
+fn size_limit_of_the_server_bounces_before_mail() {
+    let srv = Scripted::start(&ScriptedConfig::new().size(Some(100)));
+    let inst = relaying("size", &srv.relayhost(), "");
+    send(
+        &inst,
+        &["bob@remote.test"],
+        &format!("Subject: s\n\n{}\n", "y".repeat(500)),
+    );
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=bounced");
+    assert!(
+        line.contains("dsn=5.3.4")
+            && line.contains("exceeds size limit 100 of server 127.0.0.1[127.0.0.1]"),
+        "{line}"
+    );
+    assert!(srv.transactions().is_empty());
+}
+
+#[test]
+fn dsn_and_size_parameters_are_passed_on() {
+    let srv = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying("dsn-params", &srv.relayhost(), "");
+    inst.send(
+        &[
+            "-f",
+            "alice@example.test",
+            "-N",
+            "success,delay",
+            "-R",
+            "hdrs",
+            "-V",
+            "env+id=1",
+            "bob@remote.test",
+        ],
+        &msg("dsn"),
+    );
+    inst.kick();
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    let t = srv.wait_transactions(1);
+    let p = t[0].mail_params.join(" ");
+    assert!(p.contains("RET=HDRS"), "{p}");
+    assert!(p.contains("ENVID=env+2Bid+3D1"), "{p}");
+    assert!(p.contains("SIZE="), "{p}");
+    let r = t[0].rcpts[0].params.join(" ");
+    assert!(r.contains("NOTIFY=SUCCESS,DELAY"), "{r}");
+}
+
+#[test]
+fn a_kept_session_carries_the_next_message() {
+    let srv = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying(
+        "reuse",
+        &srv.relayhost(),
+        "smtp_connection_cache_time_limit = 60s\n",
+    );
+    send(&inst, &["bob@remote.test"], &msg("first"));
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    send(&inst, &["carol@remote.test"], &msg("second"));
+    let line = inst.wait_log(r"to=<carol@remote\.test>.*status=sent");
+    assert!(line.contains(", conn_use=2, delay="), "{line}");
+    let t = srv.wait_transactions(2);
+    assert_eq!(t[0].session, t[1].session, "one connection for both");
+}
+
+#[test]
+fn relayhost_real_postfix_with_starttls_and_sasl_through_dovecot() {
+    let Some(relay) = PostfixRelay::start(RelayOptions {
+        tls: true,
+        sasl: true,
+        ..Default::default()
+    }) else {
+        eprintln!("skipped: a real Postfix instance needs root");
+        return;
+    };
+    let relayhost = relay.relayhost();
+    let dir = common::peers::TempDir::new("sasl-passwd");
+    let passwd = dir.join("sasl_passwd");
+    std::fs::write(&passwd, relay.sasl_password_line("alice@example.test")).unwrap();
+    let inst = relaying(
+        "postfix-relay",
+        &relayhost,
+        &format!(
+            "smtp_tls_security_level = encrypt\nsmtp_sasl_auth_enable = yes\n\
+             smtp_sasl_security_options = noanonymous\n\
+             smtp_sasl_password_maps = texthash:{}\n",
+            passwd.display()
+        ),
+    );
+    send(&inst, &["bob@remote.test"], &msg("through postfix"));
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    assert!(line.contains("250 2.0.0 Ok: queued as "), "{line}");
+    let got = relay.wait_messages_for("bob@remote.test", 1);
+    assert!(got[0].contains("Subject: through postfix"));
+    // Postfix saw an authenticated TLS client.
+    relay.wait_log(r"sasl_method=(PLAIN|LOGIN), sasl_username=alice@example\.test");
+}
+
+#[test]
+fn lmtp_reply_per_recipient_4xx_defers_5xx_bounces() {
+    let srv = Scripted::start_unix(
+        &ScriptedConfig::new()
+            .lmtp()
+            .dot_for(
+                "later@example.test",
+                "452 4.2.2 <later@example.test> mailbox full, try later",
+            )
+            .dot_for(
+                "never@example.test",
+                "552 5.2.2 <never@example.test> quota exceeded",
+            ),
+    );
+    let mut inst = Instance::new("lmtp-scripted", "");
+    inst.main_cf(&format!(
+        "virtual_mailbox_domains = example.test\nvirtual_transport = lmtp:unix:{}\n",
+        srv.socket().display()
+    ));
+    inst.start();
+    send(
+        &inst,
+        &[
+            "ok@example.test",
+            "later@example.test",
+            "never@example.test",
+        ],
+        &msg("lmtp"),
+    );
+    inst.wait_log(r"to=<ok@example\.test>.*status=sent");
+    let later = inst.wait_log(r"to=<later@example\.test>.*status=deferred");
+    assert!(
+        later.contains("dsn=4.2.2") && later.contains("(in reply to end of DATA command)"),
+        "{later}"
+    );
+    let never = inst.wait_log(r"to=<never@example\.test>.*status=bounced");
+    assert!(never.contains("dsn=5.2.2"), "{never}");
+    let t = srv.wait_transactions(1);
+    assert_eq!(t[0].protocol, "LMTP");
+    assert_eq!(
+        t[0].lmtp_replies.len(),
+        3,
+        "one reply per accepted recipient"
+    );
+    // The deferred recipient alone is tried again later.
+    common::wait_for(30, "the message in deferred/", || {
+        !inst.queue_files("deferred").is_empty()
+    });
+}
+
+#[test]
+fn wrapper_mode_to_facteurs_own_smtpd_on_a_submissions_port() {
+    // The receiving side is another Facteur whose smtpd speaks TLS from
+    // the first byte (`-o smtpd_tls_wrappermode=yes`, as on port 465).
+    let dir = common::peers::TempDir::new("wrapper");
+    let cert = TestCert::generate(&dir, "rx.remote.test");
+    let mut rx = Instance::new("wrapper-rx", "");
+    let port = rx.with_smtpd();
+    let mc = std::path::Path::new(&rx.etc).join("master.cf");
+    let text = std::fs::read_to_string(&mc).unwrap();
+    std::fs::write(&mc, format!("{text}  -o smtpd_tls_wrappermode=yes\n")).unwrap();
+    rx.main_cf(&format!(
+        "smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_loglevel = 1\n\
+         relay_domains = remote.test\ntransport_maps = inline:{{ remote.test=discard: }}\n",
+        cert.cert.display(),
+        cert.key.display()
+    ));
+    rx.start();
+    let tx = relaying(
+        "wrapper-tx",
+        &format!("[127.0.0.1]:{port}"),
+        "smtp_tls_wrappermode = yes\nsmtp_tls_security_level = encrypt\n",
+    );
+    send(&tx, &["bob@remote.test"], &msg("implicit tls"));
+    let line = tx.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    assert!(line.contains("250 2.0.0 Ok: queued as "), "{line}");
+    rx.wait_log(r"TLS connection established from localhost\[127\.0\.0\.1\]");
+    rx.wait_log(r"to=<bob@remote\.test>, relay=none, .*status=sent");
+}
+
+#[test]
+fn a_dead_and_a_stalled_destination_do_not_delay_a_healthy_one() {
+    use common::peers::SmtpSink;
+    let healthy = SmtpSink::start(&[]);
+    let dead_port = common::free_port();
+    let mut inst = Instance::new("dead-slow-healthy", "");
+    // The stalled server is declared after the instance so that it goes
+    // first at the end, releasing the agents it holds.
+    let stalled = Scripted::start(&ScriptedConfig::new().stall(Stage::Greeting, 120));
+    inst.main_cf(&format!(
+        "transport_maps = inline:{{ stalled.test=smtp:[127.0.0.1]:{}, dead.test=smtp:[127.0.0.1]:{dead_port}, healthy.test=smtp:{} }}\n\
+         smtp_helo_timeout = 60s\n",
+        stalled.port(),
+        healthy.relayhost()
+    ));
+    inst.start();
+    // The slow and the dead destinations are queued first.
+    for i in 0..20 {
+        inst.send(
+            &["-f", "alice@example.test", &format!("s{i}@stalled.test")],
+            &msg("slow"),
+        );
+        inst.send(
+            &["-f", "alice@example.test", &format!("d{i}@dead.test")],
+            &msg("dead"),
+        );
+    }
+    for i in 0..20 {
+        inst.send(
+            &["-f", "alice@example.test", &format!("h{i}@healthy.test")],
+            &msg("healthy"),
+        );
+    }
+    inst.kick();
+    // Every healthy message arrives while the stalled server has not let
+    // a single transaction through.
+    assert_eq!(healthy.wait_messages(20).len(), 20);
+    assert!(stalled.transactions().is_empty());
+    // The dead destination was declared dead after a few refused
+    // connections; the rest of its mail waits without being tried.
+    inst.wait_log(&format!(
+        r"to=<d\d+@dead\.test>, relay=none, .*status=deferred \(delivery temporarily suspended: connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead_port}: Connection refused\)"
+    ));
+    common::wait_for(30, "all 20 dead.test recipients deferred", || {
+        inst.log_text()
+            .lines()
+            .filter(|l| l.contains("@dead.test>") && l.contains("status=deferred"))
+            .count()
+            >= 20
+    });
+    let attempts = inst
+        .log_text()
+        .lines()
+        .filter(|l| {
+            l.ends_with(&format!(
+                "connect to 127.0.0.1[127.0.0.1]:{dead_port}: Connection refused"
+            )) && !l.contains("to=<")
+        })
+        .count();
+    assert!(
+        (1..20).contains(&attempts),
+        "{attempts} connections to the dead site for 20 messages"
+    );
+}
