@@ -258,3 +258,49 @@ fn unauthorised_pipelining_is_noticed_and_refused() {
     c.cmd(&format!("RCPT TO:<{me}@mx.example.test>"));
     assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
 }
+
+#[test]
+fn sender_mx_access_refuses_a_domain_whose_mail_host_is_listed() {
+    use common::peers::{Dns, DnsZone};
+    use std::net::Ipv4Addr;
+    // x.test's mail is handled by a host in a listed network; clean.test
+    // has no MX, so its own address is what is checked.
+    let dns = Dns::start(
+        &DnsZone::new()
+            .mx("x.test", 10, "mail.x.test")
+            .a("mail.x.test", Ipv4Addr::new(192, 0, 2, 25))
+            .a("clean.test", Ipv4Addr::new(198, 51, 100, 1)),
+    );
+    let mut i = Instance::new("smtpd-mx-access", "");
+    let port = i.with_smtpd();
+    let nets = i.file(
+        "mx-nets",
+        "192.0.2.0/24 REJECT Mail server in a listed network\n",
+    );
+    i.main_cf(&format!(
+        "{}smtpd_sender_restrictions = check_sender_mx_access cidr:{}",
+        dns.main_cf(),
+        nets.display()
+    ));
+    i.start();
+    let me = user();
+    let mut c = Raw::connect(port);
+    c.cmd("EHLO client.example");
+    // smtpd_delay_reject = yes: the sender is refused at RCPT.
+    assert_eq!(c.cmd("MAIL FROM:<sender@x.test>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
+        "554 5.7.1 <sender@x.test>: Sender address rejected: Mail server in a listed network\r\n"
+    );
+    assert_eq!(c.cmd("RSET"), "250 2.0.0 Ok\r\n");
+    assert_eq!(c.cmd("MAIL FROM:<sender@clean.test>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
+        "250 2.1.5 Ok\r\n"
+    );
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: NOQUEUE: reject: RCPT from \S+\[127\.0\.0\.1\]: 554 5\.7\.1 <sender@x\.test>: Sender address rejected: Mail server in a listed network; from=<sender@x\.test> to=<{}@mx\.example\.test> proto=ESMTP helo=<client\.example>$",
+        regex::escape(&me)
+    ));
+}

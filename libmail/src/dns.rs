@@ -1,5 +1,5 @@
 //! DNS lookups for code that may block (smtpd's restrictions run inside
-//! tokio's `block_in_place`): A, AAAA, MX and TXT, on `hickory-resolver`.
+//! tokio's `block_in_place`): A, AAAA, MX, NS and TXT, on `hickory-resolver`.
 //!
 //! A [`Dns`] owns a small runtime (one worker thread) that drives the
 //! resolver's connections; each lookup blocks the calling thread until
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 
 use crate::config::params::{split_list, Params};
@@ -219,6 +219,21 @@ impl Dns {
         Ok(v)
     }
 
+    /// The name servers of `name` (its NS records, in the order of the
+    /// answer, without the final dot). No walk up to parent domains: a
+    /// name without NS records is [`DnsError::NotFound`].
+    pub fn ns(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        Ok(self
+            .lookup(name, RecordType::NS)?
+            .into_iter()
+            .filter_map(|d| match d {
+                RData::NS(ns) => Some(ns.0.to_ascii().trim_end_matches('.').to_string()),
+                _ => None,
+            })
+            .filter(|n| !n.is_empty())
+            .collect())
+    }
+
     /// The TXT records of `name`, each one's strings joined.
     pub fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
         Ok(self
@@ -235,6 +250,22 @@ impl Dns {
             })
             .collect())
     }
+}
+
+/// `name` in ASCII (IDNA: non-ASCII labels become `xn--` labels, and
+/// the name is lowercased); `None` when it cannot be converted. An ASCII
+/// name is returned as it is.
+pub fn ascii_name(name: &str) -> Option<String> {
+    if name.is_ascii() {
+        return Some(name.to_string());
+    }
+    let n = Name::from_utf8(name).ok()?.to_ascii();
+    // to_ascii() ends with a dot only when the name given did.
+    Some(if name.ends_with('.') {
+        n
+    } else {
+        n.trim_end_matches('.').to_string()
+    })
 }
 
 /// Whether the MX answer is the null MX of RFC 7505 (one record, `.`).
@@ -297,6 +328,22 @@ mod tests {
         assert_eq!(
             six,
             "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.bl.test"
+        );
+    }
+
+    #[test]
+    fn names_in_ascii() {
+        assert_eq!(
+            ascii_name("Mail.Example.COM").as_deref(),
+            Some("Mail.Example.COM")
+        );
+        assert_eq!(
+            ascii_name("bücher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+        assert_eq!(
+            ascii_name("bücher.example.").as_deref(),
+            Some("xn--bcher-kva.example.")
         );
     }
 

@@ -532,7 +532,12 @@ mod tests {
         let d = mail_date(1_704_717_296);
         // "Mon,  8 Jan 2024 12:34:56 +0000 (UTC)" in UTC; the zone varies.
         let parts: Vec<&str> = d.split(' ').collect();
-        assert!(libmail::date::DAYS.iter().any(|x| d.starts_with(&format!("{x},"))), "{d}");
+        assert!(
+            libmail::date::DAYS
+                .iter()
+                .any(|x| d.starts_with(&format!("{x},"))),
+            "{d}"
+        );
         assert!(d.contains(" 2024 "), "{d}");
         assert!(parts
             .iter()

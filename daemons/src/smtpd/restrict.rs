@@ -44,15 +44,16 @@
 //! access-table result.
 //!
 //! The DNS restrictions (`reject_rbl_client`, `reject_rhsbl_*`,
-//! `permit_dnswl_client`, `reject_unknown_{sender,recipient}_domain`) ask
-//! `libmail::dns`, which blocks: the session calls the engine inside
-//! `block_in_place`. The other restrictions that need DNS
-//! (`reject_unknown_{client,reverse_client,helo}_hostname`,
-//! `check_*_{a,mx,ns}_access`, `permit_rhswl_client`), TLS client
-//! certificates or address verification are recognised and skipped as
-//! DUNNO, with one warning when the configuration is loaded
-//! ([`Restrictions::warnings`]). Unknown names are Postfix's: a warning and
-//! `451 4.3.5 Server configuration error` when the list reaches them.
+//! `permit_dnswl_client`, `reject_unknown_{helo_hostname,sender_domain,
+//! recipient_domain}`, `check_*_{a,mx,ns}_access`) ask `libmail::dns`,
+//! which blocks: the session calls the engine inside `block_in_place`.
+//! `reject_unknown_{client,reverse_client}_hostname` use the names the
+//! session looked up. The restrictions that need what is not here yet
+//! (`permit_rhswl_client`, TLS client certificates, address verification,
+//! `permit_mx_backup`) are recognised and skipped as DUNNO, with one
+//! warning when the configuration is loaded ([`Restrictions::warnings`]).
+//! Unknown names are Postfix's: a warning and `451 4.3.5 Server
+//! configuration error` when the list reaches them.
 //!
 //! Every table is opened once, by [`Restrictions::from_params`], which also
 //! refuses a configuration without relay control, as Postfix does.
@@ -78,7 +79,7 @@ use libmail::table::search::{access_address_keys, access_host_keys, address_keys
 use libmail::table::{OpenOptions, TableError};
 
 use libmail::dns::{Dns, DnsError};
-use names::{Arg, Kind, Rhsbl};
+use names::{Arg, Kind, Server, Target};
 
 /// Deepest nesting of restriction classes and access-table results
 /// (Postfix's limit).
@@ -92,6 +93,15 @@ const MAX_RESULT_TOKENS: usize = 1000;
 const MAX_RESOLVED: usize = 8;
 /// Most seconds one `sleep` may ask for.
 const MAX_SLEEP: u64 = 3600;
+/// Bounds on one `check_*_{a,mx,ns}_access` (Postfix has none): at most
+/// this many MX or NS hosts are examined (domains have a few; a TLD has
+/// up to 13 name servers), this many addresses of each host, and this
+/// many parent domains tried for NS records. With one MX or NS query,
+/// an A and an AAAA query per host, that is at most 31 DNS queries, each
+/// bounded by the resolver's timeout.
+const MAX_SERVER_HOSTS: usize = 10;
+const MAX_SERVER_ADDRS: usize = 10;
+const MAX_NS_PARENTS: usize = 10;
 
 /// The stage a decision is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,6 +553,10 @@ struct DnsSettings {
     /// `default_rbl_reply`, unexpanded.
     default_rbl_reply: String,
     rbl_reply_maps: Option<Maps>,
+    /// The address families `inet_protocols` enables (IPv4, IPv6): the
+    /// addresses `check_*_{a,mx,ns}_access` look up.
+    ipv4: bool,
+    ipv6: bool,
 }
 
 impl std::fmt::Debug for Restrictions {
@@ -701,12 +715,21 @@ impl Restrictions {
             }
             PermitLog { names, tables }
         };
+        let uses_dns = used.iter().any(|t| t.kind.is_some_and(Kind::uses_dns));
+        let (ipv4, ipv6) = if uses_dns {
+            libmail::config::host::protocols(&value(params, "inet_protocols")?)
+                .map_err(|e| format!("inet_protocols: {e}"))?
+        } else {
+            (true, true)
+        };
         let dnsbl = DnsSettings {
-            dns: if used.iter().any(|t| t.kind.is_some_and(Kind::uses_dns)) {
+            dns: if uses_dns {
                 Some(Dns::from_params(params)?)
             } else {
                 None
             },
+            ipv4,
+            ipv6,
             rbl_code: code(params, "maps_rbl_reject_code")?,
             unknown_addr_code: code(params, "unknown_address_reject_code")?,
             default_rbl_reply: params.raw("default_rbl_reply").unwrap_or_default(),
@@ -1839,6 +1862,47 @@ impl<'r, 'f> Eval<'r, 'f> {
                 Some(r) => self.unknown_address(r, What::Recipient)?,
                 None => Status::Dunno,
             },
+            Kind::CheckServerAccess(target, server) => {
+                let restriction = list[*i].text.clone();
+                let table = self.map_arg(list, i, implicit)?;
+                // Whose name (skipped when there is none), the name the
+                // reply shows, and what is rejected.
+                let (looked_up, reply_name, what) = match target {
+                    Target::Client => (
+                        Some(self.f.client_name).filter(|n| !n.eq_ignore_ascii_case("unknown")),
+                        self.namaddr(),
+                        What::Client,
+                    ),
+                    Target::ReverseClient => (
+                        Some(self.f.reverse_name).filter(|n| !n.eq_ignore_ascii_case("unknown")),
+                        self.f.reverse_name.to_string(),
+                        What::ReverseClient,
+                    ),
+                    Target::Helo => (
+                        self.f.helo,
+                        self.f.helo.unwrap_or("").to_string(),
+                        What::Helo,
+                    ),
+                    Target::Sender => (
+                        self.sender.filter(|s| !s.is_empty()),
+                        self.sender.unwrap_or("").to_string(),
+                        What::Sender,
+                    ),
+                    Target::Recipient => (
+                        self.recipient.filter(|r| !r.is_empty()),
+                        self.recipient.unwrap_or("").to_string(),
+                        What::Recipient,
+                    ),
+                };
+                match looked_up {
+                    Some(n) => {
+                        let s = self.server_access(table, n, server, &reply_name, what, def)?;
+                        self.forbid_allowlist(&restriction, s, n)?;
+                        s
+                    }
+                    None => Status::Dunno,
+                }
+            }
             Kind::Unsupported(arg) => {
                 match arg {
                     Arg::None => {}
@@ -1922,14 +1986,14 @@ impl<'r, 'f> Eval<'r, 'f> {
 
     /// reject_rhsbl_*: the name (client, PTR, HELO, address domain) under
     /// the domain.
-    fn rhsbl(&mut self, k: Rhsbl, arg: &str) -> Res {
+    fn rhsbl(&mut self, k: Target, arg: &str) -> Res {
         let domain_of = |a: &'f str| a.rfind('@').map(|i| &a[i + 1..]);
         let (name, class) = match k {
-            Rhsbl::Client => (Some(self.f.client_name), What::Client),
-            Rhsbl::ReverseClient => (Some(self.f.reverse_name), What::ReverseClient),
-            Rhsbl::Helo => (self.f.helo, What::Helo),
-            Rhsbl::Sender => (self.sender.and_then(domain_of), What::Sender),
-            Rhsbl::Recipient => (self.recipient.and_then(domain_of), What::Recipient),
+            Target::Client => (Some(self.f.client_name), What::Client),
+            Target::ReverseClient => (Some(self.f.reverse_name), What::ReverseClient),
+            Target::Helo => (self.f.helo, What::Helo),
+            Target::Sender => (self.sender.and_then(domain_of), What::Sender),
+            Target::Recipient => (self.recipient.and_then(domain_of), What::Recipient),
         };
         let Some(name) = name.map(syntax::strip_one_dot) else {
             return Ok(Status::Dunno);
@@ -2134,6 +2198,182 @@ impl<'r, 'f> Eval<'r, 'f> {
                     .push(Log::Info(format!("{name}: temporary DNS failure: {e}")));
                 self.defer_if_permit(ErrorClass::Policy, 450, "4.7.1", text)
             }
+        }
+    }
+
+    /// check_server_access (`check_*_{a,mx,ns}_access`): the servers of
+    /// the domain of `name` (the part after its last `@`) — the name
+    /// itself for A; its MX hosts, or the name itself when it has no MX;
+    /// its NS hosts, or those of the nearest parent domain that has some
+    /// — each searched in `table` by host name (its parent domains
+    /// included; not for A) and then by each of its addresses (the
+    /// access(5) address order: shorter forms, CIDR). The first key
+    /// found decides, DUNNO included. An address literal is its own MX
+    /// host and address (it has no name servers). When the DNS gives no
+    /// answer (a temporary failure, or no name servers anywhere) the
+    /// check is skipped with a warning; a null MX skips it quietly; a
+    /// host without addresses is skipped (a warning for MX and NS hosts).
+    fn server_access(
+        &mut self,
+        table: &str,
+        name: &str,
+        server: Server,
+        reply_name: &str,
+        what: What,
+        def: DefAcl,
+    ) -> Res {
+        let domain = name.rfind('@').map_or(name, |i| &name[i + 1..]);
+        if let Some(literal) = domain.strip_prefix('[') {
+            let Some(inner) = literal.strip_suffix(']') else {
+                return Ok(Status::Dunno);
+            };
+            if server == Server::Ns || !syntax::valid_mailhost_addr(inner) {
+                return Ok(Status::Dunno);
+            }
+            let bare = match inner.get(..5) {
+                Some(p) if p.eq_ignore_ascii_case("IPv6:") => &inner[5..],
+                _ => inner,
+            };
+            let keys = access_host_keys(None, Some(&bare.to_ascii_lowercase()), false);
+            return Ok(self.access(table, &keys, reply_name, what, def)?.0);
+        }
+        let Some(domain) = libmail::dns::ascii_name(domain).filter(|d| !d.is_empty()) else {
+            return Ok(Status::Dunno);
+        };
+        let Some(hosts) = self.server_hosts(&domain, name, server) else {
+            return Ok(Status::Dunno);
+        };
+        let parents = self.r.access_parent_matches;
+        for host in hosts.iter().take(MAX_SERVER_HOSTS) {
+            // A host given as an address is checked as one.
+            if syntax::valid_hostaddr(host) {
+                let keys = access_host_keys(None, Some(host), parents);
+                let (s, found) = self.access(table, &keys, reply_name, what, def)?;
+                if found {
+                    return Ok(s);
+                }
+                continue;
+            }
+            if server != Server::A {
+                let keys = access_host_keys(Some(host), None, parents);
+                let (s, found) = self.access(table, &keys, reply_name, what, def)?;
+                if found {
+                    return Ok(s);
+                }
+            }
+            let addrs = match self.host_addresses(host) {
+                Ok(a) => a,
+                Err(e) => {
+                    if server != Server::A {
+                        self.warn(format!(
+                            "Unable to look up {} host {host} for {} {reply_name}: {e}",
+                            server.rtype(),
+                            what.label()
+                        ));
+                    }
+                    continue;
+                }
+            };
+            for addr in addrs.iter().take(MAX_SERVER_ADDRS) {
+                let keys = access_host_keys(None, Some(&addr.to_string()), parents);
+                let (s, found) = self.access(table, &keys, reply_name, what, def)?;
+                if found {
+                    return Ok(s);
+                }
+            }
+        }
+        Ok(Status::Dunno)
+    }
+
+    /// The hosts [`Self::server_access`] examines for `domain`, or `None`
+    /// when the check is skipped (`name` is what the restriction was
+    /// asked about, for the warning).
+    fn server_hosts(&mut self, domain: &str, name: &str, server: Server) -> Option<Vec<String>> {
+        let dns = self.dns();
+        // Postfix's words for the resolver's answers (dns_strerror).
+        let why = |e: &DnsError| match e {
+            DnsError::NotFound => "Host not found",
+            DnsError::Temporary(_) => "Host not found, try again",
+        };
+        match server {
+            Server::A => Some(vec![domain.to_string()]),
+            Server::Mx => match dns.mx(domain) {
+                Ok(mx) if libmail::dns::is_null_mx(&mx) => None,
+                Ok(mx) => Some(
+                    mx.into_iter()
+                        .map(|m| m.exchange)
+                        .filter(|h| !h.is_empty())
+                        .collect(),
+                ),
+                // No MX: the domain is its own mail host.
+                Err(DnsError::NotFound) => Some(vec![domain.to_string()]),
+                Err(e) => {
+                    self.warn(format!(
+                        "Unable to look up MX host for {domain}: {}",
+                        why(&e)
+                    ));
+                    None
+                }
+            },
+            Server::Ns => {
+                let mut d = domain;
+                let mut answer = dns.ns(d);
+                // No NS records: the nearest parent domain's (not the root's).
+                let mut exhausted = false;
+                for _ in 0..MAX_NS_PARENTS {
+                    if answer != Err(DnsError::NotFound) {
+                        break;
+                    }
+                    match d.find('.') {
+                        Some(i) if i + 1 < d.len() => d = &d[i + 1..],
+                        _ => {
+                            exhausted = true;
+                            break;
+                        }
+                    }
+                    answer = dns.ns(d);
+                }
+                match answer {
+                    Ok(hosts) => Some(hosts),
+                    Err(e) => {
+                        let shown = if exhausted { name } else { d };
+                        self.warn(format!(
+                            "Unable to look up NS host for {shown}: {}",
+                            why(&e)
+                        ));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// The addresses of `host` in the families `inet_protocols` enables
+    /// (IPv4 first), or the resolver's error in getaddrinfo's words.
+    fn host_addresses(&self, host: &str) -> Result<Vec<IpAddr>, &'static str> {
+        let dns = self.dns();
+        let mut out = Vec::new();
+        let mut temporary = false;
+        if self.r.dnsbl.ipv4 {
+            match dns.a(host) {
+                Ok(v) => out.extend(v.into_iter().map(IpAddr::V4)),
+                Err(DnsError::NotFound) => {}
+                Err(DnsError::Temporary(_)) => temporary = true,
+            }
+        }
+        if self.r.dnsbl.ipv6 {
+            match dns.aaaa(host) {
+                Ok(v) => out.extend(v.into_iter().map(|a| IpAddr::V6(a).to_canonical())),
+                Err(DnsError::NotFound) => {}
+                Err(DnsError::Temporary(_)) => temporary = true,
+            }
+        }
+        if !out.is_empty() {
+            Ok(out)
+        } else if temporary {
+            Err("Temporary failure in name resolution")
+        } else {
+            Err("Name or service not known")
         }
     }
 

@@ -20,14 +20,39 @@ pub enum Arg {
     Map,
 }
 
-/// What a `reject_rhsbl_*` restriction looks up.
+/// Whose name a `reject_rhsbl_*` or `check_*_{a,mx,ns}_access`
+/// restriction looks up: the verified client name, the unverified PTR
+/// name, the HELO argument, the sender or the recipient (their domains).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rhsbl {
+pub enum Target {
     Client,
     ReverseClient,
     Helo,
     Sender,
     Recipient,
+}
+
+/// Which servers of the name a `check_*_{a,mx,ns}_access` searches the
+/// table for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// The name's own addresses (A and AAAA).
+    A,
+    /// Its MX hosts (the name itself when it has no MX).
+    Mx,
+    /// Its DNS servers (NS; the nearest parent domain's when it has none).
+    Ns,
+}
+
+impl Server {
+    /// The record type, as Postfix's warnings name it.
+    pub fn rtype(self) -> &'static str {
+        match self {
+            Server::A => "A",
+            Server::Mx => "MX",
+            Server::Ns => "NS",
+        }
+    }
 }
 
 /// One restriction.
@@ -75,7 +100,10 @@ pub enum Kind {
     /// `permit_dnswl_client domain[=d.d.d.d]` (DNS).
     PermitDnswlClient,
     /// `reject_rhsbl_* domain[=d.d.d.d]` (DNS), by what is looked up.
-    RejectRhsbl(Rhsbl),
+    RejectRhsbl(Target),
+    /// `check_*_{a,mx,ns}_access type:table` (DNS): the table searched
+    /// for the servers of a name and their addresses.
+    CheckServerAccess(Target, Server),
     /// `reject_unknown_client_hostname` (old name
     /// `reject_unknown_client`): no verified client name.
     RejectUnknownClient,
@@ -162,44 +190,71 @@ const NAMES: &[(&str, Kind)] = &[
     ("reject_rbl_client", Kind::RejectRblClient),
     ("reject_rbl", Kind::RejectRblClient),
     ("permit_dnswl_client", Kind::PermitDnswlClient),
-    ("reject_rhsbl_client", Kind::RejectRhsbl(Rhsbl::Client)),
+    ("reject_rhsbl_client", Kind::RejectRhsbl(Target::Client)),
     ("permit_rhswl_client", Kind::Unsupported(Arg::Domain)),
     (
         "reject_rhsbl_reverse_client",
-        Kind::RejectRhsbl(Rhsbl::ReverseClient),
+        Kind::RejectRhsbl(Target::ReverseClient),
     ),
     ("check_ccert_access", Kind::Unsupported(Arg::Map)),
-    ("check_client_ns_access", Kind::Unsupported(Arg::Map)),
-    ("check_client_mx_access", Kind::Unsupported(Arg::Map)),
-    ("check_client_a_access", Kind::Unsupported(Arg::Map)),
+    (
+        "check_client_ns_access",
+        Kind::CheckServerAccess(Target::Client, Server::Ns),
+    ),
+    (
+        "check_client_mx_access",
+        Kind::CheckServerAccess(Target::Client, Server::Mx),
+    ),
+    (
+        "check_client_a_access",
+        Kind::CheckServerAccess(Target::Client, Server::A),
+    ),
     (
         "check_reverse_client_hostname_ns_access",
-        Kind::Unsupported(Arg::Map),
+        Kind::CheckServerAccess(Target::ReverseClient, Server::Ns),
     ),
     (
         "check_reverse_client_hostname_mx_access",
-        Kind::Unsupported(Arg::Map),
+        Kind::CheckServerAccess(Target::ReverseClient, Server::Mx),
     ),
     (
         "check_reverse_client_hostname_a_access",
-        Kind::Unsupported(Arg::Map),
+        Kind::CheckServerAccess(Target::ReverseClient, Server::A),
     ),
     ("reject_unknown_helo_hostname", Kind::RejectUnknownHelo),
     ("reject_unknown_hostname", Kind::RejectUnknownHelo),
-    ("check_helo_ns_access", Kind::Unsupported(Arg::Map)),
-    ("check_helo_mx_access", Kind::Unsupported(Arg::Map)),
-    ("check_helo_a_access", Kind::Unsupported(Arg::Map)),
-    ("reject_rhsbl_helo", Kind::RejectRhsbl(Rhsbl::Helo)),
+    (
+        "check_helo_ns_access",
+        Kind::CheckServerAccess(Target::Helo, Server::Ns),
+    ),
+    (
+        "check_helo_mx_access",
+        Kind::CheckServerAccess(Target::Helo, Server::Mx),
+    ),
+    (
+        "check_helo_a_access",
+        Kind::CheckServerAccess(Target::Helo, Server::A),
+    ),
+    ("reject_rhsbl_helo", Kind::RejectRhsbl(Target::Helo)),
     (
         "reject_unknown_sender_domain",
         Kind::RejectUnknownSenderDomain,
     ),
     ("reject_unknown_address", Kind::Unsupported(Arg::None)),
     ("reject_unverified_sender", Kind::Unsupported(Arg::None)),
-    ("check_sender_ns_access", Kind::Unsupported(Arg::Map)),
-    ("check_sender_mx_access", Kind::Unsupported(Arg::Map)),
-    ("check_sender_a_access", Kind::Unsupported(Arg::Map)),
-    ("reject_rhsbl_sender", Kind::RejectRhsbl(Rhsbl::Sender)),
+    (
+        "check_sender_ns_access",
+        Kind::CheckServerAccess(Target::Sender, Server::Ns),
+    ),
+    (
+        "check_sender_mx_access",
+        Kind::CheckServerAccess(Target::Sender, Server::Mx),
+    ),
+    (
+        "check_sender_a_access",
+        Kind::CheckServerAccess(Target::Sender, Server::A),
+    ),
+    ("reject_rhsbl_sender", Kind::RejectRhsbl(Target::Sender)),
     ("permit_mx_backup", Kind::Unsupported(Arg::None)),
     ("permit_tls_all_clientcerts", Kind::Unsupported(Arg::None)),
     ("permit_tls_clientcerts", Kind::Unsupported(Arg::None)),
@@ -207,12 +262,21 @@ const NAMES: &[(&str, Kind)] = &[
         "reject_unknown_recipient_domain",
         Kind::RejectUnknownRecipientDomain,
     ),
-    ("check_recipient_ns_access", Kind::Unsupported(Arg::Map)),
-    ("check_recipient_mx_access", Kind::Unsupported(Arg::Map)),
-    ("check_recipient_a_access", Kind::Unsupported(Arg::Map)),
+    (
+        "check_recipient_ns_access",
+        Kind::CheckServerAccess(Target::Recipient, Server::Ns),
+    ),
+    (
+        "check_recipient_mx_access",
+        Kind::CheckServerAccess(Target::Recipient, Server::Mx),
+    ),
+    (
+        "check_recipient_a_access",
+        Kind::CheckServerAccess(Target::Recipient, Server::A),
+    ),
     (
         "reject_rhsbl_recipient",
-        Kind::RejectRhsbl(Rhsbl::Recipient),
+        Kind::RejectRhsbl(Target::Recipient),
     ),
     ("reject_unverified_recipient", Kind::Unsupported(Arg::None)),
 ];
@@ -225,6 +289,7 @@ impl Kind {
             Kind::RejectRblClient
                 | Kind::PermitDnswlClient
                 | Kind::RejectRhsbl(_)
+                | Kind::CheckServerAccess(..)
                 | Kind::RejectUnknownHelo
                 | Kind::RejectUnknownSenderDomain
                 | Kind::RejectUnknownRecipientDomain
@@ -307,6 +372,14 @@ mod tests {
         assert_eq!(
             lookup("permit_rhswl_client"),
             Some(Kind::Unsupported(Arg::Domain))
+        );
+        assert_eq!(
+            lookup("Check_Reverse_Client_Hostname_MX_Access"),
+            Some(Kind::CheckServerAccess(Target::ReverseClient, Server::Mx))
+        );
+        assert_eq!(
+            lookup("check_ccert_access"),
+            Some(Kind::Unsupported(Arg::Map))
         );
         assert_eq!(lookup("my_class"), None);
     }

@@ -1559,7 +1559,7 @@ fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
     let r = s.rules(
         "smtpd_client_restrictions = reject_maps_rbl, reject_unknown_address, \
          reject_maps_rbl, permit_rhswl_client wl.example\n\
-         smtpd_recipient_restrictions = check_recipient_mx_access texthash:{dir}/users",
+         smtpd_recipient_restrictions = check_ccert_access texthash:{dir}/users",
     );
     assert_eq!(r.warnings().len(), 4, "{:?}", r.warnings());
     assert!(r.warnings()[0].starts_with("restriction \"reject_maps_rbl\" is not supported yet"));
@@ -2046,9 +2046,14 @@ impl Drop for DnsServer {
 impl DnsServer {
     /// dnsmasq answering for `.test` only: `bl.test` lists 127.0.0.1
     /// (with a TXT reason) and `bad.example.test` (RHSBL), `mx.test` has
-    /// an MX, `a.test` an A record, `nullmx.test` the null MX; everything
-    /// else under `.test` is NXDOMAIN. `None` when dnsmasq is missing or
-    /// does not start.
+    /// an MX (whose host has no address), `a.test` an A record,
+    /// `nullmx.test` the null MX; for the `check_*_{a,mx,ns}_access`
+    /// tests `spam.test` has two MX hosts under `spamhost.test` (the
+    /// second with an IPv6 address too), `good.test` one, and `ns.test`
+    /// two name servers under `nshost.test`. Everything else under
+    /// `.test` is NXDOMAIN; names outside `.test` are refused (no
+    /// upstream server): a temporary failure. `None` when dnsmasq is
+    /// missing or does not start.
     pub(super) fn start() -> Option<DnsServer> {
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
@@ -2080,6 +2085,16 @@ impl DnsServer {
                     "--mx-host=mx.test,mail.mx.test,10",
                     "--host-record=a.test,192.0.2.10",
                     "--dns-rr=nullmx.test,15,000000",
+                    "--mx-host=spam.test,mx1.spamhost.test,10",
+                    "--mx-host=spam.test,mx2.spamhost.test,20",
+                    "--host-record=mx1.spamhost.test,192.0.2.21",
+                    "--host-record=mx2.spamhost.test,192.0.2.22,2001:db8::22",
+                    "--mx-host=good.test,mx.goodhost.test,10",
+                    "--host-record=mx.goodhost.test,192.0.2.30",
+                    &ns_record("ns.test", "ns1.nshost.test"),
+                    &ns_record("ns.test", "ns2.nshost.test"),
+                    "--host-record=ns1.nshost.test,192.0.2.41",
+                    "--host-record=ns2.nshost.test,192.0.2.42",
                 ])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -2099,6 +2114,19 @@ impl DnsServer {
     fn main_cf(&self) -> String {
         format!("facteur_dns_servers = 127.0.0.1:{}\n", self.port)
     }
+}
+
+/// A dnsmasq option for the NS record `owner` NS `host` (the data in
+/// wire form: length-prefixed labels).
+fn ns_record(owner: &str, host: &str) -> String {
+    let mut hex = String::new();
+    for label in host.split('.') {
+        hex.push_str(&format!("{:02x}", label.len()));
+        for b in label.bytes() {
+            hex.push_str(&format!("{b:02x}"));
+        }
+    }
+    format!("--dns-rr={owner},2,{hex}00")
 }
 
 fn local_client<'a>() -> Facts<'a> {
@@ -2160,6 +2188,13 @@ fn dns_lookups_tell_records_from_not_found() {
     assert_eq!(mx[0].exchange, "mail.mx.test");
     assert!(libmail::dns::is_null_mx(&dns.mx("nullmx.test").unwrap()));
     assert_eq!(dns.mx("a.test"), Err(DnsError::NotFound));
+    // In the order of the answer (dnsmasq's, here).
+    let mut ns = dns.ns("ns.test").unwrap();
+    ns.sort();
+    assert_eq!(ns, vec!["ns1.nshost.test", "ns2.nshost.test"]);
+    assert_eq!(dns.ns("sub.ns.test"), Err(DnsError::NotFound));
+    assert_eq!(dns.ns("a.test"), Err(DnsError::NotFound));
+    assert!(matches!(dns.mx("example.org"), Err(DnsError::Temporary(_))));
 }
 
 #[test]
@@ -2347,5 +2382,431 @@ fn unknown_sender_domain_defers_on_a_dns_failure() {
     assert_eq!(
         said(&r.check_rcpt(&f)),
         "450 4.1.8 <x@a.test>: Sender address rejected: Domain not found"
+    );
+}
+
+// ----- check_*_{a,mx,ns}_access, against the same dnsmasq -----
+
+/// Rules with `list` as `param`, a `hosts` texthash and a `nets` cidr
+/// table in the setup's directory.
+fn server_rules(d: &DnsServer, s: &Setup, param: &str, list: &str) -> Restrictions {
+    let r = s.rules(&format!("{}{param} = {list}", d.main_cf()));
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    r
+}
+
+/// A MAIL FROM (and RCPT) for a stranger.
+fn from(sender: &str) -> Facts<'_> {
+    Facts {
+        sender: Some(sender),
+        recipient: Some("alice@example.com"),
+        ..stranger()
+    }
+}
+
+fn forbidden_ok(restriction: &str, target: &str) -> Vec<String> {
+    vec![
+        format!("restriction {restriction} returns OK for {target}"),
+        "this is not allowed for security reasons".to_string(),
+        "use DUNNO instead of OK if you want to make an exception".to_string(),
+    ]
+}
+
+#[test]
+fn mx_access_searches_the_mx_hosts_by_name_then_by_address() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let mx = |table: &str| {
+        server_rules(
+            &d,
+            &s,
+            "smtpd_sender_restrictions",
+            &format!("check_sender_mx_access {table}"),
+        )
+    };
+    // By host name, and by parent domain.
+    s.table("hosts", "mx1.spamhost.test REJECT Spam host\n");
+    let r = mx("texthash:{dir}/hosts");
+    let got = r.check_rcpt(&from("x@spam.test"));
+    assert_eq!(
+        said(&got),
+        "554 5.7.1 <x@spam.test>: Sender address rejected: Spam host"
+    );
+    assert!(warnings(&got).is_empty(), "{:?}", warnings(&got));
+    s.table("parent", "spamhost.test 450 4.7.1 Spam network\n");
+    let r = mx("texthash:{dir}/parent");
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@spam.test"))),
+        "450 4.7.1 <x@spam.test>: Sender address rejected: Spam network"
+    );
+    // By address: the second MX host's, in a CIDR table; an address
+    // literal is its own MX host.
+    s.table("nets", "192.0.2.22/32 REJECT Listed network\n");
+    let r = mx("cidr:{dir}/nets");
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@spam.test"))),
+        "554 5.7.1 <x@spam.test>: Sender address rejected: Listed network"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@[192.0.2.22]"))),
+        "554 5.7.1 <x@[192.0.2.22]>: Sender address rejected: Listed network"
+    );
+    assert_eq!(said(&r.check_rcpt(&from("x@good.test"))), "permit");
+    // The first key found decides: a DUNNO for the first MX host ends
+    // the search before the second is looked at.
+    s.table(
+        "dunno",
+        "mx1.spamhost.test DUNNO\nspamhost.test REJECT Spam network\n",
+    );
+    let r = mx("texthash:{dir}/dunno");
+    assert_eq!(said(&r.check_rcpt(&from("x@spam.test"))), "permit");
+    // No MX: the domain is its own mail host, by name and address.
+    s.table("own", "a.test REJECT No MX\n");
+    let r = mx("texthash:{dir}/own");
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@a.test"))),
+        "554 5.7.1 <x@a.test>: Sender address rejected: No MX"
+    );
+    s.table("own-net", "192.0.2.10 REJECT\n");
+    let r = mx("cidr:{dir}/own-net");
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@a.test"))),
+        "554 5.7.1 <x@a.test>: Sender address rejected: Access denied"
+    );
+    // The null sender has no domain to look up.
+    assert_eq!(said(&r.check_rcpt(&from(""))), "permit");
+}
+
+#[test]
+fn mx_access_may_not_say_ok() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    s.table("hosts", "mx.goodhost.test OK\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_sender_restrictions",
+        "check_sender_mx_access texthash:{dir}/hosts",
+    );
+    let got = r.check_rcpt(&from("x@good.test"));
+    assert_eq!(said(&got), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&got),
+        forbidden_ok("check_sender_mx_access", "x@good.test")
+    );
+    // A numeric result is a permit too; DUNNO is the way to an exception.
+    s.table("hosts", "mx.goodhost.test 200\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_sender_restrictions",
+        "check_sender_mx_access texthash:{dir}/hosts, reject",
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@good.test"))),
+        "451 4.3.5 Server configuration error"
+    );
+    s.table("hosts", "mx.goodhost.test DUNNO\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_sender_restrictions",
+        "check_sender_mx_access texthash:{dir}/hosts, reject",
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@good.test"))),
+        "554 5.7.1 <x@good.test>: Sender address rejected: Access denied"
+    );
+}
+
+#[test]
+fn mx_access_skips_what_the_dns_cannot_answer() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    s.table("hosts", "spamhost.test REJECT\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_sender_restrictions",
+        "check_sender_mx_access texthash:{dir}/hosts",
+    );
+    // NXDOMAIN: the name is its own MX host, which has no address.
+    let got = r.check_rcpt(&from("x@none.test"));
+    assert_eq!(said(&got), "permit");
+    assert_eq!(
+        warnings(&got),
+        vec![
+            "Unable to look up MX host none.test for Sender address x@none.test: \
+             Name or service not known"
+        ]
+    );
+    // An MX host without an address.
+    let got = r.check_rcpt(&from("x@mx.test"));
+    assert_eq!(said(&got), "permit");
+    assert_eq!(
+        warnings(&got),
+        vec![
+            "Unable to look up MX host mail.mx.test for Sender address x@mx.test: \
+             Name or service not known"
+        ]
+    );
+    // The null MX: quietly skipped.
+    let got = r.check_rcpt(&from("x@nullmx.test"));
+    assert_eq!(said(&got), "permit");
+    assert!(warnings(&got).is_empty(), "{:?}", warnings(&got));
+    // A temporary failure (dnsmasq refuses names outside .test): skipped
+    // with a warning, not deferred.
+    let got = r.check_rcpt(&from("x@example.org"));
+    assert_eq!(said(&got), "permit");
+    assert_eq!(
+        warnings(&got),
+        vec!["Unable to look up MX host for example.org: Host not found, try again"]
+    );
+}
+
+#[test]
+fn a_access_searches_the_addresses_only() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let client = |name: &'static str| Facts {
+        recipient: Some("alice@example.com"),
+        ..Facts::new("192.0.2.1".parse().unwrap(), name, name)
+    };
+    // The IPv6 address of the client's name, in a CIDR table.
+    s.table("nets", "2001:db8::/32 REJECT IPv6 network\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_client_restrictions",
+        "check_client_a_access cidr:{dir}/nets",
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&client("mx2.spamhost.test"))),
+        "554 5.7.1 <mx2.spamhost.test[192.0.2.1]>: Client host rejected: IPv6 network"
+    );
+    assert_eq!(said(&r.check_rcpt(&client("mx1.spamhost.test"))), "permit");
+    // An address literal is checked as its address.
+    let r6 = server_rules(
+        &d,
+        &s,
+        "smtpd_sender_restrictions",
+        "check_sender_a_access cidr:{dir}/nets",
+    );
+    assert_eq!(
+        said(&r6.check_rcpt(&from("x@[IPv6:2001:DB8::5]"))),
+        "554 5.7.1 <x@[IPv6:2001:DB8::5]>: Sender address rejected: IPv6 network"
+    );
+    assert_eq!(
+        said(&r6.check_rcpt(&from("x@[IPv6:2001:db9::5]"))),
+        "permit"
+    );
+    // No name, or a name without addresses: nothing to check, no warning.
+    let got = r.check_rcpt(&client("unknown"));
+    assert_eq!(said(&got), "permit");
+    let got = r.check_rcpt(&client("none.test"));
+    assert_eq!(said(&got), "permit");
+    assert!(warnings(&got).is_empty(), "{:?}", warnings(&got));
+    // Host names are not searched, only addresses (with their shorter
+    // forms, as access(5) says).
+    s.table(
+        "hosts",
+        "mx2.spamhost.test REJECT by name\nspamhost.test REJECT by parent\n192.0.2 REJECT Listed net\n",
+    );
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_helo_restrictions",
+        "check_helo_a_access texthash:{dir}/hosts",
+    );
+    let helo = |h: &'static str| Facts {
+        helo: Some(h),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&helo("mx2.spamhost.test"))),
+        "554 5.7.1 <mx2.spamhost.test>: Helo command rejected: Listed net"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&helo("[192.0.2.99]"))),
+        "554 5.7.1 <[192.0.2.99]>: Helo command rejected: Listed net"
+    );
+    // The first address found decides (DUNNO included); OK is refused.
+    s.table("nets", "192.0.2.22 DUNNO\n2001:db8::/32 REJECT\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_client_restrictions",
+        "check_client_a_access cidr:{dir}/nets",
+    );
+    assert_eq!(said(&r.check_rcpt(&client("mx2.spamhost.test"))), "permit");
+    s.table("nets", "192.0.2.0/24 OK\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_client_restrictions",
+        "check_client_a_access cidr:{dir}/nets",
+    );
+    let got = r.check_rcpt(&client("mx1.spamhost.test"));
+    assert_eq!(said(&got), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&got),
+        forbidden_ok("check_client_a_access", "mx1.spamhost.test")
+    );
+    // With inet_protocols = ipv4, no AAAA lookup.
+    s.table("nets", "2001:db8::/32 REJECT IPv6 network\n");
+    let r = s.rules(&format!(
+        "{}inet_protocols = ipv4\n\
+         smtpd_client_restrictions = check_client_a_access cidr:{{dir}}/nets",
+        d.main_cf()
+    ));
+    assert_eq!(said(&r.check_rcpt(&client("mx2.spamhost.test"))), "permit");
+}
+
+#[test]
+fn ns_access_searches_the_name_servers_of_the_nearest_domain_with_some() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    s.table(
+        "hosts",
+        "ns1.nshost.test REJECT Bad DNS\nns2.nshost.test REJECT Bad DNS\n",
+    );
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_sender_restrictions",
+        "check_sender_ns_access texthash:{dir}/hosts",
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@ns.test"))),
+        "554 5.7.1 <x@ns.test>: Sender address rejected: Bad DNS"
+    );
+    // No NS records: the parent domains', nearest first.
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@deep.sub.ns.test"))),
+        "554 5.7.1 <x@deep.sub.ns.test>: Sender address rejected: Bad DNS"
+    );
+    // No name servers anywhere: skipped with a warning naming the address.
+    let got = r.check_rcpt(&from("x@none.test"));
+    assert_eq!(said(&got), "permit");
+    assert_eq!(
+        warnings(&got),
+        vec!["Unable to look up NS host for x@none.test: Host not found"]
+    );
+    // A temporary failure: skipped with a warning naming the domain.
+    let got = r.check_rcpt(&from("x@example.org"));
+    assert_eq!(said(&got), "permit");
+    assert_eq!(
+        warnings(&got),
+        vec!["Unable to look up NS host for example.org: Host not found, try again"]
+    );
+    // Address literals have no name servers.
+    assert_eq!(said(&r.check_rcpt(&from("x@[192.0.2.41]"))), "permit");
+
+    // By address; a host name's DUNNO comes before its addresses.
+    s.table("nets", "192.0.2.42 REJECT Listed DNS server\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_sender_restrictions",
+        "check_sender_ns_access cidr:{dir}/nets",
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&from("x@ns.test"))),
+        "554 5.7.1 <x@ns.test>: Sender address rejected: Listed DNS server"
+    );
+    s.table(
+        "dunno",
+        "ns1.nshost.test DUNNO\nns2.nshost.test DUNNO\n192.0.2.41 REJECT\n192.0.2.42 REJECT\n",
+    );
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_sender_restrictions",
+        "check_sender_ns_access texthash:{dir}/dunno",
+    );
+    assert_eq!(said(&r.check_rcpt(&from("x@ns.test"))), "permit");
+
+    // The reverse client name and the recipient domain; OK is refused.
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_client_restrictions",
+        "check_reverse_client_hostname_ns_access texthash:{dir}/hosts",
+    );
+    let f = Facts {
+        recipient: Some("alice@example.com"),
+        ..Facts::new("192.0.2.1".parse().unwrap(), "unknown", "ns.test")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 <ns.test>: Unverified Client host rejected: Bad DNS"
+    );
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_relay_restrictions",
+        "check_recipient_ns_access texthash:{dir}/hosts, reject_unauth_destination",
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("y@sub.ns.test"))),
+        "554 5.7.1 <y@sub.ns.test>: Recipient address rejected: Bad DNS"
+    );
+    s.table("ok", "nshost.test OK\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_relay_restrictions",
+        "check_recipient_ns_access texthash:{dir}/ok, reject_unauth_destination",
+    );
+    let got = r.check_rcpt(&rcpt("y@ns.test"));
+    assert_eq!(said(&got), "451 4.3.5 Server configuration error");
+    assert_eq!(
+        warnings(&got),
+        forbidden_ok("check_recipient_ns_access", "y@ns.test")
+    );
+}
+
+#[test]
+fn mx_access_for_client_and_helo_names() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    s.table("hosts", "mx1.spamhost.test REJECT Spam host\n");
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_client_restrictions",
+        "check_client_mx_access texthash:{dir}/hosts",
+    );
+    let f = Facts {
+        recipient: Some("alice@example.com"),
+        ..Facts::new("192.0.2.1".parse().unwrap(), "spam.test", "spam.test")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 <spam.test[192.0.2.1]>: Client host rejected: Spam host"
+    );
+    let r = server_rules(
+        &d,
+        &s,
+        "smtpd_helo_restrictions",
+        "check_helo_mx_access texthash:{dir}/hosts",
+    );
+    let f = Facts {
+        helo: Some("spam.test"),
+        ..rcpt("alice@example.com")
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 <spam.test>: Helo command rejected: Spam host"
+    );
+    // With smtpd_delay_reject = no, at the command itself.
+    let r = s.rules(&format!(
+        "{}smtpd_delay_reject = no\n\
+         smtpd_helo_restrictions = check_helo_mx_access texthash:{{dir}}/hosts",
+        d.main_cf()
+    ));
+    assert_eq!(
+        said(&r.check(Stage::Helo, &f)),
+        "554 5.7.1 <spam.test>: Helo command rejected: Spam host"
     );
 }
