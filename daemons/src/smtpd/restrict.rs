@@ -47,6 +47,8 @@
 //! `permit_dnswl_client`, `reject_unknown_{helo_hostname,sender_domain,
 //! recipient_domain}`, `check_*_{a,mx,ns}_access`) ask `libmail::dns`,
 //! which blocks: the session calls the engine inside `block_in_place`.
+//! Their resolver is made at load when a list or class names one, else
+//! when an access table's result first does (once).
 //! `reject_unknown_{client,reverse_client}_hostname` use the names the
 //! session looked up. The restrictions that need what is not here yet
 //! (`permit_rhswl_client`, TLS client certificates, address verification,
@@ -66,8 +68,8 @@ mod syntax;
 mod tests;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 
 use libmail::address::domains::DomainList;
 use libmail::address::networks::NetworkList;
@@ -544,19 +546,91 @@ pub struct Restrictions {
     warnings: Vec<String>,
 }
 
-/// The DNS restrictions' resolver and replies (only made when a list uses
-/// one of them).
+/// The DNS restrictions' resolver and replies.
 struct DnsSettings {
-    dns: Option<Dns>,
+    /// The resolver: made at load when a list or class names a DNS
+    /// restriction, else on first need (an access table's result may name
+    /// one), once; an error is kept and given to every lookup.
+    dns: OnceLock<Result<Dns, String>>,
+    /// What the resolver is made from, read at load (an error there is
+    /// fatal when a list uses DNS, else kept for the first lookup).
+    setup: Result<DnsSetup, String>,
     rbl_code: u16,
     unknown_addr_code: u16,
     /// `default_rbl_reply`, unexpanded.
     default_rbl_reply: String,
     rbl_reply_maps: Option<Maps>,
+}
+
+/// The DNS restrictions' resolver, or why there is none (its every lookup
+/// then a temporary failure).
+#[derive(Clone, Copy)]
+struct Lookups<'r>(Result<&'r Dns, &'r str>);
+
+impl Lookups<'_> {
+    fn dns(&self) -> Result<&Dns, DnsError> {
+        self.0.map_err(|e| DnsError::Temporary(e.to_string()))
+    }
+
+    fn a(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+        self.dns()?.a(name)
+    }
+
+    fn aaaa(&self, name: &str) -> Result<Vec<std::net::Ipv6Addr>, DnsError> {
+        self.dns()?.aaaa(name)
+    }
+
+    fn mx(&self, name: &str) -> Result<Vec<libmail::dns::Mx>, DnsError> {
+        self.dns()?.mx(name)
+    }
+
+    fn ns(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        self.dns()?.ns(name)
+    }
+
+    fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        self.dns()?.txt(name)
+    }
+}
+
+/// The parameters the DNS restrictions' resolver is made with.
+struct DnsSetup {
+    /// `facteur_dns_servers` (empty: the system's), read as
+    /// [`Dns::from_params`] reads it.
+    servers: Vec<SocketAddr>,
     /// The address families `inet_protocols` enables (IPv4, IPv6): the
     /// addresses `check_*_{a,mx,ns}_access` look up.
     ipv4: bool,
     ipv6: bool,
+}
+
+impl DnsSetup {
+    fn from_params(params: &Params) -> Result<DnsSetup, String> {
+        let v = value(params, "facteur_dns_servers")?;
+        let mut servers = Vec::new();
+        for item in split_list(&v) {
+            servers.push(libmail::dns::parse_server(item).ok_or_else(|| {
+                format!("facteur_dns_servers: bad server \"{item}\": need address[:port]")
+            })?);
+        }
+        let (ipv4, ipv6) = libmail::config::host::protocols(&value(params, "inet_protocols")?)
+            .map_err(|e| format!("inet_protocols: {e}"))?;
+        Ok(DnsSetup {
+            servers,
+            ipv4,
+            ipv6,
+        })
+    }
+
+    /// The resolver, as [`Dns::from_params`] makes it.
+    fn resolver(&self) -> Result<Dns, String> {
+        let timeout = libmail::dns::DEFAULT_TIMEOUT;
+        if self.servers.is_empty() {
+            Dns::system(timeout)
+        } else {
+            Dns::with_servers(&self.servers, timeout)
+        }
+    }
 }
 
 impl std::fmt::Debug for Restrictions {
@@ -715,21 +789,18 @@ impl Restrictions {
             }
             PermitLog { names, tables }
         };
+        // A list or class naming a DNS restriction gets its resolver now
+        // (errors are fatal); otherwise only an access table's result can
+        // name one, and the resolver is made when that first happens.
         let uses_dns = used.iter().any(|t| t.kind.is_some_and(Kind::uses_dns));
-        let (ipv4, ipv6) = if uses_dns {
-            libmail::config::host::protocols(&value(params, "inet_protocols")?)
-                .map_err(|e| format!("inet_protocols: {e}"))?
-        } else {
-            (true, true)
-        };
+        let setup = DnsSetup::from_params(params);
+        let dns = OnceLock::new();
+        if uses_dns {
+            let _ = dns.set(Ok(setup.as_ref().map_err(String::clone)?.resolver()?));
+        }
         let dnsbl = DnsSettings {
-            dns: if uses_dns {
-                Some(Dns::from_params(params)?)
-            } else {
-                None
-            },
-            ipv4,
-            ipv6,
+            dns,
+            setup,
             rbl_code: code(params, "maps_rbl_reject_code")?,
             unknown_addr_code: code(params, "unknown_address_reject_code")?,
             default_rbl_reply: params.raw("default_rbl_reply").unwrap_or_default(),
@@ -1927,12 +1998,14 @@ impl<'r, 'f> Eval<'r, 'f> {
 
     // ----- the individual checks -----
 
-    /// The resolver (made at load whenever a DNS restriction is listed).
-    fn dns(&self) -> &'r Dns {
-        match &self.r.dnsbl.dns {
-            Some(d) => d,
-            None => unreachable!("a DNS restriction without a resolver"),
-        }
+    /// The resolver (made at load when a DNS restriction is listed, else
+    /// now, once); without one every lookup is a temporary failure.
+    fn dns(&self) -> Lookups<'r> {
+        let d = &self.r.dnsbl;
+        let made = d
+            .dns
+            .get_or_init(|| d.setup.as_ref().map_err(String::clone)?.resolver());
+        Lookups(made.as_ref().map_err(String::as_str))
     }
 
     /// Looks up `query` (A) under a DNSBL argument `domain[=filter]`:
@@ -2354,14 +2427,18 @@ impl<'r, 'f> Eval<'r, 'f> {
         let dns = self.dns();
         let mut out = Vec::new();
         let mut temporary = false;
-        if self.r.dnsbl.ipv4 {
+        let (ipv4, ipv6) = match &self.r.dnsbl.setup {
+            Ok(s) => (s.ipv4, s.ipv6),
+            Err(_) => (true, true),
+        };
+        if ipv4 {
             match dns.a(host) {
                 Ok(v) => out.extend(v.into_iter().map(IpAddr::V4)),
                 Err(DnsError::NotFound) => {}
                 Err(DnsError::Temporary(_)) => temporary = true,
             }
         }
-        if self.r.dnsbl.ipv6 {
+        if ipv6 {
             match dns.aaaa(host) {
                 Ok(v) => out.extend(v.into_iter().map(|a| IpAddr::V6(a).to_canonical())),
                 Err(DnsError::NotFound) => {}

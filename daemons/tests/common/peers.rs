@@ -36,6 +36,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Map, Value};
+
 use super::wait_for;
 
 /// How long a peer may take to come up.
@@ -440,334 +443,40 @@ fn parse_dump(path: &Path) -> Option<SinkDump> {
 
 // ----- JSON (the scripted server's configuration and records) -----
 
-/// A JSON value (enough for the scripted server's files).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// `null` read as the type's default (Python writes `None` for what is not
+/// known yet).
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-impl Json {
-    pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = JsonParser {
-            s: text.as_bytes(),
-            i: 0,
-            depth: 0,
-        };
-        let v = p.value()?;
-        p.ws();
-        if p.i != p.s.len() {
-            return Err(format!("trailing text at byte {}", p.i));
-        }
-        Ok(v)
-    }
-
-    pub fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(kv) => kv.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_bool(&self) -> Option<bool> {
-        match self {
-            Json::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Json::Num(n) => Some(*n),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> &[Json] {
-        match self {
-            Json::Arr(v) => v,
-            _ => &[],
-        }
-    }
-
-    /// The string at `key` (None when missing or null).
-    pub fn str_at(&self, key: &str) -> Option<String> {
-        self.get(key)?.as_str().map(str::to_string)
-    }
-
-    fn strings_at(&self, key: &str) -> Vec<String> {
-        self.get(key)
-            .map(|v| {
-                v.as_array()
-                    .iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn set(&mut self, key: &str, value: Json) {
-        if let Json::Obj(kv) = self {
-            match kv.iter_mut().find(|(k, _)| k == key) {
-                Some((_, v)) => *v = value,
-                None => kv.push((key.to_string(), value)),
-            }
-        }
-    }
-
-    fn write(&self, out: &mut String) {
-        match self {
-            Json::Null => out.push_str("null"),
-            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            Json::Num(n) => out.push_str(&format!("{n}")),
-            Json::Str(s) => write_json_str(s, out),
-            Json::Arr(v) => {
-                out.push('[');
-                for (i, x) in v.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    x.write(out);
-                }
-                out.push(']');
-            }
-            Json::Obj(kv) => {
-                out.push('{');
-                for (i, (k, x)) in kv.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write_json_str(k, out);
-                    out.push(':');
-                    x.write(out);
-                }
-                out.push('}');
-            }
-        }
-    }
+/// `data_b64` decoded.
+fn from_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(base64_decode(s.as_deref().unwrap_or_default()))
 }
 
-impl std::fmt::Display for Json {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut s = String::new();
-        self.write(&mut s);
-        f.write_str(&s)
+/// `lmtp_replies`: `[{"rcpt": ..., "reply": ...}, ...]` as pairs.
+fn lmtp_pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    #[derive(Deserialize)]
+    struct Reply {
+        rcpt: String,
+        reply: String,
     }
+    let v: Vec<Reply> = Vec::deserialize(d)?;
+    Ok(v.into_iter().map(|r| (r.rcpt, r.reply)).collect())
 }
 
-fn write_json_str(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-    depth: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
-            self.i += 1;
-        }
-    }
-
-    fn err<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("{what} at byte {}", self.i))
-    }
-
-    fn lit(&mut self, word: &str, v: Json) -> Result<Json, String> {
-        if self.s[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Ok(v)
-        } else {
-            self.err("bad literal")
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        let Some(&c) = self.s.get(self.i) else {
-            return self.err("unexpected end");
-        };
-        match c {
-            b'n' => self.lit("null", Json::Null),
-            b't' => self.lit("true", Json::Bool(true)),
-            b'f' => self.lit("false", Json::Bool(false)),
-            b'"' => Ok(Json::Str(self.string()?)),
-            b'[' | b'{' => {
-                self.depth += 1;
-                if self.depth > 64 {
-                    return self.err("nested too deep");
-                }
-                let v = if c == b'[' {
-                    self.array()
-                } else {
-                    self.object()
-                };
-                self.depth -= 1;
-                v
-            }
-            _ => self.number(),
-        }
-    }
-
-    fn array(&mut self) -> Result<Json, String> {
-        self.i += 1;
-        let mut v = Vec::new();
-        self.ws();
-        if self.s.get(self.i) == Some(&b']') {
-            self.i += 1;
-            return Ok(Json::Arr(v));
-        }
-        loop {
-            v.push(self.value()?);
-            self.ws();
-            match self.s.get(self.i) {
-                Some(b',') => self.i += 1,
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(Json::Arr(v));
-                }
-                _ => return self.err("expected , or ]"),
-            }
-        }
-    }
-
-    fn object(&mut self) -> Result<Json, String> {
-        self.i += 1;
-        let mut kv = Vec::new();
-        self.ws();
-        if self.s.get(self.i) == Some(&b'}') {
-            self.i += 1;
-            return Ok(Json::Obj(kv));
-        }
-        loop {
-            self.ws();
-            if self.s.get(self.i) != Some(&b'"') {
-                return self.err("expected a key");
-            }
-            let k = self.string()?;
-            self.ws();
-            if self.s.get(self.i) != Some(&b':') {
-                return self.err("expected :");
-            }
-            self.i += 1;
-            kv.push((k, self.value()?));
-            self.ws();
-            match self.s.get(self.i) {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(Json::Obj(kv));
-                }
-                _ => return self.err("expected , or }"),
-            }
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let h = self
-            .s
-            .get(self.i..self.i + 4)
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|t| u32::from_str_radix(t, 16).ok());
-        match h {
-            Some(v) => {
-                self.i += 4;
-                Ok(v)
-            }
-            None => self.err("bad \\u escape"),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.i += 1;
-        let mut out = Vec::new();
-        loop {
-            let Some(&c) = self.s.get(self.i) else {
-                return self.err("unterminated string");
-            };
-            self.i += 1;
-            match c {
-                b'"' => break,
-                b'\\' => {
-                    let Some(&e) = self.s.get(self.i) else {
-                        return self.err("unterminated escape");
-                    };
-                    self.i += 1;
-                    let ch = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let cp = if (0xd800..0xdc00).contains(&hi)
-                                && self.s[self.i..].starts_with(b"\\u")
-                            {
-                                self.i += 2;
-                                let lo = self.hex4()?;
-                                0x10000 + ((hi - 0xd800) << 10) + (lo.wrapping_sub(0xdc00) & 0x3ff)
-                            } else {
-                                hi
-                            };
-                            char::from_u32(cp).unwrap_or('\u{fffd}')
-                        }
-                        _ => return self.err("bad escape"),
-                    };
-                    let mut b = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
-                }
-                c => out.push(c),
-            }
-        }
-        String::from_utf8(out).or_else(|_| self.err("invalid UTF-8"))
-    }
-
-    fn number(&mut self) -> Result<Json, String> {
-        let start = self.i;
-        while self.i < self.s.len()
-            && matches!(
-                self.s[self.i],
-                b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-            )
-        {
-            self.i += 1;
-        }
-        std::str::from_utf8(&self.s[start..self.i])
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .map(Json::Num)
-            .map_or_else(|| self.err("bad number"), Ok)
-    }
+/// A record file: the typed record and the whole JSON value.
+fn parse_record<T: serde::de::DeserializeOwned>(path: &Path) -> (T, Value) {
+    let text = fs::read_to_string(path).unwrap();
+    let value: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let record = T::deserialize(&value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (record, value)
 }
 
 /// Standard base64 (with padding) to bytes.
@@ -844,7 +553,7 @@ impl Stage {
 /// extension not offered are refused with 555.
 #[derive(Debug, Clone)]
 pub struct ScriptedConfig {
-    json: Json,
+    json: Map<String, Value>,
 }
 
 impl Default for ScriptedConfig {
@@ -856,34 +565,41 @@ impl Default for ScriptedConfig {
 impl ScriptedConfig {
     /// SMTP, everything accepted.
     pub fn new() -> ScriptedConfig {
-        ScriptedConfig {
-            json: Json::Obj(Vec::new()),
+        ScriptedConfig { json: Map::new() }
+    }
+
+    fn set(mut self, key: &str, v: Value) -> Self {
+        self.json.insert(key.to_string(), v);
+        self
+    }
+
+    /// The object at `key` (made, or made from a plain string reply as its
+    /// "default"), with `sub` set to `v`.
+    fn set_in(mut self, key: &str, sub: &str, v: Value) -> Self {
+        let t = self
+            .json
+            .entry(key)
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::String(s) = t {
+            *t = json!({ "default": s });
         }
-    }
-
-    fn set(mut self, key: &str, v: Json) -> Self {
-        self.json.set(key, v);
+        if let Value::Object(m) = t {
+            m.insert(sub.to_string(), v);
+        }
         self
     }
 
-    fn table(mut self, key: &str, sub: &str, reply: &str) -> Self {
-        let mut t = match self.json.get(key) {
-            Some(Json::Obj(kv)) => Json::Obj(kv.clone()),
-            Some(Json::Str(s)) => Json::Obj(vec![("default".into(), Json::Str(s.clone()))]),
-            _ => Json::Obj(Vec::new()),
-        };
-        t.set(&sub.to_lowercase(), Json::Str(reply.into()));
-        self.json.set(key, t);
-        self
+    fn table(self, key: &str, sub: &str, reply: &str) -> Self {
+        self.set_in(key, &sub.to_lowercase(), json!(reply))
     }
 
     fn str(self, key: &str, v: &str) -> Self {
-        self.set(key, Json::Str(v.into()))
+        self.set(key, json!(v))
     }
 
     /// LMTP: LHLO, and one reply per accepted recipient after the dot.
     pub fn lmtp(self) -> Self {
-        self.set("lmtp", Json::Bool(true))
+        self.set("lmtp", json!(true))
     }
 
     /// The name in the greeting and the EHLO reply.
@@ -904,27 +620,13 @@ impl ScriptedConfig {
 
     /// Offer (or not) an extension: "8BITMIME", "SMTPUTF8", "DSN",
     /// "PIPELINING", "ENHANCEDSTATUSCODES".
-    pub fn extension(mut self, name: &str, on: bool) -> Self {
-        let mut t = self
-            .json
-            .get("extensions")
-            .cloned()
-            .unwrap_or(Json::Obj(Vec::new()));
-        t.set(name, Json::Bool(on));
-        self.json.set("extensions", t);
-        self
+    pub fn extension(self, name: &str, on: bool) -> Self {
+        self.set_in("extensions", name, json!(on))
     }
 
     /// SIZE with this limit, or no SIZE.
-    pub fn size(mut self, limit: Option<u64>) -> Self {
-        let mut t = self
-            .json
-            .get("extensions")
-            .cloned()
-            .unwrap_or(Json::Obj(Vec::new()));
-        t.set("SIZE", limit.map_or(Json::Null, |n| Json::Num(n as f64)));
-        self.json.set("extensions", t);
-        self
+    pub fn size(self, limit: Option<u64>) -> Self {
+        self.set_in("extensions", "SIZE", json!(limit))
     }
 
     /// The reply to every MAIL.
@@ -966,10 +668,10 @@ impl ScriptedConfig {
     pub fn starttls(self, cert: &TestCert) -> Self {
         self.set(
             "starttls",
-            Json::Obj(vec![
-                ("cert".into(), Json::Str(cert.cert.display().to_string())),
-                ("key".into(), Json::Str(cert.key.display().to_string())),
-            ]),
+            json!({
+                "cert": cert.cert.display().to_string(),
+                "key": cert.key.display().to_string(),
+            }),
         )
     }
 
@@ -978,56 +680,35 @@ impl ScriptedConfig {
         self.str("starttls", "refuse")
     }
 
-    fn auth_set(mut self, key: &str, v: Json) -> Self {
-        let mut t = self
-            .json
-            .get("auth")
-            .cloned()
-            .unwrap_or(Json::Obj(Vec::new()));
-        t.set(key, v);
-        self.json.set("auth", t);
-        self
-    }
-
     /// Offer AUTH PLAIN LOGIN, accepting this user and password only.
     pub fn auth(self, user: &str, password: &str) -> Self {
-        self.auth_set("user", Json::Str(user.into()))
-            .auth_set("password", Json::Str(password.into()))
+        self.set_in("auth", "user", json!(user))
+            .set_in("auth", "password", json!(password))
     }
 
     /// The mechanisms offered (PLAIN, LOGIN).
     pub fn auth_mechanisms(self, mechs: &[&str]) -> Self {
-        let v = mechs.iter().map(|m| Json::Str(m.to_string())).collect();
-        self.auth_set("mechanisms", Json::Arr(v))
+        self.set_in("auth", "mechanisms", json!(mechs))
     }
 
     /// MAIL before a successful AUTH gets 530.
     pub fn auth_required(self) -> Self {
-        self.auth_set("required", Json::Bool(true))
+        self.set_in("auth", "required", json!(true))
     }
 
     /// AUTH offered (and accepted) only after STARTTLS.
     pub fn auth_requires_tls(self) -> Self {
-        self.auth_set("require_tls", Json::Bool(true))
+        self.set_in("auth", "require_tls", json!(true))
     }
 
     /// No reply for `secs` seconds at `stage`, then the usual one.
     pub fn stall(self, stage: Stage, secs: u64) -> Self {
-        self.set(
-            "stall",
-            Json::Obj(vec![
-                ("stage".into(), Json::Str(stage.name().into())),
-                ("seconds".into(), Json::Num(secs as f64)),
-            ]),
-        )
+        self.set("stall", json!({ "stage": stage.name(), "seconds": secs }))
     }
 
     /// Close the connection instead of replying at `stage`.
     pub fn drop_at(self, stage: Stage) -> Self {
-        self.set(
-            "drop",
-            Json::Obj(vec![("stage".into(), Json::Str(stage.name().into()))]),
-        )
+        self.set("drop", json!({ "stage": stage.name() }))
     }
 
     /// Close the connection once `after_bytes` bytes of content were read
@@ -1035,34 +716,31 @@ impl ScriptedConfig {
     pub fn drop_mid_data(self, after_bytes: u64) -> Self {
         self.set(
             "drop",
-            Json::Obj(vec![
-                ("stage".into(), Json::Str("data_mid".into())),
-                ("after_bytes".into(), Json::Num(after_bytes as f64)),
-            ]),
+            json!({ "stage": Stage::DataMid.name(), "after_bytes": after_bytes }),
         )
     }
 
     /// Seconds without a command before the server hangs up (300).
     pub fn idle_timeout(self, secs: u64) -> Self {
-        self.set("idle_timeout", Json::Num(secs as f64))
+        self.set("idle_timeout", json!(secs))
     }
 
     /// The first connections use these configurations, one each, in order;
     /// later ones use this one (e.g. a 421 greeting, then normal service).
     pub fn first_sessions(self, configs: Vec<ScriptedConfig>) -> Self {
-        self.set(
-            "sessions",
-            Json::Arr(configs.into_iter().map(|c| c.json).collect()),
-        )
+        let v = configs.into_iter().map(|c| Value::Object(c.json)).collect();
+        self.set("sessions", Value::Array(v))
     }
 
+    /// The configuration file's text.
     pub fn to_json(&self) -> String {
-        self.json.to_string()
+        serde_json::to_string(&self.json).unwrap()
     }
 }
 
 /// One recipient of a recorded transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct RcptRecord {
     pub address: String,
     /// RCPT parameters as sent (NOTIFY=..., ORCPT=...).
@@ -1073,7 +751,8 @@ pub struct RcptRecord {
 
 /// One transaction as the scripted server recorded it (from an accepted
 /// MAIL to its end).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct Transaction {
     pub seq: u64,
     /// The connection (1, 2, ... in accept order).
@@ -1094,68 +773,23 @@ pub struct Transaction {
     /// Whether the final dot was read.
     pub complete: bool,
     /// The content read (dot-unstuffed, CRLF line ends), whole or partial.
+    #[serde(rename = "data_b64", deserialize_with = "from_base64")]
     pub data: Vec<u8>,
     /// SMTP: the reply after the dot.
     pub final_reply: Option<String>,
     /// LMTP: (recipient, reply) after the dot, in RCPT order.
+    #[serde(deserialize_with = "lmtp_pairs")]
     pub lmtp_replies: Vec<(String, String)>,
     /// How it ended: "dot", "data refused", "rset", "ehlo", "starttls",
     /// "quit", "disconnect" (the client went away), "dropped" (the server
     /// hung up as configured).
     pub end: String,
     /// The whole record.
-    pub json: Json,
+    #[serde(skip)]
+    pub json: Value,
 }
 
 impl Transaction {
-    fn from_json(j: Json) -> Transaction {
-        let num = |k: &str| j.get(k).and_then(Json::as_f64).unwrap_or(0.0) as u64;
-        Transaction {
-            seq: num("seq"),
-            session: num("session"),
-            protocol: j.str_at("protocol").unwrap_or_default(),
-            helo: j.str_at("helo"),
-            tls: j.get("tls").and_then(Json::as_bool).unwrap_or(false),
-            tls_version: j.str_at("tls_version"),
-            auth_user: j.str_at("auth_user"),
-            mail_from: j.str_at("mail_from").unwrap_or_default(),
-            mail_params: j.strings_at("mail_params"),
-            rcpts: j
-                .get("rcpts")
-                .map(|r| {
-                    r.as_array()
-                        .iter()
-                        .map(|x| RcptRecord {
-                            address: x.str_at("address").unwrap_or_default(),
-                            params: x.strings_at("params"),
-                            reply: x.str_at("reply").unwrap_or_default(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            data_reply: j.str_at("data_reply"),
-            complete: j.get("complete").and_then(Json::as_bool).unwrap_or(false),
-            data: base64_decode(&j.str_at("data_b64").unwrap_or_default()),
-            final_reply: j.str_at("final_reply"),
-            lmtp_replies: j
-                .get("lmtp_replies")
-                .map(|r| {
-                    r.as_array()
-                        .iter()
-                        .map(|x| {
-                            (
-                                x.str_at("rcpt").unwrap_or_default(),
-                                x.str_at("reply").unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            end: j.str_at("end").unwrap_or_default(),
-            json: j,
-        }
-    }
-
     /// The content as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()
@@ -1173,9 +807,12 @@ impl Transaction {
 
 /// One connection as the scripted server recorded it (written when it
 /// ends).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
 pub struct SessionRecord {
     pub session: u64,
+    /// "ADDR:PORT" (empty when the connection ended before the greeting).
+    #[serde(deserialize_with = "null_default")]
     pub peer: String,
     pub helo: Option<String>,
     pub tls: bool,
@@ -1192,47 +829,12 @@ pub struct SessionRecord {
     pub transactions: Vec<u64>,
     /// "quit", "disconnect", "dropped at STAGE", "closed after greeting".
     pub end: String,
-    pub json: Json,
+    /// The whole record.
+    #[serde(skip)]
+    pub json: Value,
 }
 
 impl SessionRecord {
-    fn from_json(j: Json) -> SessionRecord {
-        let num = |k: &str| j.get(k).and_then(Json::as_f64).unwrap_or(0.0) as u64;
-        SessionRecord {
-            session: num("session"),
-            peer: j.str_at("peer").unwrap_or_default(),
-            helo: j.str_at("helo"),
-            tls: j.get("tls").and_then(Json::as_bool).unwrap_or(false),
-            auth_user: j.str_at("auth_user"),
-            auth_failures: num("auth_failures"),
-            transcript: j
-                .get("transcript")
-                .map(|t| {
-                    t.as_array()
-                        .iter()
-                        .filter_map(|e| {
-                            let e = e.as_array();
-                            let who = e.first()?.as_str()?.chars().next()?;
-                            Some((who, e.get(1)?.as_str()?.to_string()))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            pipelined: j.strings_at("pipelined"),
-            transactions: j
-                .get("transactions")
-                .map(|t| {
-                    t.as_array()
-                        .iter()
-                        .filter_map(|n| n.as_f64().map(|n| n as u64))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            end: j.str_at("end").unwrap_or_default(),
-            json: j,
-        }
-    }
-
     /// The commands the client sent, in order.
     pub fn commands(&self) -> Vec<String> {
         self.transcript
@@ -1376,48 +978,50 @@ impl Scripted {
         format!("[{}]:{}", self.addr().ip(), self.port())
     }
 
-    fn records(&self, prefix: &str) -> Vec<Json> {
+    fn record_files(&self, prefix: &str) -> Vec<PathBuf> {
         files_in(&self.record)
             .into_iter()
             .filter(|p| {
                 let n = p.file_name().unwrap().to_string_lossy();
                 n.starts_with(prefix) && n.ends_with(".json")
             })
-            .map(|p| {
-                let text = fs::read_to_string(&p).unwrap();
-                Json::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-            })
             .collect()
     }
 
     /// Every transaction recorded so far, in order.
     pub fn transactions(&self) -> Vec<Transaction> {
-        self.records("txn-")
-            .into_iter()
-            .map(Transaction::from_json)
+        self.record_files("txn-")
+            .iter()
+            .map(|p| {
+                let (t, json) = parse_record(p);
+                Transaction { json, ..t }
+            })
             .collect()
     }
 
     /// Waits (bounded) until `n` transactions were recorded.
     pub fn wait_transactions(&self, n: usize) -> Vec<Transaction> {
         wait_for(WAIT_SECS, &format!("{n} recorded transactions"), || {
-            self.records("txn-").len() >= n
+            self.record_files("txn-").len() >= n
         });
         self.transactions()
     }
 
     /// Every connection that has ended, in order.
     pub fn sessions(&self) -> Vec<SessionRecord> {
-        self.records("session-")
-            .into_iter()
-            .map(SessionRecord::from_json)
+        self.record_files("session-")
+            .iter()
+            .map(|p| {
+                let (s, json) = parse_record(p);
+                SessionRecord { json, ..s }
+            })
             .collect()
     }
 
     /// Waits (bounded) until `n` connections have ended.
     pub fn wait_sessions(&self, n: usize) -> Vec<SessionRecord> {
         wait_for(WAIT_SECS, &format!("{n} ended sessions"), || {
-            self.records("session-").len() >= n
+            self.record_files("session-").len() >= n
         });
         self.sessions()
     }

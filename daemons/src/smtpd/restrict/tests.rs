@@ -2253,6 +2253,62 @@ fn rbl_client_address_filter_and_reply_maps() {
     );
 }
 
+/// No list or class names a DNS restriction, so none makes a resolver at
+/// load: an access table's result that names one makes it when first
+/// needed (it used to panic the connection's task).
+#[test]
+fn dns_restriction_named_by_an_access_table_result() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    s.table(
+        "access",
+        "127.0.0.1 reject_rbl_client bl.test\n192.0.2.1 reject_rbl_client bl.test\n",
+    );
+    let r = s.rules(&format!(
+        "{}smtpd_client_restrictions = check_client_access texthash:{{dir}}/access",
+        d.main_cf()
+    ));
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    let f = Facts {
+        recipient: Some("alice@example.com"),
+        ..local_client()
+    };
+    let listed = r.check_rcpt(&f);
+    assert_eq!(
+        said(&listed),
+        "554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using bl.test; \
+         Listed; see https://bl.test/?127.0.0.1"
+    );
+    assert!(warnings(&listed).is_empty(), "{:?}", warnings(&listed));
+    // The same resolver again; a client not listed passes.
+    assert_eq!(said(&r.check_rcpt(&f)), said(&listed));
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+
+    // A resolver that cannot be made: not fatal at load (nothing listed
+    // needs it), and then every lookup is a temporary failure, which an
+    // RBL lookup logs and counts as not listed.
+    let r = s.rules(
+        "facteur_dns_servers = no-such-address\n\
+         smtpd_client_restrictions = check_client_access texthash:{dir}/access",
+    );
+    let d = r.check_rcpt(&f);
+    assert_eq!(said(&d), "permit");
+    assert_eq!(
+        warnings(&d),
+        ["1.0.0.127.bl.test: RBL lookup error: \
+          facteur_dns_servers: bad server \"no-such-address\": need address[:port]"]
+    );
+    // Listed in a list, the same error is fatal at load, as before.
+    assert_eq!(
+        s.load(
+            "facteur_dns_servers = no-such-address\n\
+             smtpd_client_restrictions = reject_rbl_client bl.test"
+        )
+        .unwrap_err(),
+        "facteur_dns_servers: bad server \"no-such-address\": need address[:port]"
+    );
+}
+
 #[test]
 fn rhsbl_sender_and_dnswl_client() {
     let d = dns_or_skip!();
