@@ -39,3 +39,16 @@ need_postfix() {
 
 # elapsed START END: END - START in seconds (date +%s.%N values).
 elapsed() { echo "$2 - $1" | bc -l; }
+
+# cpu_breakdown MASTER_PID: CPU seconds (user+system) of master and each
+# of its children still alive, summed by program name, one line.
+cpu_breakdown() {
+  local root=$1 hz p
+  hz=$(getconf CLK_TCK)
+  for p in $root $(ps -o pid= --ppid "$root" 2>/dev/null); do
+    [ -r "/proc/$p/stat" ] || continue
+    # comm may hold spaces: cut after the closing parenthesis.
+    sed -E 's/^[0-9]+ \((.*)\) (.*)$/\1 \2/' "/proc/$p/stat"
+  done | awk -v hz="$hz" '{ cpu[$1] += ($13 + $14) / hz }
+    END { for (c in cpu) printf "%s=%.2fs ", c, cpu[c]; print "" }'
+}

@@ -228,6 +228,7 @@ run_relay() {
   got=$(sink_count "$d/sink.out"); got=${got:-0}
   kill "$rss_pid" 2>/dev/null || true; wait "$rss_pid" 2>/dev/null || true
   report relay "$sys" "$got" "$start" "$end" "$d/rss"
+  echo "       cpu: $(cpu_breakdown "$mta_pid")"
   if [ "$sys" = postfix ]; then stop_postfix "$d" "$mta_pid"; else stop_facteur "$mta_pid"; fi
   kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
 }
@@ -262,6 +263,7 @@ virtual_transport = lmtp:unix:$sock"
   got=$(maildir_count "$box")
   kill "$rss_pid" 2>/dev/null || true; wait "$rss_pid" 2>/dev/null || true
   report lmtp "$sys" "$got" "$start" "$end" "$d/rss"
+  echo "       cpu: $(cpu_breakdown "$mta_pid")"
   if [ "$sys" = postfix ]; then stop_postfix "$d" "$mta_pid"; else stop_facteur "$mta_pid"; fi
   sh "$fixture" stop "$dv" >/dev/null 2>&1 || true
 }

@@ -342,6 +342,8 @@ impl Service {
             None => crate::log::fatal("no listening socket: this daemon is started by master"),
         };
         let handler = Arc::new(handler);
+        // Connection threads carry the program's name (ps, perf, top).
+        let thread_name: String = self.program.chars().take(15).collect();
         let busy = Arc::new((Mutex::new(0usize), Condvar::new()));
         let limit = self.maxproc;
         let max_idle = self.max_idle();
@@ -376,7 +378,7 @@ impl Service {
                     let b = busy.clone();
                     let spawned =
                         std::thread::Builder::new()
-                            .name("conn".into())
+                            .name(thread_name.clone())
                             .spawn(move || {
                                 h(stream);
                                 let (m, cv) = &*b;
