@@ -110,12 +110,16 @@ wait_count() {
       echo "   $what: $last of $n after $((SECONDS - t0)) s, nothing new for ${STALL_SECS}s: giving up" >&2
       return 1
     fi
-    sleep 0.05
+    sleep 0.1
   done
 }
 
 # smtp-sink's message count: its last -c counter line (mesg=N).
-sink_count() { tail -c 300 "$1" 2>/dev/null | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2; }
+sink_count() {
+  local t
+  t=$(tail -c 300 "$1" 2>/dev/null)
+  [[ $t =~ .*mesg=([0-9]+) ]] && echo "${BASH_REMATCH[1]}"
+}
 
 # Files in a Maildir's new/.
 maildir_count() { ls -f "$1/new" 2>/dev/null | grep -vc '^\.' || true; }
@@ -223,6 +227,7 @@ run_relay() {
   local start end got
   start=$(date +%s.%N)
   submit "$RN" "$mta_port" "user@relay.example.net"
+  echo "       submitted in $(elapsed "$start" "$(date +%s.%N)") s"
   wait_count "relay $sys" "sink_count $d/sink.out" "$RN" || true
   end=$(date +%s.%N)
   got=$(sink_count "$d/sink.out"); got=${got:-0}

@@ -310,10 +310,26 @@ impl Service {
 
     /// Tells master the daemon started well. Call after everything that
     /// can fail at start (tables opened, directories checked).
+    /// The status pipe stays open (close-on-exec, so commands local runs
+    /// do not hold it): [`retiring`](Self::retiring) uses it later, and
+    /// its end of file tells master the process is going.
     pub fn ready(&self) {
-        // SAFETY: writing one byte to an inherited descriptor, then closing it.
+        // SAFETY: writing one byte to an inherited descriptor and marking
+        // it close-on-exec.
         unsafe {
             let b = b'R';
+            if libc::write(STATUS_FD, (&b as *const u8).cast(), 1) == 1 {
+                libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+
+    /// Tells master this process accepts no more connections (it only
+    /// finishes the ones in progress), so a successor may start now.
+    pub fn retiring(&self) {
+        // SAFETY: writing one byte to the status descriptor, then closing it.
+        unsafe {
+            let b = b'D';
             if libc::write(STATUS_FD, (&b as *const u8).cast(), 1) == 1 {
                 libc::close(STATUS_FD);
             }
@@ -408,6 +424,8 @@ impl Service {
                 }
             }
         }
+        // No more accepts: a successor may take the listener now.
+        self.retiring();
         let (m, cv) = &*busy;
         let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
         while *n > 0 {

@@ -247,15 +247,37 @@ pub fn kill(pid: i32, sig: i32) {
     }
 }
 
-/// Reads the status pipe: `Some(true)` on `R`, `Some(false)` on end of
-/// file, `None` when nothing is there yet.
-pub fn read_status(fd: &OwnedFd) -> Option<bool> {
+/// What a child said on its status pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// `R`: started well.
+    pub ready: bool,
+    /// `D`: stops accepting (max_use, max_idle) and exits once its
+    /// connections are done: a successor may start now.
+    pub retiring: bool,
+    /// End of file: the child closed it, by exiting.
+    pub eof: bool,
+}
+
+/// Reads the status pipe; `None` when nothing is there yet.
+pub fn read_status(fd: &OwnedFd) -> Option<Status> {
     let mut buf = [0u8; 16];
     // SAFETY: reading into a buffer of the size given.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     match n {
-        0 => Some(false),
-        n if n > 0 && buf[..n as usize].contains(&b'R') => Some(true),
+        0 => Some(Status {
+            ready: false,
+            retiring: false,
+            eof: true,
+        }),
+        n if n > 0 => {
+            let got = &buf[..n as usize];
+            Some(Status {
+                ready: got.contains(&b'R'),
+                retiring: got.contains(&b'D'),
+                eof: false,
+            })
+        }
         _ => None,
     }
 }

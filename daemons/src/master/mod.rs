@@ -27,8 +27,12 @@
 //!   watched, nothing is started) for `service_throttle_time`. Any child
 //!   is started at most every [`MIN_RESTART`], so a daemon that exits at
 //!   once after saying ready cannot make master spin.
+//! * **Retiring.** A child that stops accepting (`max_use`, `max_idle`)
+//!   says `D` on its status pipe; it is moved aside to finish its
+//!   connections and a successor may start at once, so recycling a busy
+//!   daemon does not stall its clients.
 //! * **Main loop.** One `poll()` over the signal self-pipe, the status
-//!   pipes of children not yet ready, and the listeners of instances that
+//!   pipes of children, and the listeners of instances that
 //!   may start a child; the timeout is the next timer (wakeup, end of a
 //!   throttle, restart pacing), at most [`MAX_SLEEP`]. Signal handlers
 //!   only write the signal number into the self-pipe; everything else
@@ -127,9 +131,20 @@ impl Def {
 /// A child process of an instance.
 struct Running {
     pid: i32,
-    /// The status pipe, until `R` or end of file was read.
+    /// The status pipe: `R` (ready), then `D` (retiring) or end of file.
     status: Option<OwnedFd>,
     ready: bool,
+}
+
+/// Whether a listener has a connection (or a byte) waiting, now.
+fn listener_readable(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 /// One listening endpoint of a service and the process serving it.
@@ -653,18 +668,7 @@ impl Master {
                 }
                 match *slot {
                     Slot::Signals => got_signals = true,
-                    Slot::Status(i) => {
-                        if let Some(c) = self.instances[i].child.as_mut() {
-                            match c.status.as_ref().and_then(child::read_status) {
-                                Some(true) => {
-                                    c.ready = true;
-                                    c.status = None;
-                                }
-                                Some(false) => c.status = None,
-                                None => {}
-                            }
-                        }
-                    }
+                    Slot::Status(i) => self.child_status(i),
                     Slot::Listen(i) => {
                         if self.instances[i].can_start(now) {
                             self.start(i, now);
@@ -788,6 +792,38 @@ impl Master {
         }
     }
 
+    /// A child's status pipe is readable: ready, retiring, or closed.
+    /// A retiring child no longer counts as the instance's child, so a
+    /// successor can start (unpaced) while it finishes its connections.
+    fn child_status(&mut self, i: usize) {
+        let inst = &mut self.instances[i];
+        let Some(c) = inst.child.as_mut() else {
+            return;
+        };
+        let Some(st) = c.status.as_ref().and_then(child::read_status) else {
+            return;
+        };
+        if st.ready {
+            c.ready = true;
+        }
+        if st.retiring && c.ready {
+            let c = inst.child.take().expect("checked above");
+            inst.last_start = None;
+            self.retired.push((c.pid, inst.def.program.clone()));
+            // A daemon retires because it was busy (max_use) or idle
+            // (max_idle); start the successor now when the clients are
+            // already waiting, so they do not wait for its start-up.
+            let now = Instant::now();
+            if self.instances[i].can_start(now) && listener_readable(&self.instances[i].listener) {
+                self.start(i, now);
+            }
+        } else if st.eof {
+            // Closed without retiring: it runs on (or exits, and reap_all
+            // sees it, throttling a bad start).
+            c.status = None;
+        }
+    }
+
     /// Reaps every exited child and logs as Postfix does.
     fn reap_all(&mut self) {
         for _ in 0..MAX_REAP {
@@ -803,7 +839,12 @@ impl Master {
                 let Some(mut c) = inst.child.take() else {
                     continue;
                 };
-                if !c.ready && c.status.as_ref().and_then(child::read_status) == Some(true) {
+                if !c.ready
+                    && c.status
+                        .as_ref()
+                        .and_then(child::read_status)
+                        .is_some_and(|s| s.ready)
+                {
                     c.ready = true;
                 }
                 let path = inst.def.program.display().to_string();
