@@ -702,6 +702,9 @@ fn parallel_fsyncs(
         }
     };
     let mut out: Vec<io::Result<()>> = Vec::with_capacity(targets.len());
+    if targets.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
     if targets.len() == 1 {
         out.push(run(&targets[0]));
     } else {
@@ -1341,6 +1344,11 @@ impl ContentReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_many_of_nothing_is_nothing() {
+        assert!(sync_many(Vec::new()).is_empty());
+    }
     use crate::queue::dirs::Ownership;
 
     fn scratch(name: &str) -> PathBuf {
