@@ -378,33 +378,38 @@ impl Msg {
         let ids = self.id.as_str();
         // The logs first, durably: a recipient marked done is no longer
         // delivered, so its notice must already be on record.
+        // (Agents mark only delivered recipients; bounced ones are marked
+        // here, after their log entry.)
         if let Err(e) = statuslog::append_durable(layout, Queue::Bounce, &self.id, &bounce) {
-            if marked {
-                warning!("{ids}: bounce log: {e}: the sender will not be notified");
-            } else {
-                // Not marked: try these recipients again next time.
-                warning!("{ids}: bounce log: {e}: recipients deferred");
-                self.deferred = true;
-                for mut b in bounce {
-                    b.status = "4.3.0".into();
-                    b.action = "delayed".into();
-                    b.reason = format!("cannot write the bounce log: {e}");
-                    defer.push(b);
-                }
-                bounced.clear();
+            // Not marked: try these recipients again next time.
+            warning!("{ids}: bounce log: {e}: recipients deferred");
+            self.deferred = true;
+            for mut b in bounce {
+                b.status = "4.3.0".into();
+                b.action = "delayed".into();
+                b.reason = format!("cannot write the bounce log: {e}");
+                defer.push(b);
             }
+            bounced.clear();
         }
         if let Err(e) = statuslog::append_durable(layout, Queue::Trace, &self.id, &trace) {
             warning!("{ids}: trace log: {e}: no success notice");
         }
-        done.extend(bounced);
         if marked {
             for &i in &done {
                 self.file.note_done(i);
             }
-        } else if !done.is_empty() {
-            if let Err(e) = self.file.mark_done_durable(&done) {
-                warning!("{ids}: cannot mark recipients done: {e}");
+            for &i in &bounced {
+                if let Err(e) = self.file.mark_done(i) {
+                    warning!("{ids}: cannot mark recipients done: {e}");
+                }
+            }
+        } else {
+            done.extend(bounced);
+            if !done.is_empty() {
+                if let Err(e) = self.file.mark_done_durable(&done) {
+                    warning!("{ids}: cannot mark recipients done: {e}");
+                }
             }
         }
         self.defer_entries.extend(defer);

@@ -497,7 +497,7 @@ where
     });
 }
 
-/// Marks the recipients that are finished (sent or bounced) done in the
+/// Marks the recipients that were delivered done in the
 /// queue file before the reply goes out, as Postfix's agents do: a qmgr
 /// that dies between the reply and its own bookkeeping then does not
 /// deliver them again. The mark is written, not fsynced (Postfix does
@@ -511,9 +511,12 @@ fn mark_done(
     outcomes: &[Outcome],
 ) -> Result<bool, String> {
     use crate::queue::{Access, Limits, Queue, QueueFile, QueueId};
+    // Only delivered recipients: a bounced one is marked by qmgr once its
+    // bounce log entry is durable, so a crash in between never loses the
+    // sender's notice.
     let finished: Vec<u64> = outcomes
         .iter()
-        .filter(|o| o.status != Status::Deferred)
+        .filter(|o| o.status == Status::Sent)
         .map(|o| o.offset)
         .collect();
     if finished.is_empty() {
