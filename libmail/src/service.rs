@@ -365,6 +365,7 @@ impl Service {
         let max_idle = self.max_idle();
         let max_use = if count_uses { self.max_use() } else { 0 };
         let served = AtomicUsize::new(0);
+        let workers = Workers::new(thread_name, handler, busy.clone());
         loop {
             if stopping() {
                 break;
@@ -390,20 +391,11 @@ impl Service {
             match accept(&listener, idle_for) {
                 Ok(Some(stream)) => {
                     *busy.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                    let h = handler.clone();
-                    let b = busy.clone();
-                    let spawned =
-                        std::thread::Builder::new()
-                            .name(thread_name.clone())
-                            .spawn(move || {
-                                h(stream);
-                                let (m, cv) = &*b;
-                                *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-                                cv.notify_all();
-                            });
-                    if let Err(e) = spawned {
+                    if let Err(e) = workers.run(stream) {
                         crate::warning!("cannot start a thread: {e}");
-                        *busy.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                        let (m, cv) = &*busy;
+                        *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                        cv.notify_all();
                     }
                     let n = served.fetch_add(1, Ordering::Relaxed) + 1;
                     if max_use > 0 && n >= max_use {
@@ -424,8 +416,10 @@ impl Service {
                 }
             }
         }
-        // No more accepts: a successor may take the listener now.
+        // No more accepts: a successor may take the listener now; idle
+        // threads end.
         self.retiring();
+        drop(workers);
         let (m, cv) = &*busy;
         let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
         while *n > 0 {
@@ -495,6 +489,93 @@ fn trigger_loop(listener: Listener, tx: mpsc::Sender<u8>) {
 
 /// Waits for a connection up to `timeout` (None: forever); wakes up
 /// every 200 ms to notice SIGTERM.
+/// The connection threads of [`Service::serve_streams`]: a thread that
+/// finished a connection waits a while for the next one instead of
+/// exiting, so a daemon handed a connection per message (cleanup) does
+/// not create and destroy a thread each time.
+struct Workers<F> {
+    tx: mpsc::Sender<Stream>,
+    rx: Arc<Mutex<mpsc::Receiver<Stream>>>,
+    /// Threads waiting for a connection and not yet promised one.
+    idle: Arc<AtomicUsize>,
+    name: String,
+    handler: Arc<F>,
+    busy: Arc<(Mutex<usize>, Condvar)>,
+}
+
+/// How long an idle connection thread waits for work before it ends.
+const WORKER_KEEP: Duration = Duration::from_secs(10);
+
+impl<F: Fn(Stream) + Send + Sync + 'static> Workers<F> {
+    fn new(name: String, handler: Arc<F>, busy: Arc<(Mutex<usize>, Condvar)>) -> Workers<F> {
+        let (tx, rx) = mpsc::channel();
+        Workers {
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+            idle: Arc::new(AtomicUsize::new(0)),
+            name,
+            handler,
+            busy,
+        }
+    }
+
+    /// Hands `stream` to an idle thread, or to a new one.
+    fn run(&self, stream: Stream) -> io::Result<()> {
+        let promised = self
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if promised {
+            // An idle thread is promised to this stream; it cannot end
+            // before it took one (see the loop below).
+            return self
+                .tx
+                .send(stream)
+                .map_err(|_| io::Error::other("connection threads are gone"));
+        }
+        let (rx, idle, h, b) = (
+            self.rx.clone(),
+            self.idle.clone(),
+            self.handler.clone(),
+            self.busy.clone(),
+        );
+        std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || {
+                let mut next = Some(stream);
+                while let Some(s) = next.take() {
+                    h(s);
+                    {
+                        let (m, cv) = &*b;
+                        *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                        cv.notify_all();
+                    }
+                    idle.fetch_add(1, Ordering::AcqRel);
+                    let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+                    next = match rx.recv_timeout(WORKER_KEEP) {
+                        Ok(s) => Some(s),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            // Leave unless a stream was promised to an idle
+                            // thread meanwhile: then take it.
+                            let left = idle
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok();
+                            if left {
+                                None
+                            } else {
+                                rx.recv().ok()
+                            }
+                        }
+                    };
+                }
+            })
+            .map(|_| ())
+    }
+}
+
 fn accept(listener: &Listener, timeout: Option<Duration>) -> io::Result<Option<Stream>> {
     use std::os::fd::AsRawFd;
     let fd = match listener {

@@ -165,7 +165,7 @@ pub fn main() {
         Ok(c) => Arc::new(c),
         Err(e) => libmail::log::fatal(&e),
     };
-    let committer = server::Committer::start();
+    let committer = server::Committer::start(service.layout.root());
     service.serve_streams(true, move |stream| server::serve(&cfg, &committer, stream));
 }
 

@@ -30,10 +30,12 @@ type Job = (Unsynced, mpsc::SyncSender<io::Result<Durable>>);
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
+    /// qmgr's wake-up, one per burst of messages rather than one each.
+    qmgr: libmail::ipc::Coalesced,
 }
 
 impl Committer {
-    pub fn start() -> Committer {
+    pub fn start(queue_directory: &std::path::Path) -> Committer {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("committer".into())
@@ -53,7 +55,13 @@ impl Committer {
                 }
             })
             .unwrap_or_else(|e| libmail::log::fatal(&format!("cannot start a thread: {e}")));
-        Committer { tx }
+        Committer {
+            tx,
+            qmgr: libmail::ipc::Coalesced::start(
+                libmail::ipc::public(queue_directory, "qmgr"),
+                b"W",
+            ),
+        }
     }
 
     /// Makes `file` durable (with whatever else is waiting).
@@ -172,10 +180,7 @@ pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
                     }
                 }
                 if !hold {
-                    let _ = libmail::ipc::trigger(
-                        &libmail::ipc::public(cfg.layout.root(), "qmgr"),
-                        b"W",
-                    );
+                    committer.qmgr.fire();
                 }
             }
             Err(e) => {

@@ -55,6 +55,39 @@ pub fn trigger(path: &Path, bytes: &[u8]) -> io::Result<()> {
     open_trigger(path)?.send(bytes)
 }
 
+/// Triggers sent from a thread of their own, coalesced: [`fire`] never
+/// blocks, and every `fire` is followed by at least one trigger sent
+/// after it; requests that arrive while one is waiting to be sent share
+/// it (cleanup fires one per message; qmgr needs one per batch).
+///
+/// [`fire`]: Coalesced::fire
+#[derive(Clone)]
+pub struct Coalesced {
+    tx: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Coalesced {
+    pub fn start(path: std::path::PathBuf, bytes: &'static [u8]) -> Coalesced {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name("trigger".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let _ = trigger(&path, bytes);
+                }
+            });
+        if let Err(e) = spawned {
+            crate::warning!("cannot start a thread: {e}");
+        }
+        Coalesced { tx }
+    }
+
+    pub fn fire(&self) {
+        // Full: a trigger is already waiting to be sent, after this call.
+        let _ = self.tx.try_send(());
+    }
+}
+
 /// A trigger endpoint, open and not yet written: what a caller that must
 /// not change anything while the service is down opens first (`postqueue
 /// -i` and `-s` make messages due only once qmgr is known to listen).
