@@ -63,7 +63,8 @@ lmtp_lhlo_timeout soft_bounce
 bounce_template_file enable_threaded_bounces bounce_service_name defer_service_name
 trace_service_name delay_warning_time 2bounce_notice_recipient delay_notice_recipient
 double_bounce_sender bounce_size_limit initial_destination_concurrency
-default_destination_concurrency_failed_cohort_limit
+default_destination_concurrency_failed_cohort_limit smtp_tls_cert_file smtp_tls_key_file
+smtp_tls_chain_files lmtp_tls_cert_file lmtp_tls_key_file lmtp_tls_chain_files
 """.split())
 doc_path = os.path.join(top, "docs/compatibility.md")
 doc = open(doc_path).read()

@@ -569,3 +569,44 @@ fn a_dead_and_a_stalled_destination_do_not_delay_a_healthy_one() {
         "{attempts} connections to the dead site for 20 messages"
     );
 }
+
+#[test]
+fn client_certificate_is_presented_when_the_server_asks() {
+    // The receiving side: Facteur's smtpd asking for client certificates.
+    let dir = common::peers::TempDir::new("ccert");
+    let server_cert = TestCert::generate(&dir, "rx.remote.test");
+    let client_cert = TestCert::generate(&dir, "tx.example.test");
+    let mut rx = Instance::new("ccert-rx", "");
+    let port = rx.with_smtpd();
+    rx.main_cf(&format!(
+        "smtpd_tls_security_level = may\nsmtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\n\
+         smtpd_tls_ask_ccert = yes\nsmtpd_tls_loglevel = 1\n\
+         relay_domains = remote.test\ntransport_maps = inline:{{ remote.test=discard: }}\n",
+        server_cert.cert.display(),
+        server_cert.key.display()
+    ));
+    rx.start();
+    let tx = relaying(
+        "ccert-tx",
+        &format!("[127.0.0.1]:{port}"),
+        &format!(
+            "smtp_tls_security_level = encrypt\nsmtp_tls_cert_file = {}\nsmtp_tls_key_file = {}\n",
+            client_cert.cert.display(),
+            client_cert.key.display()
+        ),
+    );
+    send(&tx, &["bob@remote.test"], &msg("with a client certificate"));
+    tx.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    // "Untrusted": a certificate was presented (Anonymous without one).
+    rx.wait_log(r"Untrusted TLS connection established from localhost\[127\.0\.0\.1\]");
+
+    // Without a certificate configured the same server sees none.
+    let tx2 = relaying(
+        "ccert-none",
+        &format!("[127.0.0.1]:{port}"),
+        "smtp_tls_security_level = encrypt\n",
+    );
+    send(&tx2, &["carol@remote.test"], &msg("without"));
+    tx2.wait_log(r"to=<carol@remote\.test>.*status=sent");
+    rx.wait_log(r"Anonymous TLS connection established from localhost\[127\.0\.0\.1\]");
+}

@@ -16,18 +16,23 @@
 //!   as in Postfix.
 //! * No SNI unless `smtp_tls_servername` asks for it (Postfix sends none
 //!   by default).
-//! * Client certificates (`smtp_tls_cert_file`) are not presented.
+//! * The client's own certificate (`smtp_tls_chain_files`, or
+//!   `smtp_tls_cert_file` + `smtp_tls_key_file`) is presented when the
+//!   server asks for one, at every level (the first key whose signature
+//!   scheme the server accepts).
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::SectionKind;
 
-use super::{protocols, sections, suites, val};
+use super::{load_keys, protocols, sections, suites, val};
 use crate::config::params::Params;
 
 /// Most files read from `smtp_tls_CApath`.
@@ -176,6 +181,8 @@ fn roots(p: &Params, prefix: &str) -> Result<RootCertStore, String> {
 pub fn client_configs(p: &Params, prefix: &str) -> Result<ClientTls, String> {
     let servername = Some(val(p, &format!("{prefix}_tls_servername"))).filter(|s| !s.is_empty());
     let sni = servername.is_some();
+    let own: Arc<dyn ResolvesClientCert> =
+        Arc::new(OwnKeys(load_keys(p, &provider(p, prefix, true)?, prefix)?));
     let proto_param = format!("{prefix}_tls_protocols");
     let mproto_param = format!("{prefix}_tls_mandatory_protocols");
     let opportunistic_versions = protocols(&proto_param, &val(p, &proto_param))?;
@@ -188,7 +195,7 @@ pub fn client_configs(p: &Params, prefix: &str) -> Result<ClientTls, String> {
             .map_err(|e| format!("{param}: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Unverified(algs)))
-            .with_no_client_auth();
+            .with_client_cert_resolver(own.clone());
         c.enable_sni = sni;
         Ok(c)
     };
@@ -217,7 +224,7 @@ pub fn client_configs(p: &Params, prefix: &str) -> Result<ClientTls, String> {
         .map_err(|e| format!("{mproto_param}: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_client_cert_resolver(own);
     verifying.enable_sni = sni;
     Ok(ClientTls {
         opportunistic: Arc::new(opportunistic),
@@ -233,6 +240,27 @@ pub fn server_name(name: &str) -> ServerName<'static> {
     let n = name.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(n.to_string())
         .unwrap_or_else(|_| ServerName::try_from("invalid.invalid".to_string()).expect("valid"))
+}
+
+/// The client's own keys, offered when the server asks.
+#[derive(Debug)]
+struct OwnKeys(Vec<Arc<CertifiedKey>>);
+
+impl ResolvesClientCert for OwnKeys {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        schemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .iter()
+            .find(|k| k.key.choose_scheme(schemes).is_some())
+            .cloned()
+    }
+
+    fn has_certs(&self) -> bool {
+        !self.0.is_empty()
+    }
 }
 
 /// `may` / `encrypt`: any certificate (signatures are still checked).

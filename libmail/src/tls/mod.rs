@@ -259,11 +259,21 @@ fn certified(
 }
 
 /// The server keys with their chains, as the parameters name them.
-fn load_keys(p: &Params, provider: &CryptoProvider) -> Result<Vec<Arc<CertifiedKey>>, String> {
-    let chain_files = val(p, "smtpd_tls_chain_files");
+/// The keys and certificates of `PREFIX_tls_chain_files`, or of
+/// `PREFIX_tls_cert_file` + `PREFIX_tls_key_file` (`prefix`: `smtpd` for
+/// the server, `smtp`/`lmtp` for the clients' own certificates).
+pub(crate) fn load_keys(
+    p: &Params,
+    provider: &CryptoProvider,
+    prefix: &str,
+) -> Result<Vec<Arc<CertifiedKey>>, String> {
+    let chain_param = format!("{prefix}_tls_chain_files");
+    let cert_param = format!("{prefix}_tls_cert_file");
+    let key_param = format!("{prefix}_tls_key_file");
+    let chain_files = val(p, &chain_param);
     let mut out = Vec::new();
     if !chain_files.is_empty() {
-        let param = "smtpd_tls_chain_files";
+        let param = chain_param.as_str();
         for path in split_list(&chain_files) {
             let mut key: Option<PrivateKeyDer<'static>> = None;
             let mut certs = Vec::new();
@@ -303,39 +313,33 @@ fn load_keys(p: &Params, provider: &CryptoProvider) -> Result<Vec<Arc<CertifiedK
         }
         return Ok(out);
     }
-    let cert_file = val(p, "smtpd_tls_cert_file");
+    let cert_file = val(p, &cert_param);
     if cert_file.is_empty() {
         return Ok(out);
     }
     let key_file = {
-        let k = val(p, "smtpd_tls_key_file");
+        let k = val(p, &key_param);
         if k.is_empty() {
             cert_file.clone()
         } else {
             k
         }
     };
-    let certs: Vec<CertificateDer<'static>> = sections("smtpd_tls_cert_file", &cert_file)?
+    let certs: Vec<CertificateDer<'static>> = sections(&cert_param, &cert_file)?
         .into_iter()
         .filter(|(k, _)| *k == SectionKind::Certificate)
         .map(|(_, d)| CertificateDer::from(d))
         .collect();
     if certs.is_empty() {
         return Err(format!(
-            "smtpd_tls_cert_file: file \"{cert_file}\": no certificate"
+            "{cert_param}: file \"{cert_file}\": no certificate"
         ));
     }
-    let key = sections("smtpd_tls_key_file", &key_file)?
+    let key = sections(&key_param, &key_file)?
         .into_iter()
         .find_map(|(k, d)| PrivateKeyDer::from_pem(k, d))
-        .ok_or_else(|| format!("smtpd_tls_key_file: file \"{key_file}\": no private key"))?;
-    out.push(certified(
-        "smtpd_tls_cert_file",
-        &cert_file,
-        key,
-        certs,
-        provider,
-    )?);
+        .ok_or_else(|| format!("{key_param}: file \"{key_file}\": no private key"))?;
+    out.push(certified(&cert_param, &cert_file, key, certs, provider)?);
     Ok(out)
 }
 
@@ -423,7 +427,7 @@ pub fn server_config(p: &Params, mandatory: bool) -> Result<Option<Arc<ServerCon
         )?,
         ..base
     };
-    let keys = load_keys(p, &provider)?;
+    let keys = load_keys(p, &provider, "smtpd")?;
     let algs = provider.signature_verification_algorithms;
     let builder = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&versions)
