@@ -610,3 +610,57 @@ fn client_certificate_is_presented_when_the_server_asks() {
     tx2.wait_log(r"to=<carol@remote\.test>.*status=sent");
     rx.wait_log(r"Anonymous TLS connection established from localhost\[127\.0\.0\.1\]");
 }
+
+#[test]
+fn notify_success_relayed_to_a_server_without_dsn_and_passed_on_to_one_with_it() {
+    // NOTIFY=SUCCESS from a local sender, relayed onwards: a server
+    // without DSN gets the mail "relayed" (the sender is told so); a
+    // server with DSN is handed the NOTIFY request and notifies itself.
+    for dsn in [false, true] {
+        let srv = Scripted::start(&ScriptedConfig::new().extension("DSN", dsn));
+        let tag = if dsn { "dsn-passed" } else { "dsn-relayed" };
+        let mut inst = Instance::new(tag, "");
+        // Mail for the local user stays here; the rest goes to the server.
+        inst.main_cf(&format!("relayhost = {}\n", srv.relayhost()));
+        inst.start();
+        let me = common::user();
+        inst.send(
+            &[
+                "-f",
+                &format!("{me}@mx.example.test"),
+                "-N",
+                "success",
+                "bob@remote.test",
+            ],
+            &msg("notify me"),
+        );
+        inst.kick();
+        let id = inst
+            .wait_log(r"smtp\[\d+\]: ([0-9A-F]+): to=<bob@remote\.test>.*status=sent")
+            .split(": ")
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        let t = srv.wait_transactions(1);
+        if dsn {
+            assert!(
+                t[0].rcpts[0].params.iter().any(|p| p == "NOTIFY=SUCCESS"),
+                "{:?}",
+                t[0].rcpts[0].params
+            );
+            // The message is settled without a notice from here.
+            inst.wait_log(&format!(r"qmgr\[\d+\]: {id}: removed$"));
+            assert!(!inst.log_text().contains("delivery status notification"));
+            assert!(inst.maildir(&inst.user_maildir()).is_empty());
+        } else {
+            inst.wait_log(&format!(r"{id}: sender delivery status notification: "));
+            let got = inst.wait_maildir(&inst.user_maildir(), 1);
+            assert!(got[0].contains("Action: relayed"), "{}", got[0]);
+            assert!(
+                got[0].contains("Final-Recipient: rfc822; bob@remote.test"),
+                "{}",
+                got[0]
+            );
+        }
+    }
+}

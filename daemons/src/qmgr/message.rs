@@ -285,7 +285,7 @@ impl Msg {
         for (r, o) in job.request.rcpts.iter().zip(&outcomes) {
             log_local(&job.request, r, o);
         }
-        self.record(layout, outcomes, false);
+        self.record(layout, outcomes, false, &[]);
     }
 
     /// A delivery job for some recipients (counted as outstanding).
@@ -316,12 +316,18 @@ impl Msg {
             Ok(o) => o,
             Err(reason) => defer_all(&r.request, "4.3.0", &reason),
         };
-        self.record(layout, outcomes, r.marked);
+        self.record(layout, outcomes, r.marked, &r.dsn_actions);
     }
 
     /// Done marks and status logs for a set of outcomes.
     /// `marked`: the agent already wrote the done marks.
-    fn record(&mut self, layout: &QueueLayout, outcomes: Vec<Outcome>, marked: bool) {
+    fn record(
+        &mut self,
+        layout: &QueueLayout,
+        outcomes: Vec<Outcome>,
+        marked: bool,
+        dsn_actions: &[(u64, String)],
+    ) {
         let mut done = Vec::new();
         let mut bounced = Vec::new();
         let mut defer = Vec::new();
@@ -352,9 +358,16 @@ impl Msg {
             match o.status {
                 Status::Sent => {
                     done.push(i);
-                    if dsn::wants(r.dsn_notify, Kind::Success) {
+                    // The agent may say the mail was relayed to a server
+                    // without DSN, or that the next server took the
+                    // NOTIFY request over (then no notice from here).
+                    let action = dsn_actions
+                        .iter()
+                        .find(|(off, _)| *off == o.offset)
+                        .map_or("delivered", |(_, a)| a.as_str());
+                    if action != "passed" && dsn::wants(r.dsn_notify, Kind::Success) {
                         trace.push(Entry {
-                            action: "delivered".into(),
+                            action: action.to_string(),
                             ..entry
                         });
                     }

@@ -502,6 +502,7 @@ impl Qmgr {
             marked: false,
             outcomes: Ok(outcomes),
             site_failure: None,
+            dsn_actions: Vec::new(),
         });
     }
 

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use libmail::deliver::{outcomes_from_attrs, reply_marked, reply_site_failure, Outcome, Request};
+use libmail::deliver::{
+    outcomes_from_attrs, reply_dsn_actions, reply_marked, reply_site_failure, Outcome, Request,
+};
 use libmail::ipc::{self, Conn};
 
 use super::Event;
@@ -48,6 +50,8 @@ pub(crate) struct JobResult {
     pub outcomes: Result<Vec<Outcome>, String>,
     /// The agent could not reach the next hop at all: (dsn, reason).
     pub site_failure: Option<(String, String)>,
+    /// DSN actions other than final delivery: (offset, relayed|passed).
+    pub dsn_actions: Vec<(u64, String)>,
 }
 
 struct Pool {
@@ -154,6 +158,7 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
                         marked: false,
                         outcomes: Err(reason),
                         site_failure: None,
+                        dsn_actions: Vec::new(),
                     })));
                     continue;
                 }
@@ -162,12 +167,14 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
         let c = conn.as_mut().expect("connected above");
         let mut marked = false;
         let mut site_failure = None;
+        let mut dsn_actions = Vec::new();
         let result = c
             .send(&job.request.to_attrs())
             .and_then(|_| c.expect())
             .and_then(|a| {
                 marked = reply_marked(&a);
                 site_failure = reply_site_failure(&a);
+                dsn_actions = reply_dsn_actions(&a);
                 outcomes_from_attrs(&a)
             });
         let outcomes = match result {
@@ -183,6 +190,7 @@ fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Send
                 marked,
                 outcomes,
                 site_failure,
+                dsn_actions,
             })))
             .is_err()
         {

@@ -430,6 +430,14 @@ fn run_session(
     if reused {
         relay.push_str(&format!(", conn_use={}", s.uses));
     }
+    // DSN: a server that announced DSN took the NOTIFY request over; one
+    // that did not gets the mail "relayed" (RFC 3461 section 5.2.2).
+    for (&i, r) in open.iter().zip(&results) {
+        if matches!(r, RcptResult::Sent { .. }) {
+            let action = if s.caps.dsn { "passed" } else { "relayed" };
+            libmail::deliver::dsn_action(track[i].rcpt.offset, action);
+        }
+    }
     record(track, &open, results, &relay);
     if reusable {
         cfg.cache.put(key, s);

@@ -118,6 +118,34 @@ fn take_site_failure() -> Option<(String, String)> {
     SITE.with(|s| s.borrow_mut().take())
 }
 
+thread_local! {
+    /// DSN actions the agent set for delivered recipients during the
+    /// current request (see [`dsn_action`]).
+    static ACTIONS: std::cell::RefCell<Vec<(u64, &'static str)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Called by an agent for a delivered recipient whose DSN disposition is
+/// not plain final delivery: `relayed` (handed to a server without DSN:
+/// a NOTIFY=SUCCESS notice says "relayed"), or `passed` (the next server
+/// announced DSN and took the NOTIFY request over: no notice from here,
+/// as RFC 3461 and Postfix have it). The reply carries it as
+/// `dsn_action=OFFSET:ACTION`.
+pub fn dsn_action(offset: u64, action: &'static str) {
+    ACTIONS.with(|a| a.borrow_mut().push((offset, action)));
+}
+
+/// The DSN actions a reply carries.
+pub fn reply_dsn_actions(reply: &Attrs) -> Vec<(u64, String)> {
+    reply
+        .iter()
+        .filter(|(n, _)| *n == "dsn_action")
+        .filter_map(|(_, v)| {
+            let (o, a) = v.split_once(':')?;
+            Some((o.parse().ok()?, a.to_string()))
+        })
+        .collect()
+}
+
 /// The site failure a reply carries, if any.
 pub fn reply_site_failure(reply: &Attrs) -> Option<(String, String)> {
     Some((
@@ -416,6 +444,7 @@ pub fn serve_connection<S, F>(
             }
         };
         take_site_failure();
+        ACTIONS.with(|a| a.borrow_mut().clear());
         let outcomes = if held.is_some() {
             softened(deliver(&req))
         } else {
@@ -426,6 +455,9 @@ pub fn serve_connection<S, F>(
         let mut reply = outcomes_to_attrs(&outcomes);
         if let Some((dsn, reason)) = take_site_failure() {
             reply.push("site_dsn", dsn).push("site_reason", reason);
+        }
+        for (offset, action) in ACTIONS.with(|a| std::mem::take(&mut *a.borrow_mut())) {
+            reply.push("dsn_action", format!("{offset}:{action}"));
         }
         if held.is_some() {
             match mark_done(layout, &req, &outcomes) {
