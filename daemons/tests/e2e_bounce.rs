@@ -505,7 +505,7 @@ fn bounced_then_expired_recipients_are_each_reported_once() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     i.wait_log(&format!(
-        r"postfix/qmgr\[\d+\]: {id}: from=<{}>, status=expired, returned to sender$",
+        r"postfix/qmgr\[\d+\]: {id}: from=<{}>, status=force-expired, returned to sender$",
         sender()
     ));
     i.wait_log(&format!(r"postfix/qmgr\[\d+\]: {id}: removed$"));

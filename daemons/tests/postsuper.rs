@@ -135,7 +135,7 @@ fn each_operation_with_postfix_messages_and_log_lines() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     i.wait_log(&format!(
-        r"postfix/qmgr\[\d+\]: {id2}: from=<a@example.org>, status=expired, returned to sender$"
+        r"postfix/qmgr\[\d+\]: {id2}: from=<a@example.org>, status=force-expired, returned to sender$"
     ));
     wait_for(20, "the expired message removed", || {
         find(&i, &id2).is_none()

@@ -19,7 +19,8 @@
 //!    (`ID: removed`).
 //! 5. Otherwise, past its lifetime (`maximal_queue_lifetime`,
 //!    `bounce_queue_lifetime` for the null sender) or expired by postsuper:
-//!    `ID: from=<s>, status=expired, returned to sender`, the `defer`
+//!    `ID: from=<s>, status=expired, returned to sender` (`force-expired`
+//!    after postsuper -e), the `defer`
 //!    service returns the pending recipients with their last reasons,
 //!    they are marked done and the file is removed.
 //! 6. Otherwise, deferred recipients, older than `delay_warning_time`, no
@@ -545,9 +546,11 @@ impl Msg {
                 // The next qmgr returns it.
                 return Next::Settled;
             }
+            // Postfix 3.7 tells a postsuper -e/-f expiry apart.
             info!(
-                "{ids}: from=<{}>, status=expired, returned to sender",
-                self.sender()
+                "{ids}: from=<{}>, status={}, returned to sender",
+                self.sender(),
+                if forced { "force-expired" } else { "expired" }
             );
             self.complete_defer_log(layout, forced);
             return self.ask(&policy.defer_service, Kind::Failure, Step::Expire);
