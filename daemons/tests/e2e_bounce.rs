@@ -552,3 +552,38 @@ fn local_mail_to_double_bounce_is_discarded() {
     let id = logged_id(&line);
     i.wait_log(&format!(r"postfix/qmgr\[\d+\]: {id}: removed$"));
 }
+
+#[test]
+fn smtputf8_mail_gets_a_global_notice() {
+    // smtpd would refuse the recipient at RCPT (error: transport); let
+    // it through so that the bounce happens at delivery.
+    let mut i = instance("bounce-utf8", "smtpd_reject_unlisted_recipient = no");
+    let port = i.with_smtpd();
+    i.start();
+    let mut c = common::smtp::Raw::connect(port);
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    let m = c.cmd(&format!("MAIL FROM:<{}> SMTPUTF8", sender()));
+    assert!(m.starts_with("250"), "{m}");
+    let r = c.cmd("RCPT TO:<jörg@gone.example>");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send("Subject: grüße\r\n\r\nbody\r\n.\r\n");
+    let d = c.reply();
+    assert!(d.starts_with("250"), "{d}");
+    c.cmd("QUIT");
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    let top = Entity::parse(&got[0]);
+    assert!(
+        top.get("Content-Type")
+            .is_some_and(|t| t.starts_with("multipart/report")),
+        "{}",
+        got[0]
+    );
+    let parts = top.parts();
+    assert_eq!(parts.len(), 3, "{}", got[0]);
+    assert_eq!(
+        parts[1].get("Content-Type"),
+        Some("message/global-delivery-status")
+    );
+    assert_eq!(parts[2].get("Content-Type"), Some("message/global"));
+}

@@ -664,3 +664,28 @@ fn notify_success_relayed_to_a_server_without_dsn_and_passed_on_to_one_with_it()
         }
     }
 }
+
+#[test]
+fn body_and_smtputf8_received_are_passed_on() {
+    let srv = Scripted::start(&ScriptedConfig::new().extension("SMTPUTF8", true));
+    let mut inst = Instance::new("utf8-on", "");
+    let port = inst.with_smtpd();
+    inst.main_cf(&format!(
+        "relayhost = {}\nrelay_domains = remote.test\nrelay_transport = smtp\n",
+        srv.relayhost()
+    ));
+    inst.start();
+    let mut c = common::smtp::Raw::connect(port);
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    let m = c.cmd("MAIL FROM:<alice@example.test> BODY=8BITMIME SMTPUTF8");
+    assert!(m.starts_with("250"), "{m}");
+    assert!(c.cmd("RCPT TO:<jörg@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send("Subject: grüße\r\n\r\nbody\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.cmd("QUIT");
+    let t = srv.wait_transactions(1);
+    let p = t[0].mail_params.join(" ");
+    assert!(p.contains("BODY=8BITMIME") && p.contains("SMTPUTF8"), "{p}");
+    assert_eq!(t[0].rcpts[0].address, "jörg@remote.test");
+}

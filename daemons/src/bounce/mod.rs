@@ -296,6 +296,9 @@ fn serve(cfg: &Config, stream: Stream) {
 /// What is read from the queue file.
 struct Message {
     sender: String,
+    /// The message came with SMTPUTF8 (smtpd records `smtputf8=yes`):
+    /// notices use the `message/global*` types.
+    smtputf8: bool,
     envid: Option<String>,
     ret: u32,
     arrival: u64,
@@ -449,6 +452,7 @@ fn recipient(e: &Entry) -> Recipient {
 fn read_message(cfg: &Config, path: &Path, req: &Request) -> Message {
     let fallback = || Message {
         sender: req.sender.clone(),
+        smtputf8: false,
         envid: req.envid.clone(),
         ret: req.ret,
         arrival: req.arrival,
@@ -498,6 +502,7 @@ fn read_message(cfg: &Config, path: &Path, req: &Request) -> Message {
     drop(held);
     Message {
         sender: env.sender.clone(),
+        smtputf8: env.attr("smtputf8") == Some("yes"),
         envid: env.dsn_envid.clone(),
         ret: env.dsn_ret,
         arrival: env.arrival.0,
@@ -543,7 +548,7 @@ fn send(
         sender: &msg.sender,
         envid: msg.envid.as_deref(),
         arrival: msg.arrival,
-        smtputf8: false,
+        smtputf8: msg.smtputf8,
         recipients: rcpts,
         original: &original,
     };

@@ -133,6 +133,15 @@ impl<'c> Message<'c> {
                 }
             }
         }
+        // SMTPUTF8 and BODY= go on with the message (the smtp client
+        // passes them on, notices choose their MIME types by them).
+        for name in ["smtputf8", "body"] {
+            if let Some(v) = env.get(name).filter(|v| !v.is_empty() && v.len() <= 16) {
+                if !attrs.iter().any(|(k, _)| k == name) {
+                    attrs.push((name.to_string(), v.to_string()));
+                }
+            }
+        }
         let attr = |attrs: &[(String, String)], n: &str| {
             attrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
         };
