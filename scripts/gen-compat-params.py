@@ -65,6 +65,10 @@ trace_service_name delay_warning_time 2bounce_notice_recipient delay_notice_reci
 double_bounce_sender bounce_size_limit initial_destination_concurrency
 default_destination_concurrency_failed_cohort_limit smtp_tls_cert_file smtp_tls_key_file
 smtp_tls_chain_files lmtp_tls_cert_file lmtp_tls_key_file lmtp_tls_chain_files
+smtpd_client_connection_count_limit smtpd_client_connection_rate_limit
+smtpd_client_message_rate_limit smtpd_client_recipient_rate_limit
+smtpd_client_new_tls_session_rate_limit smtpd_client_auth_rate_limit
+smtpd_client_event_limit_exceptions anvil_rate_time_unit
 """.split())
 doc_path = os.path.join(top, "docs/compatibility.md")
 doc = open(doc_path).read()

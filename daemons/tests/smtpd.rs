@@ -304,3 +304,96 @@ fn sender_mx_access_refuses_a_domain_whose_mail_host_is_listed() {
         regex::escape(&me)
     ));
 }
+
+/// Connects and reads everything the server says until it closes.
+fn refused_greeting(port: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    all
+}
+
+#[test]
+fn the_third_concurrent_connection_is_refused_as_anvil_would() {
+    let mut i = Instance::new("smtpd-conn-limit", "");
+    let port = i.with_smtpd();
+    // 127.0.0.1 is in mynetworks, the default exceptions: none here.
+    i.main_cf("smtpd_client_connection_count_limit = 2\nsmtpd_client_event_limit_exceptions =");
+    i.start();
+    let mut a = Raw::connect(port);
+    let _b = Raw::connect(port);
+    assert_eq!(
+        refused_greeting(port),
+        "421 4.7.0 mx.example.test Error: too many connections from 127.0.0.1\r\n"
+    );
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: warning: Connection concurrency limit exceeded: 3 from \S+\[127\.0\.0\.1\] for service 127\.0\.0\.1:{port}$"
+    ));
+    // A session that ended frees its place: once the server closed it,
+    // the next connection is welcome.
+    assert_eq!(a.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    assert_eq!(a.reply(), "", "closed");
+    let mut c = Raw::connect(port);
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+}
+
+#[test]
+fn message_and_recipient_rates_are_limited_per_client() {
+    let mut i = Instance::new("smtpd-rate-limit", "");
+    let port = i.with_smtpd();
+    i.main_cf(
+        "smtpd_client_message_rate_limit = 2\nsmtpd_client_recipient_rate_limit = 2\n\
+         smtpd_client_event_limit_exceptions =",
+    );
+    i.start();
+    let me = user();
+    let mut c = Raw::connect(port);
+    c.cmd("EHLO client.example");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    let rcpt = format!("RCPT TO:<{me}@mx.example.test>");
+    assert_eq!(c.cmd(&rcpt), "250 2.1.5 Ok\r\n");
+    assert_eq!(c.cmd(&rcpt), "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        c.cmd(&rcpt),
+        "450 4.7.1 Error: too many recipients from 127.0.0.1\r\n"
+    );
+    assert_eq!(c.cmd("RSET"), "250 2.0.0 Ok\r\n");
+    // The count is per client, not per session.
+    let mut d = Raw::connect(port);
+    d.cmd("EHLO client.example");
+    assert_eq!(d.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(d.cmd("RSET"), "250 2.0.0 Ok\r\n");
+    assert_eq!(
+        d.cmd("MAIL FROM:<a@example.org>"),
+        "450 4.7.1 Error: too much mail from 127.0.0.1\r\n"
+    );
+    assert_eq!(d.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: warning: Recipient address rate limit exceeded: 3 from \S+\[127\.0\.0\.1\] for service 127\.0\.0\.1:{port}$"
+    ));
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: warning: Message delivery request rate limit exceeded: 3 from \S+\[127\.0\.0\.1\] for service 127\.0\.0\.1:{port}$"
+    ));
+    i.wait_log(r"postfix/smtpd\[\d+\]: disconnect from \S+\[127\.0\.0\.1\] ehlo=1 mail=1/2 rset=1 quit=1 commands=4/5$");
+}
+
+#[test]
+fn clients_in_mynetworks_are_exempt_from_the_limits() {
+    let mut i = Instance::new("smtpd-limit-exempt", "");
+    let port = i.with_smtpd();
+    i.main_cf("smtpd_client_connection_count_limit = 1\nsmtpd_client_message_rate_limit = 1");
+    i.start();
+    let _a = Raw::connect(port);
+    let mut b = Raw::connect(port);
+    b.cmd("EHLO client.example");
+    for _ in 0..3 {
+        assert_eq!(b.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+        assert_eq!(b.cmd("RSET"), "250 2.0.0 Ok\r\n");
+    }
+    assert_eq!(b.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    assert!(!i.log_text().contains("limit exceeded"), "{}", i.log_text());
+}

@@ -1,7 +1,10 @@
 //! smtpd(8): the SMTP server. [`session`] is the protocol (no I/O),
 //! [`server`] the tokio shell around it; the access restrictions are the
-//! session's [`session::Gate`].
+//! session's [`session::Gate`]. The client limits Postfix keeps in
+//! anvil(8) live in this process ([`anvil`]): one process serves every
+//! connection of its master.cf service.
 
+pub mod anvil;
 pub mod gate;
 pub mod restrict;
 pub mod server;
@@ -62,8 +65,21 @@ pub fn main() {
         queue_directory: svc.layout.root().to_path_buf(),
         ipc_timeout: Duration::from_secs(time_param(p, "ipc_timeout", 3600).max(1)),
         sasl: sasl_config(p, svc.layout.root()),
+        limits: client_limits(p, &svc.name),
     };
     server::run(svc, shell);
+}
+
+/// The anvil(8) limits, kept in this process (None: all off).
+fn client_limits(p: &Params, service: &str) -> Option<Arc<anvil::ClientLimits>> {
+    let l =
+        anvil::ClientLimits::from_params(p, service).unwrap_or_else(|e| libmail::log::fatal(&e));
+    if let Some(l) = &l {
+        for w in l.warnings() {
+            libmail::warning!("{w}");
+        }
+    }
+    l.map(Arc::new)
 }
 
 /// The restrictions, or a fatal error naming what is wrong.

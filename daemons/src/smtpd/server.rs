@@ -48,6 +48,8 @@ pub struct Shell {
     pub ipc_timeout: Duration,
     /// SMTP AUTH (None: `smtpd_sasl_auth_enable = no`).
     pub sasl: Option<SaslConfig>,
+    /// The anvil(8) limits, kept here (None: all off).
+    pub limits: Option<Arc<super::anvil::ClientLimits>>,
 }
 
 /// Where AUTH goes (`smtpd_sasl_*`).
@@ -425,6 +427,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
             warned: false,
         }));
     }
+    if let Some(l) = &shell.limits {
+        session = session.with_limits(l.clone());
+    }
     let label = session.client.label();
     let mut stream: Stream = Box::new(stream);
     if shell.wrapper {
@@ -435,10 +440,20 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
             );
             return;
         }
+        if session.too_many_new_tls() {
+            // As Postfix in wrapper mode: no handshake, no reply.
+            info!("connect from {label}");
+            flush_logs(&mut session);
+            info!("{}", session.disconnect_line());
+            return;
+        }
         match handshake(&shell, stream).await {
-            Ok((s, summary)) => {
+            Ok((s, summary, resumed)) => {
                 stream = s;
                 session.tls_started(summary);
+                if !resumed {
+                    session.new_tls_session();
+                }
             }
             Err(e) => {
                 info!("connect from {label}");
@@ -458,6 +473,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         greet = false;
         let _ = wr.flush().await;
         if !matches!(end, End::StartTls) {
+            session.release_connection();
             break end;
         }
         // Whatever the client sent after STARTTLS, before the handshake,
@@ -465,9 +481,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         // dropped with the reader's buffer, never read as commands.
         let plain = rd.into_inner().unsplit(wr.into_inner());
         match handshake(&shell, plain).await {
-            Ok((s, summary)) => {
+            Ok((s, summary, resumed)) => {
                 stream = s;
                 session.tls_started(summary);
+                if !resumed {
+                    session.new_tls_session();
+                }
                 flush_logs(&mut session);
             }
             Err(e) => {
@@ -503,8 +522,9 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type Stream = Box<dyn Io>;
 
-/// The server side of the TLS handshake, within `smtpd_starttls_timeout`.
-async fn handshake(shell: &Shell, stream: Stream) -> Result<(Stream, Summary), String> {
+/// The server side of the TLS handshake, within `smtpd_starttls_timeout`;
+/// whether the session was resumed.
+async fn handshake(shell: &Shell, stream: Stream) -> Result<(Stream, Summary, bool), String> {
     let acceptor = shell
         .tls
         .as_ref()
@@ -513,8 +533,10 @@ async fn handshake(shell: &Shell, stream: Stream) -> Result<(Stream, Summary), S
         Err(_) => Err("timeout".into()),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(tls)) => {
-            let summary = Summary::of(tls.get_ref().1);
-            Ok((Box::new(tls), summary))
+            let conn = tls.get_ref().1;
+            let summary = Summary::of(conn);
+            let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            Ok((Box::new(tls), summary, resumed))
         }
     }
 }

@@ -29,6 +29,15 @@
 //!   ask the shell to pause `smtpd_error_sleep_time`),
 //!   `smtpd_hard_error_limit` (421 and close), `smtpd_junk_command_limit`.
 //!   A successful DATA resets the error count.
+//! * The client limits of anvil(8) ([`super::anvil`]), when the shell
+//!   sets them ([`Session::with_limits`]): connection count and rate at
+//!   the greeting (`421 4.7.0 <myhostname> Error: too many connections
+//!   from <ip>`, then close), MAIL (`450 4.7.1 Error: too much mail from
+//!   <ip>`), RCPT (`450 4.7.1 Error: too many recipients from <ip>`),
+//!   AUTH (`450 4.7.1 Error: too many AUTH commands from <ip>`), STARTTLS
+//!   (`454 4.7.0 Error: too many new TLS sessions from <name[ip]>`), each
+//!   with Postfix's `warning: ... limit exceeded: N from name[ip] for
+//!   service S`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -38,6 +47,8 @@ use libmail::ipc::Attrs;
 use libmail::smtp::command::{self, Body, Command, MailParams, RcptParams};
 use libmail::smtp::Reply;
 use libmail::tls::{Level, Summary};
+
+use super::anvil::{ClientLimits, Connected, Event};
 
 pub use super::restrict::{Facts, Log, PendingDefer};
 
@@ -269,6 +280,10 @@ pub struct Session {
     auth: Option<(String, String)>,
     /// An AUTH exchange waits for the client's next line (the mechanism).
     auth_pending: Option<String>,
+    /// The client limits (None: off, or the client is exempt).
+    limits: Option<Arc<ClientLimits>>,
+    /// This connection, counted while the session lives.
+    connected: Option<Connected>,
 }
 
 fn pl(code: u16, enh: &str, text: &str) -> Reply {
@@ -305,6 +320,70 @@ impl Session {
             sasl: None,
             auth: None,
             auth_pending: None,
+            limits: None,
+            connected: None,
+        }
+    }
+
+    /// Applies the client limits, unless the client is in
+    /// `smtpd_client_event_limit_exceptions`.
+    pub fn with_limits(mut self, limits: Arc<ClientLimits>) -> Session {
+        match limits.exempt(&self.client.name, self.client.addr) {
+            Ok(true) => {}
+            Ok(false) => self.limits = Some(limits),
+            Err(w) => {
+                self.logs.push(format!("warning: {w}"));
+                self.limits = Some(limits);
+            }
+        }
+        self
+    }
+
+    /// Counts an event against its rate limit: `Some(rate)` when over.
+    fn over_limit(&mut self, ev: Event) -> Option<u32> {
+        self.limits.as_ref()?.over(self.client.addr, ev)
+    }
+
+    /// `warning: <what> limit exceeded: N from name[addr] for service S`.
+    fn limit_warning(&mut self, what: &str, n: u32) {
+        let service = self
+            .limits
+            .as_ref()
+            .map(|l| l.service.clone())
+            .unwrap_or_default();
+        self.logs.push(format!(
+            "warning: {what} limit exceeded: {n} from {} for service {service}",
+            self.client.label()
+        ));
+    }
+
+    /// Whether the client has made too many new TLS sessions lately (the
+    /// warning is logged); checked before a handshake.
+    pub fn too_many_new_tls(&mut self) -> bool {
+        let over = self
+            .limits
+            .as_ref()
+            .and_then(|l| l.over_already(self.client.addr, Event::NewTls));
+        match over {
+            Some(n) => {
+                self.limit_warning("New TLS session rate", n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The connection is about to close: it no longer counts against
+    /// the client's connection limit (before the client can see the
+    /// close and connect again).
+    pub fn release_connection(&mut self) {
+        self.connected = None;
+    }
+
+    /// A handshake made a new TLS session (not a resumed one).
+    pub fn new_tls_session(&mut self) {
+        if let Some(l) = &self.limits {
+            l.count(self.client.addr, Event::NewTls);
         }
     }
 
@@ -346,6 +425,15 @@ impl Session {
         }
         if self.tx.is_some() {
             return fail(self, ss::transaction_in_progress());
+        }
+        if let Some(n) = self.over_limit(Event::Auth) {
+            self.limit_warning("AUTH command rate", n);
+            let r = pl(
+                450,
+                "4.7.1",
+                &format!("Error: too many AUTH commands from {}", self.client.addr),
+            );
+            return fail(self, r);
         }
         // `=` is an empty initial response (RFC 4954).
         let initial = initial.map(|i| if i == "=" { String::new() } else { i });
@@ -480,6 +568,18 @@ impl Session {
             self.count("starttls", false);
             return self.error(pl(454, "4.7.0", "TLS not available due to local problem"));
         }
+        if self.too_many_new_tls() {
+            self.count("starttls", false);
+            let r = pl(
+                454,
+                "4.7.0",
+                &format!(
+                    "Error: too many new TLS sessions from {}",
+                    self.client.label()
+                ),
+            );
+            return self.error(r);
+        }
         self.count("starttls", true);
         Step::StartTls(pl(220, "2.0.0", "Ready to start TLS"))
     }
@@ -576,6 +676,28 @@ impl Session {
         // First, even before the TLS line of a wrapper-mode handshake.
         self.logs
             .insert(0, format!("connect from {}", self.client.label()));
+        if let Some(l) = self.limits.clone() {
+            let (guard, count, rate) = l.connect(self.client.addr);
+            self.connected = Some(guard);
+            let over = if l.limits.connection_count > 0 && count > l.limits.connection_count {
+                Some(("Connection concurrency", count))
+            } else if l.limits.connection_rate > 0 && rate > l.limits.connection_rate {
+                Some(("Connection rate", rate))
+            } else {
+                None
+            };
+            if let Some((what, n)) = over {
+                self.limit_warning(what, n);
+                return Step::Close(Reply::new(
+                    421,
+                    "4.7.0",
+                    format!(
+                        "{} Error: too many connections from {}",
+                        self.set.myhostname, self.client.addr
+                    ),
+                ));
+            }
+        }
         if !self.gate.delay_reject() {
             let v = self.gate.ask(Ask::Connect, &self.view(None));
             self.absorb(&v);
@@ -908,6 +1030,16 @@ impl Session {
                 return self.error(pl(552, "5.3.4", "Message size exceeds fixed limit"));
             }
         }
+        if let Some(n) = self.over_limit(Event::Mail) {
+            self.limit_warning("Message delivery request rate", n);
+            self.count("mail", false);
+            let r = pl(
+                450,
+                "4.7.1",
+                &format!("Error: too much mail from {}", self.client.addr),
+            );
+            return self.error(r);
+        }
         self.tx = Some(Transaction {
             sender,
             params,
@@ -970,6 +1102,16 @@ impl Session {
         {
             self.count("rcpt", false);
             return self.error(pl(452, "4.5.3", "Error: too many recipients"));
+        }
+        if let Some(n) = self.over_limit(Event::Rcpt) {
+            self.limit_warning("Recipient address rate", n);
+            self.count("rcpt", false);
+            let r = pl(
+                450,
+                "4.7.1",
+                &format!("Error: too many recipients from {}", self.client.addr),
+            );
+            return self.error(r);
         }
         let v = self.gate.ask(Ask::Rcpt, &self.view(Some(&rcpt)));
         self.absorb(&v);

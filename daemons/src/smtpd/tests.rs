@@ -636,3 +636,189 @@ fn auth_refused_without_sasl_and_inside_a_transaction() {
         "503 5.5.1 Error: MAIL transaction in progress\r\n"
     );
 }
+
+fn limited(
+    f: impl FnOnce(&mut super::anvil::Limits),
+    exceptions: &str,
+) -> Arc<super::anvil::ClientLimits> {
+    let mut l = super::anvil::Limits {
+        connection_count: 0,
+        connection_rate: 0,
+        message_rate: 0,
+        recipient_rate: 0,
+        new_tls_rate: 0,
+        auth_rate: 0,
+        unit: Duration::from_secs(3600),
+    };
+    f(&mut l);
+    let ex = libmail::address::networks::NetworkList::new(
+        "smtpd_client_event_limit_exceptions",
+        exceptions,
+        false,
+    )
+    .unwrap();
+    Arc::new(super::anvil::ClientLimits::new(l, "smtp", ex))
+}
+
+#[test]
+fn connection_count_and_rate_refuse_the_greeting() {
+    let l = limited(|l| l.connection_count = 2, "");
+    let (a, _) = session(true);
+    let mut a = a.with_limits(l.clone());
+    let (b, _) = session(true);
+    let mut b = b.with_limits(l.clone());
+    assert!(matches!(a.greeting(), Step::Reply(_)));
+    assert!(matches!(b.greeting(), Step::Reply(_)));
+    let (c, _) = session(true);
+    let mut c = c.with_limits(l.clone());
+    assert_eq!(
+        c.greeting(),
+        Step::Close(Reply::new(
+            421,
+            "4.7.0",
+            "mx.example.test Error: too many connections from 127.0.0.1"
+        ))
+    );
+    assert_eq!(
+        c.take_logs(),
+        [
+            "connect from localhost[127.0.0.1]",
+            "warning: Connection concurrency limit exceeded: 3 from localhost[127.0.0.1] for service smtp"
+        ]
+    );
+    // Closed sessions no longer count.
+    drop(c);
+    drop(a);
+    let (d, _) = session(true);
+    let mut d = d.with_limits(l);
+    assert!(matches!(d.greeting(), Step::Reply(_)));
+
+    let l = limited(|l| l.connection_rate = 1, "");
+    let (a, _) = session(true);
+    let mut a = a.with_limits(l.clone());
+    assert!(matches!(a.greeting(), Step::Reply(_)));
+    drop(a);
+    let (b, _) = session(true);
+    let mut b = b.with_limits(l);
+    assert!(matches!(b.greeting(), Step::Close(_)));
+    assert!(b.take_logs().contains(
+        &"warning: Connection rate limit exceeded: 2 from localhost[127.0.0.1] for service smtp"
+            .to_string()
+    ));
+}
+
+#[test]
+fn message_and_recipient_rates_answer_450() {
+    let l = limited(
+        |l| {
+            l.message_rate = 1;
+            l.recipient_rate = 2;
+        },
+        "192.0.2.0/24",
+    );
+    let (s, _) = session(true);
+    let mut s = s.with_limits(l);
+    s.greeting();
+    said(&mut s, "EHLO c");
+    assert_eq!(said(&mut s, "MAIL FROM:<a@b>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(said(&mut s, "RCPT TO:<u1@x>"), "250 2.1.5 Ok\r\n");
+    assert_eq!(said(&mut s, "RCPT TO:<u2@x>"), "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        said(&mut s, "RCPT TO:<u3@x>"),
+        "450 4.7.1 Error: too many recipients from 127.0.0.1\r\n"
+    );
+    assert_eq!(said(&mut s, "RSET"), "250 2.0.0 Ok\r\n");
+    assert_eq!(
+        said(&mut s, "MAIL FROM:<a@b>"),
+        "450 4.7.1 Error: too much mail from 127.0.0.1\r\n"
+    );
+    let logs = s.take_logs();
+    assert!(logs.contains(
+        &"warning: Recipient address rate limit exceeded: 3 from localhost[127.0.0.1] for service smtp"
+            .to_string()
+    ), "{logs:?}");
+    assert!(logs.contains(
+        &"warning: Message delivery request rate limit exceeded: 2 from localhost[127.0.0.1] for service smtp"
+            .to_string()
+    ), "{logs:?}");
+    assert!(!logs.iter().any(|l| l.contains("reject:")), "{logs:?}");
+    assert!(
+        s.disconnect_line().contains(" mail=1/2 rcpt=2/3 "),
+        "{}",
+        s.disconnect_line()
+    );
+}
+
+#[test]
+fn exempt_clients_are_not_limited() {
+    let l = limited(
+        |l| {
+            l.connection_count = 1;
+            l.message_rate = 1;
+        },
+        "127.0.0.0/8",
+    );
+    let (a, _) = session(true);
+    let mut a = a.with_limits(l.clone());
+    let (b, _) = session(true);
+    let mut b = b.with_limits(l);
+    assert!(matches!(a.greeting(), Step::Reply(_)));
+    assert!(matches!(b.greeting(), Step::Reply(_)));
+    for _ in 0..3 {
+        assert_eq!(said(&mut b, "MAIL FROM:<a@b>"), "250 2.1.0 Ok\r\n");
+        said(&mut b, "RSET");
+    }
+}
+
+#[test]
+fn auth_and_new_tls_session_rates() {
+    use libmail::tls::Level;
+    let l = limited(
+        |l| {
+            l.auth_rate = 1;
+            l.new_tls_rate = 1;
+        },
+        "",
+    );
+    let (s, _) = session(true);
+    let mut s = s.with_sasl(Box::new(TestSasl)).with_limits(l.clone());
+    said(&mut s, "EHLO c");
+    assert_eq!(said(&mut s, "AUTH LOGIN"), "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(said(&mut s, "*"), "501 5.7.0 Authentication aborted\r\n");
+    assert_eq!(
+        said(&mut s, "AUTH LOGIN"),
+        "450 4.7.1 Error: too many AUTH commands from 127.0.0.1\r\n"
+    );
+    assert!(s.take_logs().contains(
+        &"warning: AUTH command rate limit exceeded: 2 from localhost[127.0.0.1] for service smtp"
+            .to_string()
+    ));
+
+    let (s, _, _) = tls_session(Level::May, true);
+    let mut s = s.with_limits(l.clone());
+    said(&mut s, "EHLO c");
+    assert_eq!(
+        said(&mut s, "STARTTLS"),
+        "STARTTLS 220 2.0.0 Ready to start TLS\r\n"
+    );
+    s.tls_started(tls13());
+    s.new_tls_session();
+    // One new session is within the limit; the check comes before the
+    // handshake, so the second one is still allowed.
+    let (s, _, _) = tls_session(Level::May, true);
+    let mut s = s.with_limits(l.clone());
+    said(&mut s, "EHLO c");
+    assert!(said(&mut s, "STARTTLS").starts_with("STARTTLS 220"));
+    s.new_tls_session();
+    let (s, _, _) = tls_session(Level::May, true);
+    let mut s = s.with_limits(l);
+    said(&mut s, "EHLO c");
+    assert_eq!(
+        said(&mut s, "STARTTLS"),
+        "454 4.7.0 Error: too many new TLS sessions from localhost[127.0.0.1]\r\n"
+    );
+    assert!(s.take_logs().contains(
+        &"warning: New TLS session rate limit exceeded: 2 from localhost[127.0.0.1] for service smtp"
+            .to_string()
+    ));
+}
