@@ -376,3 +376,33 @@ fn mailq_and_postqueue_show_deferred_mail_with_its_reason() {
     );
     assert!(json.contains("\"sender\": \"MAILER-DAEMON\", \"recipients\": [{\"address\": \"c@later.example\", \"delay_reason\": \"mail transport unavailable\"}"), "{json}");
 }
+
+#[test]
+fn chroot_column_runs_the_service_unjailed_with_a_warning() {
+    // Debian's master.cf asks for chroot on most services. Facteur cannot
+    // jail its daemons yet: as root, it runs them without the jail and
+    // says so, rather than failing to start them.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: chroot applies to root only");
+        return;
+    }
+    let mut i = Instance::new("chroot-col", "");
+    let mc = std::path::Path::new(&i.etc).join("master.cf");
+    let text = std::fs::read_to_string(&mc).unwrap();
+    let jailed = text
+        .replace(
+            "cleanup   unix  n       -       n       -       0       cleanup",
+            "cleanup   unix  n       -       y       -       0       cleanup",
+        )
+        .replace(
+            "qmgr      unix  n       -       n       300     1       qmgr",
+            "qmgr      unix  n       -       y       300     1       qmgr",
+        );
+    assert_ne!(jailed, text);
+    std::fs::write(&mc, jailed).unwrap();
+    i.start();
+    let me = user();
+    i.send(&["-f", "alice@example.org", &me], &msg("jailed"));
+    i.wait_maildir(&i.user_maildir(), 1);
+    i.wait_log(r"postfix/master\[\d+\]: warning: service cleanup/unix: chroot is not supported yet -- running without it$");
+}

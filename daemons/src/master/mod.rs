@@ -542,6 +542,15 @@ impl Master {
                 );
                 continue;
             }
+            if def.chroot && self.is_root {
+                // Facteur's daemons cannot run chrooted yet (they use
+                // absolute paths after start-up); running them without the
+                // jail beats refusing a Postfix master.cf that asks for it.
+                warning!(
+                    "service {}: chroot is not supported yet -- running without it",
+                    def.key()
+                );
+            }
             let eps = match listen::endpoints(
                 def.kind,
                 &def.name,
@@ -754,7 +763,7 @@ impl Master {
             config_dir: &self.opts.config_dir,
             maxproc: def.maxproc,
             listener: inst.listener.as_raw_fd(),
-            chroot: (self.is_root && def.chroot).then_some(self.queue_dir.as_path()),
+            chroot: None,
             ids: if self.is_root && def.unprivileged {
                 self.ids
             } else {
