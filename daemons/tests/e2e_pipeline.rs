@@ -406,3 +406,25 @@ fn chroot_column_runs_the_service_unjailed_with_a_warning() {
     i.wait_maildir(&i.user_maildir(), 1);
     i.wait_log(r"postfix/master\[\d+\]: warning: service cleanup/unix: chroot is not supported yet -- running without it$");
 }
+
+#[test]
+fn active_queue_limits_take_mail_in_turns_and_lose_none() {
+    // At most one message or two recipients in memory: twelve messages
+    // of two recipients each still all arrive, a few at a time.
+    let mut i = Instance::new(
+        "active-limits",
+        "qmgr_message_active_limit = 1\nqmgr_message_recipient_limit = 2\nrecipient_delimiter = +",
+    );
+    i.start();
+    let me = user();
+    let also = format!("{me}+also");
+    for n in 0..12 {
+        i.send(
+            &["-f", "alice@example.org", &me, &also],
+            &msg(&format!("m{n}")),
+        );
+    }
+    i.kick();
+    let got = i.wait_maildir(&i.user_maildir(), 24);
+    assert_eq!(got.len(), 24);
+}

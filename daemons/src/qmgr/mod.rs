@@ -113,6 +113,14 @@ pub(crate) struct Qmgr {
     notifier: Notifier,
     policy: Policy,
     active_limit: usize,
+    /// `qmgr_message_recipient_limit`: recipients held in memory at most
+    /// (a message is still taken whole when it alone exceeds it).
+    recipient_limit: usize,
+    /// Recipients of the messages now in `msgs`.
+    recipients_held: usize,
+    /// A scan of `incoming/` stopped at a limit: scan again once
+    /// messages leave.
+    incoming_left: bool,
     queue_run_delay: u64,
     next_deferred_scan: Instant,
     /// An `A` trigger arrived: the next deferred scan ignores retry times.
@@ -146,6 +154,9 @@ pub fn main() {
         pools: Pools::new(svc.layout.root().to_path_buf(), tx),
         policy: policy(p),
         active_limit: num_param(p, "qmgr_message_active_limit", 20000).max(1) as usize,
+        recipient_limit: num_param(p, "qmgr_message_recipient_limit", 20000).max(1) as usize,
+        recipients_held: 0,
+        incoming_left: false,
         queue_run_delay,
         next_deferred_scan: Instant::now(),
         ignore_times: false,
@@ -279,6 +290,9 @@ impl Qmgr {
                 self.next_deferred_scan =
                     Instant::now() + Duration::from_secs(self.queue_run_delay);
             }
+            if self.incoming_left && !self.at_limit() {
+                scan_incoming = true;
+            }
             if scan_incoming {
                 self.scan(Queue::Incoming, false);
             }
@@ -309,11 +323,25 @@ impl Qmgr {
     }
 
     /// Takes messages from `incoming/` or the due ones from `deferred/`.
+    /// Whether the active queue is full (`qmgr_message_active_limit`,
+    /// `qmgr_message_recipient_limit`).
+    fn at_limit(&self) -> bool {
+        self.msgs.len() >= self.active_limit
+            || (self.recipients_held >= self.recipient_limit && !self.msgs.is_empty())
+    }
+
     fn scan(&mut self, q: Queue, ignore_times: bool) {
         let now = libmail::deliver::now_f64();
         let found: Vec<_> = self.svc.layout.scan(q).take(self.active_limit).collect();
+        if q == Queue::Incoming {
+            // A listing cut at the limit leaves files for the next scan.
+            self.incoming_left = found.len() >= self.active_limit;
+        }
         for r in found {
-            if self.msgs.len() >= self.active_limit || service::stopping() {
+            if self.at_limit() || service::stopping() {
+                if q == Queue::Incoming {
+                    self.incoming_left = true;
+                }
                 break;
             }
             let (id, path) = match r {
@@ -433,6 +461,7 @@ impl Qmgr {
         } else {
             msg.plan(&self.svc.layout, &self.resolver, &self.policy.double_bounce)
         };
+        self.recipients_held += msg.nrcpt();
         self.msgs.insert(key.clone(), msg);
         for (transport, nexthop, rcpts) in groups {
             let limits = self.limits_of(&transport);
@@ -556,7 +585,9 @@ impl Qmgr {
                 request,
             }),
             Next::Settled => {
-                self.msgs.remove(key);
+                if let Some(m) = self.msgs.remove(key) {
+                    self.recipients_held = self.recipients_held.saturating_sub(m.nrcpt());
+                }
             }
         }
     }
