@@ -397,3 +397,115 @@ fn clients_in_mynetworks_are_exempt_from_the_limits() {
     assert_eq!(b.cmd("QUIT"), "221 2.0.0 Bye\r\n");
     assert!(!i.log_text().contains("limit exceeded"), "{}", i.log_text());
 }
+
+/// A session that sends one message with these bytes as its content
+/// (ending with the CRLF.CRLF); the reply to the end of data.
+fn send_content(c: &mut Raw, me: &str, content: &str) -> String {
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
+        "250 2.1.5 Ok\r\n"
+    );
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+    c.send(content);
+    c.reply()
+}
+
+const BARE_LF_REPLY: &str = "550 5.5.2 mx.example.test Error: bare <LF> received\r\n";
+
+#[test]
+fn bare_lf_in_a_command_is_refused_and_the_session_ends_under_reject() {
+    let mut i = Instance::new("smtpd-barelf-cmd", "");
+    let port = i.with_smtpd();
+    // Loopback is not in the exclusions: the client is not exempt.
+    i.main_cf(
+        "smtpd_forbid_bare_newline = reject\n\
+         smtpd_forbid_bare_newline_exclusions = 192.0.2.0/24",
+    );
+    i.start();
+    let mut c = Raw::connect(port);
+    assert!(c.cmd("EHLO client.example").starts_with("250-"));
+    c.send("MAIL FROM:<a@example.org>\n");
+    assert_eq!(c.reply(), BARE_LF_REPLY);
+    assert_eq!(c.reply(), "", "the server closed the connection");
+    i.wait_log(
+        r"postfix/smtpd\[\d+\]: NOQUEUE: reject: EHLO from \S+\[127\.0\.0\.1\]: 550 5\.5\.2 mx\.example\.test Error: bare <LF> received; proto=ESMTP helo=<client\.example>$",
+    );
+    i.wait_log(r"postfix/smtpd\[\d+\]: disconnect from \S+\[127\.0\.0\.1\] ehlo=1 commands=1$");
+}
+
+#[test]
+fn bare_lf_in_content_is_refused_at_the_end_and_never_queued_under_reject() {
+    let mut i = Instance::new("smtpd-barelf-data", "");
+    let port = i.with_smtpd();
+    i.main_cf(
+        "smtpd_forbid_bare_newline = reject\n\
+         smtpd_forbid_bare_newline_exclusions = 192.0.2.0/24",
+    );
+    i.start();
+    let me = user();
+    let mut c = Raw::connect(port);
+    assert!(c.cmd("EHLO client.example").starts_with("250-"));
+    // The smuggling attempt: refused as a whole at CRLF.CRLF.
+    let r = send_content(
+        &mut c,
+        &me,
+        "Subject: smuggle\r\n\r\nline\n.\nMAIL FROM:<evil@example.org>\r\n.\r\n",
+    );
+    assert_eq!(r, BARE_LF_REPLY);
+    // The session goes on; a clean message is queued.
+    let r = send_content(&mut c, &me, "Subject: clean\r\n\r\nfine\r\n.\r\n");
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    i.wait_log(
+        r"postfix/smtpd\[\d+\]: [0-9A-Za-z]+: reject: END-OF-MESSAGE from \S+\[127\.0\.0\.1\]: 550 5\.5\.2 mx\.example\.test Error: bare <LF> received; from=<a@example\.org> proto=ESMTP helo=<client\.example>$",
+    );
+    i.wait_log(
+        r"postfix/smtpd\[\d+\]: disconnect from \S+\[127\.0\.0\.1\] ehlo=1 mail=2 rcpt=2 data=1/2 quit=1 commands=7/8$",
+    );
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(got[0].contains("Subject: clean\n"), "{}", got[0]);
+    wait_for(30, "the queue to empty", || {
+        i.queue_files("incoming").is_empty()
+            && i.queue_files("active").is_empty()
+            && i.queue_files("deferred").is_empty()
+    });
+    let all = i.maildir(&i.user_maildir());
+    assert_eq!(all.len(), 1, "only the clean message: {all:?}");
+    assert!(!all[0].contains("evil@example.org"), "{}", all[0]);
+}
+
+#[test]
+fn excluded_clients_and_no_normalize_yes_accept_bare_lf() {
+    let me = user();
+    // reject, but loopback is in $mynetworks (the default exclusions);
+    // then the three values that never reject.
+    for (tag, conf) in [
+        ("smtpd-barelf-excl", "smtpd_forbid_bare_newline = reject"),
+        ("smtpd-barelf-no", "smtpd_forbid_bare_newline = no\nsmtpd_forbid_bare_newline_exclusions = 192.0.2.0/24"),
+        ("smtpd-barelf-norm", "smtpd_forbid_bare_newline = normalize\nsmtpd_forbid_bare_newline_exclusions = 192.0.2.0/24"),
+        ("smtpd-barelf-yes", "smtpd_forbid_bare_newline = yes\nsmtpd_forbid_bare_newline_exclusions = 192.0.2.0/24"),
+    ] {
+        let mut i = Instance::new(tag, "");
+        let port = i.with_smtpd();
+        i.main_cf(conf);
+        i.start();
+        let mut c = Raw::connect(port);
+        c.send("EHLO client.example\n");
+        assert!(c.reply().starts_with("250-mx.example.test\r\n"), "{tag}");
+        // A bare-LF dot is content, not the end (normalize).
+        let r = send_content(
+            &mut c,
+            &me,
+            "Subject: lf\r\n\r\nline\n.\nafter\r\n.\r\n",
+        );
+        assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{tag}: {r}");
+        assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+        let got = i.wait_maildir(&i.user_maildir(), 1);
+        // The lone dot is content, unstuffed as any leading dot is.
+        assert!(got[0].contains("\nline\n\nafter\n"), "{tag}: {:?}", got[0]);
+        i.wait_log(
+            r"postfix/smtpd\[\d+\]: disconnect from \S+\[127\.0\.0\.1\] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5$",
+        );
+    }
+}

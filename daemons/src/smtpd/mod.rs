@@ -14,6 +14,7 @@ pub mod standalone;
 use std::sync::Arc;
 use std::time::Duration;
 
+use libmail::address::networks::NetworkList;
 use libmail::address::resolve::Resolver;
 use libmail::config::params::Params;
 use libmail::service::{bool_param, num_param, time_param, Service};
@@ -53,6 +54,7 @@ pub fn main() {
     let mut settings = Settings::from_params(p);
     settings.tls.level = level;
     settings.tls.available = tls.is_some();
+    let bare_lf_exclusions = bare_lf_exclusions(p, settings.bare_lf);
     let shell = server::Shell {
         settings: Arc::new(settings),
         tls,
@@ -66,6 +68,7 @@ pub fn main() {
         ipc_timeout: Duration::from_secs(time_param(p, "ipc_timeout", 3600).max(1)),
         sasl: sasl_config(p, svc.layout.root()),
         limits: client_limits(p, &svc.name),
+        bare_lf_exclusions,
     };
     server::run(svc, shell);
 }
@@ -80,6 +83,19 @@ fn client_limits(p: &Params, service: &str) -> Option<Arc<anvil::ClientLimits>> 
         }
     }
     l.map(Arc::new)
+}
+
+/// `smtpd_forbid_bare_newline_exclusions`, needed only under `reject`.
+fn bare_lf_exclusions(p: &Params, mode: session::BareLf) -> Option<Arc<NetworkList>> {
+    if mode != session::BareLf::Reject {
+        return None;
+    }
+    let l = NetworkList::from_param(p, "smtpd_forbid_bare_newline_exclusions")
+        .unwrap_or_else(|e| libmail::log::fatal(&e.to_string()));
+    for w in l.warnings() {
+        libmail::warning!("{w}");
+    }
+    Some(Arc::new(l))
 }
 
 /// The restrictions, or a fatal error naming what is wrong.
@@ -156,6 +172,17 @@ impl Settings {
             auth_tls_only: bool_param(p, "smtpd_tls_auth_only", false),
             broken_sasl_clients: bool_param(p, "broken_sasl_auth_clients", false),
             sasl_authenticated_header: bool_param(p, "smtpd_sasl_authenticated_header", false),
+            bare_lf: {
+                let b = v("smtpd_forbid_bare_newline");
+                session::BareLf::parse(&b).unwrap_or_else(|| {
+                    libmail::log::fatal(&format!(
+                        "invalid smtpd_forbid_bare_newline value: \"{b}\" \
+                         (expected no, normalize, yes or reject)"
+                    ))
+                })
+            },
+            bare_lf_reject_code: num_param(p, "smtpd_forbid_bare_newline_reject_code", 550)
+                .clamp(400, 599) as u16,
         }
     }
 }

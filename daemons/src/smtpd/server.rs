@@ -8,8 +8,10 @@
 //!
 //! DATA ends only at `<CR><LF>.<CR><LF>`: a `.` line after a bare LF is
 //! content (Postfix's `smtpd_forbid_bare_newline = normalize`, which
-//! closes the SMTP smuggling hole); bare LF line ends are otherwise taken
-//! as line ends.
+//! closes the SMTP smuggling hole; `no` is read the same way); bare LF
+//! line ends are otherwise taken as line ends. Under `reject` the shell
+//! tells the session of each line that ended in a bare LF: a command is
+//! refused and the session ends, content is refused at its end.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -50,6 +52,8 @@ pub struct Shell {
     pub sasl: Option<SaslConfig>,
     /// The anvil(8) limits, kept here (None: all off).
     pub limits: Option<Arc<super::anvil::ClientLimits>>,
+    /// `smtpd_forbid_bare_newline_exclusions` (None: not `reject`).
+    pub bare_lf_exclusions: Option<Arc<libmail::address::networks::NetworkList>>,
 }
 
 /// Where AUTH goes (`smtpd_sasl_*`).
@@ -345,8 +349,9 @@ fn forward_has(name: &str, addr: IpAddr) -> bool {
 /// One line read by [`read_line`].
 enum Line {
     /// The line, without its end; cut at the limit (as Postfix 3.7 cuts
-    /// long command lines), the rest read and dropped.
-    Full,
+    /// long command lines), the rest read and dropped. `bare_lf`: it
+    /// ended in an LF without a CR before it.
+    Full { bare_lf: bool },
     /// End of stream (a partial last line is dropped).
     Eof,
 }
@@ -360,6 +365,9 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 ) -> std::io::Result<Line> {
     buf.clear();
     let mut truncated = false;
+    // The byte before the LF, kept or not (a cut line may still end in
+    // CR LF).
+    let mut last = None;
     loop {
         let avail = r.fill_buf().await?;
         if avail.is_empty() {
@@ -370,6 +378,9 @@ async fn read_line<R: AsyncBufRead + Unpin>(
             None => (avail.len(), false),
         };
         let take = if found { used - 1 } else { used };
+        if take > 0 {
+            last = Some(avail[take - 1]);
+        }
         let room = max.saturating_sub(buf.len());
         if take > room {
             truncated = true;
@@ -380,7 +391,9 @@ async fn read_line<R: AsyncBufRead + Unpin>(
             if !truncated && buf.last() == Some(&b'\r') {
                 buf.pop();
             }
-            return Ok(Line::Full);
+            return Ok(Line::Full {
+                bare_lf: last != Some(b'\r'),
+            });
         }
     }
 }
@@ -429,6 +442,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
     }
     if let Some(l) = &shell.limits {
         session = session.with_limits(l.clone());
+    }
+    if let Some(x) = &shell.bare_lf_exclusions {
+        session = session.with_bare_lf_exclusions(x);
     }
     let label = session.client.label();
     let mut stream: Stream = Box::new(stream);
@@ -608,7 +624,17 @@ where
                     return End::Timeout;
                 }
                 Ok(Err(_)) | Ok(Ok(Line::Eof)) => return End::Lost,
-                Ok(Ok(Line::Full)) => String::from_utf8_lossy(&line).into_owned(),
+                Ok(Ok(Line::Full { bare_lf })) => {
+                    if bare_lf {
+                        if let Some(Step::Close(r)) = session.bare_lf_command() {
+                            flush_logs(session);
+                            let _ = wr.write_all(&r.to_wire()).await;
+                            let _ = wr.flush().await;
+                            return End::Closed;
+                        }
+                    }
+                    String::from_utf8_lossy(&line).into_owned()
+                }
             };
         // More already waiting behind this command, without PIPELINING
         // negotiated: what reject_unauth_pipelining looks for.
@@ -742,6 +768,9 @@ async fn read_data<R: AsyncBufRead + Unpin>(
         if ended && crlf && prev_crlf && line == b"." {
             return Ok(());
         }
+        if ended && !crlf {
+            session.data_bare_lf();
+        }
         let body: &[u8] = if prev_crlf_start(&line) {
             &line[1..]
         } else {
@@ -767,6 +796,9 @@ async fn read_data<R: AsyncBufRead + Unpin>(
                     Ok(Err(_)) | Ok(Ok(None)) => return Err(End::Lost),
                     Ok(Ok(Some(x))) => x,
                 };
+                if e && !c {
+                    session.data_bare_lf();
+                }
                 if e {
                     session.data_line(&line);
                 } else {

@@ -43,6 +43,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use libmail::address::networks::NetworkList;
 use libmail::ipc::Attrs;
 use libmail::smtp::command::{self, Body, Command, MailParams, RcptParams};
 use libmail::smtp::Reply;
@@ -176,6 +177,38 @@ pub struct Settings {
     pub broken_sasl_clients: bool,
     /// `smtpd_sasl_authenticated_header`.
     pub sasl_authenticated_header: bool,
+    /// `smtpd_forbid_bare_newline`.
+    pub bare_lf: BareLf,
+    /// `smtpd_forbid_bare_newline_reject_code`.
+    pub bare_lf_reject_code: u16,
+}
+
+/// What smtpd does with a line that ends in a bare `<LF>`
+/// (`smtpd_forbid_bare_newline`, as Postfix 3.7.11 has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BareLf {
+    /// `normalize`, `yes` (its alias) and `no`: only `<CR><LF>.<CR><LF>`
+    /// ends DATA; any other bare LF counts as a line end. Postfix 3.7's
+    /// default `no` would also end DATA at `<LF>.<LF>` (SMTP smuggling);
+    /// Facteur keeps the safe `normalize` reading for `no` as well, as it
+    /// always has.
+    #[default]
+    Normalize,
+    /// `reject`: a command line ending in a bare LF is refused and the
+    /// session ends; content with one is refused at its end.
+    Reject,
+}
+
+impl BareLf {
+    /// The parameter's value; `None` when Postfix would not accept it.
+    pub fn parse(value: &str) -> Option<BareLf> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            // `no` is 3.7's default: kept as today's behaviour (normalize).
+            "no" | "normalize" | "yes" => Some(BareLf::Normalize),
+            "reject" => Some(BareLf::Reject),
+            _ => None,
+        }
+    }
 }
 
 /// The `smtpd_tls_*` settings the conversation needs (the handshake
@@ -222,6 +255,9 @@ struct Transaction {
     pending: Vec<u8>,
     /// BDAT: the last chunk ended in CR (a CR LF may straddle chunks).
     cr: bool,
+    /// A content line ended in a bare LF (under `reject`, for a client
+    /// not excluded): the message is refused at its end.
+    bare_lf: bool,
 }
 
 /// What the shell must do after a command.
@@ -284,6 +320,9 @@ pub struct Session {
     limits: Option<Arc<ClientLimits>>,
     /// This connection, counted while the session lives.
     connected: Option<Connected>,
+    /// `smtpd_forbid_bare_newline = reject` applies to this client (it is
+    /// not in `smtpd_forbid_bare_newline_exclusions`).
+    reject_bare_lf: bool,
 }
 
 fn pl(code: u16, enh: &str, text: &str) -> Reply {
@@ -298,7 +337,6 @@ impl Session {
         client: Client,
     ) -> Session {
         Session {
-            set,
             gate,
             queue,
             client,
@@ -322,6 +360,63 @@ impl Session {
             auth_pending: None,
             limits: None,
             connected: None,
+            reject_bare_lf: set.bare_lf == BareLf::Reject,
+            set,
+        }
+    }
+
+    /// Exempts the client from `smtpd_forbid_bare_newline = reject` when
+    /// it is in `smtpd_forbid_bare_newline_exclusions`; a lookup error
+    /// counts as not exempt, with a warning.
+    pub fn with_bare_lf_exclusions(mut self, exclusions: &NetworkList) -> Session {
+        if !self.reject_bare_lf {
+            return self;
+        }
+        match exclusions.matches(Some(&self.client.name), self.client.addr) {
+            Ok(true) => self.reject_bare_lf = false,
+            Ok(false) => {}
+            Err(e) => self.logs.push(format!(
+                "warning: smtpd_forbid_bare_newline_exclusions: table lookup problem: {e}"
+            )),
+        }
+        self
+    }
+
+    /// `<code> 5.5.2 <myhostname> Error: bare <LF> received`.
+    fn bare_lf_reply(&self) -> Reply {
+        Reply::new(
+            self.set.bare_lf_reject_code,
+            "5.5.2",
+            format!("{} Error: bare <LF> received", self.set.myhostname),
+        )
+    }
+
+    /// The shell read a command line that ended in a bare LF: under
+    /// `reject` the reply that ends the session (the line is not
+    /// executed, nor counted as a command); otherwise `None`, and the line
+    /// is a command as any other.
+    pub fn bare_lf_command(&mut self) -> Option<Step> {
+        if !self.reject_bare_lf {
+            return None;
+        }
+        let r = self.bare_lf_reply();
+        let r = if self.set.soft_bounce {
+            r.softened()
+        } else {
+            r
+        };
+        let stage = self.last_verb.clone();
+        self.log_reject(&stage, &r, None);
+        Some(Step::Close(r))
+    }
+
+    /// The shell read a DATA content line that ended in a bare LF: under
+    /// `reject` the message is refused at its end.
+    pub fn data_bare_lf(&mut self) {
+        if self.reject_bare_lf {
+            if let Some(t) = self.tx.as_mut() {
+                t.bare_lf = true;
+            }
         }
     }
 
@@ -1388,6 +1483,7 @@ impl Session {
             return;
         }
         let limit = self.set.message_size_limit;
+        let reject_bare_lf = self.reject_bare_lf;
         let Some(t) = self.tx.as_mut() else {
             return;
         };
@@ -1400,11 +1496,15 @@ impl Session {
             return;
         }
         for &b in chunk {
+            let after_cr = t.cr;
             if t.cr {
                 t.cr = false;
                 if b != b'\n' {
                     t.pending.push(b'\r');
                 }
+            }
+            if b == b'\n' && !after_cr && reject_bare_lf {
+                t.bare_lf = true;
             }
             if b == b'\r' {
                 t.cr = true;
@@ -1428,6 +1528,11 @@ impl Session {
         } else if let Some(r) = t.failed.take() {
             self.queue.abort();
             Err(r)
+        } else if t.bare_lf {
+            // Not queued: closing the cleanup connection unfinished
+            // removes the file.
+            self.queue.abort();
+            Err(self.bare_lf_reply())
         } else {
             if t.cr {
                 t.pending.push(b'\r');

@@ -29,6 +29,8 @@ fn settings() -> Settings {
         auth_tls_only: false,
         broken_sasl_clients: false,
         sasl_authenticated_header: true,
+        bare_lf: BareLf::Normalize,
+        bare_lf_reject_code: 550,
     }
 }
 
@@ -112,6 +114,36 @@ fn session(delay: bool) -> (Session, Arc<Mutex<Record>>) {
             server: None,
         },
     );
+    (s, rec)
+}
+
+/// A session under `smtpd_forbid_bare_newline = reject`, for a client at
+/// 192.0.2.7, with these exclusions.
+fn bare_lf_session(exclusions: &str) -> (Session, Arc<Mutex<Record>>) {
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let set = Settings {
+        bare_lf: BareLf::Reject,
+        ..settings()
+    };
+    let list = libmail::address::networks::NetworkList::new(
+        "smtpd_forbid_bare_newline_exclusions",
+        exclusions,
+        false,
+    )
+    .unwrap();
+    let s = Session::new(
+        Arc::new(set),
+        Arc::new(TestGate { delay: true }),
+        Box::new(TestQueue(rec.clone())),
+        Client {
+            addr: "192.0.2.7".parse().unwrap(),
+            port: 4242,
+            name: "unknown".into(),
+            reverse_name: "unknown".into(),
+            server: None,
+        },
+    )
+    .with_bare_lf_exclusions(&list);
     (s, rec)
 }
 
@@ -821,4 +853,171 @@ fn auth_and_new_tls_session_rates() {
         &"warning: New TLS session rate limit exceeded: 2 from localhost[127.0.0.1] for service smtp"
             .to_string()
     ));
+}
+
+#[test]
+fn bare_lf_values_parse_as_postfix_3_7_11() {
+    assert_eq!(BareLf::parse("no"), Some(BareLf::Normalize));
+    assert_eq!(BareLf::parse("normalize"), Some(BareLf::Normalize));
+    assert_eq!(BareLf::parse("yes"), Some(BareLf::Normalize));
+    assert_eq!(BareLf::parse("Reject"), Some(BareLf::Reject));
+    assert_eq!(BareLf::parse("note"), None);
+    assert_eq!(BareLf::parse("maybe"), None);
+}
+
+#[test]
+fn a_bare_lf_command_is_refused_and_ends_the_session_under_reject() {
+    let (mut s, _) = bare_lf_session("127.0.0.0/8");
+    s.greeting();
+    said(&mut s, "EHLO c");
+    s.take_logs();
+    assert_eq!(
+        s.bare_lf_command(),
+        Some(Step::Close(Reply::new(
+            550,
+            "5.5.2",
+            "mx.example.test Error: bare <LF> received"
+        )))
+    );
+    assert_eq!(
+        s.take_logs(),
+        vec!["NOQUEUE: reject: EHLO from unknown[192.0.2.7]: 550 5.5.2 mx.example.test Error: bare <LF> received; proto=ESMTP helo=<c>".to_string()]
+    );
+    // The refused line is not a command.
+    assert_eq!(
+        s.disconnect_line(),
+        "disconnect from unknown[192.0.2.7] ehlo=1 commands=1"
+    );
+}
+
+#[test]
+fn the_reject_code_is_configurable() {
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let set = Settings {
+        bare_lf: BareLf::Reject,
+        bare_lf_reject_code: 521,
+        ..settings()
+    };
+    let mut s = Session::new(
+        Arc::new(set),
+        Arc::new(TestGate { delay: true }),
+        Box::new(TestQueue(rec)),
+        Client {
+            addr: "192.0.2.7".parse().unwrap(),
+            port: 4242,
+            name: "unknown".into(),
+            reverse_name: "unknown".into(),
+            server: None,
+        },
+    );
+    match s.bare_lf_command() {
+        Some(Step::Close(r)) => assert_eq!(
+            r.to_string(),
+            "521 5.5.2 mx.example.test Error: bare <LF> received\r\n"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let logs = s.take_logs().join("\n");
+    assert!(
+        logs.contains("NOQUEUE: reject: CONNECT from unknown[192.0.2.7]: 521 5.5.2 "),
+        "{logs}"
+    );
+}
+
+#[test]
+fn bare_lf_content_is_refused_at_the_end_of_data_and_not_queued() {
+    let (mut s, rec) = bare_lf_session("127.0.0.0/8");
+    said(&mut s, "EHLO c");
+    said(&mut s, "MAIL FROM:<a@b>");
+    said(&mut s, "RCPT TO:<u@x>");
+    said(&mut s, "DATA");
+    s.take_logs();
+    s.data_line(b"Subject: x");
+    s.data_bare_lf();
+    s.data_line(b"smuggled");
+    s.data_line(b"body");
+    assert_eq!(
+        s.data_end().to_string(),
+        "550 5.5.2 mx.example.test Error: bare <LF> received\r\n"
+    );
+    {
+        let r = rec.lock().unwrap();
+        assert!(!r.finished, "nothing queued");
+        assert_eq!(r.aborted, 1);
+    }
+    assert_eq!(
+        s.take_logs(),
+        vec!["ABCDE1: reject: END-OF-MESSAGE from unknown[192.0.2.7]: 550 5.5.2 mx.example.test Error: bare <LF> received; from=<a@b> proto=ESMTP helo=<c>".to_string()]
+    );
+    // The session goes on: the next message is clean.
+    said(&mut s, "MAIL FROM:<a@b>");
+    said(&mut s, "RCPT TO:<u@x>");
+    said(&mut s, "DATA");
+    s.data_line(b"clean");
+    assert_eq!(
+        s.data_end().to_string(),
+        "250 2.0.0 Ok: queued as ABCDE2\r\n"
+    );
+    assert_eq!(
+        s.disconnect_line(),
+        "disconnect from unknown[192.0.2.7] ehlo=1 mail=2 rcpt=2 data=1/2 commands=6/7"
+    );
+}
+
+#[test]
+fn bare_lf_in_bdat_is_refused_at_the_last_chunk() {
+    let (mut s, rec) = bare_lf_session("");
+    said(&mut s, "EHLO c");
+    said(&mut s, "MAIL FROM:<a@b>");
+    said(&mut s, "RCPT TO:<u@x>");
+    said(&mut s, "BDAT 12");
+    // CR LF split across chunks is not a bare LF.
+    s.bdat_bytes(b"Subject: x\r");
+    s.bdat_bytes(b"\n");
+    assert_eq!(
+        s.bdat_end(12, false),
+        Step::Reply(Reply::new(250, "2.0.0", "Ok: 12 bytes"))
+    );
+    said(&mut s, "BDAT 7 LAST");
+    s.bdat_bytes(b"\nbody\r\n");
+    assert_eq!(
+        s.bdat_end(7, true),
+        Step::Reply(Reply::new(
+            550,
+            "5.5.2",
+            "mx.example.test Error: bare <LF> received"
+        ))
+    );
+    assert!(!rec.lock().unwrap().finished);
+}
+
+#[test]
+fn clients_in_the_exclusions_and_other_modes_keep_bare_lf() {
+    // Excluded: 192.0.2.7 is in the list.
+    let (mut s, rec) = bare_lf_session("127.0.0.0/8, 192.0.2.0/24");
+    assert_eq!(s.bare_lf_command(), None);
+    said(&mut s, "EHLO c");
+    said(&mut s, "MAIL FROM:<a@b>");
+    said(&mut s, "RCPT TO:<u@x>");
+    said(&mut s, "DATA");
+    s.data_bare_lf();
+    s.data_line(b"x");
+    assert_eq!(
+        s.data_end().to_string(),
+        "250 2.0.0 Ok: queued as ABCDE1\r\n"
+    );
+    assert!(rec.lock().unwrap().finished);
+    // normalize (and no, yes): bare LF is a line end, nothing more.
+    let (mut s, rec) = session(true);
+    assert_eq!(s.bare_lf_command(), None);
+    said(&mut s, "EHLO c");
+    said(&mut s, "MAIL FROM:<a@b>");
+    said(&mut s, "RCPT TO:<u@x>");
+    said(&mut s, "BDAT 3 LAST");
+    s.bdat_bytes(b"x\ny");
+    assert_eq!(
+        s.bdat_end(3, true),
+        Step::Reply(Reply::new(250, "2.0.0", "Ok: 3 bytes queued as ABCDE1"))
+    );
+    assert!(rec.lock().unwrap().finished);
 }
