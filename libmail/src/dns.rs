@@ -52,6 +52,21 @@ pub struct Mx {
     pub exchange: String,
 }
 
+/// The servers `facteur_dns_servers` names (empty: the system's).
+pub fn servers_from_params(params: &Params) -> Result<Vec<SocketAddr>, String> {
+    let v = params
+        .value("facteur_dns_servers")
+        .map_err(|e| format!("facteur_dns_servers: {e}"))?;
+    split_list(&v)
+        .into_iter()
+        .map(|item| {
+            parse_server(item).ok_or_else(|| {
+                format!("facteur_dns_servers: bad server \"{item}\": need address[:port]")
+            })
+        })
+        .collect()
+}
+
 /// A blocking resolver.
 pub struct Dns {
     rt: tokio::runtime::Runtime,
@@ -87,19 +102,15 @@ impl Dns {
     /// The resolver `facteur_dns_servers` asks for: those servers, or the
     /// system's when it is empty.
     pub fn from_params(params: &Params) -> Result<Dns, String> {
-        let v = params
-            .value("facteur_dns_servers")
-            .map_err(|e| format!("facteur_dns_servers: {e}"))?;
-        let mut servers = Vec::new();
-        for item in split_list(&v) {
-            servers.push(parse_server(item).ok_or_else(|| {
-                format!("facteur_dns_servers: bad server \"{item}\": need address[:port]")
-            })?);
-        }
+        Dns::for_servers(&servers_from_params(params)?)
+    }
+
+    /// These servers, or the system's when there are none.
+    pub fn for_servers(servers: &[SocketAddr]) -> Result<Dns, String> {
         if servers.is_empty() {
             Dns::system(DEFAULT_TIMEOUT)
         } else {
-            Dns::with_servers(&servers, DEFAULT_TIMEOUT)
+            Dns::with_servers(servers, DEFAULT_TIMEOUT)
         }
     }
 

@@ -53,7 +53,7 @@ use libmail::table::search::{Key, Maps};
 use libmail::tls::client::{client_configs, ClientTls, Level};
 
 use conn::{Conn, Socket};
-use nexthop::{Lookup, NextHop, Target};
+use nexthop::{Lookup, NextHop};
 use session::{Credentials, Peer, RcptResult, Session, SetupFail};
 
 /// Per-command deadlines.
@@ -126,11 +126,8 @@ impl Config {
         let default_port = nexthop::service_port(port_text.trim())
             .ok_or_else(|| format!("{}: unknown service \"{port_text}\"", n("tcp_port")))?;
         let lookup = value(p, &n("host_lookup")).to_ascii_lowercase();
-        let protocols = value(p, "inet_protocols").to_ascii_lowercase();
-        let (ipv4, ipv6) = match protocols.trim() {
-            "all" => (true, true),
-            v => (v.contains("ipv4"), v.contains("ipv6")),
-        };
+        let (ipv4, ipv6) = libmail::config::host::protocols(&value(p, "inet_protocols"))
+            .map_err(|e| format!("inet_protocols: {e}"))?;
         let sasl_enable = bool_param(p, &n("sasl_auth_enable"), false);
         let policy = SecurityPolicy::parse(
             &value(p, &n("sasl_security_options")),
@@ -184,7 +181,7 @@ impl Config {
             dns: Dns::from_params(p)?,
             use_dns: lookup.contains("dns"),
             use_native: lookup.contains("native"),
-            ipv4: ipv4 || !ipv6,
+            ipv4,
             ipv6,
             prefer: value(p, &n("address_preference"))
                 .trim()
@@ -480,18 +477,15 @@ fn attempt(
     };
     let level = cfg.tls_level(&req.nexthop);
     let started = Instant::now();
-    let targets: Vec<(Peer, Option<Target>)> = match &hop {
-        NextHop::Unix(_) => vec![(
-            Peer::Unix {
-                host: cfg.myhostname.clone(),
-                path: req
-                    .nexthop
-                    .strip_prefix("unix:")
-                    .unwrap_or(&req.nexthop)
-                    .to_string(),
-            },
-            None,
-        )],
+    let peers: Vec<Peer> = match &hop {
+        NextHop::Unix(_) => vec![Peer::Unix {
+            host: cfg.myhostname.clone(),
+            path: req
+                .nexthop
+                .strip_prefix("unix:")
+                .unwrap_or(&req.nexthop)
+                .to_string(),
+        }],
         NextHop::Inet { .. } => {
             let lookup = Lookup {
                 dns: &cfg.dns,
@@ -506,14 +500,9 @@ fn attempt(
             match lookup.resolve(&hop) {
                 Ok(t) => t
                     .into_iter()
-                    .map(|t| {
-                        (
-                            Peer::Inet {
-                                host: t.host.clone(),
-                                addr: t.addr,
-                            },
-                            Some(t),
-                        )
+                    .map(|t| Peer::Inet {
+                        host: t.host,
+                        addr: t.addr,
                     })
                     .collect(),
                 Err(e) => {
@@ -524,7 +513,7 @@ fn attempt(
         }
     };
     let mut sessions = 0;
-    for (peer, _target) in targets {
+    for peer in peers {
         if open_indices(track).is_empty() {
             break;
         }

@@ -606,13 +606,7 @@ struct DnsSetup {
 
 impl DnsSetup {
     fn from_params(params: &Params) -> Result<DnsSetup, String> {
-        let v = value(params, "facteur_dns_servers")?;
-        let mut servers = Vec::new();
-        for item in split_list(&v) {
-            servers.push(libmail::dns::parse_server(item).ok_or_else(|| {
-                format!("facteur_dns_servers: bad server \"{item}\": need address[:port]")
-            })?);
-        }
+        let servers = libmail::dns::servers_from_params(params)?;
         let (ipv4, ipv6) = libmail::config::host::protocols(&value(params, "inet_protocols")?)
             .map_err(|e| format!("inet_protocols: {e}"))?;
         Ok(DnsSetup {
@@ -624,12 +618,7 @@ impl DnsSetup {
 
     /// The resolver, as [`Dns::from_params`] makes it.
     fn resolver(&self) -> Result<Dns, String> {
-        let timeout = libmail::dns::DEFAULT_TIMEOUT;
-        if self.servers.is_empty() {
-            Dns::system(timeout)
-        } else {
-            Dns::with_servers(&self.servers, timeout)
-        }
+        Dns::for_servers(&self.servers)
     }
 }
 
