@@ -196,11 +196,18 @@ pub fn lock_holder(path: &std::path::Path) -> io::Result<Option<i32>> {
 }
 
 /// A parameter as a time in seconds (`max_idle = 100s`), with a default.
+/// A bare number is in the parameter's own default unit
+/// (`maximal_queue_lifetime = 3` is three days, `delay_warning_time = 4`
+/// four hours), seconds for parameters the registry does not time.
 pub fn time_param(params: &Params, name: &str, default: u64) -> u64 {
+    let unit = match crate::config::registry::lookup(name).map(|p| &p.kind) {
+        Some(crate::config::registry::ParamType::Time { unit, .. }) => *unit,
+        _ => TimeUnit::Second,
+    };
     params
         .value(name)
         .ok()
-        .and_then(|v| parse_time(&v, TimeUnit::Second))
+        .and_then(|v| parse_time(&v, unit))
         .unwrap_or(default)
 }
 
@@ -652,5 +659,25 @@ fn take_listener(kind: &str) -> Option<Listener> {
                 Listener::Unix(l)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_times_are_in_the_parameters_own_unit() {
+        let (cf, _) = crate::config::maincf::MainCf::parse(
+            "maximal_queue_lifetime = 3\ndelay_warning_time = 4\nqueue_run_delay = 5\n\
+             bounce_queue_lifetime = 90s\n",
+            "main.cf",
+        );
+        let p = Params::new("/etc/postfix", cf).with_system_hostname("mx.example.test");
+        assert_eq!(time_param(&p, "maximal_queue_lifetime", 0), 3 * 86400);
+        assert_eq!(time_param(&p, "delay_warning_time", 0), 4 * 3600);
+        assert_eq!(time_param(&p, "queue_run_delay", 0), 5);
+        assert_eq!(time_param(&p, "bounce_queue_lifetime", 0), 90);
+        assert_eq!(time_param(&p, "no_such_parameter", 7), 7);
     }
 }

@@ -79,9 +79,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use libmail::config::check::parse_time;
 use libmail::config::params::{split_list, Params};
-use libmail::config::registry::TimeUnit;
 use libmail::deliver::now_f64;
 use libmail::dsn::{self, Kind, Original, Recipient, Report, Reporter, Returned, Templates, Times};
 use libmail::ipc::attr::{Attrs, Conn};
@@ -89,7 +87,7 @@ use libmail::ipc::cleanup::CleanupClient;
 use libmail::queue::file::DSN_RET_FULL;
 use libmail::queue::statuslog::{self, Entry};
 use libmail::queue::{lock, Access, Limits, Queue, QueueFile, QueueId, QueueLayout};
-use libmail::service::{num_param, value, Service, Stream};
+use libmail::service::{num_param, time_param, value, Service, Stream};
 use libmail::{info, warning};
 
 use proto::{reply_to_attrs, Reply, Request};
@@ -122,15 +120,6 @@ pub(crate) struct Config {
     templates: Templates,
     /// Each kind's template text, expanded.
     texts: HashMap<Kind, Vec<String>>,
-}
-
-/// A time parameter with its registry unit.
-fn time_in(params: &Params, name: &str, unit: TimeUnit, default: u64) -> u64 {
-    params
-        .value(name)
-        .ok()
-        .and_then(|v| parse_time(&v, unit))
-        .unwrap_or(default)
 }
 
 impl Config {
@@ -168,13 +157,8 @@ impl Config {
             format!("{double_bounce_sender}@{myorigin}")
         };
         let times = Times {
-            delay_warning_time: time_in(params, "delay_warning_time", TimeUnit::Hour, 0),
-            maximal_queue_lifetime: time_in(
-                params,
-                "maximal_queue_lifetime",
-                TimeUnit::Day,
-                5 * 86400,
-            ),
+            delay_warning_time: time_param(params, "delay_warning_time", 0),
+            maximal_queue_lifetime: time_param(params, "maximal_queue_lifetime", 5 * 86400),
         };
         let file = value(params, "bounce_template_file");
         let templates = if file.trim().is_empty() {

@@ -65,9 +65,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
 use libmail::address::resolve::Resolver;
-use libmail::config::check::parse_time;
 use libmail::config::params::Params;
-use libmail::config::registry::TimeUnit;
 use libmail::queue::{Queue, QueueId};
 use libmail::service::{self, num_param, time_param, Service};
 use libmail::{info, warning};
@@ -169,15 +167,6 @@ pub fn main() {
     q.run(rx);
 }
 
-/// A time parameter with its registry unit (`maximal_queue_lifetime = 3`
-/// is three days, `delay_warning_time = 4` four hours).
-fn time_in(p: &Params, name: &str, unit: TimeUnit, default: u64) -> u64 {
-    p.value(name)
-        .ok()
-        .and_then(|v| parse_time(&v, unit))
-        .unwrap_or(default)
-}
-
 /// What the end of a pass needs from the configuration.
 fn policy(p: &Params) -> Policy {
     let name = |param: &str, default: &str| {
@@ -190,9 +179,9 @@ fn policy(p: &Params) -> Policy {
     Policy {
         min_backoff: time_param(p, "minimal_backoff_time", 300),
         max_backoff: time_param(p, "maximal_backoff_time", 4000),
-        max_lifetime: time_in(p, "maximal_queue_lifetime", TimeUnit::Day, 5 * 86400),
-        bounce_lifetime: time_in(p, "bounce_queue_lifetime", TimeUnit::Day, 5 * 86400),
-        delay_warning: time_in(p, "delay_warning_time", TimeUnit::Hour, 0),
+        max_lifetime: time_param(p, "maximal_queue_lifetime", 5 * 86400),
+        bounce_lifetime: time_param(p, "bounce_queue_lifetime", 5 * 86400),
+        delay_warning: time_param(p, "delay_warning_time", 0),
         bounce_service: name("bounce_service_name", "bounce"),
         defer_service: name("defer_service_name", "defer"),
         trace_service: name("trace_service_name", "trace"),
