@@ -99,10 +99,21 @@ pub struct Outcome {
     pub reason: String,
 }
 
+/// What an agent says about the current request besides its outcomes
+/// (see [`site_failure`] and [`dsn_action`]); added to the reply by
+/// [`serve_connection`], which clears it before each request.
+#[derive(Default)]
+struct Notes {
+    site: Option<(String, String)>,
+    actions: Vec<(u64, &'static str)>,
+}
+
 thread_local! {
-    /// What the agent said of the next hop as a whole during the current
-    /// request (see [`site_failure`]).
-    static SITE: std::cell::RefCell<Option<(String, String)>> = const { std::cell::RefCell::new(None) };
+    static NOTES: std::cell::RefCell<Notes> = std::cell::RefCell::new(Notes::default());
+}
+
+fn take_notes() -> Notes {
+    NOTES.with(|n| std::mem::take(&mut *n.borrow_mut()))
 }
 
 /// Called by an agent while it serves a request: no server of the next
@@ -111,17 +122,7 @@ thread_local! {
 /// and finally suspend deliveries to a dead site (Postfix's "hop status").
 /// The reply carries it as `site_dsn` and `site_reason`.
 pub fn site_failure(dsn: &str, reason: &str) {
-    SITE.with(|s| *s.borrow_mut() = Some((dsn.to_string(), reason.to_string())));
-}
-
-fn take_site_failure() -> Option<(String, String)> {
-    SITE.with(|s| s.borrow_mut().take())
-}
-
-thread_local! {
-    /// DSN actions the agent set for delivered recipients during the
-    /// current request (see [`dsn_action`]).
-    static ACTIONS: std::cell::RefCell<Vec<(u64, &'static str)>> = const { std::cell::RefCell::new(Vec::new()) };
+    NOTES.with(|n| n.borrow_mut().site = Some((dsn.to_string(), reason.to_string())));
 }
 
 /// Called by an agent for a delivered recipient whose DSN disposition is
@@ -131,7 +132,7 @@ thread_local! {
 /// as RFC 3461 and Postfix have it). The reply carries it as
 /// `dsn_action=OFFSET:ACTION`.
 pub fn dsn_action(offset: u64, action: &'static str) {
-    ACTIONS.with(|a| a.borrow_mut().push((offset, action)));
+    NOTES.with(|n| n.borrow_mut().actions.push((offset, action)));
 }
 
 /// The DSN actions a reply carries.
@@ -443,8 +444,7 @@ pub fn serve_connection<S, F>(
                 None
             }
         };
-        take_site_failure();
-        ACTIONS.with(|a| a.borrow_mut().clear());
+        take_notes();
         let outcomes = if held.is_some() {
             softened(deliver(&req))
         } else {
@@ -453,10 +453,11 @@ pub fn serve_connection<S, F>(
             same_outcome(&req, Status::Deferred, "4.3.0", GONE)
         };
         let mut reply = outcomes_to_attrs(&outcomes);
-        if let Some((dsn, reason)) = take_site_failure() {
+        let notes = take_notes();
+        if let Some((dsn, reason)) = notes.site {
             reply.push("site_dsn", dsn).push("site_reason", reason);
         }
-        for (offset, action) in ACTIONS.with(|a| std::mem::take(&mut *a.borrow_mut())) {
+        for (offset, action) in notes.actions {
             reply.push("dsn_action", format!("{offset}:{action}"));
         }
         if held.is_some() {
