@@ -23,82 +23,24 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn start(name: &str) -> Fixture {
-        let script = script();
-        assert!(
-            script.is_file(),
-            "the Dovecot fixture {} is missing: the shared/ directory must sit beside the \
-             repository; run scripts/test.sh",
-            script.display()
-        );
-        assert!(
-            Path::new("/usr/sbin/dovecot").exists() && Path::new("/usr/bin/doveadm").exists(),
-            "Dovecot is not installed (dovecot-core, dovecot-lmtpd): run scripts/test.sh, \
-             which installs it"
-        );
-        let base = std::env::temp_dir().join(format!(
-            "facteur-sasl-dovecot-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        let mut f = Fixture {
-            base,
-            auth_socket: PathBuf::new(),
-            pid: 0,
-        };
+        let mut f = Fixture::fresh("sasl", name);
         f.run_start();
         f
     }
 
-    pub fn run_start(&mut self) {
-        let (ok, stdout, stderr) = self.script("start");
-        assert!(ok, "dovecot-fixture.sh start failed: {stdout}{stderr}");
-        let var = |k: &str| {
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-                .unwrap_or_else(|| panic!("no {k} in the fixture's output:\n{stdout}"))
-                .to_string()
-        };
-        self.auth_socket = PathBuf::from(var("DOVECOT_AUTH_SOCKET"));
-        self.pid = var("DOVECOT_PID").parse().unwrap();
-    }
-
-    pub fn stop(&self) {
-        let (ok, stdout, stderr) = self.script("stop");
-        assert!(ok, "dovecot-fixture.sh stop failed: {stdout}{stderr}");
-    }
-
-    /// Runs the fixture script. Its output goes to files, not pipes:
-    /// the daemonized Dovecot inherits the script's stdout and stderr and
-    /// keeps them open, so reading a pipe to its end would never finish.
-    fn script(&self, cmd: &str) -> (bool, String, String) {
-        let out = self.base.with_extension("out");
-        let err = self.base.with_extension("err");
-        let status = Command::new("sh")
-            .arg(script())
-            .arg(cmd)
-            .arg(&self.base)
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).unwrap())
-            .stderr(File::create(&err).unwrap())
-            .status()
-            .expect("run dovecot-fixture.sh");
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        let r = (status.success(), read(&out), read(&err));
-        let _ = std::fs::remove_file(&out);
-        let _ = std::fs::remove_file(&err);
-        r
-    }
-}
-
-/// Added for the delivery-agent tests (daemons/tests/common/peers.rs):
-/// LMTP on a TCP port too, and the paths an LMTP client needs.
-impl Fixture {
     /// Like [`Fixture::start`], with LMTP also on 127.0.0.1:`port`;
     /// `Err` (with the script's output) when it does not start, e.g. the
-    /// port is taken. The directory is `facteur-lmtp-dovecot-NAME-PID`.
+    /// port is taken (dropping the fixture then stops whatever started).
+    /// The directory is `facteur-lmtp-dovecot-NAME-PID`.
     pub fn try_start_with_lmtp_port(name: &str, port: u16) -> Result<Fixture, String> {
+        let mut f = Fixture::fresh("lmtp", name);
+        f.start_with(&[&port.to_string()])?;
+        Ok(f)
+    }
+
+    /// An empty directory for a fixture not started yet; asserts that the
+    /// script and Dovecot are there.
+    fn fresh(kind: &str, name: &str) -> Fixture {
         let script = script();
         assert!(
             script.is_file(),
@@ -114,20 +56,30 @@ impl Fixture {
              which installs it"
         );
         let base = std::env::temp_dir().join(format!(
-            "facteur-lmtp-dovecot-{name}-{}",
+            "facteur-{kind}-dovecot-{name}-{}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
-        let mut f = Fixture {
+        Fixture {
             base,
             auth_socket: PathBuf::new(),
             pid: 0,
-        };
-        let (ok, stdout, stderr) = f.script_with("start", &[&port.to_string()]);
+        }
+    }
+
+    pub fn run_start(&mut self) {
+        if let Err(e) = self.start_with(&[]) {
+            panic!("{e}");
+        }
+    }
+
+    /// Runs `dovecot-fixture.sh start BASEDIR EXTRA...` and reads the
+    /// variables it prints.
+    fn start_with(&mut self, extra: &[&str]) -> Result<(), String> {
+        let (ok, stdout, stderr) = self.script_with("start", extra);
         if !ok {
-            // Dropping `f` stops whatever started and removes the directory.
-            return Err(format!("dovecot-fixture.sh start: {stdout}{stderr}"));
+            return Err(format!("dovecot-fixture.sh start failed: {stdout}{stderr}"));
         }
         let var = |k: &str| {
             stdout
@@ -136,24 +88,22 @@ impl Fixture {
                 .map(str::to_string)
                 .ok_or_else(|| format!("no {k} in the fixture's output:\n{stdout}"))
         };
-        f.auth_socket = PathBuf::from(var("DOVECOT_AUTH_SOCKET")?);
-        f.pid = var("DOVECOT_PID")?
+        self.auth_socket = PathBuf::from(var("DOVECOT_AUTH_SOCKET")?);
+        self.pid = var("DOVECOT_PID")?
             .parse()
             .map_err(|e| format!("DOVECOT_PID: {e}"))?;
-        Ok(f)
+        Ok(())
     }
 
-    /// The LMTP UNIX-domain socket.
-    pub fn lmtp_socket(&self) -> PathBuf {
-        self.base.join("run/lmtp")
+    pub fn stop(&self) {
+        let (ok, stdout, stderr) = self.script_with("stop", &[]);
+        assert!(ok, "dovecot-fixture.sh stop failed: {stdout}{stderr}");
     }
 
-    /// Mail for USER lands in `mail_root()/USER/Maildir/new/`.
-    pub fn mail_root(&self) -> PathBuf {
-        self.base.join("mail")
-    }
-
-    /// [`Fixture::script`] with more arguments after BASEDIR.
+    /// Runs the fixture script with BASEDIR and `extra` arguments. Its
+    /// output goes to files, not pipes: the daemonized Dovecot inherits
+    /// the script's stdout and stderr and keeps them open, so reading a
+    /// pipe to its end would never finish.
     fn script_with(&self, cmd: &str, extra: &[&str]) -> (bool, String, String) {
         let out = self.base.with_extension("out");
         let err = self.base.with_extension("err");
@@ -173,12 +123,22 @@ impl Fixture {
         let _ = std::fs::remove_file(&err);
         r
     }
+
+    /// The LMTP UNIX-domain socket.
+    pub fn lmtp_socket(&self) -> PathBuf {
+        self.base.join("run/lmtp")
+    }
+
+    /// Mail for USER lands in `mail_root()/USER/Maildir/new/`.
+    pub fn mail_root(&self) -> PathBuf {
+        self.base.join("mail")
+    }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
         // `stop` waits until the master process has exited.
-        let _ = self.script("stop");
+        let _ = self.script_with("stop", &[]);
         let _ = std::fs::remove_dir_all(&self.base);
     }
 }
