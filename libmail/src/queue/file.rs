@@ -633,104 +633,54 @@ fn copy_err(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-/// Most threads one [`sync_many`] uses for its fsyncs.
-const MAX_SYNC_THREADS: usize = 8;
-
 /// Group commit: makes a batch of files durable with one fsync per file
 /// and one per distinct directory, and returns a result per file, in
 /// order. A file whose result is an error is removed (it was never
 /// acknowledged); the others are durable.
 pub fn sync_many(batch: Vec<Unsynced>) -> Vec<io::Result<Durable>> {
-    // Every fsync a batch needs — each file (data, length, mode) and each
-    // distinct directory (the names, by POSIX rules) — runs side by side:
-    // both must be done before anything is acknowledged, neither has to
-    // wait for the other, and a journaling file system (ext4's jbd2, XFS)
-    // then commits them together where one after the other each would
-    // wait for its own journal commit.
-    let dirs: Vec<PathBuf> = {
-        let set: std::collections::BTreeSet<&Path> =
-            batch.iter().map(|u| u.dir.as_path()).collect();
-        set.into_iter().map(Path::to_path_buf).collect()
-    };
-    let (file_results, dir_results) = parallel_fsyncs(&batch, &dirs);
-    let dir_errors: BTreeMap<&Path, &io::Error> = dirs
-        .iter()
-        .zip(&dir_results)
-        .filter_map(|(d, r)| r.as_ref().err().map(|e| (d.as_path(), e)))
-        .collect();
-    batch
+    let mut results: Vec<Option<io::Result<Durable>>> = Vec::with_capacity(batch.len());
+    let mut synced: Vec<(usize, Unsynced)> = Vec::with_capacity(batch.len());
+    // 1. Each file: data, length, mode (and, on journaling file systems,
+    //    its name, which was made before).
+    for (i, u) in batch.into_iter().enumerate() {
+        results.push(None);
+        count_fsync();
+        match u.file.sync_all() {
+            Ok(()) => synced.push((i, u)),
+            Err(e) => results[i] = Some(Err(e)), // dropping u removes it
+        }
+    }
+    // 2. One fsync per directory: the names, by POSIX rules.
+    let mut dirs: BTreeMap<&Path, Option<io::Error>> = BTreeMap::new();
+    for (_, u) in &synced {
+        dirs.entry(u.dir.as_path()).or_insert(None);
+    }
+    for (dir, err) in dirs.iter_mut() {
+        if let Err(e) = sync_dir(dir) {
+            *err = Some(e);
+        }
+    }
+    let dir_errors: BTreeMap<PathBuf, io::Error> = dirs
         .into_iter()
-        .zip(file_results)
-        .map(|(mut u, r)| {
-            // An error: not known to be durable, so not acknowledged; the
-            // file is withdrawn (dropping u removes it).
-            r?;
-            if let Some(e) = dir_errors.get(u.dir.as_path()) {
-                return Err(copy_err(e));
-            }
+        .filter_map(|(d, e)| e.map(|e| (d.to_path_buf(), e)))
+        .collect();
+    for (i, mut u) in synced {
+        if let Some(e) = dir_errors.get(&u.dir) {
+            // Not known to be durable: not acknowledged, so withdraw it
+            // (dropping u removes the file).
+            results[i] = Some(Err(copy_err(e)));
+        } else {
             u.named.keep = true;
-            Ok(Durable {
+            results[i] = Some(Ok(Durable {
                 id: u.id,
                 path: std::mem::take(&mut u.named.path),
-            })
-        })
-        .collect()
-}
-
-/// fsync of every file of `batch` and of every directory of `dirs`, on
-/// up to [`MAX_SYNC_THREADS`] threads; results in order.
-fn parallel_fsyncs(
-    batch: &[Unsynced],
-    dirs: &[PathBuf],
-) -> (Vec<io::Result<()>>, Vec<io::Result<()>>) {
-    enum Target<'a> {
-        File(&'a File),
-        Dir(&'a Path),
-    }
-    let targets: Vec<Target> = batch
-        .iter()
-        .map(|u| Target::File(&u.file))
-        .chain(dirs.iter().map(|d| Target::Dir(d.as_path())))
-        .collect();
-    let run = |t: &Target| -> io::Result<()> {
-        match t {
-            Target::File(f) => {
-                count_fsync();
-                f.sync_all()
-            }
-            Target::Dir(d) => sync_dir(d),
+            }));
         }
-    };
-    let mut out: Vec<io::Result<()>> = Vec::with_capacity(targets.len());
-    if targets.is_empty() {
-        return (Vec::new(), Vec::new());
     }
-    if targets.len() == 1 {
-        out.push(run(&targets[0]));
-    } else {
-        let per = targets.len().div_ceil(targets.len().min(MAX_SYNC_THREADS));
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = targets
-                .chunks(per)
-                .map(|chunk| {
-                    (
-                        chunk.len(),
-                        scope.spawn(move || chunk.iter().map(run).collect::<Vec<_>>()),
-                    )
-                })
-                .collect();
-            for (len, h) in handles {
-                match h.join() {
-                    Ok(v) => out.extend(v),
-                    Err(_) => {
-                        out.extend((0..len).map(|_| Err(io::Error::other("fsync thread panicked"))))
-                    }
-                }
-            }
-        });
-    }
-    let dir_results = out.split_off(batch.len());
-    (out, dir_results)
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("not synced"))))
+        .collect()
 }
 
 /// A recipient as read from a queue file.
