@@ -368,6 +368,9 @@ fn control(command: &str, config_dir: &str, verbose: bool) -> i32 {
                 ));
             }
             script.info(&format!("starting the {name} mail system"));
+            if let Err(e) = prepare_jail(&params, config_dir) {
+                script.say(libmail::log::Level::Warning, &e);
+            }
             if command == "start-fg" {
                 use std::os::unix::process::CommandExt;
                 let e = master_cmd("-d").exec();
@@ -458,5 +461,102 @@ fn control(command: &str, config_dir: &str, verbose: bool) -> i32 {
             status
         }
         _ => 1,
+    }
+}
+
+/// The files of /etc a jailed daemon reads after start-up (the resolver's
+/// configuration for smtpd's client name lookups, the services database,
+/// the time zone), copied into `$queue_directory/etc` when master.cf runs
+/// a service chrooted and we are root — what Debian's Postfix start-up
+/// does. A file is replaced only when its contents changed, atomically.
+const JAIL_FILES: &[&str] = &[
+    "localtime",
+    "services",
+    "resolv.conf",
+    "hosts",
+    "host.conf",
+    "nsswitch.conf",
+];
+
+fn prepare_jail(params: &libmail::config::params::Params, config_dir: &str) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let path = std::path::Path::new(config_dir).join("master.cf");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (mcf, _) = libmail::config::mastercf::parse(&text, &path.display().to_string());
+    if !mcf.effective().iter().any(|s| s.chroot == Some(true)) {
+        return Ok(());
+    }
+    let queue = params
+        .value("queue_directory")
+        .map_err(|e| format!("queue_directory: {e}"))?;
+    let etc = std::path::Path::new(&queue).join("etc");
+    copy_into_jail(std::path::Path::new("/etc"), &etc, JAIL_FILES)
+        .map_err(|e| format!("copying /etc files into {}: {e}", etc.display()))
+}
+
+fn copy_into_jail(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    names: &[&str],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o755).create(to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for name in names {
+        // Follow symbolic links (/etc/localtime is one): the jail gets
+        // the contents.
+        let Ok(data) = std::fs::read(from.join(name)) else {
+            continue;
+        };
+        let dest = to.join(name);
+        if std::fs::read(&dest).is_ok_and(|old| old == data) {
+            continue;
+        }
+        let tmp = to.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, &data)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::rename(&tmp, &dest)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_into_jail;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn jail_gets_copies_of_the_files_that_exist_and_follows_changes() {
+        let top = std::env::temp_dir().join(format!("facteur-jail-copy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let etc = top.join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        std::os::unix::fs::symlink(etc.join("hosts"), etc.join("hosts.link")).unwrap();
+        let jail = top.join("queue/etc");
+        std::fs::create_dir_all(top.join("queue")).unwrap();
+        copy_into_jail(&etc, &jail, &["hosts", "hosts.link", "missing"]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(jail.join("hosts")).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
+        // A link in /etc becomes a plain file with the contents.
+        let link = std::fs::symlink_metadata(jail.join("hosts.link")).unwrap();
+        assert!(link.file_type().is_file());
+        assert_eq!(link.permissions().mode() & 0o777, 0o644);
+        assert!(!jail.join("missing").exists());
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost other\n").unwrap();
+        copy_into_jail(&etc, &jail, &["hosts"]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(jail.join("hosts")).unwrap(),
+            "127.0.0.1 localhost other\n"
+        );
+        std::fs::remove_dir_all(&top).unwrap();
     }
 }

@@ -378,33 +378,115 @@ fn mailq_and_postqueue_show_deferred_mail_with_its_reason() {
 }
 
 #[test]
-fn chroot_column_runs_the_service_unjailed_with_a_warning() {
-    // Debian's master.cf asks for chroot on most services. Facteur cannot
-    // jail its daemons yet: as root, it runs them without the jail and
-    // says so, rather than failing to start them.
+fn chroot_column_jails_the_services_and_drops_to_mail_owner() {
+    // Debian's master.cf asks for chroot on most services: as root, each
+    // such daemon sets itself up, then jails itself in queue_directory
+    // and runs as mail_owner; mail still goes through, over sendmail and
+    // SMTP, and a bounce notice is still made.
     if unsafe { libc::getuid() } != 0 {
         eprintln!("skipped: chroot applies to root only");
         return;
     }
-    let mut i = Instance::new("chroot-col", "");
+    let Some(owner) = uid_of("postfix") else {
+        eprintln!("skipped: no postfix user to be mail_owner");
+        return;
+    };
+    let mut i = Instance::new("chroot", "");
+    i.main_cf("mail_owner = postfix\nsetgid_group = postdrop");
+    i.with_bounce();
+    let port = i.with_smtpd();
     let mc = std::path::Path::new(&i.etc).join("master.cf");
     let text = std::fs::read_to_string(&mc).unwrap();
-    let jailed = text
-        .replace(
-            "cleanup   unix  n       -       n       -       0       cleanup",
-            "cleanup   unix  n       -       y       -       0       cleanup",
-        )
-        .replace(
-            "qmgr      unix  n       -       n       300     1       qmgr",
-            "qmgr      unix  n       -       y       300     1       qmgr",
-        );
-    assert_ne!(jailed, text);
-    std::fs::write(&mc, jailed).unwrap();
+    let jailed = [
+        "pickup", "cleanup", "qmgr", "bounce", "defer", "error", "smtpd",
+    ];
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 8 && jailed.contains(&f[7]) {
+            f[4] = "y";
+        }
+        out.push_str(&f.join(" "));
+        out.push('\n');
+    }
+    std::fs::write(&mc, out).unwrap();
+    let set = std::process::Command::new(common::program("facteur"))
+        .args(["-c", &i.etc, "set-permissions"])
+        .output()
+        .unwrap();
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
     i.start();
     let me = user();
-    i.send(&["-f", "alice@example.org", &me], &msg("jailed"));
-    i.wait_maildir(&i.user_maildir(), 1);
-    i.wait_log(r"postfix/master\[\d+\]: warning: service cleanup/unix: chroot is not supported yet -- running without it$");
+    i.send(&["-f", "alice@example.org", &me], &msg("jailed sendmail"));
+    let (ok, talk) = common::smtp::swaks(
+        port,
+        &[
+            "--from",
+            "bob@example.org",
+            "--to",
+            &format!("{me}@mx.example.test"),
+        ],
+    );
+    assert!(ok, "{talk}");
+    i.wait_maildir(&i.user_maildir(), 2);
+    // A bounce (local refuses an unknown user): the bounce daemon and
+    // cleanup make the notice, jailed.
+    i.send(
+        &["-f", &me, "nobody-here@mx.example.test"],
+        &msg("to no one"),
+    );
+    i.wait_maildir(&i.user_maildir(), 3);
+    // Each jailed daemon that is still running: its root is the queue
+    // directory, and it runs as mail_owner (smtpd, cleanup, qmgr and
+    // pickup are long-lived).
+    let queue = std::fs::canonicalize(&i.queue).unwrap();
+    let master = i.master_pid().unwrap();
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if ppid != master || !["smtpd", "cleanup", "qmgr", "pickup"].contains(&comm) {
+            continue;
+        }
+        let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+        assert_eq!(root, queue, "{comm}'s root");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        let uids: Vec<u32> = uid_line
+            .split_whitespace()
+            .skip(1)
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert_eq!(uids, vec![owner; 4], "{comm}: {uid_line}");
+        seen.push(comm.to_string());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen, ["cleanup", "pickup", "qmgr", "smtpd"]);
+    // Local delivery (chroot n, unprivileged n) still runs unjailed.
+    assert!(!i.log_text().contains("chroot is not supported"));
+}
+
+/// The uid of a user name, if it exists.
+fn uid_of(name: &str) -> Option<u32> {
+    let out = std::process::Command::new("id")
+        .args(["-u", name])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
 #[test]

@@ -34,6 +34,21 @@
 //!
 //! SIGTERM means "finish what you are doing and exit": master sends it on
 //! `reload` and `stop`; a connection in progress is not cut.
+//!
+//! # Privileges and the chroot jail
+//!
+//! Every daemon changes into `queue_directory` at start and addresses the
+//! queue and the service sockets relative to it (`./incoming/ID`,
+//! `./public/cleanup`), as Postfix's daemons do. An unprivileged service
+//! without chroot is started by master already running as `mail_owner`.
+//! A service with `chroot = y` is started as root (when master is root)
+//! with `FACTEUR_CHROOT=1` and, if unprivileged, `FACTEUR_RUN_AS=uid:gid`:
+//! it reads main.cf, opens its tables, keys and certificates, then
+//! [`Service::ready`] jails it (`chroot(".")`) and drops to those ids
+//! before it serves anything. What a jailed daemon opens later must be
+//! inside the queue directory (Debian copies `/etc/hosts`,
+//! `/etc/resolv.conf`, ... into `$queue_directory/etc`; `facteur start`
+//! does the same).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -291,6 +306,17 @@ impl Service {
         }
         crate::log::set_verbose(verbose);
         let layout = QueueLayout::from_params(&params).unwrap_or_else(|e| crate::log::fatal(&e));
+        if let Err(e) = std::env::set_current_dir(layout.root()) {
+            crate::log::fatal(&format!("chdir {}: {e}", layout.root().display()));
+        }
+        let layout = layout.relative();
+        // Read the time zone now: a jailed daemon cannot see
+        // /etc/localtime later (glibc keeps what it read).
+        extern "C" {
+            fn tzset();
+        }
+        // SAFETY: tzset has no preconditions; no other thread runs yet.
+        unsafe { tzset() };
         let maxproc = std::env::var("FACTEUR_MAXPROC")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -321,6 +347,7 @@ impl Service {
     /// do not hold it): [`retiring`](Self::retiring) uses it later, and
     /// its end of file tells master the process is going.
     pub fn ready(&self) {
+        enter_jail();
         // SAFETY: writing one byte to an inherited descriptor and marking
         // it close-on-exec.
         unsafe {
@@ -463,15 +490,66 @@ impl Service {
     }
 }
 
+/// Whether master asked this daemon to jail itself once set up: what it
+/// opens now must serve it from inside the queue directory later.
+pub fn will_be_jailed() -> bool {
+    std::env::var_os("FACTEUR_CHROOT").is_some()
+}
+
+/// What master asked of a chrooted service (see the module comment):
+/// jail it in the working directory (`queue_directory`), then run as
+/// `FACTEUR_RUN_AS`. Fatal when it cannot be done: serving unjailed, or
+/// as root, when the configuration says otherwise is not an option.
+fn enter_jail() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(jail_now);
+}
+
+fn jail_now() {
+    if std::env::var_os("FACTEUR_CHROOT").is_none() {
+        return;
+    }
+    // SAFETY: chroot and chdir with constant C strings.
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
+        let e = io::Error::last_os_error();
+        crate::log::fatal(&format!("chroot(queue_directory): {e}"));
+    }
+    // SAFETY: as above.
+    unsafe { libc::chdir(c"/".as_ptr()) };
+    let Some(ids) = std::env::var("FACTEUR_RUN_AS").ok() else {
+        return;
+    };
+    let parsed = ids.split_once(':').and_then(|(u, g)| {
+        Some((
+            u.parse::<libc::uid_t>().ok()?,
+            g.parse::<libc::gid_t>().ok()?,
+        ))
+    });
+    let Some((uid, gid)) = parsed else {
+        crate::log::fatal(&format!("bad FACTEUR_RUN_AS value: {ids}"))
+    };
+    // glibc applies set*id to every thread of the process.
+    // SAFETY: setgroups with a one-element array, setgid, setuid.
+    let failed = unsafe {
+        libc::setgroups(1, &gid) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0
+    };
+    if failed {
+        let e = io::Error::last_os_error();
+        crate::log::fatal(&format!("cannot run as uid {uid} gid {gid}: {e}"));
+    }
+}
+
 /// A failed accept: fatal when the descriptor is no listening socket
 /// (the program was run by hand, not by master: retrying cannot help),
 /// else a warning and a short pause (out of descriptors, a connection
 /// reset before it was taken).
 fn accept_failed(e: &io::Error) {
     match e.raw_os_error() {
-        Some(libc::EBADF) | Some(libc::ENOTSOCK) | Some(libc::EINVAL) => crate::log::fatal(&format!(
-            "accept: {e}: the listening socket is not usable; this daemon is started by master"
-        )),
+        Some(libc::EBADF) | Some(libc::ENOTSOCK) | Some(libc::EINVAL) => {
+            crate::log::fatal(&format!(
+                "accept: {e}: the listening socket is not usable; this daemon is started by master"
+            ))
+        }
         _ if e.kind() == io::ErrorKind::Interrupted => {}
         _ => {
             crate::warning!("accept: {e}");

@@ -129,10 +129,12 @@ pub struct Spawn<'a> {
     pub config_dir: &'a str,
     pub maxproc: u32,
     pub listener: RawFd,
-    /// chroot to this directory first (root only).
-    pub chroot: Option<&'a Path>,
-    /// Then drop to these ids (root only).
+    /// Drop to these ids before exec (root only).
     pub ids: Option<Ids>,
+    /// master.cf's chroot (root only): the daemon starts as root, jails
+    /// itself in queue_directory once set up, then runs as these ids
+    /// (libmail::service, "Privileges and the chroot jail").
+    pub jail: Option<Option<Ids>>,
 }
 
 /// `close_range` flag: mark close-on-exec instead of closing.
@@ -149,18 +151,17 @@ pub fn spawn(s: &Spawn) -> io::Result<(i32, OwnedFd)> {
         .env("FACTEUR_MAXPROC", s.maxproc.to_string())
         .env("FACTEUR_MASTER_PID", std::process::id().to_string())
         .stdin(Stdio::null());
+    if let Some(after) = s.jail {
+        cmd.env("FACTEUR_CHROOT", "1");
+        if let Some(i) = after {
+            cmd.env("FACTEUR_RUN_AS", format!("{}:{}", i.uid, i.gid));
+        }
+    }
     let listener = s.listener;
     let status = status_w.as_raw_fd();
-    let chroot = match s.chroot {
-        Some(p) => Some(
-            CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))
-                .map_err(|_| io::Error::other("NUL in chroot path"))?,
-        ),
-        None => None,
-    };
-    let ids = s.ids;
+    let ids = if s.jail.is_some() { None } else { s.ids };
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe system calls (fcntl, dup2, close_range, chroot, chdir,
+    // makes async-signal-safe system calls (fcntl, dup2, close_range,
     // setgroups, setgid, setuid) on values prepared before the fork; it
     // allocates nothing.
     unsafe {
@@ -183,10 +184,6 @@ pub fn spawn(s: &Spawn) -> io::Result<(i32, OwnedFd)> {
                 libc::c_uint::MAX,
                 CLOSE_RANGE_CLOEXEC,
             );
-            if let Some(dir) = &chroot {
-                cvt(libc::chroot(dir.as_ptr()))?;
-                cvt(libc::chdir(c"/".as_ptr()))?;
-            }
             if let Some(ids) = ids {
                 let g: libc::gid_t = ids.gid;
                 cvt(libc::setgroups(1, &g))?;

@@ -542,15 +542,6 @@ impl Master {
                 );
                 continue;
             }
-            if def.chroot && self.is_root {
-                // Facteur's daemons cannot run chrooted yet (they use
-                // absolute paths after start-up); running them without the
-                // jail beats refusing a Postfix master.cf that asks for it.
-                warning!(
-                    "service {}: chroot is not supported yet -- running without it",
-                    def.key()
-                );
-            }
             let eps = match listen::endpoints(
                 def.kind,
                 &def.name,
@@ -763,9 +754,13 @@ impl Master {
             config_dir: &self.opts.config_dir,
             maxproc: def.maxproc,
             listener: inst.listener.as_raw_fd(),
-            chroot: None,
             ids: if self.is_root && def.unprivileged {
                 self.ids
+            } else {
+                None
+            },
+            jail: if self.is_root && def.chroot {
+                Some(if def.unprivileged { self.ids } else { None })
             } else {
                 None
             },

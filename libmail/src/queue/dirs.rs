@@ -269,6 +269,17 @@ impl QueueLayout {
         &self.root
     }
 
+    /// The same layout addressed from inside `queue_directory`: paths
+    /// relative to the working directory (`./incoming/ID`). Daemons work
+    /// this way (they chdir there at start), so their paths stay valid
+    /// after master.cf's `chroot` jails them in it.
+    pub fn relative(&self) -> QueueLayout {
+        QueueLayout {
+            root: PathBuf::from("."),
+            ..self.clone()
+        }
+    }
+
     pub fn is_hashed(&self, q: Queue) -> bool {
         self.hashed[q.index()]
     }

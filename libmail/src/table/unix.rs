@@ -1,6 +1,13 @@
 //! `unix:passwd.byname` and `unix:group.byname`: the system's user and
 //! group databases through `getpwnam_r` / `getgrnam_r`, answering with the
 //! passwd(5) / group(5) line, as Postfix does. Keys fold to lower case.
+//!
+//! A daemon that master.cf chroots cannot read /etc/passwd from inside its
+//! jail; Postfix has its proxymap daemon answer for it (`proxy:unix:...`).
+//! Facteur has no proxymap: a table opened by a daemon that is about to
+//! be jailed ([`crate::service::will_be_jailed`]) reads the whole database
+//! once, at open, and answers from memory — accounts added later are seen
+//! when the daemon is replaced (`max_idle`, `max_use`, `facteur reload`).
 
 use std::ffi::{CStr, CString};
 
@@ -15,7 +22,13 @@ enum Which {
 pub struct UnixTable {
     name: String,
     which: Which,
+    /// Name → line, for a jailed daemon (see the module comment).
+    snapshot: Option<std::collections::HashMap<String, String>>,
 }
+
+/// Most entries a snapshot holds (a directory of that many accounts
+/// should be served by a real proxymap).
+const MAX_SNAPSHOT: usize = 1_000_000;
 
 impl UnixTable {
     pub fn open(spec: &str, name: &str) -> Result<UnixTable, TableError> {
@@ -24,10 +37,68 @@ impl UnixTable {
             "group.byname" => Which::Group,
             _ => return Err(TableError::Config(format!("unknown table: {spec}"))),
         };
+        let snapshot = if crate::service::will_be_jailed() {
+            Some(snapshot(which)?)
+        } else {
+            None
+        };
         Ok(UnixTable {
             name: spec.to_string(),
             which,
+            snapshot,
         })
+    }
+}
+
+/// Every entry of the database, by name (lower-cased as lookups are).
+fn snapshot(which: Which) -> Result<std::collections::HashMap<String, String>, TableError> {
+    let mut names = Vec::new();
+    // SAFETY: the enumeration functions are used from one thread, at
+    // start-up, and each returned entry is copied before the next call.
+    unsafe {
+        match which {
+            Which::Passwd => {
+                libc::setpwent();
+                loop {
+                    let pw = libc::getpwent();
+                    if pw.is_null() || names.len() >= MAX_SNAPSHOT {
+                        break;
+                    }
+                    names.push(cstr((*pw).pw_name));
+                }
+                libc::endpwent();
+            }
+            Which::Group => {
+                libc::setgrent();
+                loop {
+                    let gr = libc::getgrent();
+                    if gr.is_null() || names.len() >= MAX_SNAPSHOT {
+                        break;
+                    }
+                    names.push(cstr((*gr).gr_name));
+                }
+                libc::endgrent();
+            }
+        }
+    }
+    let mut map = std::collections::HashMap::with_capacity(names.len());
+    for n in names {
+        let key = n.to_lowercase();
+        if map.contains_key(&key) {
+            continue;
+        }
+        let Ok(c) = CString::new(n) else { continue };
+        if let Some(line) = entry(which, &c)? {
+            map.insert(key, line);
+        }
+    }
+    Ok(map)
+}
+
+fn entry(which: Which, name: &CString) -> Result<Option<String>, TableError> {
+    match which {
+        Which::Passwd => passwd(name),
+        Which::Group => group(name),
     }
 }
 
@@ -143,13 +214,14 @@ impl Table for UnixTable {
     }
 
     fn lookup(&self, key: &str) -> Result<Option<String>, TableError> {
-        let Ok(name) = CString::new(key.to_lowercase()) else {
+        let key = key.to_lowercase();
+        if let Some(map) = &self.snapshot {
+            return Ok(map.get(&key).cloned());
+        }
+        let Ok(name) = CString::new(key) else {
             return Ok(None);
         };
-        match self.which {
-            Which::Passwd => passwd(&name),
-            Which::Group => group(&name),
-        }
+        entry(self.which, &name)
     }
 }
 

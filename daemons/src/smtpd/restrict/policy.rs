@@ -188,12 +188,9 @@ impl Service {
                 Endpoint::Inet(host.to_string(), port)
             }
             Some(("unix" | "local", path)) if !path.is_empty() => {
-                let p = PathBuf::from(path);
-                if p.is_absolute() {
-                    Endpoint::Unix(p)
-                } else {
-                    Endpoint::Unix(PathBuf::from(value(params, "queue_directory")?).join(p))
-                }
+                // smtpd works in queue_directory (libmail::service): a
+                // relative path is relative to it, jailed or not.
+                Endpoint::Unix(PathBuf::from(path))
             }
             _ => {
                 return Err(format!(

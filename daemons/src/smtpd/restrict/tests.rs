@@ -1985,15 +1985,28 @@ fn policy_failures_use_the_default_action() {
 }
 
 #[test]
-fn policy_over_a_unix_socket_relative_to_the_queue_directory() {
+fn policy_over_a_unix_socket_relative_to_the_working_directory() {
+    // smtpd works in queue_directory (libmail::service), jailed or not, so
+    // `unix:private/policy` is found there. Here the test's working
+    // directory stands in for it: the relative path climbs to / from it.
     let s = Setup::new();
     std::fs::create_dir_all(s.dir.join("private")).unwrap();
     let srv = PolicyServer::start(Some(&s.dir.join("private/policy")), &["REJECT no"]);
     assert!(srv.addr.starts_with("unix:/"));
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let rel = format!(
+        "{up}{}",
+        s.dir
+            .join("private/policy")
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
     let r = policy_rules(
         &s,
-        "{ unix:private/policy, policy_context = { submission } }",
-        "queue_directory = {dir}",
+        &format!("{{ unix:{rel}, policy_context = {{ submission }} }}"),
+        "queue_directory = /nonexistent",
     );
     let d = r.check_rcpt(&rcpt("alice@example.com"));
     assert_eq!(
