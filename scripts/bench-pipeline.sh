@@ -19,6 +19,7 @@
 # of the daemons (the sum over the process tree, sampled every 100 ms).
 # Then the ratios. Needs root (Postfix's master runs as root; Facteur then runs as
 # root too, delivering as the recipient), strace, and postfix installed.
+# NO_BUILD=1: use target/release as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -32,9 +33,13 @@ need_root bench-pipeline
 command -v strace >/dev/null || { echo "bench-pipeline: strace is needed (apt-get install strace)" >&2; exit 1; }
 need_postfix bench-pipeline
 
-echo "== building Facteur (release)"
-cargo build --release --quiet --workspace --bins
 bin=$top/target/release
+if [ "${NO_BUILD:-0}" = 1 ]; then
+  echo "== using the Facteur programs already in $bin (NO_BUILD=1)"
+else
+  echo "== building Facteur (release)"
+  cargo build --release --quiet --workspace --bins
+fi
 
 user=fbench
 id "$user" >/dev/null 2>&1 || useradd -M -d /nonexistent -s /usr/sbin/nologin "$user"
