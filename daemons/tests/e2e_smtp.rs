@@ -338,3 +338,102 @@ fn mx_routing_with_a_real_dns_server() {
     let got = own_sink.wait_messages(1);
     assert_eq!(got[0].rcpts, ["<u@nomx.test>"]);
 }
+
+/// `smtp_fallback_relay` with a real DNS server: a destination that does
+/// not exist or has a null MX goes to the fall-back relay (Postfix tries
+/// it for destinations "that can't be found or that are unreachable");
+/// a fall-back relay or a relayhost that does not resolve is a
+/// configuration problem: deferred with 4.3.5, not bounced.
+#[test]
+fn fallback_relay_with_a_real_dns_server_and_configuration_problems() {
+    use common::peers::{free_port_on, Dns, DnsZone, SmtpSink};
+    use std::net::Ipv4Addr;
+    let fb_ip = Ipv4Addr::new(127, 0, 0, 6);
+    let port = free_port_on(&[fb_ip]);
+    let sink = SmtpSink::start_at(fb_ip, port, &[]);
+    let dns = Dns::start(
+        &DnsZone::new()
+            .a("fallback.test", fb_ip)
+            .null_mx("nullmx.test"),
+    );
+    let setup = |tag: &str, extra: &str| {
+        let mut inst = Instance::new(tag, "");
+        inst.main_cf(&format!(
+            "{}smtp_tcp_port = {port}\ninet_protocols = ipv4\n{extra}",
+            dns.main_cf()
+        ));
+        inst.start();
+        inst
+    };
+
+    let inst = setup("fallback-dns", "smtp_fallback_relay = fallback.test");
+    for rcpt in ["u@gone.test", "u@nullmx.test"] {
+        inst.send(&["-f", "alice@example.test", rcpt], &message(rcpt));
+    }
+    inst.kick();
+    for who in [r"u@gone\.test", r"u@nullmx\.test"] {
+        let line = inst.wait_log(&format!(r"to=<{who}>, .*status=sent"));
+        assert!(
+            line.contains(&format!("relay=fallback.test[127.0.0.6]:{port}, ")),
+            "{line}"
+        );
+    }
+    let got = sink.wait_messages(2);
+    let mut rcpts: Vec<String> = got.iter().flat_map(|d| d.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["<u@gone.test>", "<u@nullmx.test>"]);
+
+    // The fall-back relay itself cannot be found.
+    let inst = setup("fallback-badcfg", "smtp_fallback_relay = [nowhere.test]");
+    inst.send(&["-f", "alice@example.test", "u@gone.test"], &message("x"));
+    inst.kick();
+    let line = inst.wait_log(r"to=<u@gone\.test>, .*status=deferred");
+    assert!(
+        line.contains("dsn=4.3.5, status=deferred (Host or domain name not found. Name service error for name=nowhere.test type=A: Host not found)"),
+        "{line}"
+    );
+    inst.wait_log(r"smtp\[\d+\]: warning: smtp_fallback_relay configuration problem$");
+
+    // Nor can the relayhost.
+    let inst = setup("relayhost-badcfg", "relayhost = [nowhere.test]");
+    inst.send(
+        &["-f", "alice@example.test", "u@remote.test"],
+        &message("y"),
+    );
+    inst.kick();
+    let line = inst.wait_log(r"to=<u@remote\.test>, .*status=deferred");
+    assert!(
+        line.contains("dsn=4.3.5, status=deferred (Host or domain name not found."),
+        "{line}"
+    );
+    inst.wait_log(r"smtp\[\d+\]: warning: relayhost configuration problem$");
+    assert_eq!(sink.count(), 2);
+}
+
+/// `lmtp_generic_maps`: the recipient sent in RCPT TO and the address
+/// headers are mapped; Dovecot delivers to the mapped user.
+#[test]
+fn lmtp_generic_maps_to_dovecot() {
+    let dv = common::peers::DovecotLmtp::start("generic");
+    let mut inst = Instance::new("lmtp-generic", "");
+    inst.main_cf(&format!(
+        "virtual_mailbox_domains = example.test\nvirtual_transport = {}\n\
+         lmtp_generic_maps = inline:{{ {{robert@example.test=bob@example.test}} }}\n",
+        dv.transport_unix()
+    ));
+    inst.start();
+    inst.send(
+        &["-f", "sender@remote.test", "robert@example.test"],
+        "From: sender@remote.test\nTo: Robert <robert@example.test>\nSubject: mapped\n\nhi\n",
+    );
+    inst.kick();
+    let line = inst.wait_log(r"lmtp\[\d+\]: [0-9A-F]+: to=<robert@example\.test>, .*status=sent");
+    assert!(line.contains("<bob@example.test>"), "{line}");
+    let got = dv.wait_messages("bob@example.test", 1);
+    assert!(
+        got[0].contains("\nTo: Robert <bob@example.test>\n"),
+        "{}",
+        got[0]
+    );
+    assert!(dv.messages("robert@example.test").is_empty());
+}

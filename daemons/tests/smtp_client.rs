@@ -1,9 +1,12 @@
 //! The smtp agent against scripted servers (aiosmtpd, driven by
 //! daemons/tests/data/scripted_smtpd.py) and a real Postfix: STARTTLS at
 //! each security level, AUTH, per-recipient replies, broken and stalled
-//! servers, SIZE, DSN parameters, connection reuse. Each test runs a whole
-//! Facteur instance, submits with sendmail and reads the log line and
-//! what the server recorded.
+//! servers, SIZE, DSN parameters, connection reuse, smtp_generic_maps and
+//! the header/body checks (also compared with what Postfix's own smtp
+//! client sends and logs for the same message and tables), fall-back
+//! relays, XFORWARD (to a real Postfix too), lmtp_assume_final. Each test
+//! runs a whole Facteur instance, submits with sendmail (or to its
+//! smtpd) and reads the log line and what the server recorded.
 
 mod common;
 
@@ -688,4 +691,576 @@ fn body_and_smtputf8_received_are_passed_on() {
     let p = t[0].mail_params.join(" ");
     assert!(p.contains("BODY=8BITMIME") && p.contains("SMTPUTF8"), "{p}");
     assert_eq!(t[0].rcpts[0].address, "jörg@remote.test");
+}
+
+// ----- smtp_generic_maps, header/body checks, fall-back relays, XFORWARD -----
+
+/// The content lines of a queue file (its sender and the message).
+fn queued_copy(path: &std::path::Path) -> (String, String) {
+    use libmail::queue::{Access, QueueFile};
+    let qf = QueueFile::open(path, Access::ReadOnly, &Default::default()).unwrap();
+    let mut text = String::new();
+    let mut reader = qf.content();
+    let mut line = Vec::new();
+    while reader.read_line(&mut line, 1 << 20).unwrap() {
+        text.push_str(&String::from_utf8_lossy(&line));
+        text.push('\n');
+    }
+    (qf.envelope().sender.clone(), text)
+}
+
+/// The header lines of a received message (CRLF or LF), Received:
+/// headers and their continuations left out, then the body.
+fn without_received(data: &str) -> String {
+    let data = data.replace("\r\n", "\n");
+    let (head, body) = data.split_once("\n\n").unwrap_or((&data, ""));
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for l in head.lines() {
+        if l.starts_with(' ') || l.starts_with('\t') {
+            if !skipping {
+                out.push(l);
+            }
+            continue;
+        }
+        skipping = l.to_ascii_lowercase().starts_with("received:");
+        if !skipping {
+            out.push(l);
+        }
+    }
+    format!("{}\n\n{body}", out.join("\n"))
+}
+
+const GENERIC: &str = "smtp_generic_maps = inline:{ {@localdomain.local=@isp.example}, \
+     {bob@remote.test=robert@remote.test} }";
+
+fn generic_message() -> String {
+    "From: Alice <alice@localdomain.local>\nTo: bob@remote.test, busy@remote.test\n\
+     Cc: dave@localdomain.local\nReply-To: \"Alice A.\" <alice+list@localdomain.local>\n\
+     Subject: mail from alice@localdomain.local\nMessage-Id: <m1@localdomain.local>\n\
+     Date: Mon, 1 Jan 2024 00:00:00 +0000\n\nwritten by alice@localdomain.local\n"
+        .to_string()
+}
+
+#[test]
+fn generic_maps_rewrite_the_outgoing_copy_not_the_queue_file() {
+    // busy@ is deferred, so the message stays queued and its file can be
+    // compared with what the server got.
+    let srv = Scripted::start(
+        &ScriptedConfig::new().rcpt_for("busy@remote.test", "451 4.2.1 mailbox busy"),
+    );
+    let inst = relaying("generic", &srv.relayhost(), GENERIC);
+    inst.send(
+        &[
+            "-f",
+            "alice@localdomain.local",
+            "bob@remote.test",
+            "busy@remote.test",
+        ],
+        &generic_message(),
+    );
+    inst.kick();
+    // The log names the queue's recipient, as Postfix's does.
+    inst.wait_log(r"to=<bob@remote\.test>,.*status=sent");
+    inst.wait_log(r"to=<busy@remote\.test>,.*status=deferred");
+    let t = srv.wait_transactions(1);
+    assert_eq!(t[0].mail_from, "alice@isp.example");
+    let rcpts: Vec<&str> = t[0].rcpts.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(rcpts, ["robert@remote.test", "busy@remote.test"]);
+    let got = without_received(&t[0].text());
+    assert!(
+        got.contains("\nFrom: Alice <alice@isp.example>\n")
+            || got.starts_with("From: Alice <alice@isp.example>\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("\nTo: robert@remote.test, busy@remote.test\n"),
+        "{got}"
+    );
+    assert!(got.contains("\nCc: dave@isp.example\n"), "{got}");
+    assert!(
+        got.contains("\nReply-To: \"Alice A.\" <alice+list@isp.example>\n"),
+        "{got}"
+    );
+    // Not address headers, not the body.
+    assert!(
+        got.contains("\nSubject: mail from alice@localdomain.local\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("\nMessage-Id: <m1@localdomain.local>\n"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with("\n\nwritten by alice@localdomain.local\r\n")
+            || got.ends_with("\n\nwritten by alice@localdomain.local\n"),
+        "{got}"
+    );
+    // The queue file still has the original addresses.
+    common::wait_for(30, "the message in deferred/", || {
+        !inst.queue_files("deferred").is_empty()
+    });
+    let (sender, text) = queued_copy(&inst.queue_files("deferred")[0]);
+    assert_eq!(sender, "alice@localdomain.local");
+    assert!(
+        text.contains("From: Alice <alice@localdomain.local>\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("To: bob@remote.test, busy@remote.test\n"),
+        "{text}"
+    );
+}
+
+/// A Postfix whose smtp client relays everything to `to` with `extra`
+/// main.cf lines, and a submission of `message` to it.
+fn through_postfix(
+    to: &Scripted,
+    extra: &str,
+    from: &str,
+    rcpts: &[&str],
+    message: &str,
+) -> Option<PostfixRelay> {
+    let relay = PostfixRelay::start(RelayOptions {
+        main_cf: format!(
+            "relayhost = {}\ndefault_transport = smtp\nrelay_transport = smtp\n{extra}",
+            to.relayhost()
+        ),
+        ..Default::default()
+    })?;
+    let mut c = common::smtp::Raw::connect(relay.port);
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    let m = c.cmd(&format!("MAIL FROM:<{from}>"));
+    assert!(m.starts_with("250"), "{m}");
+    for r in rcpts {
+        let r = c.cmd(&format!("RCPT TO:<{r}>"));
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    let mut data = message.replace('\n', "\r\n");
+    data.push_str(".\r\n");
+    c.send(&data);
+    let r = c.reply();
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+    Some(relay)
+}
+
+#[test]
+fn generic_maps_match_postfix_s_smtp_client() {
+    let pf_srv = Scripted::start(
+        &ScriptedConfig::new().rcpt_for("busy@remote.test", "451 4.2.1 mailbox busy"),
+    );
+    let Some(_relay) = through_postfix(
+        &pf_srv,
+        GENERIC,
+        "alice@localdomain.local",
+        &["bob@remote.test", "busy@remote.test"],
+        &generic_message(),
+    ) else {
+        eprintln!("skipped: a real Postfix instance needs root");
+        return;
+    };
+    let srv = Scripted::start(
+        &ScriptedConfig::new().rcpt_for("busy@remote.test", "451 4.2.1 mailbox busy"),
+    );
+    let inst = relaying("generic-diff", &srv.relayhost(), GENERIC);
+    inst.send(
+        &[
+            "-f",
+            "alice@localdomain.local",
+            "bob@remote.test",
+            "busy@remote.test",
+        ],
+        &generic_message(),
+    );
+    inst.kick();
+    let pf = &pf_srv.wait_transactions(1)[0];
+    let ours = &srv.wait_transactions(1)[0];
+    assert_eq!(ours.mail_from, pf.mail_from);
+    let addrs = |t: &common::peers::Transaction| {
+        t.rcpts
+            .iter()
+            .map(|r| r.address.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(addrs(ours), addrs(pf));
+    assert_eq!(without_received(&ours.text()), without_received(&pf.text()));
+}
+
+const CHECKS: &str = "smtp_header_checks = regexp:{ {/^X-Internal:/ IGNORE}, \
+     {/^Subject: secret/ REPLACE Subject: [redacted]}, {/^From:/ WARN from seen}, \
+     {/^To:/ REJECT not here}, {/^X-Loud:/ INFO}, {/^Content-Type:/ IGNORE} }\n\
+     smtp_mime_header_checks = regexp:{ {/^Content-Type:/ PREPEND X-Mime-Seen: yes} }\n\
+     smtp_body_checks = regexp:{ {/^password:/ REPLACE password: ***}, \
+     {/^-- $$/ PREPEND --- signature follows}, {/^drop this/ IGNORE} }";
+
+fn checks_message() -> String {
+    "From: alice@example.test\nTo: bob@remote.test\nSubject: secret plans for a very long subject line that goes on and on\n\
+     X-Internal: yes\nX-Loud: hello\nMIME-Version: 1.0\nContent-Type: text/plain\n\
+     Message-Id: <m2@example.test>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\n\
+     hello\npassword: hunter2\ndrop this line\n-- \nAlice\n"
+        .to_string()
+}
+
+#[test]
+fn header_and_body_checks_on_the_way_out() {
+    let srv = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying("checks", &srv.relayhost(), CHECKS);
+    send(&inst, &["bob@remote.test"], &checks_message());
+    let line = inst.wait_log(r"smtp\[\d+\]: ([0-9A-F]+): to=<bob@remote\.test>.*status=sent");
+    let id = common::logged_id(&line);
+    let got = without_received(&srv.wait_transactions(1)[0].text()).replace("\r\n", "\n");
+    assert_eq!(
+        got,
+        "From: alice@example.test\nTo: bob@remote.test\nSubject: [redacted]\nX-Loud: hello\n\
+         MIME-Version: 1.0\nX-Mime-Seen: yes\nContent-Type: text/plain\n\
+         Message-Id: <m2@example.test>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\n\n\
+         hello\npassword: ***\n--- signature follows\n-- \nAlice\n"
+    );
+    // Postfix's log lines: the content cut at 60 characters.
+    let log = inst.log_text();
+    for want in [
+        format!("{id}: warning: header From: alice@example.test: from seen"),
+        format!("{id}: replace: header Subject: secret plans for a very long subject line that goes: Subject: [redacted]"),
+        format!("{id}: info: header X-Loud: hello"),
+        format!("{id}: prepend: header Content-Type: text/plain: X-Mime-Seen: yes"),
+        format!("{id}: replace: body password: hunter2: password: ***"),
+        "warning: unsupported command in smtp_header_checks map: REJECT not here".to_string(),
+    ] {
+        assert!(log.lines().any(|l| l.ends_with(&want)), "no line ending in {want:?}:\n{log}");
+    }
+}
+
+#[test]
+fn header_and_body_checks_match_postfix_s_smtp_client() {
+    let pf_srv = Scripted::start(&ScriptedConfig::new());
+    let Some(relay) = through_postfix(
+        &pf_srv,
+        CHECKS,
+        "alice@example.test",
+        &["bob@remote.test"],
+        &checks_message(),
+    ) else {
+        eprintln!("skipped: a real Postfix instance needs root");
+        return;
+    };
+    let srv = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying("checks-diff", &srv.relayhost(), CHECKS);
+    send(&inst, &["bob@remote.test"], &checks_message());
+    let pf = pf_srv.wait_transactions(1);
+    let ours = srv.wait_transactions(1);
+    assert_eq!(
+        without_received(&ours[0].text()),
+        without_received(&pf[0].text())
+    );
+    // The same log lines, after the program name and queue ID.
+    relay.wait_log(r"postfix/smtp\[\d+\]: .*status=sent");
+    inst.wait_log(r"smtp\[\d+\]: .*status=sent");
+    let actions = |log: String| -> Vec<String> {
+        let re = regex::Regex::new(
+            r"smtp\[\d+\]: (?:[0-9A-F]+: )?((?:warning|info|replace|prepend): (?:header|body) .*|warning: unsupported .*)$",
+        )
+        .unwrap();
+        let mut v: Vec<String> = log
+            .lines()
+            .filter_map(|l| re.captures(l).map(|c| c[1].to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(actions(inst.log_text()), actions(relay.log_text()));
+}
+
+#[test]
+fn fallback_relay_takes_what_the_destination_could_not() {
+    // The next hop refuses connections: the fall-back relay gets the mail.
+    let dead = common::free_port();
+    let fb = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying(
+        "fallback",
+        &format!("[127.0.0.1]:{dead}"),
+        &format!("smtp_fallback_relay = {}", fb.relayhost()),
+    );
+    send(&inst, &["bob@remote.test"], &msg("via fallback"));
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    assert!(
+        line.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}, ", fb.port())),
+        "{line}"
+    );
+    inst.wait_log(&format!(
+        r"smtp\[\d+\]: connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead}: Connection refused$"
+    ));
+    assert_eq!(fb.wait_transactions(1)[0].accepted(), ["bob@remote.test"]);
+}
+
+#[test]
+fn fallback_relay_gets_4xx_recipients_only_and_fallback_relay_is_its_old_name() {
+    // The next hop takes one recipient, refuses one for good and one for
+    // now: only the last goes on to the fall-back relay (set with the
+    // Postfix 2.2 name fallback_relay, which smtp_fallback_relay defaults to).
+    let primary = Scripted::start(
+        &ScriptedConfig::new()
+            .rcpt_for(
+                "gone@remote.test",
+                "550 5.1.1 <gone@remote.test>: no such user",
+            )
+            .rcpt_for("busy@remote.test", "451 4.2.1 mailbox busy"),
+    );
+    let fb = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying(
+        "fallback-4xx",
+        &primary.relayhost(),
+        &format!("fallback_relay = {}", fb.relayhost()),
+    );
+    send(
+        &inst,
+        &["ok@remote.test", "gone@remote.test", "busy@remote.test"],
+        &msg("three ways"),
+    );
+    let ok = inst.wait_log(r"to=<ok@remote\.test>.*status=sent");
+    assert!(ok.contains(&format!(":{}, ", primary.port())), "{ok}");
+    inst.wait_log(r"to=<gone@remote\.test>.*status=bounced");
+    let busy = inst.wait_log(r"to=<busy@remote\.test>.*status=sent");
+    assert!(busy.contains(&format!(":{}, ", fb.port())), "{busy}");
+    assert_eq!(fb.wait_transactions(1)[0].accepted(), ["busy@remote.test"]);
+    assert_eq!(
+        primary.wait_transactions(1)[0].accepted(),
+        ["ok@remote.test"]
+    );
+}
+
+#[test]
+fn a_dead_fallback_relay_defers_with_its_own_reason() {
+    let dead = common::free_port();
+    let dead_fb = common::free_port();
+    let inst = relaying(
+        "fallback-dead",
+        &format!("[127.0.0.1]:{dead}"),
+        &format!("smtp_fallback_relay = [127.0.0.1]:{dead_fb}"),
+    );
+    send(&inst, &["bob@remote.test"], &msg("nowhere"));
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    // The last error is the one reported, as in Postfix.
+    assert!(
+        line.contains("relay=none, delay=")
+            && line.contains(&format!(
+                "dsn=4.4.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:{dead_fb}: Connection refused)"
+            )),
+        "{line}"
+    );
+    inst.wait_log(&format!(
+        r"connect to 127\.0\.0\.1\[127\.0\.0\.1\]:{dead}: Connection refused$"
+    ));
+}
+
+/// Facteur's own smtpd takes a message from a client that says
+/// `EHLO client.example`; its smtp client relays it on.
+fn relay_from_smtpd(tag: &str, relayhost: &str, extra: &str) -> Instance {
+    let mut inst = Instance::new(tag, "");
+    let port = inst.with_smtpd();
+    inst.main_cf(&format!(
+        "relayhost = {relayhost}\nrelay_domains = remote.test\nrelay_transport = smtp\n{extra}"
+    ));
+    inst.start();
+    let mut c = common::smtp::Raw::connect(port);
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<alice@example.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<bob@remote.test>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send("Subject: forwarded\r\n\r\nbody\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.cmd("QUIT");
+    inst
+}
+
+#[test]
+fn xforward_passes_the_original_client_on_before_mail() {
+    let srv = Scripted::start(&ScriptedConfig::new().extension("XFORWARD", true));
+    let inst = relay_from_smtpd(
+        "xforward",
+        &srv.relayhost(),
+        "smtp_send_xforward_command = yes\nsmtp_bind_address = 127.0.0.5",
+    );
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    let t = srv.wait_transactions(1);
+    let xf = &t[0].json["xforward"];
+    assert_eq!(xf["ADDR"], "127.0.0.1", "{xf}");
+    assert_eq!(xf["HELO"], "client.example", "{xf}");
+    assert_eq!(xf["PROTO"], "ESMTP", "{xf}");
+    assert_eq!(xf["SOURCE"], "REMOTE", "{xf}");
+    assert!(
+        xf["PORT"]
+            .as_str()
+            .is_some_and(|p| p.parse::<u16>().is_ok()),
+        "{xf}"
+    );
+    // NAME only when the client had a name: never "unknown".
+    assert_ne!(xf["NAME"], "unknown", "{xf}");
+    // Before MAIL, pipelined with it.
+    let s = srv.wait_sessions(1);
+    let cmds = s[0].commands();
+    let first_mail = cmds.iter().position(|c| c.starts_with("MAIL")).unwrap();
+    assert!(
+        cmds[..first_mail]
+            .iter()
+            .filter(|c| c.starts_with("XFORWARD "))
+            .count()
+            == 2,
+        "{cmds:?}"
+    );
+    assert!(
+        s[0].pipelined.iter().any(|c| c.starts_with("XFORWARD ")),
+        "{:?}",
+        s[0].pipelined
+    );
+}
+
+#[test]
+fn xforward_only_when_configured_and_local_mail_says_local() {
+    // Announced but not configured: nothing sent.
+    let srv = Scripted::start(&ScriptedConfig::new().extension("XFORWARD", true));
+    let inst = relay_from_smtpd("xforward-off", &srv.relayhost(), "");
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    srv.wait_transactions(1);
+    let s = srv.wait_sessions(1);
+    assert!(
+        !s[0].commands().iter().any(|c| c.starts_with("XFORWARD")),
+        "{:?}",
+        s[0].commands()
+    );
+    // Local submission, a server that refuses XFORWARD: logged, sent anyway.
+    let srv2 = Scripted::start(
+        &ScriptedConfig::new()
+            .extension("XFORWARD-REFUSE", true)
+            .extension("PIPELINING", false),
+    );
+    let inst2 = relaying(
+        "xforward-local",
+        &srv2.relayhost(),
+        "smtp_send_xforward_command = yes",
+    );
+    send(&inst2, &["bob@remote.test"], &msg("local"));
+    inst2.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    let s = srv2.wait_sessions(1);
+    assert!(
+        s[0].commands().iter().any(|c| c == "XFORWARD SOURCE=LOCAL"),
+        "{:?}",
+        s[0].commands()
+    );
+    inst2.wait_log(r"smtp\[\d+\]: warning: host 127\.0\.0\.1\[127\.0\.0\.1\]:\d+ said: 550 5\.7\.0 Error: insufficient authorization \(in reply to XFORWARD helo/protocol command\)$");
+}
+
+#[test]
+fn xforward_to_a_real_postfix_logs_the_original_client() {
+    let Some(relay) = PostfixRelay::start(RelayOptions {
+        main_cf: "smtpd_authorized_xforward_hosts = 127.0.0.0/8\n".into(),
+        ..Default::default()
+    }) else {
+        eprintln!("skipped: a real Postfix instance needs root");
+        return;
+    };
+    let _inst = relay_from_smtpd(
+        "xforward-postfix",
+        &relay.relayhost(),
+        "smtp_send_xforward_command = yes\nsmtp_bind_address = 127.0.0.5",
+    );
+    let got = relay.wait_messages_for("bob@remote.test", 1);
+    // Postfix's Received: names the original client and its HELO, not
+    // the relaying smtp client (127.0.0.5, out of mx.example.test).
+    assert!(got[0].contains("from client.example ("), "{}", got[0]);
+    assert!(got[0].contains(" [127.0.0.1])"), "{}", got[0]);
+    // Its smtpd logs the relaying client and the original one.
+    relay.wait_log(
+        r"postfix/smtpd\[\d+\]: [0-9A-F]+: client=[^\[]*\[127\.0\.0\.5\], orig_client=[^\[ ]+\[127\.0\.0\.1\]$",
+    );
+    relay.wait_log(r"postfix/smtpd\[\d+\]: disconnect from .* xforward=2 mail=1 ");
+}
+
+#[test]
+fn lmtp_assume_final_reports_delivered_not_relayed() {
+    for assume in [false, true] {
+        let srv = Scripted::start_unix(&ScriptedConfig::new().lmtp().extension("DSN", false));
+        let tag = if assume { "lmtp-final" } else { "lmtp-relayed" };
+        let mut inst = Instance::new(tag, "");
+        inst.main_cf(&format!(
+            "virtual_mailbox_domains = lmtp.test\nvirtual_transport = lmtp:unix:{}\nlmtp_assume_final = {}\n",
+            srv.socket().display(),
+            if assume { "yes" } else { "no" }
+        ));
+        inst.start();
+        let me = common::user();
+        inst.send(
+            &[
+                "-f",
+                &format!("{me}@mx.example.test"),
+                "-N",
+                "success",
+                "u@lmtp.test",
+            ],
+            &msg("final?"),
+        );
+        inst.kick();
+        inst.wait_log(r"lmtp\[\d+\]: [0-9A-F]+: to=<u@lmtp\.test>.*status=sent");
+        let got = inst.wait_maildir(&inst.user_maildir(), 1);
+        let want = if assume {
+            "Action: delivered"
+        } else {
+            "Action: relayed"
+        };
+        assert!(got[0].contains(want), "{}", got[0]);
+        assert_eq!(srv.wait_transactions(1)[0].protocol, "LMTP");
+    }
+}
+
+#[test]
+fn a_failing_check_table_aborts_the_transaction_before_the_dot() {
+    // Every header lookup fails: the message is not finished (the server
+    // throws it away) and the recipient is deferred, as in Postfix.
+    let srv = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying(
+        "checks-fail",
+        &srv.relayhost(),
+        "smtp_header_checks = fail:broken",
+    );
+    send(&inst, &["bob@remote.test"], &msg("not finished"));
+    let line = inst.wait_log(r"smtp\[\d+\]: ([0-9A-F]+): to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.contains(
+            "dsn=4.3.0, status=deferred (local data error while talking to 127.0.0.1[127.0.0.1])"
+        ),
+        "{line}"
+    );
+    let id = common::logged_id(&line);
+    inst.wait_log(&format!(
+        r"smtp\[\d+\]: warning: {id}: smtp header checks lookup error"
+    ));
+    let t = srv.wait_transactions(1);
+    assert!(!t[0].complete, "the final dot was never sent");
+    assert_eq!(t[0].end, "disconnect");
+    // No QUIT inside the unfinished message either.
+    assert!(!t[0].text().contains("QUIT"), "{}", t[0].text());
+}
+
+#[test]
+fn a_failing_generic_table_defers_before_any_connection() {
+    let srv = Scripted::start(&ScriptedConfig::new());
+    let inst = relaying(
+        "generic-fail",
+        &srv.relayhost(),
+        "smtp_generic_maps = fail:broken",
+    );
+    send(&inst, &["bob@remote.test"], &msg("unmapped"));
+    let line = inst.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.contains("relay=none, ")
+            && line.contains(
+                "dsn=4.3.0, status=deferred (smtp_generic_maps map lookup problem for alice@example.test)"
+            ),
+        "{line}"
+    );
+    common::wait_for(30, "the message in deferred/", || {
+        !inst.queue_files("deferred").is_empty()
+    });
+    assert!(srv.sessions().is_empty(), "nothing was sent");
 }

@@ -30,12 +30,31 @@
 //! Each recipient gets Postfix's line: `ID: to=<r>, relay=host[ip]:port,
 //! conn_use=N, delay=.., delays=a/b/c/d, dsn=X.Y.Z, status=sent (250 ...)`.
 //!
-//! Not yet: client certificates, DANE and
-//! fingerprint levels, `smtp_generic_maps`, `smtp_header_checks`,
-//! fallback relays, XFORWARD, TLS session resumption across processes.
+//! The next hop may be a list (`relayhost = a, b`, Postfix 3.5); after
+//! it come the fall-back relays (`smtp_fallback_relay`, `lmtp_fallback_relay`):
+//! recipients that no server of a destination took (it could not be
+//! found, reached or talked to, or it answered 4xx) go to the next
+//! destination of the list, with its own address and session limits, TLS
+//! policy and SASL credentials. A 5xx is final. When the last destination
+//! tried is a fall-back relay (or the relayhost) and its failure is a
+//! hard one (its name does not resolve), the mail is deferred (4.3.5)
+//! with a `configuration problem` warning instead of bounced.
+//!
+//! On the way out, `smtp_generic_maps` rewrites the envelope ([`generic`])
+//! and, with `smtp_header_checks`, `smtp_mime_header_checks` and
+//! `smtp_body_checks`, the content ([`content`]); XFORWARD passes the
+//! original client on ([`session`]).
+//!
+//! Not yet: DANE and fingerprint levels, TLS session resumption across
+//! processes, detecting that this host is an MX host of the destination
+//! (Postfix's "mail for X loops back to myself", which also keeps it from
+//! using the fall-back relays then), MIME parsing of the body (nested
+//! header checks).
 
 pub mod cache;
 pub mod conn;
+pub mod content;
+pub mod generic;
 pub mod nexthop;
 pub mod session;
 
@@ -54,7 +73,7 @@ use libmail::tls::client::{client_configs, ClientTls, Level};
 
 use conn::{Conn, Socket};
 use nexthop::{Lookup, NextHop};
-use session::{Credentials, Peer, RcptResult, Session, SetupFail};
+use session::{Credentials, Outgoing, Peer, RcptResult, Session, SetupFail};
 
 /// Per-command deadlines.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +88,11 @@ pub struct Timeouts {
     pub data_done: Duration,
     pub rset: Duration,
     pub quit: Duration,
+    pub xforward: Duration,
 }
+
+/// Most fall-back relays (and next-hop list entries) tried.
+const MAX_SITES: usize = 32;
 
 pub struct Config {
     pub lmtp: bool,
@@ -103,6 +126,16 @@ pub struct Config {
     bind6: Option<std::net::IpAddr>,
     pub line_length_limit: usize,
     cache: cache::Cache,
+    /// smtp_generic_maps and the header and body checks.
+    pub filters: content::Filters,
+    /// `smtp_send_xforward_command`.
+    pub send_xforward: bool,
+    /// `smtp_fallback_relay` (`lmtp_fallback_relay`).
+    fallback_relays: Vec<String>,
+    /// `relayhost`, for Postfix's rule about its configuration problems.
+    relayhost: String,
+    /// `lmtp_assume_final`.
+    assume_final: bool,
 }
 
 impl Config {
@@ -121,6 +154,7 @@ impl Config {
             data_done: secs("data_done_timeout", 600),
             rset: secs("rset_timeout", 20),
             quit: secs("quit_timeout", 300),
+            xforward: secs("xforward_timeout", 300),
         };
         let port_text = value(p, &n("tcp_port"));
         let default_port = nexthop::service_port(port_text.trim())
@@ -196,6 +230,15 @@ impl Config {
                 secs("connection_cache_time_limit", 2),
                 secs("connection_reuse_time_limit", 300),
             ),
+            filters: content::Filters::load(p, x)?,
+            send_xforward: bool_param(p, &n("send_xforward_command"), false),
+            fallback_relays: split_list(&value(p, &n("fallback_relay")))
+                .into_iter()
+                .take(MAX_SITES)
+                .map(str::to_string)
+                .collect(),
+            relayhost: value(p, "relayhost").trim().to_string(),
+            assume_final: lmtp && bool_param(p, "lmtp_assume_final", false),
             layout,
         })
     }
@@ -296,65 +339,181 @@ pub fn main() {
     );
 }
 
+/// Why a recipient is not delivered yet: the newest failure wins (as
+/// Postfix reports the last error of a delivery attempt).
+#[derive(Debug, Clone)]
+struct Failure {
+    dsn: String,
+    reason: String,
+    relay: String,
+    /// A hard failure of the destination (its name does not exist, null
+    /// MX): the recipient bounces unless a later attempt did better.
+    permanent: bool,
+    /// The destination (index in the list of sites) it happened at.
+    site: usize,
+    seq: u64,
+}
+
 /// Where each recipient stands during a request.
 struct Track<'a> {
     rcpt: &'a Rcpt,
+    /// The address that goes out (after smtp_generic_maps).
+    address: String,
     done: Option<(Outcome, String)>,
-    /// The last temporary failure, with its relay.
-    soft: Option<(String, String, String)>,
+    /// The last temporary failure of this recipient at a server.
+    soft: Option<Failure>,
+}
+
+/// One request's attempt: the recipients and the failures that concern
+/// all of them.
+struct State<'a> {
+    track: Vec<Track<'a>>,
+    /// The last failure of a destination or server as a whole.
+    site_fail: Option<Failure>,
+    seq: u64,
+    /// The site being tried.
+    site: usize,
+}
+
+impl State<'_> {
+    fn failure(&mut self, dsn: &str, reason: String, relay: &str, permanent: bool) -> Failure {
+        self.seq += 1;
+        Failure {
+            dsn: dsn.to_string(),
+            reason,
+            relay: relay.to_string(),
+            permanent,
+            site: self.site,
+            seq: self.seq,
+        }
+    }
+
+    /// A failure of the destination or server as a whole.
+    fn fail_site(&mut self, dsn: &str, reason: String, relay: &str, permanent: bool) {
+        let f = self.failure(dsn, reason, relay, permanent);
+        self.site_fail = Some(f);
+    }
+
+    fn open(&self) -> Vec<usize> {
+        (0..self.track.len())
+            .filter(|&i| self.track[i].done.is_none())
+            .collect()
+    }
+}
+
+/// The sites of a request: the next hop (a list since Postfix 3.5), then
+/// the fall-back relays (not for LMTP over a UNIX-domain socket). The
+/// number of next-hop entries comes with it.
+fn sites(cfg: &Config, nexthop: &str) -> (Vec<String>, usize) {
+    if nexthop.trim_start().starts_with("unix:") {
+        return (vec![nexthop.trim().to_string()], 1);
+    }
+    let mut v: Vec<String> = split_list(nexthop)
+        .into_iter()
+        .take(MAX_SITES)
+        .map(str::to_string)
+        .collect();
+    if v.is_empty() {
+        v.push(nexthop.to_string());
+    }
+    let primary = v.len();
+    v.extend(cfg.fallback_relays.iter().cloned());
+    (v, primary)
 }
 
 /// Delivers one request; logs and returns a result per recipient.
 pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
     let received = now_f64();
-    let mut track: Vec<Track> = req
-        .rcpts
-        .iter()
-        .map(|r| Track {
-            rcpt: r,
-            done: None,
-            soft: None,
-        })
-        .collect();
+    let mut st = State {
+        track: req
+            .rcpts
+            .iter()
+            .map(|r| Track {
+                rcpt: r,
+                address: r.address.clone(),
+                done: None,
+                soft: None,
+            })
+            .collect(),
+        site_fail: None,
+        seq: 0,
+        site: 0,
+    };
     let mut setup_time = 0.0;
-    let mut fallback: Option<(String, String, bool)> = None;
+    let (sites, primary) = sites(cfg, &req.nexthop);
+    let mut sender = req.sender.clone();
     let reached = match crate::local::open_queue_file(&cfg.layout, req) {
         Err(e) => {
-            fallback = Some(("4.3.0".into(), e, false));
+            st.fail_site("4.3.0", e, "none", false);
             true
         }
-        Ok(qf) => attempt(cfg, req, &qf, &mut track, &mut setup_time, &mut fallback),
+        Ok(qf) => match map_envelope(cfg, req, &mut sender, &mut st.track) {
+            Err(reason) => {
+                st.fail_site("4.3.0", reason, "none", false);
+                true
+            }
+            Ok(()) => attempt(cfg, req, &qf, &sender, &sites, &mut st, &mut setup_time),
+        },
     };
     let timing = Timing {
         received,
         setup: setup_time,
     };
-    let outcomes: Vec<Outcome> = track
+    // A hard failure at a fall-back relay or at the relayhost is a
+    // configuration problem here, not a reason to return the mail.
+    let last_site = st.site;
+    let config_problem = if last_site >= primary {
+        Some(format!(
+            "{}_fallback_relay",
+            if cfg.lmtp { "lmtp" } else { "smtp" }
+        ))
+    } else if !cfg.lmtp && !cfg.relayhost.is_empty() && sites[0] == cfg.relayhost {
+        Some("relayhost".to_string())
+    } else {
+        None
+    };
+    let mut warned = false;
+    let site_fail = st.site_fail.clone();
+    let outcomes: Vec<Outcome> = st
+        .track
         .into_iter()
         .map(|t| {
             let (outcome, relay) = t.done.unwrap_or_else(|| {
-                let (dsn, reason, relay) = match (t.soft, &fallback) {
-                    (Some(s), _) => s,
-                    (None, Some((dsn, reason, _))) => (dsn.clone(), reason.clone(), "none".into()),
-                    (None, None) => (
-                        "4.4.1".into(),
-                        "no server could be reached".into(),
-                        "none".into(),
-                    ),
+                let newest = match (t.soft, &site_fail) {
+                    (Some(s), Some(g)) if g.seq > s.seq => Some(g.clone()),
+                    (Some(s), _) => Some(s),
+                    (None, g) => g.clone(),
                 };
-                let permanent = fallback.as_ref().is_some_and(|f| f.2) && relay == "none";
+                let mut f = newest.unwrap_or_else(|| Failure {
+                    dsn: "4.4.1".into(),
+                    reason: "no server could be reached".into(),
+                    relay: "none".into(),
+                    permanent: false,
+                    site: last_site,
+                    seq: 0,
+                });
+                if f.permanent && f.site == last_site {
+                    if let Some(param) = &config_problem {
+                        if !warned {
+                            libmail::warning!("{param} configuration problem");
+                            warned = true;
+                        }
+                        f.permanent = false;
+                        f.dsn = "4.3.5".into();
+                    }
+                }
                 (
                     Outcome {
                         offset: t.rcpt.offset,
-                        status: if permanent {
+                        status: if f.permanent {
                             Status::Bounced
                         } else {
                             Status::Deferred
                         },
-                        dsn,
-                        reason,
+                        dsn: f.dsn,
+                        reason: f.reason,
                     },
-                    relay,
+                    f.relay,
                 )
             });
             libmail::info!("{}", delivery_line(req, t.rcpt, &relay, timing, &outcome));
@@ -374,18 +533,50 @@ pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
     outcomes
 }
 
+/// `smtp_generic_maps` on the envelope: the sender and each recipient as
+/// they go out. A lookup error defers the whole request (Postfix's smtp
+/// gives up on it too).
+fn map_envelope(
+    cfg: &Config,
+    req: &Request,
+    sender: &mut String,
+    track: &mut [Track],
+) -> Result<(), String> {
+    let Some(g) = &cfg.filters.generic else {
+        return Ok(());
+    };
+    let problem = |addr: &str, e: libmail::table::TableError| {
+        libmail::warning!(
+            "{}: {} map lookup problem for {addr}: {e}",
+            req.queue_id,
+            g.parameter()
+        );
+        format!("{} map lookup problem for {addr}", g.parameter())
+    };
+    if let Some(m) = g.map(sender).map_err(|e| problem(sender, e))? {
+        *sender = m;
+    }
+    for t in track.iter_mut() {
+        if let Some(m) = g.map(&t.address).map_err(|e| problem(&t.address, e))? {
+            t.address = m;
+        }
+    }
+    Ok(())
+}
+
 /// Records one session's results.
-fn record(track: &mut [Track], open: &[usize], results: Vec<RcptResult>, relay: &str) {
+fn record(st: &mut State, open: &[usize], results: Vec<RcptResult>, relay: &str) {
     for (&i, r) in open.iter().zip(results) {
-        let t = &mut track[i];
         let (status, dsn, reason) = match r {
             RcptResult::Sent { dsn, reason } => (Status::Sent, dsn, reason),
             RcptResult::Hard { dsn, reason } => (Status::Bounced, dsn, reason),
             RcptResult::Soft { dsn, reason } => {
-                t.soft = Some((dsn, reason, relay.to_string()));
+                let f = st.failure(&dsn, reason, relay, false);
+                st.track[i].soft = Some(f);
                 continue;
             }
         };
+        let t = &mut st.track[i];
         t.done = Some((
             Outcome {
                 offset: t.rcpt.offset,
@@ -398,12 +589,6 @@ fn record(track: &mut [Track], open: &[usize], results: Vec<RcptResult>, relay: 
     }
 }
 
-fn open_indices(track: &[Track]) -> Vec<usize> {
-    (0..track.len())
-        .filter(|&i| track[i].done.is_none())
-        .collect()
-}
-
 /// Runs one message over a session; returns false when the session is
 /// no longer usable. A cached session that turns out dead before the
 /// server answered anything leaves no result (`stale`).
@@ -411,14 +596,21 @@ fn run_session(
     cfg: &Config,
     req: &Request,
     qf: &QueueFile,
-    track: &mut [Track],
+    sender: &str,
+    st: &mut State,
     mut s: Session,
     key: &str,
 ) -> bool {
-    let open = open_indices(track);
-    let rcpts: Vec<&Rcpt> = open.iter().map(|&i| track[i].rcpt).collect();
+    let open = st.open();
+    let env = Outgoing {
+        sender,
+        rcpts: open
+            .iter()
+            .map(|&i| (st.track[i].rcpt, st.track[i].address.as_str()))
+            .collect(),
+    };
     let reused = s.uses > 0;
-    let (results, reusable) = s.send(cfg, req, &rcpts, qf);
+    let (results, reusable) = s.send(cfg, req, &env, qf);
     if reused && s.stale() {
         s.conn.close();
         return false;
@@ -428,14 +620,23 @@ fn run_session(
         relay.push_str(&format!(", conn_use={}", s.uses));
     }
     // DSN: a server that announced DSN took the NOTIFY request over; one
-    // that did not gets the mail "relayed" (RFC 3461 section 5.2.2).
+    // that did not gets the mail "relayed" (RFC 3461 section 5.2.2),
+    // unless it is an LMTP server assumed to deliver (lmtp_assume_final).
     for (&i, r) in open.iter().zip(&results) {
         if matches!(r, RcptResult::Sent { .. }) {
-            let action = if s.caps.dsn { "passed" } else { "relayed" };
-            libmail::deliver::dsn_action(track[i].rcpt.offset, action);
+            let action = if s.caps.dsn {
+                Some("passed")
+            } else if cfg.assume_final {
+                None
+            } else {
+                Some("relayed")
+            };
+            if let Some(a) = action {
+                libmail::deliver::dsn_action(st.track[i].rcpt.offset, a);
+            }
         }
     }
-    record(track, &open, results, &relay);
+    record(st, &open, results, &relay);
     if reusable {
         cfg.cache.put(key, s);
     } else {
@@ -444,47 +645,70 @@ fn run_session(
     true
 }
 
+/// Tries the sites in order while recipients are left. Returns whether
+/// any server was talked to.
 fn attempt(
     cfg: &Config,
     req: &Request,
     qf: &QueueFile,
-    track: &mut [Track],
+    sender: &str,
+    sites: &[String],
+    st: &mut State,
     setup_time: &mut f64,
-    fallback: &mut Option<(String, String, bool)>,
 ) -> bool {
-    let key = format!("{}:{}", req.transport, req.nexthop.to_ascii_lowercase());
     let mut reached = false;
-    // A session kept from an earlier request to the same next hop.
+    let started = Instant::now();
+    for (i, site) in sites.iter().enumerate() {
+        if st.open().is_empty() {
+            break;
+        }
+        st.site = i;
+        reached |= attempt_site(cfg, req, qf, sender, site, st, started, setup_time);
+    }
+    reached
+}
+
+/// One destination: a kept session first, then its servers in order.
+#[allow(clippy::too_many_arguments)]
+fn attempt_site(
+    cfg: &Config,
+    req: &Request,
+    qf: &QueueFile,
+    sender: &str,
+    site: &str,
+    st: &mut State,
+    started: Instant,
+    setup_time: &mut f64,
+) -> bool {
+    let key = format!("{}:{}", req.transport, site.to_ascii_lowercase());
+    let mut reached = false;
+    // A session kept from an earlier request to the same destination.
     while let Some(s) = cfg.cache.take(&key) {
-        if run_session(cfg, req, qf, track, s, &key) {
+        if run_session(cfg, req, qf, sender, st, s, &key) {
             reached = true;
             break;
         }
     }
-    if open_indices(track).is_empty() {
+    if st.open().is_empty() {
         return reached;
     }
-    let hop = match nexthop::parse(&req.nexthop, cfg.lmtp, cfg.default_port, cfg.layout.root()) {
+    let hop = match nexthop::parse(site, cfg.lmtp, cfg.default_port, cfg.layout.root()) {
         Ok(h) => h,
         Err(e) => {
-            *fallback = Some((
-                "4.3.5".into(),
+            st.fail_site(
+                "4.3.5",
                 format!("mail transport unavailable: {e}"),
+                "none",
                 false,
-            ));
+            );
             return reached;
         }
     };
-    let level = cfg.tls_level(&req.nexthop);
-    let started = Instant::now();
+    let level = cfg.tls_level(site);
     let peers: Vec<Peer> = match &hop {
         NextHop::Unix(_) => vec![Peer::Unix {
             host: cfg.myhostname.clone(),
-            path: req
-                .nexthop
-                .strip_prefix("unix:")
-                .unwrap_or(&req.nexthop)
-                .to_string(),
+            path: site.strip_prefix("unix:").unwrap_or(site).to_string(),
         }],
         NextHop::Inet { .. } => {
             let lookup = Lookup {
@@ -506,7 +730,7 @@ fn attempt(
                     })
                     .collect(),
                 Err(e) => {
-                    *fallback = Some((e.dsn.into(), e.reason, e.permanent));
+                    st.fail_site(e.dsn, e.reason, "none", e.permanent);
                     return reached;
                 }
             }
@@ -514,7 +738,7 @@ fn attempt(
     };
     let mut sessions = 0;
     for peer in peers {
-        if open_indices(track).is_empty() {
+        if st.open().is_empty() {
             break;
         }
         if cfg.session_limit > 0 && sessions >= cfg.session_limit {
@@ -524,9 +748,9 @@ fn attempt(
             Peer::Inet { host, .. } => host.clone(),
             Peer::Unix { host, .. } => host.clone(),
         };
-        let creds = cfg.credentials(&req.sender, &req.nexthop, &host);
+        let creds = cfg.credentials(&req.sender, site, &host);
         let verify_name = if level == Level::Secure {
-            nexthop_domain(&req.nexthop)
+            nexthop_domain(site)
         } else {
             host.clone()
         };
@@ -537,7 +761,7 @@ fn attempt(
                 Err(reason) => {
                     // Postfix logs every failed connection on its own line.
                     libmail::info!("{reason}");
-                    *fallback = Some(("4.4.1".into(), reason, false));
+                    st.fail_site("4.4.1", reason, "none", false);
                     break None;
                 }
             };
@@ -561,8 +785,8 @@ fn attempt(
                     tls_level = Level::None;
                 }
                 Err(f) => {
+                    let open = st.open();
                     if f.permanent {
-                        let open = open_indices(track);
                         let results = open
                             .iter()
                             .map(|_| RcptResult::Hard {
@@ -570,11 +794,9 @@ fn attempt(
                                 reason: f.reason.clone(),
                             })
                             .collect();
-                        record(track, &open, results, &peer.relay());
+                        record(st, &open, results, &peer.relay());
                     } else {
-                        for &i in &open_indices(track) {
-                            track[i].soft = Some((f.dsn.clone(), f.reason.clone(), peer.relay()));
-                        }
+                        st.fail_site(&f.dsn, f.reason.clone(), &peer.relay(), false);
                     }
                     break None;
                 }
@@ -586,7 +808,7 @@ fn attempt(
         sessions += 1;
         reached = true;
         *setup_time = started.elapsed().as_secs_f64();
-        run_session(cfg, req, qf, track, s, &key);
+        run_session(cfg, req, qf, sender, st, s, &key);
     }
     reached
 }

@@ -6,6 +6,15 @@
 //! said: 550 5.1.1 ... (in reply to RCPT TO command)`, `lost connection
 //! with H[A] while sending RCPT TO`, `conversation with H[A] timed out
 //! while sending message body`.
+//!
+//! XFORWARD (`smtp_send_xforward_command`): when the server announces
+//! it, the original client's attributes from the queue file go before
+//! MAIL FROM in one or two commands, as Postfix sends them: `XFORWARD
+//! NAME=.. ADDR=.. PORT=..`, then `XFORWARD PROTO=.. HELO=.. IDENT=..
+//! SOURCE=LOCAL|REMOTE`, each attribute only when the server named it and
+//! the value is known (a name, address, port or protocol of `unknown` is
+//! not sent), xtext-encoded, pipelined with MAIL when the server offers
+//! PIPELINING. A refused XFORWARD is logged and the mail goes on.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +24,7 @@ use libmail::tls::client::Level;
 use libmail::tls::Summary;
 
 use super::conn::{printable, Conn, IoFail, Reply};
+use super::content::{self, Fail, Sink};
 use super::Config;
 
 /// What the server offered after EHLO/LHLO.
@@ -29,7 +39,12 @@ pub struct Caps {
     pub smtputf8: bool,
     pub starttls: bool,
     pub auth: Vec<String>,
+    /// The XFORWARD attributes the server named (upper case).
+    pub xforward: Vec<String>,
 }
+
+/// Most XFORWARD attribute names kept from an EHLO reply.
+const MAX_XFORWARD_NAMES: usize = 16;
 
 impl Caps {
     fn parse(r: &Reply, esmtp: bool) -> Caps {
@@ -51,6 +66,14 @@ impl Caps {
                 "SMTPUTF8" => c.smtputf8 = true,
                 "STARTTLS" => c.starttls = true,
                 "AUTH" => c.auth.extend(words.map(|w| w.to_ascii_uppercase())),
+                "XFORWARD" => {
+                    for w in words {
+                        let w = w.to_ascii_uppercase();
+                        if c.xforward.len() < MAX_XFORWARD_NAMES && !c.xforward.contains(&w) {
+                            c.xforward.push(w);
+                        }
+                    }
+                }
                 _ if kw.starts_with("AUTH=") => {
                     // Old servers: AUTH=LOGIN PLAIN.
                     c.auth.extend(
@@ -158,12 +181,17 @@ pub struct Session {
     /// The connection was found closed before the server answered MAIL:
     /// nothing was sent (a cached session that went stale).
     stale: bool,
+    /// The content was being sent when the transaction was given up: no
+    /// QUIT (it would be taken as content), the connection is just closed.
+    in_data: bool,
 }
 
 /// The Postfix stage names of timeouts and lost connections.
 #[derive(Clone, Copy)]
 enum Stage {
     Greeting,
+    /// XFORWARD: the name/address command (true) or the protocol/HELO one.
+    Xforward(bool),
     Helo(&'static str),
     StartTls,
     Auth,
@@ -178,6 +206,8 @@ impl Stage {
     fn while_text(self) -> String {
         match self {
             Stage::Greeting => "receiving the initial server greeting".into(),
+            Stage::Xforward(true) => "sending XFORWARD name/address".into(),
+            Stage::Xforward(false) => "sending XFORWARD protocol/helo_name".into(),
             Stage::Helo(cmd) => format!("performing the {cmd} handshake"),
             Stage::StartTls => "performing the STARTTLS handshake".into(),
             Stage::Auth => "performing SASL authentication".into(),
@@ -191,6 +221,8 @@ impl Stage {
     fn in_reply_to(self) -> &'static str {
         match self {
             Stage::Greeting => "initial protocol greeting",
+            Stage::Xforward(true) => "XFORWARD name/address",
+            Stage::Xforward(false) => "XFORWARD helo/protocol",
             Stage::Helo(cmd) => cmd,
             Stage::StartTls => "STARTTLS",
             Stage::Auth => "AUTH",
@@ -255,6 +287,7 @@ pub fn setup(
         uses: 0,
         lmtp: cfg.lmtp,
         stale: false,
+        in_data: false,
     };
     if cfg.wrappermode && !cfg.lmtp {
         s.handshake(cfg, level.max(Level::Encrypt), verify_name)?;
@@ -496,11 +529,11 @@ impl Session {
         &mut self,
         cfg: &Config,
         req: &Request,
-        rcpts: &[&Rcpt],
+        env: &Outgoing,
         qf: &QueueFile,
     ) -> (Vec<RcptResult>, bool) {
-        let mut results: Vec<Option<RcptResult>> = vec![None; rcpts.len()];
-        let reusable = self.transaction(cfg, req, rcpts, qf, &mut results);
+        let mut results: Vec<Option<RcptResult>> = vec![None; env.rcpts.len()];
+        let reusable = self.transaction(cfg, req, env, qf, &mut results);
         self.uses += 1;
         let out = results
             .into_iter()
@@ -539,11 +572,12 @@ impl Session {
         &mut self,
         cfg: &Config,
         req: &Request,
-        rcpts: &[&Rcpt],
+        env: &Outgoing,
         qf: &QueueFile,
         results: &mut [Option<RcptResult>],
     ) -> bool {
         let name = self.peer.name();
+        let rcpts = &env.rcpts;
         // What the server said it cannot take.
         if let Some(limit) = self.caps.size.filter(|&l| l > 0) {
             if req.size > limit {
@@ -561,7 +595,7 @@ impl Session {
             }
         }
         let needs_utf8 = req.attr("smtputf8") == Some("yes")
-            && (!req.sender.is_ascii() || rcpts.iter().any(|r| !r.address.is_ascii()));
+            && (!env.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii()));
         if needs_utf8 && !self.caps.smtputf8 {
             Self::set_all(
                 results,
@@ -572,7 +606,7 @@ impl Session {
             );
             return true;
         }
-        let mut mail = format!("MAIL FROM:<{}>", external(&req.sender));
+        let mut mail = format!("MAIL FROM:<{}>", external(env.sender));
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", req.size));
         }
@@ -597,8 +631,8 @@ impl Session {
         }
         let rcpt_lines: Vec<String> = rcpts
             .iter()
-            .map(|r| {
-                let mut l = format!("RCPT TO:<{}>", external(&r.address));
+            .map(|(r, address)| {
+                let mut l = format!("RCPT TO:<{}>", external(address));
                 if self.caps.dsn {
                     let n = r.dsn_notify;
                     if n != 0 {
@@ -626,8 +660,31 @@ impl Session {
             })
             .collect();
         let pipelined = self.caps.pipelining || self.lmtp;
+        let xforward = if cfg.send_xforward {
+            xforward_commands(&self.caps.xforward, req)
+        } else {
+            Vec::new()
+        };
 
-        // MAIL, RCPT..., DATA: in one write when pipelining.
+        // XFORWARD, MAIL, RCPT..., DATA: in one write when pipelining.
+        // The first reply read tells whether a kept session went stale.
+        let mut first_read = true;
+        for (stage_name_addr, cmd) in &xforward {
+            self.conn.queue(cmd);
+            if pipelined {
+                continue;
+            }
+            let stage = Stage::Xforward(*stage_name_addr);
+            self.conn.deadline(cfg.timeouts.xforward);
+            match self.conn.flush().and_then(|_| self.conn.reply()) {
+                Ok(r) => self.xforward_reply(&r, stage),
+                Err(e) => {
+                    self.stale = first_read && matches!(e, IoFail::Lost);
+                    return self.fail_open(results, stage, &e);
+                }
+            }
+            first_read = false;
+        }
         self.conn.deadline(cfg.timeouts.mail);
         self.conn.queue(&mail);
         if pipelined {
@@ -635,11 +692,28 @@ impl Session {
                 self.conn.queue(l);
             }
             self.conn.queue("DATA");
+            if let Err(e) = self.conn.flush() {
+                self.stale = first_read && matches!(e, IoFail::Lost);
+                return self.fail_open(results, Stage::Mail, &e);
+            }
+            for (stage_name_addr, _) in &xforward {
+                let stage = Stage::Xforward(*stage_name_addr);
+                self.conn.deadline(cfg.timeouts.xforward);
+                match self.conn.reply() {
+                    Ok(r) => self.xforward_reply(&r, stage),
+                    Err(e) => {
+                        self.stale = first_read && matches!(e, IoFail::Lost);
+                        return self.fail_open(results, stage, &e);
+                    }
+                }
+                first_read = false;
+            }
+            self.conn.deadline(cfg.timeouts.mail);
         }
         let mail_reply = match self.conn.flush().and_then(|_| self.conn.reply()) {
             Ok(r) => r,
             Err(e) => {
-                self.stale = matches!(e, IoFail::Lost);
+                self.stale = first_read && matches!(e, IoFail::Lost);
                 return self.fail_open(results, Stage::Mail, &e);
             }
         };
@@ -705,10 +779,11 @@ impl Session {
         }
         // The content, dot-stuffed, with long lines folded.
         self.conn.deadline(cfg.timeouts.data_xfer);
-        if let Err(e) = self.content(cfg, qf) {
+        self.in_data = true;
+        if let Err(e) = self.content(cfg, req, qf) {
             return match e {
-                BodyFail::Io(e) => self.fail_open(results, Stage::Body, &e),
-                BodyFail::Queue(msg) => {
+                Fail::Io(e) => self.fail_open(results, Stage::Body, &e),
+                Fail::Queue(msg) => {
                     // A damaged queue file: do not finish the message.
                     Self::set_all(
                         results,
@@ -719,8 +794,21 @@ impl Session {
                     );
                     false
                 }
+                Fail::Lookup => {
+                    // A table lookup failed: the message is not finished,
+                    // the server discards what it got.
+                    Self::set_all(
+                        results,
+                        RcptResult::Soft {
+                            dsn: "4.3.0".into(),
+                            reason: format!("local data error while talking to {name}"),
+                        },
+                    );
+                    false
+                }
             };
         }
+        self.in_data = false;
         self.conn.queue(".");
         if let Err(e) = self.conn.flush() {
             return self.fail_open(results, Stage::DataDone, &e);
@@ -758,43 +846,34 @@ impl Session {
         matches!(self.conn.command("RSET"), Ok(r) if r.positive())
     }
 
-    fn content(&mut self, cfg: &Config, qf: &QueueFile) -> Result<(), BodyFail> {
-        const CHUNK: usize = 64 << 10;
-        let limit = cfg.line_length_limit;
+    fn content(&mut self, cfg: &Config, req: &Request, qf: &QueueFile) -> Result<(), Fail> {
+        let mut wire = Wire {
+            conn: &mut self.conn,
+            col: 0,
+            limit: cfg.line_length_limit,
+        };
         let mut reader = qf.content();
-        let mut col = 0usize;
-        loop {
-            let piece = reader
-                .next_piece()
-                .map_err(|e| BodyFail::Queue(e.to_string()))?;
-            let Some((bytes, ends_line)) = piece else {
-                break;
-            };
-            let mut rest = bytes;
-            if col == 0 && rest.first() == Some(&b'.') {
-                self.conn.queue_raw(b".");
-            }
-            while limit > 0 && col + rest.len() > limit {
-                let take = limit - col;
-                self.conn.queue_raw(&rest[..take]);
-                self.conn.queue_raw(b"\r\n ");
-                rest = &rest[take..];
-                col = 1;
-            }
-            self.conn.queue_raw(rest);
-            col += rest.len();
-            if ends_line {
-                self.conn.queue_raw(b"\r\n");
-                col = 0;
-            }
-            if self.conn.queued() >= CHUNK {
-                self.conn.flush().map_err(BodyFail::Io)?;
-            }
+        if cfg.filters.active() {
+            content::copy(&cfg.filters, &req.queue_id, &mut reader, &mut wire)?;
+        } else {
+            content::pass(&mut reader, &mut wire)?;
         }
-        if col != 0 {
-            self.conn.queue_raw(b"\r\n");
+        if wire.col != 0 {
+            wire.conn.queue_raw(b"\r\n");
         }
         Ok(())
+    }
+
+    /// A reply to XFORWARD: a refusal is logged, the mail goes on.
+    fn xforward_reply(&self, r: &Reply, stage: Stage) {
+        if !r.positive() {
+            libmail::warning!(
+                "host {} said: {} (in reply to {} command)",
+                self.peer.relay(),
+                printable(&r.flat()),
+                stage.in_reply_to()
+            );
+        }
     }
 
     /// Whether the last transaction found the connection already closed.
@@ -805,6 +884,12 @@ impl Session {
     /// QUIT and close. The reply is not awaited (Postfix's
     /// `smtp_skip_quit_response`): nothing depends on it.
     pub fn quit(mut self) {
+        if self.in_data {
+            // QUIT would be read as content: just hang up, and the server
+            // throws the unfinished message away.
+            self.conn.close();
+            return;
+        }
         self.conn.deadline(Duration::from_secs(2));
         self.conn.queue("QUIT");
         let _ = self.conn.flush();
@@ -812,9 +897,107 @@ impl Session {
     }
 }
 
-enum BodyFail {
-    Io(IoFail),
-    Queue(String),
+/// The envelope as it goes out: the sender and the recipients' addresses
+/// after `smtp_generic_maps`, each recipient with its queue-file record.
+pub struct Outgoing<'a> {
+    pub sender: &'a str,
+    pub rcpts: Vec<(&'a Rcpt, &'a str)>,
+}
+
+/// Content on the wire: dot-stuffed, lines longer than the limit folded
+/// with CRLF SPACE, sent in chunks.
+struct Wire<'a> {
+    conn: &'a mut Conn,
+    col: usize,
+    limit: usize,
+}
+
+impl Sink for Wire<'_> {
+    fn put(&mut self, bytes: &[u8], ends_line: bool) -> Result<(), IoFail> {
+        const CHUNK: usize = 64 << 10;
+        let mut rest = bytes;
+        if self.col == 0 && rest.first() == Some(&b'.') {
+            self.conn.queue_raw(b".");
+        }
+        while self.limit > 0 && self.col + rest.len() > self.limit {
+            let take = self.limit - self.col;
+            self.conn.queue_raw(&rest[..take]);
+            self.conn.queue_raw(b"\r\n ");
+            rest = &rest[take..];
+            self.col = 1;
+        }
+        self.conn.queue_raw(rest);
+        self.col += rest.len();
+        if ends_line {
+            self.conn.queue_raw(b"\r\n");
+            self.col = 0;
+        }
+        if self.conn.queued() >= CHUNK {
+            self.conn.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// An XFORWARD attribute and its value, when there is one to send.
+type Attr = (&'static str, Option<String>);
+
+/// Longest XFORWARD command line (RFC 5321's command line limit).
+const XFORWARD_LINE: usize = 512;
+
+/// The XFORWARD commands for a message: (name/address command?, line),
+/// with the attributes the server named and the message has. Postfix's
+/// rules: NAME, ADDR, PORT and PROTO only when known (not `unknown`);
+/// HELO, IDENT and SOURCE whenever present; a value that would make the
+/// line longer than 512 bytes is left out.
+pub fn xforward_commands(announced: &[String], req: &Request) -> Vec<(bool, String)> {
+    let has = |n: &str| announced.iter().any(|a| a == n);
+    let known = |v: Option<&str>| {
+        v.map(str::trim)
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("unknown"))
+            .map(str::to_string)
+    };
+    let present = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
+    let source = req
+        .attr("rewrite_context")
+        .filter(|v| !v.is_empty())
+        .map(|v| if v == "local" { "LOCAL" } else { "REMOTE" }.to_string());
+    let groups: [(bool, Vec<Attr>); 2] = [
+        (
+            true,
+            vec![
+                ("NAME", known(req.attr("client_name"))),
+                ("ADDR", known(req.attr("client_address"))),
+                ("PORT", known(req.attr("client_port"))),
+            ],
+        ),
+        (
+            false,
+            vec![
+                ("PROTO", known(req.attr("protocol"))),
+                ("HELO", present(req.attr("helo_name"))),
+                ("IDENT", present(req.attr("log_ident"))),
+                ("SOURCE", source),
+            ],
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name_addr, attrs) in groups {
+        let mut line = String::from("XFORWARD");
+        for (name, value) in attrs {
+            let Some(v) = value.filter(|_| has(name)) else {
+                continue;
+            };
+            let item = format!(" {name}={}", libmail::smtp::command::xtext_encode(&v));
+            if line.len() + item.len() <= XFORWARD_LINE {
+                line.push_str(&item);
+            }
+        }
+        if line.len() > "XFORWARD".len() {
+            out.push((name_addr, line));
+        }
+    }
+    out
 }
 
 /// An address as it goes on the wire (quoted local part when needed).
@@ -853,6 +1036,57 @@ mod tests {
         assert_eq!(c.auth, ["LOGIN", "PLAIN"]);
         let helo = Caps::parse(&r, false);
         assert!(!helo.pipelining && helo.size.is_none());
+    }
+
+    #[test]
+    fn xforward_sends_what_is_announced_and_known() {
+        let r = Reply {
+            code: 250,
+            lines: vec![
+                "250-mx.example".into(),
+                "250-XFORWARD NAME addr PROTO HELO SOURCE".into(),
+                "250 PIPELINING".into(),
+            ],
+        };
+        let caps = Caps::parse(&r, true);
+        assert_eq!(caps.xforward, ["NAME", "ADDR", "PROTO", "HELO", "SOURCE"]);
+        let attrs = |v: &[(&str, &str)]| Request {
+            attrs: v
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let req = attrs(&[
+            ("client_name", "unknown"),
+            ("client_address", "192.0.2.1"),
+            ("client_port", "1234"),
+            ("protocol", "ESMTP"),
+            ("helo_name", "bad helo\u{1}=+"),
+            ("rewrite_context", "remote"),
+        ]);
+        assert_eq!(
+            xforward_commands(&caps.xforward, &req),
+            [
+                (true, "XFORWARD ADDR=192.0.2.1".to_string()),
+                (
+                    false,
+                    "XFORWARD PROTO=ESMTP HELO=bad+20helo+01+3D+2B SOURCE=REMOTE".to_string()
+                )
+            ]
+        );
+        // Local mail: only what it has.
+        let local = attrs(&[("rewrite_context", "local")]);
+        assert_eq!(
+            xforward_commands(&caps.xforward, &local),
+            [(false, "XFORWARD SOURCE=LOCAL".to_string())]
+        );
+        assert!(xforward_commands(&[], &req).is_empty());
+        // Hostile lengths: the line stays within 512 bytes.
+        let long = "h".repeat(5000);
+        let req = attrs(&[("client_name", &long), ("client_address", "192.0.2.1")]);
+        let cmds = xforward_commands(&caps.xforward, &req);
+        assert_eq!(cmds, [(true, "XFORWARD ADDR=192.0.2.1".to_string())]);
     }
 
     #[test]

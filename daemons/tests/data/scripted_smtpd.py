@@ -25,8 +25,17 @@ Configuration keys (all optional):
   ehlo              a non-2xx reply to EHLO/HELO/LHLO instead of the usual one
   extensions        {"SIZE": bytes or null, "8BITMIME": bool, "SMTPUTF8": bool,
                      "DSN": bool, "PIPELINING": bool,
-                     "ENHANCEDSTATUSCODES": bool}; parameters of MAIL/RCPT
-                    that belong to an extension not advertised get 555
+                     "ENHANCEDSTATUSCODES": bool, "XFORWARD": bool}; parameters
+                    of MAIL/RCPT that belong to an extension not advertised
+                    get 555. XFORWARD (off by default) announces
+                    "XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE"; the
+                    attributes received (xtext-decoded) go into the record
+                    of the next transaction as "xforward" ({"NAME": ...})
+                    and are then forgotten, as Postfix's smtpd does;
+                    "XFORWARD-REFUSE" announces it too but answers every
+                    XFORWARD with Postfix's "550 5.7.0 Error: insufficient
+                    authorization"
+  xforward          reply to XFORWARD (default "250 2.0.0 Ok")
   mail              reply to MAIL: a string, or {"default": reply,
                     "sender@x": reply} (keys are lower-cased addresses)
   rcpt              reply to RCPT, the same way (per recipient address)
@@ -49,8 +58,8 @@ Configuration keys (all optional):
   sessions          a list of whole configurations: the n-th connection uses
                     the n-th one, later connections the top-level one
 
-STAGE is one of greeting, ehlo, starttls, auth, mail, rcpt, data, data_mid,
-dot, rset, quit. A reply may have several lines separated by "\\n" (the code
+STAGE is one of greeting, ehlo, starttls, auth, xforward, mail, rcpt, data,
+data_mid, dot, rset, quit. A reply may have several lines separated by "\\n" (the code
 is given once, on the first line).
 
 Records: every transaction (from an accepted MAIL to its end: reply after
@@ -90,7 +99,11 @@ DEFAULT_EXTENSIONS = {
     "DSN": True,
     "PIPELINING": True,
     "ENHANCEDSTATUSCODES": True,
+    "XFORWARD": False,
+    "XFORWARD-REFUSE": False,
 }
+
+XFORWARD_ATTRS = ["NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE"]
 
 # Which extension a MAIL/RCPT parameter needs.
 PARAM_EXTENSION = {
@@ -111,6 +124,7 @@ COMMAND_STAGE = {
     "LHLO": "ehlo",
     "STARTTLS": "starttls",
     "AUTH": "auth",
+    "XFORWARD": "xforward",
     "MAIL": "mail",
     "RCPT": "rcpt",
     "DATA": "data",
@@ -126,6 +140,20 @@ def clean(s):
     if isinstance(s, bytes):
         return s.decode("utf-8", "replace")
     return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def xtext_decode(s):
+    """RFC 3461 xtext: "+XX" is the byte with that hex value."""
+    out = bytearray()
+    i = 0
+    while i < len(s):
+        if s[i] == "+" and re.match(r"^[0-9A-Fa-f]{2}$", s[i + 1 : i + 3]):
+            out.append(int(s[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out += s[i].encode("utf-8", "surrogateescape")
+            i += 1
+    return out.decode("utf-8", "replace")
 
 
 def pick(table, key, default):
@@ -182,6 +210,7 @@ class Scripted(SMTP):
         self.refused = False
         self.txn = None
         self.accepted = []
+        self.xforward = {}
         self.record = {
             "session": number,
             "peer": None,
@@ -314,9 +343,11 @@ class Scripted(SMTP):
             "data_bytes": 0,
             "final_reply": None,
             "lmtp_replies": [],
+            "xforward": self.xforward,
             "end": None,
             "started": time.time(),
         }
+        self.xforward = {}
         self.accepted = []
 
     def end_txn(self, why):
@@ -381,6 +412,8 @@ class Scripted(SMTP):
             out.append("DSN")
         if self.ext.get("ENHANCEDSTATUSCODES"):
             out.append("ENHANCEDSTATUSCODES")
+        if self.ext.get("XFORWARD") or self.ext.get("XFORWARD-REFUSE"):
+            out.append("XFORWARD " + " ".join(XFORWARD_ATTRS))
         starttls = self.cfg.get("starttls")
         if starttls and not self.tls_active():
             out.append("STARTTLS")
@@ -393,6 +426,7 @@ class Scripted(SMTP):
             return await self.reply("501 5.5.4 Syntax: EHLO hostname")
         self.end_txn("ehlo")
         self._set_rset_state()
+        self.xforward = {}
         refused = self.cfg.get("ehlo")
         if refused:
             return await self.reply(refused)
@@ -457,6 +491,27 @@ class Scripted(SMTP):
             return await self.reply("503 5.5.1 Error: MAIL transaction in progress")
         await super().smtp_AUTH(arg)
 
+    async def smtp_XFORWARD(self, arg):
+        if not self.ext.get("XFORWARD") and not self.ext.get("XFORWARD-REFUSE"):
+            return await self.reply('500 5.5.1 Error: command "XFORWARD" not recognized')
+        if self.ext.get("XFORWARD-REFUSE"):
+            return await self.reply("550 5.7.0 Error: insufficient authorization")
+        if not self.session.host_name:
+            return await self.reply("503 5.5.1 Error: send HELO/EHLO first")
+        if self.txn is not None:
+            return await self.reply("503 5.5.1 Error: MAIL transaction in progress")
+        words = (arg or "").split()
+        if not words:
+            return await self.reply("501 5.5.4 Syntax: XFORWARD attribute=value...")
+        got = {}
+        for w in words:
+            name, eq, value = w.partition("=")
+            if not eq or name.upper() not in XFORWARD_ATTRS:
+                return await self.reply("501 5.5.4 Bad XFORWARD attribute name: %s" % name)
+            got[name.upper()] = clean(xtext_decode(value))
+        self.xforward.update(got)
+        await self.reply(self.cfg.get("xforward") or "250 2.0.0 Ok")
+
     def check_params(self, params):
         """The reply refusing a parameter, or None."""
         for p in params:
@@ -519,6 +574,7 @@ class Scripted(SMTP):
 
     async def smtp_RSET(self, arg):
         self.end_txn("rset")
+        self.xforward = {}
         self._set_rset_state()
         await self.reply("250 2.0.0 Ok")
 
