@@ -19,7 +19,8 @@ use libmail::address::resolve::Resolver;
 use libmail::config::params::Params;
 use libmail::service::{bool_param, num_param, time_param, Service};
 
-use session::Settings;
+use libmail::table::search::Maps;
+use session::{CommandList, Controls, Settings, Shared};
 
 /// smtpd's main: configuration and restrictions first (any error is
 /// fatal before master hears "ready", so master throttles a broken
@@ -126,7 +127,11 @@ fn stand_alone(args: &[String]) -> i32 {
         return 1;
     }
     let gate = Arc::new(gate::RestrictionGate(Arc::new(restrictions(&params))));
-    standalone::run(&params, Settings::from_params(&params), gate)
+    let mut settings = Settings::from_params(&params);
+    // As Postfix: no XCLIENT or XFORWARD in stand-alone mode.
+    settings.controls.xclient_hosts = None;
+    settings.controls.xforward_hosts = None;
+    standalone::run(&params, settings, gate)
 }
 
 impl Settings {
@@ -183,7 +188,44 @@ impl Settings {
             },
             bare_lf_reject_code: num_param(p, "smtpd_forbid_bare_newline_reject_code", 550)
                 .clamp(400, 599) as u16,
+            controls: controls(p),
         }
+    }
+}
+
+/// XCLIENT, XFORWARD and the smaller controls; a list or table that
+/// cannot be opened is fatal.
+fn controls(p: &Params) -> Controls {
+    let v = |n: &str| p.value(n).unwrap_or_default();
+    let hosts = |name: &str| {
+        let l = NetworkList::from_param(p, name)
+            .unwrap_or_else(|e| libmail::log::fatal(&e.to_string()));
+        for w in l.warnings() {
+            libmail::warning!("{w}");
+        }
+        (!l.is_empty()).then(|| Shared(Arc::new(l)))
+    };
+    let forbidden = CommandList::parse("smtpd_forbidden_commands", &v("smtpd_forbidden_commands"))
+        .unwrap_or_else(|e| libmail::log::fatal(&e.to_string()));
+    let discard_maps = Maps::from_param(p, "smtpd_discard_ehlo_keyword_address_maps")
+        .unwrap_or_else(|e| libmail::log::fatal(&e));
+    Controls {
+        xclient_hosts: hosts("smtpd_authorized_xclient_hosts"),
+        xforward_hosts: hosts("smtpd_authorized_xforward_hosts"),
+        forbidden_commands: Shared(Arc::new(forbidden)),
+        // A raw parameter: its $names are the session's, expanded per reply.
+        reject_footer: p
+            .raw("smtpd_reject_footer")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        discard_ehlo_maps: discard_maps.map(|m| Shared(Arc::new(m))),
+        recipient_overshoot_limit: num_param(p, "smtpd_recipient_overshoot_limit", 1000).max(0)
+            as usize,
+        forbid_unauth_pipelining: bool_param(p, "smtpd_forbid_unauth_pipelining", false),
+        ipv6: libmail::config::host::protocols(&v("inet_protocols"))
+            .map(|(_, v6)| v6)
+            .unwrap_or(false),
     }
 }
 

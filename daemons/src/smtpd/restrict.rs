@@ -62,7 +62,7 @@
 
 mod names;
 mod policy;
-mod syntax;
+pub(crate) mod syntax;
 
 #[cfg(test)]
 mod tests;

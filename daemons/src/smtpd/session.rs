@@ -38,8 +38,18 @@
 //!   (`454 4.7.0 Error: too many new TLS sessions from <name[ip]>`), each
 //!   with Postfix's `warning: ... limit exceeded: N from name[ip] for
 //!   service S`.
+//! * `XCLIENT` (clients in `smtpd_authorized_xclient_hosts`): the client's
+//!   name, address, port, HELO name, protocol and login are replaced for
+//!   the rest of the session, which starts over at the `220` greeting
+//!   ([`Session::command`]); `XFORWARD` (`smtpd_authorized_xforward_hosts`):
+//!   the up-stream client of the next message, for its log line and the
+//!   attributes cleanup records. Both with Postfix's replies.
+//! * [`Controls`]: `smtpd_forbidden_commands`, `smtpd_reject_footer`,
+//!   `smtpd_discard_ehlo_keyword_address_maps`,
+//!   `smtpd_recipient_overshoot_limit`, `smtpd_forbid_unauth_pipelining`.
 
-use std::net::IpAddr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,9 +57,12 @@ use libmail::address::networks::NetworkList;
 use libmail::ipc::Attrs;
 use libmail::smtp::command::{self, Body, Command, MailParams, RcptParams};
 use libmail::smtp::Reply;
+use libmail::table::search::{Key, Maps};
+use libmail::table::TableError;
 use libmail::tls::{Level, Summary};
 
 use super::anvil::{ClientLimits, Connected, Event};
+use super::restrict::syntax;
 
 pub use super::restrict::{Facts, Log, PendingDefer};
 
@@ -181,6 +194,136 @@ pub struct Settings {
     pub bare_lf: BareLf,
     /// `smtpd_forbid_bare_newline_reject_code`.
     pub bare_lf_reject_code: u16,
+    /// XCLIENT, XFORWARD and the smaller per-session controls.
+    pub controls: Controls,
+}
+
+/// Something shared between sessions that has no useful `Debug` form
+/// (tables, lists).
+pub struct Shared<T>(pub Arc<T>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Shared(..)")
+    }
+}
+
+/// The settings of XCLIENT, XFORWARD and a few smaller controls.
+/// [`Controls::default`] is Postfix's behaviour with the parameters
+/// unset, except that every recipient past `smtpd_recipient_limit` counts
+/// as an error (an overshoot limit of 0).
+#[derive(Debug, Clone)]
+pub struct Controls {
+    /// `smtpd_authorized_xclient_hosts` (None: nobody).
+    pub xclient_hosts: Option<Shared<NetworkList>>,
+    /// `smtpd_authorized_xforward_hosts` (None: nobody).
+    pub xforward_hosts: Option<Shared<NetworkList>>,
+    /// `smtpd_forbidden_commands`: verbs that end the session (besides
+    /// anything shaped like a message header).
+    pub forbidden_commands: Shared<CommandList>,
+    /// `smtpd_reject_footer`, unexpanded (empty: none).
+    pub reject_footer: String,
+    /// `smtpd_discard_ehlo_keyword_address_maps`.
+    pub discard_ehlo_maps: Option<Shared<Maps>>,
+    /// `smtpd_recipient_overshoot_limit`: recipients past the limit that
+    /// are refused without counting as errors.
+    pub recipient_overshoot_limit: usize,
+    /// `smtpd_forbid_unauth_pipelining`.
+    pub forbid_unauth_pipelining: bool,
+    /// `inet_protocols` has IPv6: XCLIENT and XFORWARD take IPv6
+    /// addresses (Postfix refuses them otherwise).
+    pub ipv6: bool,
+}
+
+/// Postfix's default `smtpd_forbidden_commands`.
+pub const DEFAULT_FORBIDDEN_COMMANDS: &str = "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}";
+
+impl Default for Controls {
+    fn default() -> Controls {
+        Controls {
+            xclient_hosts: None,
+            xforward_hosts: None,
+            forbidden_commands: Shared(Arc::new(
+                CommandList::parse("smtpd_forbidden_commands", DEFAULT_FORBIDDEN_COMMANDS)
+                    .expect("the default list opens"),
+            )),
+            reject_footer: String::new(),
+            discard_ehlo_maps: None,
+            recipient_overshoot_limit: 0,
+            forbid_unauth_pipelining: false,
+            ipv6: false,
+        }
+    }
+}
+
+/// A list of command verbs (`smtpd_forbidden_commands`): words compared
+/// without regard to case, `type:table` lookups of the verb as sent,
+/// `!` to negate; the first item that matches decides.
+pub struct CommandList {
+    items: Vec<(bool, CommandItem)>,
+}
+
+enum CommandItem {
+    Word(String),
+    Table(Maps),
+}
+
+/// Most items in a command list.
+const MAX_COMMAND_ITEMS: usize = 1000;
+
+impl CommandList {
+    /// The list in `value` (parameter `name`, for messages).
+    pub fn parse(name: &str, value: &str) -> Result<CommandList, TableError> {
+        let mut items = Vec::new();
+        for token in libmail::config::params::split_list(value) {
+            if items.len() >= MAX_COMMAND_ITEMS {
+                return Err(TableError::Config(format!(
+                    "{name}: more than {MAX_COMMAND_ITEMS} items"
+                )));
+            }
+            let mut neg = false;
+            let mut item = token;
+            while let Some(rest) = item.strip_prefix('!') {
+                neg = !neg;
+                item = rest;
+            }
+            if item.is_empty() {
+                return Err(TableError::Config(format!("{name}: no pattern after '!'")));
+            }
+            if item.contains(':') {
+                let maps = Maps::open(name, item, &Default::default())?;
+                items.push((neg, CommandItem::Table(maps)));
+            } else {
+                items.push((neg, CommandItem::Word(item.to_ascii_uppercase())));
+            }
+        }
+        Ok(CommandList { items })
+    }
+
+    /// Whether `verb` (as the client sent it) is in the list.
+    pub fn matches(&self, verb: &str) -> Result<bool, TableError> {
+        for (neg, item) in &self.items {
+            let hit = match item {
+                CommandItem::Word(w) => w.eq_ignore_ascii_case(verb),
+                CommandItem::Table(m) => m
+                    .find_first(&[Key {
+                        text: verb.to_string(),
+                        whole: true,
+                    }])?
+                    .is_some(),
+            };
+            if hit {
+                return Ok(!neg);
+            }
+        }
+        Ok(false)
+    }
 }
 
 /// What smtpd does with a line that ends in a bare `<LF>`
@@ -235,10 +378,82 @@ struct Count {
     total: u32,
 }
 
-const COUNTED: [&str; 13] = [
-    "helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "rset", "noop", "vrfy",
-    "etrn", "quit",
+/// In the order of Postfix's `disconnect from` line.
+const COUNTED: [&str; 15] = [
+    "helo", "ehlo", "xclient", "xforward", "starttls", "auth", "mail", "rcpt", "data", "bdat",
+    "rset", "noop", "vrfy", "etrn", "quit",
 ];
+
+/// The verbs smtpd knows (the others are unknown commands).
+const VERBS: [&str; 15] = [
+    "HELO", "EHLO", "XCLIENT", "XFORWARD", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "BDAT",
+    "RSET", "NOOP", "VRFY", "ETRN", "QUIT",
+];
+
+/// Verbs that must end a group of pipelined commands (RFC 2920), as
+/// Postfix flags them.
+const LAST_IN_GROUP: [&str; 5] = ["HELO", "EHLO", "DATA", "VRFY", "NOOP"];
+
+/// The EHLO keywords that `smtpd_discard_ehlo_keywords` can name, in the
+/// order Postfix logs them.
+const EHLO_KEYWORDS: [&str; 15] = [
+    "8BITMIME",
+    "AUTH",
+    "ETRN",
+    "PIPELINING",
+    "SIZE",
+    "VERP",
+    "VRFY",
+    "XCLIENT",
+    "XFORWARD",
+    "STARTTLS",
+    "ENHANCEDSTATUSCODES",
+    "DSN",
+    "SMTPUTF8",
+    "CHUNKING",
+    "SILENT-DISCARD",
+];
+
+/// XCLIENT's and XFORWARD's "the up-stream lookup failed" values.
+const UNAVAILABLE: &str = "[UNAVAILABLE]";
+const TEMPUNAVAIL: &str = "[TEMPUNAVAIL]";
+/// Longest XCLIENT/XFORWARD attribute value, as sent.
+const MAX_ATTR_VALUE: usize = 255;
+/// Longest XFORWARD PROTO value.
+const MAX_XFORWARD_PROTO: usize = 64;
+/// Characters XCLIENT/XFORWARD replace with `?` in names that end up in
+/// headers (Postfix's NEUTER_CHARACTERS).
+const NEUTER: &[char] = &[' ', '<', '>', '(', ')', '\\', '"', ';', '@'];
+
+/// What XFORWARD said about the up-stream client, for the next message.
+/// `None` fields were not forwarded (or `[UNAVAILABLE]`).
+#[derive(Debug, Clone, Default)]
+struct Forwarded {
+    name: Option<String>,
+    /// Without an `IPv6:` prefix.
+    addr: Option<String>,
+    port: Option<String>,
+    helo: Option<String>,
+    proto: Option<String>,
+    ident: Option<String>,
+    /// `SOURCE`: `local` or `remote` (cleanup's rewriting context).
+    source: Option<&'static str>,
+}
+
+impl Forwarded {
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("unknown")
+    }
+
+    /// `name[addr]`, or the name alone when no address was forwarded
+    /// (`orig_client=` of the log).
+    fn namaddr(&self) -> String {
+        match &self.addr {
+            Some(a) => format!("{}[{a}]", self.name()),
+            None => self.name().to_string(),
+        }
+    }
+}
 
 /// The transaction between MAIL and the end of DATA.
 #[derive(Default)]
@@ -258,6 +473,8 @@ struct Transaction {
     /// A content line ended in a bare LF (under `reject`, for a client
     /// not excluded): the message is refused at its end.
     bare_lf: bool,
+    /// Recipients refused past `smtpd_recipient_limit`.
+    overshoot: usize,
 }
 
 /// What the shell must do after a command.
@@ -323,10 +540,155 @@ pub struct Session {
     /// `smtpd_forbid_bare_newline = reject` applies to this client (it is
     /// not in `smtpd_forbid_bare_newline_exclusions`).
     reject_bare_lf: bool,
+    /// The client's port and the server's end as the session knows them
+    /// (XCLIENT's PORT, DESTADDR and DESTPORT replace them; `None`:
+    /// unknown).
+    port: Option<u16>,
+    dest_addr: Option<IpAddr>,
+    dest_port: Option<u16>,
+    /// The client, as the session knows it now, may use XCLIENT (decided
+    /// at the greeting and again after each XCLIENT).
+    xclient_ok: bool,
+    /// The connecting client may use XFORWARD (decided at the greeting).
+    xforward_ok: bool,
+    /// The client restrictions refused the client at the greeting or
+    /// after XCLIENT (`smtpd_delay_reject = no`): every command but QUIT
+    /// is answered `503 5.7.0 Error: access denied for name[addr]`.
+    access_denied: bool,
+    /// The EHLO keywords not offered to this client (upper case, in
+    /// [`EHLO_KEYWORDS`] order; `SILENT-DISCARD` among them: not logged).
+    discard: Vec<String>,
+    /// XFORWARD's attributes for the next transaction.
+    forwarded: Option<Forwarded>,
+    /// The shell saw input waiting behind the command it hands over next.
+    input_pending: bool,
 }
 
 fn pl(code: u16, enh: &str, text: &str) -> Reply {
     Reply::new(code, enh, text)
+}
+
+/// The keywords of a discard list that smtpd knows, upper case, in
+/// Postfix's order (unknown words are ignored, as Postfix does).
+fn ehlo_mask<'a>(words: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let words: Vec<String> = words.map(str::to_ascii_uppercase).collect();
+    EHLO_KEYWORDS
+        .iter()
+        .filter(|k| words.iter().any(|w| w == *k))
+        .map(|k| k.to_string())
+        .collect()
+}
+
+/// The local time as the log shows it (`Mmm dd hh:mm:ss`), for the
+/// footer's `$localtime`.
+fn localtime() -> String {
+    let tm = libmail::date::broken_down(libmail::date::now(), true);
+    format!(
+        "{} {:02} {:02}:{:02}:{:02}",
+        libmail::date::month_name(&tm),
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// `501 5.5.4 text`: XCLIENT's and XFORWARD's syntax errors.
+fn bad(text: String) -> Reply {
+    Reply::new(501, "5.5.4", text)
+}
+
+/// One `name=value` of XCLIENT or XFORWARD: the name as sent and the
+/// value xtext-decoded (or as sent, when it is not valid xtext: Postfix
+/// before 2.3 sent raw values), with unprintable characters as `?`.
+fn attribute(item: &str) -> Result<(&str, String), Reply> {
+    let (name, raw) = match item.split_once('=') {
+        Some((n, v)) if !v.is_empty() => (n, v),
+        _ => return Err(bad("Error: attribute=value expected".into())),
+    };
+    if raw.len() > MAX_ATTR_VALUE {
+        return Err(bad("Error: attribute value too long".into()));
+    }
+    let bytes = xtext_bytes(raw).unwrap_or_else(|| raw.as_bytes().to_vec());
+    let text = String::from_utf8_lossy(&bytes)
+        .chars()
+        .map(|c| {
+            if c.is_control() || c == '\u{fffd}' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    Ok((name, text))
+}
+
+/// RFC 3461 xtext (`+XX` escapes) to bytes; `None` when an escape is
+/// malformed.
+fn xtext_bytes(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'+' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Characters that could break a header or a log line, as `?`.
+fn neuter(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| if NEUTER.contains(&c) { '?' } else { c })
+        .collect()
+}
+
+/// An address as XCLIENT and XFORWARD take it: IPv4, or `IPv6:` (any
+/// case) and an IPv6 address when IPv6 is on.
+fn mailhost_addr(value: &str, ipv6: bool) -> Option<IpAddr> {
+    match value.get(..5) {
+        Some(p) if p.eq_ignore_ascii_case("IPv6:") => {
+            let v6 = &value[5..];
+            if !ipv6 || !syntax::valid_ipv6_hostaddr(v6) {
+                return None;
+            }
+            v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+        }
+        _ if syntax::valid_ipv4_hostaddr(value) => value.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        _ => None,
+    }
+}
+
+/// A port number: digits, at most five of them, at most 65535.
+fn port_number(value: &str) -> Option<u16> {
+    if value.is_empty() || value.len() > 5 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// What an XCLIENT command changes, gathered before any of it is applied.
+struct Xclient {
+    client: Client,
+    port: Option<u16>,
+    dest_addr: Option<IpAddr>,
+    dest_port: Option<u16>,
+    /// `Some` when HELO was given (`Some(None)`: `[UNAVAILABLE]`).
+    helo: Option<Option<String>>,
+    /// PROTO=ESMTP (else SMTP, given or not).
+    esmtp: bool,
+    /// LOGIN (not `[UNAVAILABLE]`).
+    login: Option<String>,
 }
 
 impl Session {
@@ -336,6 +698,7 @@ impl Session {
         queue: Box<dyn Queue>,
         client: Client,
     ) -> Session {
+        let (port, server) = (client.port, client.server);
         Session {
             gate,
             queue,
@@ -361,6 +724,15 @@ impl Session {
             limits: None,
             connected: None,
             reject_bare_lf: set.bare_lf == BareLf::Reject,
+            port: Some(port),
+            dest_addr: server.map(|a| a.ip()),
+            dest_port: server.map(|a| a.port()),
+            xclient_ok: false,
+            xforward_ok: false,
+            access_denied: false,
+            discard: ehlo_mask(set.discard_ehlo.iter().map(String::as_str)),
+            forwarded: None,
+            input_pending: false,
             set,
         }
     }
@@ -407,7 +779,7 @@ impl Session {
         };
         let stage = self.last_verb.clone();
         self.log_reject(&stage, &r, None);
-        Some(Step::Close(r))
+        Some(Step::Close(self.with_footer(r)))
     }
 
     /// The shell read a DATA content line that ended in a bare LF: under
@@ -436,6 +808,9 @@ impl Session {
 
     /// Counts an event against its rate limit: `Some(rate)` when over.
     fn over_limit(&mut self, ev: Event) -> Option<u32> {
+        if self.xclient_ok {
+            return None;
+        }
         self.limits.as_ref()?.over(self.client.addr, ev)
     }
 
@@ -458,6 +833,7 @@ impl Session {
         let over = self
             .limits
             .as_ref()
+            .filter(|_| !self.xclient_ok)
             .and_then(|l| l.over_already(self.client.addr, Event::NewTls));
         match over {
             Some(n) => {
@@ -477,7 +853,7 @@ impl Session {
 
     /// A handshake made a new TLS session (not a resumed one).
     pub fn new_tls_session(&mut self) {
-        if let Some(l) = &self.limits {
+        if let Some(l) = self.limits.as_ref().filter(|_| !self.xclient_ok) {
             l.count(self.client.addr, Event::NewTls);
         }
     }
@@ -488,15 +864,17 @@ impl Session {
         self
     }
 
-    /// Whether the client's next line answers an AUTH challenge.
+    /// Whether the client's next line must be handled where blocking is
+    /// allowed: it answers an AUTH challenge, or it may be an XCLIENT
+    /// after which the client restrictions are asked (not delayed).
     pub fn in_auth(&self) -> bool {
-        self.auth_pending.is_some()
+        self.auth_pending.is_some() || (self.xclient_ok && !self.gate.delay_reject())
     }
 
     /// The mechanisms AUTH offers now (none: not offered).
     fn auth_mechanisms(&mut self) -> Vec<String> {
         let tls = self.tls.is_some();
-        if self.set.auth_tls_only && !tls {
+        if (self.set.auth_tls_only && !tls) || self.discarded("AUTH") {
             return Vec::new();
         }
         match self.sasl.as_mut() {
@@ -650,12 +1028,7 @@ impl Session {
             self.count("starttls", false);
             return self.error(pl(554, "5.5.1", "Error: TLS already active"));
         }
-        let discarded = self
-            .set
-            .discard_ehlo
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case("STARTTLS"));
-        if self.set.tls.level == Level::None || discarded {
+        if self.set.tls.level == Level::None || self.discarded("STARTTLS") {
             self.count("starttls", false);
             return self.error(pl(502, "5.5.1", "Error: command not implemented"));
         }
@@ -696,15 +1069,20 @@ impl Session {
         std::mem::take(&mut self.logs)
     }
 
-    /// Whether the client may pipeline (it said EHLO; PIPELINING is
-    /// always offered).
+    /// Whether the shell may skip telling the session about input waiting
+    /// behind a command ([`Session::note_pipelining_violation`]): never,
+    /// since whether that input is allowed depends on the command (after
+    /// EHLO, pipelining is still improper after HELO, EHLO, DATA, VRFY and
+    /// NOOP) and on PIPELINING being offered.
     pub fn may_pipeline(&self) -> bool {
-        self.esmtp
+        false
     }
 
-    /// The shell saw commands sent ahead of a reply without PIPELINING.
+    /// The shell has more input waiting behind the command line it hands
+    /// over next ([`Session::command`] decides whether that is improper
+    /// pipelining).
     pub fn note_pipelining_violation(&mut self) {
-        self.pipelining_violation = true;
+        self.input_pending = true;
     }
 
     /// How long to wait before the reply: `sleep N` of the restrictions,
@@ -750,9 +1128,9 @@ impl Session {
             sasl_method: self.auth.as_ref().map(|(m, _)| m.as_str()),
             queue_id: t.and_then(|t| t.queue_id.as_deref()),
             esmtp: self.esmtp,
-            client_port: Some(self.client.port),
-            server_addr: self.client.server.map(|a| a.ip()),
-            server_port: self.client.server.map(|a| a.port()),
+            client_port: self.port,
+            server_addr: self.dest_addr,
+            server_port: self.dest_port,
             size: t.map_or(0, |t| t.size.max(t.params.size.unwrap_or(0))),
             tls_protocol: self.tls.as_ref().map(|s| s.protocol.as_str()),
             tls_cipher: self.tls.as_ref().map(|s| s.cipher.as_str()),
@@ -771,7 +1149,14 @@ impl Session {
         // First, even before the TLS line of a wrapper-mode handshake.
         self.logs
             .insert(0, format!("connect from {}", self.client.label()));
-        if let Some(l) = self.limits.clone() {
+        self.xforward_ok = self.host_listed(
+            self.set.controls.xforward_hosts.clone(),
+            "smtpd_authorized_xforward_hosts",
+        );
+        self.identify();
+        // As Postfix: clients that may use XCLIENT are neither counted nor
+        // limited (they speak for others).
+        if let Some(l) = self.limits.clone().filter(|_| !self.xclient_ok) {
             let (guard, count, rate) = l.connect(self.client.addr);
             self.connected = Some(guard);
             let over = if l.limits.connection_count > 0 && count > l.limits.connection_count {
@@ -783,34 +1168,163 @@ impl Session {
             };
             if let Some((what, n)) = over {
                 self.limit_warning(what, n);
-                return Step::Close(Reply::new(
+                let r = Reply::new(
                     421,
                     "4.7.0",
                     format!(
                         "{} Error: too many connections from {}",
                         self.set.myhostname, self.client.addr
                     ),
-                ));
+                );
+                return Step::Close(self.with_footer(r));
             }
         }
-        if !self.gate.delay_reject() {
-            let v = self.gate.ask(Ask::Connect, &self.view(None));
-            self.absorb(&v);
-            if let Some(r) = v.reply {
-                self.log_reject("CONNECT", &r, None);
-                // Postfix answers every command with the refusal; closing
-                // at once is what a 421/521 asks for.
-                if v.hangup {
-                    return Step::Close(r);
+        let step = match self.admit("CONNECT") {
+            Some(s) => s,
+            None => Step::Reply(Reply::new(220, "", &self.set.banner)),
+        };
+        self.footer(step)
+    }
+
+    /// Whether the client as the session knows it now is in a host list
+    /// (a lookup error counts as not listed, with a warning).
+    fn host_listed(&mut self, list: Option<Shared<NetworkList>>, param: &str) -> bool {
+        let Some(list) = list else {
+            return false;
+        };
+        match list.0.matches(Some(&self.client.name), self.client.addr) {
+            Ok(m) => m,
+            Err(e) => {
+                self.logs
+                    .push(format!("warning: {param}: table lookup problem: {e}"));
+                false
+            }
+        }
+    }
+
+    /// What depends on who the client is, decided at the greeting and
+    /// again after XCLIENT: whether it may use XCLIENT, and the EHLO
+    /// keywords it is not offered (`smtpd_discard_ehlo_keyword_address_maps`
+    /// by its address, else `smtpd_discard_ehlo_keywords`).
+    fn identify(&mut self) {
+        self.xclient_ok = self.host_listed(
+            self.set.controls.xclient_hosts.clone(),
+            "smtpd_authorized_xclient_hosts",
+        );
+        let set = self.set.clone();
+        let found = match &set.controls.discard_ehlo_maps {
+            None => None,
+            Some(m) => match m.0.find_first(&[Key {
+                text: self.client.addr.to_string(),
+                whole: true,
+            }]) {
+                Ok(v) => v.map(|(_, v)| v),
+                Err(e) => {
+                    self.logs.push(format!(
+                        "warning: smtpd_discard_ehlo_keyword_address_maps: table lookup problem: {e}"
+                    ));
+                    None
                 }
-                return Step::Close(Reply::new(
-                    554,
-                    "",
-                    format!("{} ESMTP not accepting connections", self.set.myhostname),
+            },
+        };
+        self.discard = match found {
+            Some(v) => ehlo_mask(libmail::config::params::split_list(&v).into_iter()),
+            None => ehlo_mask(set.discard_ehlo.iter().map(String::as_str)),
+        };
+    }
+
+    /// Whether this EHLO keyword is not offered to the client.
+    fn discarded(&self, keyword: &str) -> bool {
+        self.discard.iter().any(|d| d == keyword)
+    }
+
+    /// The client restrictions, when they are not delayed to RCPT: `None`
+    /// to go on, or the refusal. After a refusal every command but QUIT
+    /// is refused (a 421 or 521 closes the session at once).
+    fn admit(&mut self, stage: &str) -> Option<Step> {
+        self.access_denied = false;
+        if self.gate.delay_reject() {
+            return None;
+        }
+        let v = self.gate.ask(Ask::Connect, &self.view(None));
+        self.absorb(&v);
+        let r = v.reply?;
+        self.log_reject(stage, &r, None);
+        if v.hangup {
+            return Some(Step::Close(r));
+        }
+        self.access_denied = true;
+        Some(self.error(r))
+    }
+
+    /// Appends `smtpd_reject_footer` to a 4xx or 5xx reply.
+    fn footer(&mut self, step: Step) -> Step {
+        match step {
+            Step::Reply(r) => Step::Reply(self.with_footer(r)),
+            Step::Close(r) => Step::Close(self.with_footer(r)),
+            other => other,
+        }
+    }
+
+    /// `smtpd_reject_footer` after a 4xx or 5xx reply: on a line of its
+    /// own with the reply's codes (each `\n` starts another), or at the
+    /// end of the last line when it starts with `\c`. `$client_address`,
+    /// `$client_port`, `$localtime` and `$server_name` are expanded; other
+    /// names expand to nothing, with Postfix's warning. The footer is not
+    /// logged (the reject line was written before). Public for the
+    /// replies the shell makes itself (the timeout's 421).
+    pub fn with_footer(&mut self, mut r: Reply) -> Reply {
+        if r.code < 400 || self.set.controls.reject_footer.is_empty() {
+            return r;
+        }
+        let set = self.set.clone();
+        let template = set.controls.reject_footer.as_str();
+        let client_address = self.client.addr.to_string();
+        let client_port = self
+            .port
+            .map_or_else(|| "unknown".to_string(), |p| p.to_string());
+        let lookup = |name: &str| -> Option<String> {
+            match name {
+                "client_address" => Some(client_address.clone()),
+                "client_port" => Some(client_port.clone()),
+                "localtime" => Some(localtime()),
+                "server_name" => Some(set.myhostname.clone()),
+                _ => None,
+            }
+        };
+        let mut parts: Vec<(bool, String)> = Vec::new();
+        for (i, part) in template.split("\\n").enumerate() {
+            let (same_line, part) = match part.strip_prefix("\\c") {
+                Some(rest) if i == 0 => (true, rest),
+                _ => (false, part),
+            };
+            let mut e = libmail::config::expand::Expansion::new();
+            let text = match e.expand(part, &lookup) {
+                Ok(t) => t,
+                Err(err) => {
+                    self.logs
+                        .push(format!("warning: smtpd_reject_footer: {err}"));
+                    return r;
+                }
+            };
+            for name in e.undefined {
+                self.logs.push(format!(
+                    "warning: unknown macro name \"{name}\" in expansion request"
                 ));
             }
+            let text: String = text
+                .chars()
+                .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+                .collect();
+            parts.push((same_line, text));
         }
-        Step::Reply(Reply::new(220, "", &self.set.banner))
+        for (same_line, text) in parts {
+            match r.lines.last_mut() {
+                Some(last) if same_line => last.push_str(&text),
+                _ => r.lines.push(text),
+            }
+        }
+        r
     }
 
     fn count(&mut self, verb: &str, ok: bool) {
@@ -873,10 +1387,12 @@ impl Session {
             line.push_str(&format!(" to=<{rc}>"));
         }
         line.push_str(&format!(
-            " proto={} helo=<{}>",
-            if self.esmtp { "ESMTP" } else { "SMTP" },
-            self.helo.as_deref().unwrap_or("")
+            " proto={}",
+            if self.esmtp { "ESMTP" } else { "SMTP" }
         ));
+        if let Some(h) = &self.helo {
+            line.push_str(&format!(" helo=<{h}>"));
+        }
         self.logs.push(line);
     }
 
@@ -911,9 +1427,38 @@ impl Session {
     /// One command line (without CRLF; bytes that are not UTF-8 were
     /// replaced by the shell).
     pub fn command(&mut self, line: &str) -> Step {
+        let pending = std::mem::take(&mut self.input_pending);
+        let step = self.command_unfooted(line, pending);
+        self.footer(step)
+    }
+
+    fn command_unfooted(&mut self, line: &str, input_pending: bool) -> Step {
         // A line answering an AUTH challenge is not a command.
         if let Some(mech) = self.auth_pending.take() {
             return self.auth_response(mech, line);
+        }
+        let word = line.split_whitespace().next().unwrap_or("");
+        let verb = word.to_ascii_uppercase();
+        let known = VERBS.contains(&verb.as_str());
+        if known && input_pending {
+            if let Some(s) = self.improper_pipelining(&verb) {
+                return s;
+            }
+        }
+        if known && self.access_denied && verb != "QUIT" {
+            self.last_verb = verb.clone();
+            self.count(&verb.to_ascii_lowercase(), false);
+            let r = Reply::new(
+                503,
+                "5.7.0",
+                format!("Error: access denied for {}", self.client.label()),
+            );
+            return self.error(r);
+        }
+        match verb.as_str() {
+            "XCLIENT" => return self.xclient(line),
+            "XFORWARD" => return self.xforward(line),
+            _ => {}
         }
         let cmd = match command::parse(line) {
             Ok(c) => c,
@@ -988,11 +1533,7 @@ impl Session {
                 }
                 // No fast-flush service: Postfix answers so for a site
                 // not in fast_flush_domains.
-                self.error(pl(
-                    459,
-                    "4.7.1",
-                    &format!("<{domain}>: service unavailable"),
-                ))
+                self.error(pl(459, "", &format!("<{domain}>: service unavailable")))
             }
             Command::Quit => {
                 self.last_verb = "QUIT".into();
@@ -1001,11 +1542,12 @@ impl Session {
             }
             Command::StartTls => self.starttls(),
             Command::Auth(mech, initial) => self.auth_cmd(mech, initial),
-            Command::Unknown(v) => {
+            Command::Unknown(_) => {
                 self.last_verb = "UNKNOWN".into();
                 self.unknown.total += 1;
-                // Web and proxy commands: someone is abusing the port.
-                if matches!(v.as_str(), "GET" | "POST" | "CONNECT" | "USER") || v.contains(':') {
+                // Web and proxy commands, message headers: someone is
+                // abusing the port.
+                if self.forbidden(word) {
                     self.logs.push(format!(
                         "warning: non-SMTP command from {}: {}",
                         self.client.label(),
@@ -1020,6 +1562,305 @@ impl Session {
                 self.error(pl(500, "5.5.2", "Error: command not recognized"))
             }
         }
+    }
+
+    /// An unknown verb that ends the session: anything shaped like a
+    /// message header (`Subject:`), or one in `smtpd_forbidden_commands`
+    /// (a lookup error counts as not listed, with a warning).
+    fn forbidden(&mut self, word: &str) -> bool {
+        if syntax::is_header(word) {
+            return true;
+        }
+        let list = self.set.controls.forbidden_commands.clone();
+        match list.0.matches(word) {
+            Ok(m) => m,
+            Err(e) => {
+                self.logs.push(format!(
+                    "warning: smtpd_forbidden_commands: table lookup problem: {e}"
+                ));
+                false
+            }
+        }
+    }
+
+    /// The client sent more after this command where it may not: before
+    /// EHLO (or with PIPELINING not offered), or after a command that
+    /// must end a group. Logged once per session, as Postfix does (the
+    /// text the client sent ahead is not known here); it counts for
+    /// `reject_unauth_pipelining`, and with
+    /// `smtpd_forbid_unauth_pipelining` the session ends.
+    fn improper_pipelining(&mut self, verb: &str) -> Option<Step> {
+        let offered = self.esmtp && !self.discarded("PIPELINING");
+        if offered && !LAST_IN_GROUP.contains(&verb) {
+            return None;
+        }
+        if !self.pipelining_violation {
+            self.pipelining_violation = true;
+            self.logs.push(format!(
+                "improper command pipelining after {verb} from {}: ",
+                self.client.label()
+            ));
+        }
+        if !self.set.controls.forbid_unauth_pipelining {
+            return None;
+        }
+        self.last_verb = verb.to_string();
+        self.count(&verb.to_ascii_lowercase(), false);
+        Some(Step::Close(pl(
+            554,
+            "5.5.0",
+            "Error: SMTP protocol synchronization",
+        )))
+    }
+
+    /// The `name=value` items after the verb.
+    fn attributes(line: &str) -> Vec<&str> {
+        line.split_whitespace().skip(1).collect()
+    }
+
+    /// `XCLIENT name=value...`: what the session knows of the client is
+    /// replaced (all of it or, after an error, none of it), and the
+    /// session starts over: transaction, HELO name (unless given),
+    /// protocol (SMTP unless PROTO=ESMTP), login (unless LOGIN is given)
+    /// are forgotten, the client restrictions are asked again when not
+    /// delayed, and the reply is the 220 greeting. TLS stays. The client
+    /// as it is now decides whether XCLIENT is allowed again.
+    fn xclient(&mut self, line: &str) -> Step {
+        // Allowed before STARTTLS under `encrypt`, as in Postfix (XFORWARD
+        // is not).
+        self.last_verb = "XCLIENT".into();
+        let fail = |s: &mut Session, r: Reply| {
+            s.count("xclient", false);
+            s.error(r)
+        };
+        if self.tx.is_some() {
+            return fail(
+                self,
+                pl(503, "5.5.1", "Error: MAIL transaction in progress"),
+            );
+        }
+        let items = Session::attributes(line);
+        if items.is_empty() {
+            return fail(self, bad("Syntax: XCLIENT attribute=value...".into()));
+        }
+        if !self.xclient_ok {
+            return fail(self, pl(550, "5.7.0", "Error: insufficient authorization"));
+        }
+        let mut x = Xclient {
+            client: self.client.clone(),
+            port: self.port,
+            dest_addr: self.dest_addr,
+            dest_port: self.dest_port,
+            helo: None,
+            esmtp: false,
+            login: None,
+        };
+        let ipv6 = self.set.controls.ipv6;
+        for item in items {
+            let (name, value) = match attribute(item) {
+                Ok(a) => a,
+                Err(r) => return fail(self, r),
+            };
+            let unavailable = value == UNAVAILABLE;
+            let syntax_error = |what: &str| bad(format!("Bad {what} syntax: {value}"));
+            match name.to_ascii_uppercase().as_str() {
+                "NAME" => {
+                    if unavailable || value == TEMPUNAVAIL {
+                        x.client.name = "unknown".into();
+                    } else if syntax::valid_hostname(&value) {
+                        x.client.name = value.clone();
+                        x.client.reverse_name = value.clone();
+                    } else {
+                        return fail(self, syntax_error("NAME"));
+                    }
+                }
+                "REVERSE_NAME" => {
+                    if unavailable || value == TEMPUNAVAIL {
+                        x.client.reverse_name = "unknown".into();
+                    } else if syntax::valid_hostname(&value) {
+                        x.client.reverse_name = value.clone();
+                    } else {
+                        return fail(self, syntax_error("REVERSE_NAME"));
+                    }
+                }
+                // An unknown address ([UNAVAILABLE]) is not supported: the
+                // restrictions need one.
+                "ADDR" => match mailhost_addr(&value, ipv6) {
+                    Some(a) => x.client.addr = a,
+                    None => return fail(self, syntax_error("ADDR")),
+                },
+                "PORT" => {
+                    if unavailable {
+                        x.port = None;
+                    } else {
+                        match port_number(&value) {
+                            Some(p) => x.port = Some(p),
+                            None => return fail(self, syntax_error("PORT")),
+                        }
+                    }
+                }
+                "HELO" => {
+                    if unavailable {
+                        x.helo = Some(None);
+                    } else if value.len() > 255 {
+                        return fail(self, syntax_error("HELO"));
+                    } else {
+                        x.helo = Some(Some(neuter(&value)));
+                    }
+                }
+                "PROTO" => {
+                    if value.eq_ignore_ascii_case("ESMTP") {
+                        x.esmtp = true;
+                    } else if value.eq_ignore_ascii_case("SMTP") {
+                        x.esmtp = false;
+                    } else {
+                        return fail(self, syntax_error("PROTO"));
+                    }
+                }
+                "LOGIN" => {
+                    x.login = (!unavailable).then(|| value.clone());
+                }
+                "DESTADDR" => {
+                    if unavailable {
+                        x.dest_addr = None;
+                    } else {
+                        match mailhost_addr(&value, ipv6) {
+                            Some(a) => x.dest_addr = Some(a),
+                            None => return fail(self, syntax_error("DESTADDR")),
+                        }
+                    }
+                }
+                "DESTPORT" => {
+                    if unavailable {
+                        x.dest_port = None;
+                    } else {
+                        match port_number(&value) {
+                            Some(p) => x.dest_port = Some(p),
+                            None => return fail(self, syntax_error("DESTPORT")),
+                        }
+                    }
+                }
+                _ => return fail(self, bad(format!("Bad XCLIENT attribute name: {name}"))),
+            }
+        }
+        // Counted, never as a success (as in Postfix's disconnect line).
+        self.count("xclient", false);
+        self.reset();
+        self.client = x.client;
+        self.port = x.port;
+        self.dest_addr = x.dest_addr;
+        self.dest_port = x.dest_port;
+        self.helo = x.helo.flatten();
+        self.esmtp = x.esmtp;
+        self.auth = x.login.map(|u| ("XCLIENT".to_string(), u));
+        self.auth_pending = None;
+        self.pending = None;
+        self.identify();
+        match self.admit("XCLIENT") {
+            Some(s) => s,
+            None => Step::Reply(Reply::new(220, "", &self.set.banner)),
+        }
+    }
+
+    /// `XFORWARD name=value...`: the up-stream client of the next message
+    /// (NAME, ADDR, PORT, PROTO, HELO, IDENT, SOURCE), logged on its
+    /// `client=` line as `orig_queue_id=` and `orig_client=` and recorded
+    /// for cleanup. The session's own client is unchanged. Attributes are
+    /// taken in order until one is wrong, as Postfix does; all are
+    /// forgotten when the transaction ends.
+    fn xforward(&mut self, line: &str) -> Step {
+        self.last_verb = "XFORWARD".into();
+        if let Some(s) = self.needs_tls("xforward") {
+            return s;
+        }
+        let fail = |s: &mut Session, r: Reply| {
+            s.count("xforward", false);
+            s.error(r)
+        };
+        if self.tx.is_some() {
+            return fail(
+                self,
+                pl(503, "5.5.1", "Error: MAIL transaction in progress"),
+            );
+        }
+        let items = Session::attributes(line);
+        if items.is_empty() {
+            return fail(self, bad("Syntax: XFORWARD attribute=value...".into()));
+        }
+        if !self.xforward_ok {
+            return fail(self, pl(550, "5.7.0", "Error: insufficient authorization"));
+        }
+        let ipv6 = self.set.controls.ipv6;
+        for item in items {
+            let (name, value) = match attribute(item) {
+                Ok(a) => a,
+                Err(r) => return fail(self, r),
+            };
+            let unavailable = value == UNAVAILABLE;
+            let upper = name.to_ascii_uppercase();
+            let syntax_error = |what: &str, v: &str| bad(format!("Bad {what} syntax: {v}"));
+            let mut f = self.forwarded.clone().unwrap_or_default();
+            match upper.as_str() {
+                "NAME" => {
+                    let v = neuter(&value);
+                    if unavailable {
+                        f.name = None;
+                    } else if syntax::valid_hostname(&v) {
+                        f.name = Some(v);
+                    } else {
+                        return fail(self, syntax_error("NAME", &v));
+                    }
+                }
+                "ADDR" => {
+                    let v = neuter(&value);
+                    if unavailable {
+                        f.addr = None;
+                    } else {
+                        // Kept as sent, without its `IPv6:` prefix.
+                        match mailhost_addr(&v, ipv6) {
+                            Some(IpAddr::V6(_)) => f.addr = Some(v[5..].to_string()),
+                            Some(IpAddr::V4(_)) => f.addr = Some(v),
+                            None => return fail(self, syntax_error("ADDR", &v)),
+                        }
+                    }
+                }
+                "PORT" => {
+                    let digits =
+                        (1..=5).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit());
+                    if unavailable {
+                        f.port = None;
+                    } else if digits {
+                        f.port = Some(value.clone());
+                    } else {
+                        return fail(self, syntax_error("PORT", &value));
+                    }
+                }
+                "HELO" => f.helo = (!unavailable).then(|| neuter(&value)),
+                "PROTO" => {
+                    if unavailable {
+                        f.proto = None;
+                    } else if value.len() > MAX_XFORWARD_PROTO {
+                        return fail(self, syntax_error("PROTO", &value));
+                    } else {
+                        f.proto = Some(neuter(&value));
+                    }
+                }
+                "IDENT" => f.ident = (!unavailable).then(|| neuter(&value)),
+                "SOURCE" => {
+                    f.source = Some(if unavailable || value.eq_ignore_ascii_case("LOCAL") {
+                        "local"
+                    } else if value.eq_ignore_ascii_case("REMOTE") {
+                        "remote"
+                    } else {
+                        return fail(self, syntax_error("SOURCE", &value));
+                    });
+                }
+                _ => return fail(self, bad(format!("Bad XFORWARD attribute name: {name}"))),
+            }
+            self.forwarded = Some(f);
+        }
+        self.count("xforward", true);
+        Step::Reply(pl(250, "2.0.0", "Ok"))
     }
 
     fn ehlo_keywords(&mut self) -> Vec<String> {
@@ -1043,6 +1884,12 @@ impl Session {
                 k.push(format!("AUTH={}", mechs.join(" ")));
             }
         }
+        if self.xclient_ok {
+            k.push("XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT".into());
+        }
+        if self.xforward_ok {
+            k.push("XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT".into());
+        }
         k.push("ENHANCEDSTATUSCODES".into());
         k.push("8BITMIME".into());
         k.push("DSN".into());
@@ -1051,12 +1898,8 @@ impl Session {
         }
         k.push("CHUNKING".into());
         k.retain(|w| {
-            let word = w.split(' ').next().unwrap_or("");
-            !self
-                .set
-                .discard_ehlo
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(word))
+            let word = w.split([' ', '=']).next().unwrap_or("");
+            !self.discarded(word)
         });
         k
     }
@@ -1084,6 +1927,21 @@ impl Session {
         }
         self.count(verb, true);
         if esmtp {
+            // Not with SILENT-DISCARD, nor (as in Postfix) when
+            // ENHANCEDSTATUSCODES is among them.
+            let shown: Vec<&str> = self
+                .discard
+                .iter()
+                .map(String::as_str)
+                .filter(|k| *k != "SILENT-DISCARD")
+                .collect();
+            if !shown.is_empty()
+                && !self.discarded("SILENT-DISCARD")
+                && !self.discarded("ENHANCEDSTATUSCODES")
+            {
+                self.logs
+                    .push(format!("discarding EHLO keywords: {}", shown.join(" ")));
+            }
             let mut lines = vec![self.set.myhostname.clone()];
             lines.extend(self.ehlo_keywords());
             Step::Reply(Reply::multi(250, lines))
@@ -1100,6 +1958,7 @@ impl Session {
         }
         self.in_bdat = false;
         self.bdat_failed = None;
+        self.forwarded = None;
     }
 
     fn mail(&mut self, sender: String, params: MailParams) -> Step {
@@ -1115,9 +1974,13 @@ impl Session {
             self.count("mail", false);
             return self.error(pl(503, "5.5.1", "Error: nested MAIL command"));
         }
-        if params.smtputf8 && !self.set.smtputf8 {
+        if params.smtputf8 && (!self.set.smtputf8 || self.discarded("SMTPUTF8")) {
             self.count("mail", false);
             return self.error(pl(555, "5.5.4", "Unsupported option: SMTPUTF8"));
+        }
+        if (params.ret != 0 || params.envid.is_some()) && self.discarded("DSN") {
+            self.count("mail", false);
+            return self.error(pl(501, "5.7.1", "DSN support is disabled"));
         }
         if let Some(sz) = params.size {
             if self.set.message_size_limit > 0 && sz > self.set.message_size_limit {
@@ -1195,8 +2058,24 @@ impl Session {
             .as_ref()
             .is_some_and(|t| t.rcpts.len() >= self.set.recipient_limit)
         {
+            let r = pl(452, "4.5.3", "Error: too many recipients");
+            // The first smtpd_recipient_overshoot_limit of these are not
+            // errors (and count as successes on the disconnect line, as
+            // in Postfix).
+            let limit = self.set.controls.recipient_overshoot_limit;
+            if let Some(t) = self.tx.as_mut() {
+                t.overshoot += 1;
+                if t.overshoot <= limit {
+                    self.count("rcpt", true);
+                    return Step::Reply(r);
+                }
+            }
             self.count("rcpt", false);
-            return self.error(pl(452, "4.5.3", "Error: too many recipients"));
+            return self.error(r);
+        }
+        if (params.notify != 0 || params.orcpt.is_some()) && self.discarded("DSN") {
+            self.count("rcpt", false);
+            return self.error(pl(501, "5.7.1", "DSN support is disabled"));
         }
         if let Some(n) = self.over_limit(Event::Rcpt) {
             self.limit_warning("Recipient address rate", n);
@@ -1229,7 +2108,12 @@ impl Session {
                     if let Some((m, u)) = &self.auth {
                         line.push_str(&format!(", sasl_method={m}, sasl_username={u}"));
                     }
-                    let _ = &mut line;
+                    if let Some(f) = &self.forwarded {
+                        if let Some(ident) = &f.ident {
+                            line.push_str(&format!(", orig_queue_id={ident}"));
+                        }
+                        line.push_str(&format!(", orig_client={}", f.namaddr()));
+                    }
                     self.logs.push(line);
                     if let Some(t) = self.tx.as_mut() {
                         t.queue_id = Some(id);
@@ -1326,15 +2210,42 @@ impl Session {
             flags |= libmail::ipc::cleanup::FLAG_DISCARD;
         }
         a.push("flags", flags);
-        a.push("attr.rewrite_context", "remote");
-        a.push("attr.client_name", &self.client.name);
-        a.push("attr.reverse_client_name", &self.client.reverse_name);
-        a.push("attr.client_address", self.client.addr);
-        a.push("attr.client_port", self.client.port);
-        if let Some(h) = &self.helo {
-            a.push("attr.helo_name", h);
+        match &self.forwarded {
+            // What XFORWARD said replaces the client in what cleanup
+            // records (Postfix's log_* attributes: cleanup's log lines and
+            // the smtp client's own XFORWARD use them).
+            Some(f) => {
+                a.push("attr.rewrite_context", f.source.unwrap_or("remote"));
+                a.push("attr.client_name", f.name());
+                a.push("attr.reverse_client_name", &self.client.reverse_name);
+                if let Some(addr) = &f.addr {
+                    a.push("attr.client_address", addr);
+                }
+                if let Some(p) = &f.port {
+                    a.push("attr.client_port", p);
+                }
+                if let Some(h) = &f.helo {
+                    a.push("attr.helo_name", h);
+                }
+                a.push("attr.protocol", f.proto.as_deref().unwrap_or("unknown"));
+                if let Some(i) = &f.ident {
+                    a.push("attr.log_ident", i);
+                }
+            }
+            None => {
+                a.push("attr.rewrite_context", "remote");
+                a.push("attr.client_name", &self.client.name);
+                a.push("attr.reverse_client_name", &self.client.reverse_name);
+                a.push("attr.client_address", self.client.addr);
+                if let Some(p) = self.port {
+                    a.push("attr.client_port", p);
+                }
+                if let Some(h) = &self.helo {
+                    a.push("attr.helo_name", h);
+                }
+                a.push("attr.protocol", if self.esmtp { "ESMTP" } else { "SMTP" });
+            }
         }
-        a.push("attr.protocol", if self.esmtp { "ESMTP" } else { "SMTP" });
         if let Some((m, u)) = &self.auth {
             a.push("attr.sasl_method", m);
             a.push("attr.sasl_username", u);
@@ -1516,11 +2427,18 @@ impl Session {
 
     /// The end of DATA (or of the last BDAT): the verdict.
     pub fn data_end(&mut self) -> Reply {
+        let r = self.data_end_unfooted();
+        self.with_footer(r)
+    }
+
+    fn data_end_unfooted(&mut self) -> Reply {
         let verb = if self.in_bdat { "bdat" } else { "data" };
         let Some(mut t) = self.tx.take() else {
             return pl(503, "5.5.1", "Error: need MAIL command");
         };
         self.in_bdat = false;
+        // The end of the transaction: XFORWARD's attributes are spent.
+        self.forwarded = None;
         let size = t.size;
         let result = if t.too_big {
             self.queue.abort();
@@ -1573,6 +2491,11 @@ impl Session {
 
     fn bdat(&mut self, size: u64, last: bool) -> Step {
         self.last_verb = "BDAT".into();
+        if self.discarded("CHUNKING") {
+            // The chunk cannot be told from commands: hang up, as Postfix.
+            self.count("bdat", false);
+            return Step::Close(pl(521, "5.5.1", "Error: command not implemented"));
+        }
         if !self.in_bdat {
             if let Err(s) = self.before_content("bdat") {
                 // The chunk still comes: the shell reads and drops it.
@@ -1593,7 +2516,7 @@ impl Session {
             if last {
                 self.bdat_failed = None;
             }
-            return Step::Reply(r);
+            return self.footer(Step::Reply(r));
         }
         if last {
             let r = self.data_end();
@@ -1608,5 +2531,555 @@ impl Session {
             self.queue.abort();
         }
         self.tx = None;
+    }
+}
+
+#[cfg(test)]
+mod xclient_tests {
+    //! XCLIENT, XFORWARD and the smaller controls, command by command
+    //! (the end-to-end tests are daemons/tests/smtpd_xclient.rs).
+
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what the restrictions were shown; refuses one address at
+    /// the client stage.
+    struct SeeingGate {
+        delay: bool,
+        refuse: Option<IpAddr>,
+        seen: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Gate for SeeingGate {
+        fn delay_reject(&self) -> bool {
+            self.delay
+        }
+        fn ask(&self, at: Ask, f: &Facts) -> Verdict {
+            self.seen.lock().unwrap().push(format!(
+                "{at:?} {}[{}] rev={} port={:?} dest={:?}:{:?} helo={:?} esmtp={} login={:?}/{:?}",
+                f.client_name,
+                f.client_addr,
+                f.reverse_name,
+                f.client_port,
+                f.server_addr,
+                f.server_port,
+                f.helo,
+                f.esmtp,
+                f.sasl_method,
+                f.sasl_username,
+            ));
+            let mut v = Verdict::default();
+            if at == Ask::Connect && Some(f.client_addr) == self.refuse {
+                v.reply = Some(Reply::new(
+                    554,
+                    "5.7.1",
+                    format!(
+                        "<{}[{}]>: Client host rejected: go away",
+                        f.client_name, f.client_addr
+                    ),
+                ));
+            }
+            v
+        }
+    }
+
+    struct KeepQueue(Arc<Mutex<Vec<Attrs>>>);
+
+    impl Queue for KeepQueue {
+        fn open(&mut self) -> Result<String, Reply> {
+            Ok("QID1".into())
+        }
+        fn envelope(&mut self, attrs: &Attrs) -> Result<(), Reply> {
+            self.0.lock().unwrap().push(attrs.clone());
+            Ok(())
+        }
+        fn content(&mut self, _: &[u8]) -> Result<(), Reply> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<String, Reply> {
+            Ok("QID1".into())
+        }
+        fn abort(&mut self) {}
+    }
+
+    fn list(v: &str) -> Option<Shared<NetworkList>> {
+        Some(Shared(Arc::new(
+            NetworkList::new("test", v, false).unwrap(),
+        )))
+    }
+
+    struct T {
+        s: Session,
+        seen: Arc<Mutex<Vec<String>>>,
+        envelopes: Arc<Mutex<Vec<Attrs>>>,
+    }
+
+    fn session(controls: Controls, delay: bool, refuse: Option<&str>) -> T {
+        session_with(controls, delay, refuse, |_| {})
+    }
+
+    fn session_with(
+        controls: Controls,
+        delay: bool,
+        refuse: Option<&str>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> T {
+        let mut set = Settings {
+            myhostname: "mx.example.test".into(),
+            mail_name: "Postfix".into(),
+            banner: "mx.example.test ESMTP Postfix".into(),
+            message_size_limit: 1000,
+            recipient_limit: 3,
+            soft_error_limit: 10,
+            hard_error_limit: 20,
+            error_sleep: Duration::from_secs(1),
+            junk_command_limit: 100,
+            helo_required: false,
+            disable_vrfy: false,
+            smtputf8: true,
+            discard_ehlo: vec![],
+            soft_bounce: false,
+            tls: TlsPolicy::default(),
+            auth_tls_only: false,
+            broken_sasl_clients: false,
+            sasl_authenticated_header: false,
+            bare_lf: BareLf::Normalize,
+            bare_lf_reject_code: 550,
+            controls,
+        };
+        tweak(&mut set);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let envelopes = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Session::new(
+            Arc::new(set),
+            Arc::new(SeeingGate {
+                delay,
+                refuse: refuse.map(|a| a.parse().unwrap()),
+                seen: seen.clone(),
+            }),
+            Box::new(KeepQueue(envelopes.clone())),
+            Client {
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 4242,
+                name: "localhost".into(),
+                reverse_name: "localhost".into(),
+                server: Some("127.0.0.1:25".parse().unwrap()),
+            },
+        );
+        s.greeting();
+        T { s, seen, envelopes }
+    }
+
+    fn said(s: &mut Session, line: &str) -> String {
+        match s.command(line) {
+            Step::Reply(r) | Step::Close(r) | Step::Data(r) | Step::StartTls(r) => r.to_string(),
+            Step::Bdat { .. } => "BDAT".into(),
+        }
+    }
+
+    /// A message to one recipient; the reply to its end.
+    fn message(s: &mut Session) -> String {
+        assert_eq!(said(s, "MAIL FROM:<a@b.example>"), "250 2.1.0 Ok\r\n");
+        assert_eq!(said(s, "RCPT TO:<u@mx.example.test>"), "250 2.1.5 Ok\r\n");
+        said(s, "DATA");
+        s.data_line(b"Subject: x");
+        s.data_end().to_string()
+    }
+
+    fn xclient_controls() -> Controls {
+        Controls {
+            xclient_hosts: list("127.0.0.1 [2001:db8::]/32"),
+            ipv6: true,
+            ..Controls::default()
+        }
+    }
+
+    #[test]
+    fn xclient_replaces_the_client_for_restrictions_envelope_and_log() {
+        let mut t = session(xclient_controls(), true, None);
+        let s = &mut t.s;
+        assert!(said(s, "EHLO proxy").contains(
+            "250-XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT\r\n"
+        ));
+        assert_eq!(
+            said(
+                s,
+                "XCLIENT ADDR=IPV6:2001:db8::1 NAME=[TEMPUNAVAIL] REVERSE_NAME=rev.example \
+                 PORT=[UNAVAILABLE] DESTADDR=IPv6:2001:db8::25 DESTPORT=587 \
+                 HELO=a<b>c+20d LOGIN=alice"
+            ),
+            "220 mx.example.test ESMTP Postfix\r\n"
+        );
+        assert!(message(s).starts_with("250 2.0.0 Ok: queued as QID1"));
+        let seen = t.seen.lock().unwrap().join("\n");
+        assert!(
+            seen.contains(
+                "Rcpt unknown[2001:db8::1] rev=rev.example port=None \
+                 dest=Some(2001:db8::25):Some(587) helo=Some(\"a?b?c?d\") esmtp=false \
+                 login=Some(\"XCLIENT\")/Some(\"alice\")"
+            ),
+            "{seen}"
+        );
+        let env = &t.envelopes.lock().unwrap()[0];
+        assert_eq!(env.get("attr.client_address"), Some("2001:db8::1"));
+        assert_eq!(env.get("attr.client_name"), Some("unknown"));
+        assert_eq!(env.get("attr.client_port"), None);
+        assert_eq!(env.get("attr.helo_name"), Some("a?b?c?d"));
+        assert_eq!(env.get("attr.sasl_method"), Some("XCLIENT"));
+        let logs = s.take_logs().join("\n");
+        assert!(
+            logs.contains(
+                "QID1: client=unknown[2001:db8::1], sasl_method=XCLIENT, sasl_username=alice"
+            ),
+            "{logs}"
+        );
+        // The new client may use XCLIENT too (it is in the list).
+        assert_eq!(
+            said(s, "XCLIENT NAME=back.example ADDR=127.0.0.1"),
+            "220 mx.example.test ESMTP Postfix\r\n"
+        );
+        assert!(s
+            .disconnect_line()
+            .starts_with("disconnect from back.example[127.0.0.1] ehlo=1 xclient=0/2 "));
+    }
+
+    #[test]
+    fn under_encrypt_xclient_comes_before_starttls_and_xforward_does_not() {
+        let mut t = session_with(
+            Controls {
+                xforward_hosts: list("127.0.0.1"),
+                ..xclient_controls()
+            },
+            true,
+            None,
+            |set| set.tls.level = Level::Encrypt,
+        );
+        assert_eq!(
+            said(&mut t.s, "XCLIENT NAME=a.example"),
+            "220 mx.example.test ESMTP Postfix\r\n"
+        );
+        assert_eq!(
+            said(&mut t.s, "XFORWARD NAME=a.example"),
+            "530 5.7.0 Must issue a STARTTLS command first\r\n"
+        );
+    }
+
+    #[test]
+    fn ipv6_needs_inet_protocols_and_the_prefix() {
+        let mut t = session(
+            Controls {
+                ipv6: false,
+                ..xclient_controls()
+            },
+            true,
+            None,
+        );
+        assert_eq!(
+            said(&mut t.s, "XCLIENT ADDR=IPv6:2001:db8::1"),
+            "501 5.5.4 Bad ADDR syntax: IPv6:2001:db8::1\r\n"
+        );
+        let mut t = session(xclient_controls(), true, None);
+        assert_eq!(
+            said(&mut t.s, "XCLIENT ADDR=2001:db8::1"),
+            "501 5.5.4 Bad ADDR syntax: 2001:db8::1\r\n"
+        );
+        // An unknown address is not supported (the restrictions need one).
+        assert_eq!(
+            said(&mut t.s, "XCLIENT ADDR=[UNAVAILABLE]"),
+            "501 5.5.4 Bad ADDR syntax: [UNAVAILABLE]\r\n"
+        );
+    }
+
+    #[test]
+    fn xclient_forgets_helo_protocol_login_and_the_transaction_unless_given() {
+        let mut t = session(xclient_controls(), true, None);
+        let s = &mut t.s;
+        said(s, "EHLO proxy");
+        assert_eq!(
+            said(s, "XCLIENT PROTO=esmtp"),
+            "220 mx.example.test ESMTP Postfix\r\n"
+        );
+        assert_eq!(said(s, "MAIL FROM:<a@b.example>"), "250 2.1.0 Ok\r\n");
+        said(s, "RSET");
+        assert_eq!(
+            said(s, "XCLIENT NAME=n.example"),
+            "220 mx.example.test ESMTP Postfix\r\n"
+        );
+        assert!(message(s).starts_with("250 "));
+        let seen = t.seen.lock().unwrap().join("\n");
+        assert!(
+            seen.contains("Rcpt n.example[127.0.0.1] rev=n.example port=Some(4242) dest=Some(127.0.0.1):Some(25) helo=None esmtp=false login=None/None"),
+            "{seen}"
+        );
+    }
+
+    #[test]
+    fn not_delayed_client_restrictions_deny_access_until_quit() {
+        // At the greeting.
+        let mut t = session(Controls::default(), false, Some("127.0.0.1"));
+        let s = &mut t.s;
+        let logs = s.take_logs().join("\n");
+        assert!(
+            logs.contains("NOQUEUE: reject: CONNECT from localhost[127.0.0.1]: 554 5.7.1 <localhost[127.0.0.1]>: Client host rejected: go away; proto=SMTP"),
+            "{logs}"
+        );
+        assert_eq!(
+            said(s, "EHLO x"),
+            "503 5.7.0 Error: access denied for localhost[127.0.0.1]\r\n"
+        );
+        assert_eq!(said(s, "QUIT"), "221 2.0.0 Bye\r\n");
+        // After XCLIENT.
+        let mut t = session(xclient_controls(), false, Some("192.0.2.7"));
+        assert_eq!(
+            said(&mut t.s, "XCLIENT ADDR=192.0.2.7"),
+            "554 5.7.1 <localhost[192.0.2.7]>: Client host rejected: go away\r\n"
+        );
+        assert_eq!(
+            said(&mut t.s, "NOOP"),
+            "503 5.7.0 Error: access denied for localhost[192.0.2.7]\r\n"
+        );
+        // The XCLIENT line may need the restrictions: the shell must run
+        // it where blocking is allowed.
+        let t = session(xclient_controls(), false, None);
+        assert!(t.s.in_auth());
+        let t = session(xclient_controls(), true, None);
+        assert!(!t.s.in_auth());
+    }
+
+    #[test]
+    fn xforward_is_taken_in_order_and_spent_by_one_transaction() {
+        let mut t = session(
+            Controls {
+                xforward_hosts: list("127.0.0.1"),
+                ..Controls::default()
+            },
+            true,
+            None,
+        );
+        let s = &mut t.s;
+        said(s, "EHLO filter");
+        // NAME is taken, ADDR is not.
+        assert_eq!(
+            said(s, "XFORWARD NAME=up.example ADDR=bad"),
+            "501 5.5.4 Bad ADDR syntax: bad\r\n"
+        );
+        assert_eq!(
+            said(
+                s,
+                "XFORWARD SOURCE=local IDENT=a+0Ab PROTO=[UNAVAILABLE] PORT=99999"
+            ),
+            "250 2.0.0 Ok\r\n"
+        );
+        assert!(message(s).starts_with("250 "));
+        assert!(message(s).starts_with("250 "));
+        let logs = s.take_logs().join("\n");
+        assert!(
+            logs.contains(
+                "QID1: client=localhost[127.0.0.1], orig_queue_id=a?b, orig_client=up.example\n"
+            ),
+            "{logs}"
+        );
+        assert!(
+            logs.ends_with("QID1: client=localhost[127.0.0.1]"),
+            "{logs}"
+        );
+        let envs = t.envelopes.lock().unwrap();
+        assert_eq!(envs[0].get("attr.client_name"), Some("up.example"));
+        assert_eq!(envs[0].get("attr.client_address"), None);
+        assert_eq!(envs[0].get("attr.client_port"), Some("99999"));
+        assert_eq!(envs[0].get("attr.protocol"), Some("unknown"));
+        assert_eq!(envs[0].get("attr.rewrite_context"), Some("local"));
+        assert_eq!(envs[0].get("attr.log_ident"), Some("a?b"));
+        assert_eq!(envs[1].get("attr.client_name"), Some("localhost"));
+        assert_eq!(envs[1].get("attr.client_address"), Some("127.0.0.1"));
+        assert_eq!(envs[1].get("attr.rewrite_context"), Some("remote"));
+        assert_eq!(envs[1].get("attr.log_ident"), None);
+    }
+
+    #[test]
+    fn attribute_values_are_xtext_with_a_raw_fallback() {
+        assert_eq!(
+            attribute("NAME=a+2Eb").unwrap(),
+            ("NAME", "a.b".to_string())
+        );
+        assert_eq!(attribute("NAME=a+2").unwrap(), ("NAME", "a+2".to_string()));
+        assert_eq!(attribute("X=a+0D+0Ab").unwrap().1, "a??b");
+        assert_eq!(attribute("X=+C3+A9").unwrap().1, "é");
+        assert_eq!(attribute("X=+FF").unwrap().1, "?");
+        assert!(attribute("X=").is_err());
+        assert!(attribute("X").is_err());
+        assert!(attribute(&format!("X={}", "a".repeat(256))).is_err());
+        assert!(attribute(&format!("X={}", "a".repeat(255))).is_ok());
+    }
+
+    #[test]
+    fn the_footer_goes_on_its_own_lines_or_at_the_end_with_backslash_c() {
+        let mut t = session(
+            Controls {
+                reject_footer:
+                    "\\c [$client_address:$client_port $server_name$nosuch]\\nsee ${server_name}"
+                        .into(),
+                ..Controls::default()
+            },
+            true,
+            None,
+        );
+        let s = &mut t.s;
+        s.take_logs();
+        assert_eq!(
+            said(s, "HELP"),
+            "500-5.5.2 Error: command not recognized [127.0.0.1:4242 mx.example.test]\r\n\
+             500 5.5.2 see mx.example.test\r\n"
+        );
+        assert_eq!(
+            s.take_logs(),
+            vec!["warning: unknown macro name \"nosuch\" in expansion request".to_string()]
+        );
+        assert_eq!(said(s, "NOOP"), "250 2.0.0 Ok\r\n");
+        let mut t = session(
+            Controls {
+                reject_footer: "time $localtime".into(),
+                ..Controls::default()
+            },
+            true,
+            None,
+        );
+        let r = said(&mut t.s, "RCPT TO:<a@b>");
+        let re = regex::Regex::new(
+            r"^503-5\.5\.1 Error: need MAIL command\r\n503 5\.5\.1 time [A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d\r\n$",
+        )
+        .unwrap();
+        assert!(re.is_match(&r), "{r:?}");
+    }
+
+    #[test]
+    fn command_lists_words_tables_and_negation() {
+        let l = CommandList::parse("t", DEFAULT_FORBIDDEN_COMMANDS).unwrap();
+        for (verb, hit) in [
+            ("GET", true),
+            ("Post", true),
+            ("connect", true),
+            ("1abc", true),
+            ("<x", true),
+            ("HELP", false),
+            ("USER", false),
+            ("foo", false),
+            ("help", false),
+        ] {
+            assert_eq!(l.matches(verb).unwrap(), hit, "{verb}");
+        }
+        let l = CommandList::parse("t", "!GET, get, foo").unwrap();
+        assert!(!l.matches("get").unwrap());
+        assert!(l.matches("FOO").unwrap());
+        assert!(CommandList::parse("t", "!").is_err());
+    }
+
+    #[test]
+    fn discarded_keywords_are_logged_in_postfix_order_and_disable_what_postfix_does() {
+        assert_eq!(
+            ehlo_mask(["chunking", "bogus", "dsn", "Size", "8bitmime"].into_iter()),
+            vec!["8BITMIME", "SIZE", "DSN", "CHUNKING"]
+        );
+        let with = |words: &[&str]| {
+            let t = session(Controls::default(), true, None);
+            let mut s = t.s;
+            s.discard = ehlo_mask(words.iter().copied());
+            s.take_logs();
+            let ehlo = said(&mut s, "EHLO c");
+            (s, ehlo)
+        };
+        let (mut s, ehlo) = with(&["smtputf8", "dsn", "pipelining"]);
+        assert_eq!(
+            ehlo,
+            "250-mx.example.test\r\n250-SIZE 1000\r\n250-VRFY\r\n250-ETRN\r\n\
+             250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 CHUNKING\r\n"
+        );
+        assert_eq!(
+            s.take_logs(),
+            vec!["discarding EHLO keywords: PIPELINING DSN SMTPUTF8".to_string()]
+        );
+        assert_eq!(
+            said(&mut s, "MAIL FROM:<a@b> SMTPUTF8"),
+            "555 5.5.4 Unsupported option: SMTPUTF8\r\n"
+        );
+        assert_eq!(
+            said(&mut s, "MAIL FROM:<a@b> RET=HDRS"),
+            "501 5.7.1 DSN support is disabled\r\n"
+        );
+        // Pipelining is not offered: anything sent ahead is improper.
+        s.note_pipelining_violation();
+        assert_eq!(said(&mut s, "MAIL FROM:<a@b>"), "250 2.1.0 Ok\r\n");
+        assert!(s
+            .take_logs()
+            .iter()
+            .any(|l| l == "improper command pipelining after MAIL from localhost[127.0.0.1]: "));
+        for quiet in [
+            &["dsn", "silent-discard"][..],
+            &["dsn", "enhancedstatuscodes"][..],
+        ] {
+            let (mut s, _) = with(quiet);
+            assert!(s.take_logs().is_empty(), "{quiet:?}");
+        }
+    }
+
+    #[test]
+    fn pipelining_after_ehlo_is_improper_only_after_last_in_group_commands() {
+        let mut t = session(
+            Controls {
+                forbid_unauth_pipelining: true,
+                ..Controls::default()
+            },
+            true,
+            None,
+        );
+        let s = &mut t.s;
+        said(s, "EHLO c");
+        for line in ["MAIL FROM:<a@b>", "RCPT TO:<u@x>", "RSET", "ETRN x"] {
+            s.note_pipelining_violation();
+            assert!(!said(s, line).starts_with("554"), "{line}");
+        }
+        s.note_pipelining_violation();
+        assert_eq!(
+            s.command("VRFY u"),
+            Step::Close(Reply::new(
+                554,
+                "5.5.0",
+                "Error: SMTP protocol synchronization"
+            ))
+        );
+        assert!(s.disconnect_line().contains(" vrfy=0/1 "));
+        // An unknown command is not checked (as in Postfix).
+        let mut t = session(
+            Controls {
+                forbid_unauth_pipelining: true,
+                ..Controls::default()
+            },
+            true,
+            None,
+        );
+        t.s.note_pipelining_violation();
+        assert_eq!(
+            said(&mut t.s, "HELP"),
+            "500 5.5.2 Error: command not recognized\r\n"
+        );
+    }
+
+    #[test]
+    fn the_overshoot_limit_spares_the_error_count() {
+        let mut t = session(
+            Controls {
+                recipient_overshoot_limit: 1,
+                ..Controls::default()
+            },
+            true,
+            None,
+        );
+        let s = &mut t.s;
+        said(s, "MAIL FROM:<a@b>");
+        for i in 0..5 {
+            said(s, &format!("RCPT TO:<u{i}@x>"));
+        }
+        assert_eq!(s.errors, 1);
+        assert!(s.disconnect_line().contains(" rcpt=4/5 "));
     }
 }

@@ -31,6 +31,7 @@ fn settings() -> Settings {
         sasl_authenticated_header: true,
         bare_lf: BareLf::Normalize,
         bare_lf_reject_code: 550,
+        controls: Controls::default(),
     }
 }
 
