@@ -69,6 +69,9 @@ fuzz_target!(|data: &[u8]| {
         auth_tls_only: false,
         broken_sasl_clients: false,
         sasl_authenticated_header: false,
+        bare_lf: BareLf::Normalize,
+        bare_lf_reject_code: 550,
+        controls: Controls::default(),
     };
     let mut s = Session::new(
         Arc::new(set),
@@ -114,6 +117,8 @@ fuzz_target!(|data: &[u8]| {
                 in_data = true;
             }
             Step::Bdat { size, last } => bdat = Some((size, last)),
+            // No TLS configured: a 220 here would be a bug; a reply either way.
+            Step::StartTls(r) => check(&r),
         }
         let _ = s.take_logs();
     }
