@@ -54,6 +54,10 @@ fi
 # facteur with master): build every program first.
 cargo build --workspace --bins --quiet
 
+# The fuzz targets (not a workspace member) must keep compiling as the
+# code they drive changes; running them is scripts/fuzz.sh's job.
+cargo check --quiet --manifest-path fuzz/Cargo.toml --bins --target-dir target/fuzz-check
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
   # nextest does not run doctests.
