@@ -18,9 +18,10 @@ tree_rss() {
   done
   for p in "$root" "${kids[@]}"; do
     [ -r "/proc/$p/status" ] || continue
-    while read -r k v rest; do
-      if [ "$k" = "VmRSS:" ]; then total=$((total + v)); break; fi
-    done < "/proc/$p/status"
+    # A process may end between the test and the read: no noise then.
+    { while read -r k v rest; do
+        if [ "$k" = "VmRSS:" ]; then total=$((total + v)); break; fi
+      done < "/proc/$p/status"; } 2>/dev/null || true
   done
   echo "$total"
 }
