@@ -516,8 +516,18 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
     }
     match end {
         End::Quit => {}
-        End::Lost => info!("lost connection after {} from {label}", session.last_verb),
-        End::Timeout => info!("timeout after {} from {label}", session.last_verb),
+        // The client as the session knows it now (XCLIENT may have
+        // replaced the one that connected).
+        End::Lost => info!(
+            "lost connection after {} from {}",
+            session.last_verb,
+            session.client.label()
+        ),
+        End::Timeout => info!(
+            "timeout after {} from {}",
+            session.last_verb,
+            session.client.label()
+        ),
         End::Closed | End::StartTls => {}
     }
     session.lost_in_place();
@@ -617,11 +627,11 @@ where
         let got =
             match tokio::time::timeout(timeout, read_line(rd, &mut line, shell.line_limit)).await {
                 Err(_) => {
-                    let r = Reply::new(
+                    let r = session.with_footer(Reply::new(
                         421,
                         "4.4.2",
                         format!("{} Error: timeout exceeded", shell.settings.myhostname),
-                    );
+                    ));
                     let _ = wr.write_all(&r.to_wire()).await;
                     return End::Timeout;
                 }
@@ -640,7 +650,7 @@ where
             };
         // More already waiting behind this command, without PIPELINING
         // negotiated: what reject_unauth_pipelining looks for.
-        if !session.may_pipeline() && !rd_is_empty(rd) {
+        if !rd_is_empty(rd) {
             session.note_pipelining_violation();
         }
         // Only the commands that talk to cleanup may block (RCPT opens the
@@ -648,7 +658,10 @@ where
         // here (table lookups are memory-mapped).
         // Restrictions run at these commands too when they are not
         // delayed to RCPT, and may ask a policy server.
-        let undelayed = !shell.gate.delay_reject() && is_verb(&got, &["HELO", "EHLO", "MAIL"]);
+        // XCLIENT asks the client restrictions again when they are not
+        // delayed.
+        let undelayed =
+            !shell.gate.delay_reject() && is_verb(&got, &["HELO", "EHLO", "MAIL", "XCLIENT"]);
         let step = if may_block(&got)
             || undelayed
             || session.in_auth()
@@ -723,9 +736,9 @@ fn may_block(line: &str) -> bool {
     is_verb(line, &["RCPT", "DATA", "BDAT", "ETRN"])
 }
 
-/// Whether the line starts with one of these four-letter verbs.
+/// Whether the line's first word is one of these verbs (any case).
 fn is_verb(line: &str, verbs: &[&str]) -> bool {
-    let verb = line.trim_start().get(..4).unwrap_or("");
+    let verb = line.split_ascii_whitespace().next().unwrap_or("");
     verbs.iter().any(|v| verb.eq_ignore_ascii_case(v))
 }
 

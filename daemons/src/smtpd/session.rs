@@ -864,11 +864,10 @@ impl Session {
         self
     }
 
-    /// Whether the client's next line must be handled where blocking is
-    /// allowed: it answers an AUTH challenge, or it may be an XCLIENT
-    /// after which the client restrictions are asked (not delayed).
+    /// Whether the client's next line answers an AUTH challenge (the
+    /// shell runs it where blocking is allowed).
     pub fn in_auth(&self) -> bool {
-        self.auth_pending.is_some() || (self.xclient_ok && !self.gate.delay_reject())
+        self.auth_pending.is_some()
     }
 
     /// The mechanisms AUTH offers now (none: not offered).
@@ -1069,18 +1068,11 @@ impl Session {
         std::mem::take(&mut self.logs)
     }
 
-    /// Whether the shell may skip telling the session about input waiting
-    /// behind a command ([`Session::note_pipelining_violation`]): never,
-    /// since whether that input is allowed depends on the command (after
-    /// EHLO, pipelining is still improper after HELO, EHLO, DATA, VRFY and
-    /// NOOP) and on PIPELINING being offered.
-    pub fn may_pipeline(&self) -> bool {
-        false
-    }
-
     /// The shell has more input waiting behind the command line it hands
     /// over next ([`Session::command`] decides whether that is improper
-    /// pipelining).
+    /// pipelining: that depends on the command — after EHLO, pipelining
+    /// is still improper after HELO, EHLO, DATA, VRFY and NOOP — and on
+    /// PIPELINING being offered).
     pub fn note_pipelining_violation(&mut self) {
         self.input_pending = true;
     }
@@ -2838,12 +2830,6 @@ mod xclient_tests {
             said(&mut t.s, "NOOP"),
             "503 5.7.0 Error: access denied for localhost[192.0.2.7]\r\n"
         );
-        // The XCLIENT line may need the restrictions: the shell must run
-        // it where blocking is allowed.
-        let t = session(xclient_controls(), false, None);
-        assert!(t.s.in_auth());
-        let t = session(xclient_controls(), true, None);
-        assert!(!t.s.in_auth());
     }
 
     #[test]
