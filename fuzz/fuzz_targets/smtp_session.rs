@@ -51,27 +51,10 @@ fn check(r: &Reply) {
 
 fuzz_target!(|data: &[u8]| {
     let set = Settings {
-        myhostname: "mx.example".into(),
-        mail_name: "Postfix".into(),
-        banner: "mx.example ESMTP Postfix".into(),
         message_size_limit: 4096,
         recipient_limit: 5,
-        soft_error_limit: 10,
-        hard_error_limit: 20,
         error_sleep: Duration::ZERO,
-        junk_command_limit: 100,
-        helo_required: false,
-        disable_vrfy: false,
-        smtputf8: true,
-        discard_ehlo: vec![],
-        soft_bounce: false,
-        tls: TlsPolicy::default(),
-        auth_tls_only: false,
-        broken_sasl_clients: false,
-        sasl_authenticated_header: false,
-        bare_lf: BareLf::Normalize,
-        bare_lf_reject_code: 550,
-        controls: Controls::default(),
+        ..Settings::example("mx.example")
     };
     let mut s = Session::new(
         Arc::new(set),

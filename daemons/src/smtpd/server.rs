@@ -947,17 +947,18 @@ async fn read_bdat<R: AsyncBufRead + Unpin>(
     Ok(())
 }
 
-#[cfg(test)]
-mod data_tests {
-    //! The DATA reader against SMTP smuggling: only CRLF.CRLF ends the
-    //! content, whatever the piece size (fuzz/fuzz_targets/smtp_data.rs
-    //! checks the same property on any input).
-    use super::*;
+/// The DATA reader's specification in plain terms, shared by its unit
+/// tests and its fuzz target (fuzz/fuzz_targets/smtp_data.rs): a sink
+/// that records what it is given, and what it should be given.
+#[doc(hidden)]
+pub mod data_spec {
+    use super::DataSink;
 
+    /// The content as handed over, lines made LF-terminated.
     #[derive(Default)]
-    struct Recorder {
-        text: Vec<u8>,
-        bare_lf: usize,
+    pub struct Recorder {
+        pub text: Vec<u8>,
+        pub bare_lf: usize,
     }
 
     impl DataSink for Recorder {
@@ -973,6 +974,38 @@ mod data_tests {
         }
         fn checkpoint(&mut self) {}
     }
+
+    /// Where the content ends (the offset after the final `.<CR><LF>`):
+    /// the first CRLF.CRLF, or a `.<CR><LF>` at the very start; the
+    /// content before it, each line made LF-terminated with one leading
+    /// dot removed; and how many of its lines ended in a bare LF. `None`
+    /// when the input has no end.
+    pub fn reference(data: &[u8]) -> Option<(usize, Vec<u8>, usize)> {
+        let end = if data.starts_with(b".\r\n") {
+            3
+        } else {
+            data.windows(5).position(|w| w == b"\r\n.\r\n")? + 5
+        };
+        let body = &data[..end - 3];
+        let (mut text, mut bare) = (Vec::new(), 0);
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            bare += usize::from(!line.ends_with(b"\r\n"));
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            text.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+            text.push(b'\n');
+        }
+        Some((end, text, bare))
+    }
+}
+
+#[cfg(test)]
+mod data_tests {
+    //! The DATA reader against SMTP smuggling: only CRLF.CRLF ends the
+    //! content, whatever the piece size (fuzz/fuzz_targets/smtp_data.rs
+    //! checks the same property on any input).
+    use super::data_spec::{reference, Recorder};
+    use super::*;
 
     /// (ended, bytes consumed, content handed over, bare LF lines).
     fn read(data: &[u8], piece: usize) -> (Result<(), End>, usize, String, usize) {
@@ -1021,27 +1054,6 @@ mod data_tests {
         }
     }
 
-    /// The content by the plain definition: up to the first CRLF.CRLF
-    /// (or a `.<CR><LF>` at the start), lines made LF-terminated, one
-    /// leading dot removed; `None` when the input has no end.
-    fn reference(data: &[u8]) -> Option<(usize, String, usize)> {
-        let end = if data.starts_with(b".\r\n") {
-            3
-        } else {
-            data.windows(5).position(|w| w == b"\r\n.\r\n")? + 5
-        };
-        let body = &data[..end - 3];
-        let (mut text, mut bare) = (Vec::new(), 0);
-        for line in body.split_inclusive(|&b| b == b'\n') {
-            bare += usize::from(!line.ends_with(b"\r\n"));
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            text.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
-            text.push(b'\n');
-        }
-        Some((end, String::from_utf8_lossy(&text).into_owned(), bare))
-    }
-
     #[test]
     fn any_mix_of_cr_lf_and_dots_ends_only_at_crlf_dot_crlf() {
         // 3,000 inputs over the bytes that matter, each at several piece
@@ -1062,7 +1074,11 @@ mod data_tests {
                 match reference(&data) {
                     Some((end, want, want_bare)) => {
                         assert_eq!((got, used), (Ok(()), end), "{data:?} piece {piece}");
-                        assert_eq!((text, bare), (want, want_bare), "{data:?} piece {piece}");
+                        assert_eq!(
+                            (text, bare),
+                            (String::from_utf8_lossy(&want).into_owned(), want_bare),
+                            "{data:?} piece {piece}"
+                        );
                     }
                     None => assert_eq!(got, Err(End::Lost), "{data:?} piece {piece}"),
                 }

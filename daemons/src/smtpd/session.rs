@@ -198,6 +198,37 @@ pub struct Settings {
     pub controls: Controls,
 }
 
+impl Settings {
+    /// Settings for tests and fuzz targets: Postfix's defaults where they
+    /// matter, small limits; change fields with `..Settings::example(..)`.
+    #[doc(hidden)]
+    pub fn example(myhostname: &str) -> Settings {
+        Settings {
+            myhostname: myhostname.into(),
+            mail_name: "Postfix".into(),
+            banner: format!("{myhostname} ESMTP Postfix"),
+            message_size_limit: 1000,
+            recipient_limit: 3,
+            soft_error_limit: 10,
+            hard_error_limit: 20,
+            error_sleep: Duration::from_secs(1),
+            junk_command_limit: 100,
+            helo_required: false,
+            disable_vrfy: false,
+            smtputf8: true,
+            discard_ehlo: vec![],
+            soft_bounce: false,
+            tls: TlsPolicy::default(),
+            auth_tls_only: false,
+            broken_sasl_clients: false,
+            sasl_authenticated_header: false,
+            bare_lf: BareLf::Normalize,
+            bare_lf_reject_code: 550,
+            controls: Controls::default(),
+        }
+    }
+}
+
 /// Something shared between sessions that has no useful `Debug` form
 /// (tables, lists).
 pub struct Shared<T>(pub Arc<T>);
@@ -1610,6 +1641,28 @@ impl Session {
         line.split_whitespace().skip(1).collect()
     }
 
+    /// The checks XCLIENT and XFORWARD share, in Postfix's order: not
+    /// inside a transaction, at least one attribute, an authorized
+    /// client. The attributes, or the refusal.
+    fn x_command_items<'l>(
+        &self,
+        line: &'l str,
+        verb: &str,
+        authorized: bool,
+    ) -> Result<Vec<&'l str>, Reply> {
+        if self.tx.is_some() {
+            return Err(pl(503, "5.5.1", "Error: MAIL transaction in progress"));
+        }
+        let items = Session::attributes(line);
+        if items.is_empty() {
+            return Err(bad(format!("Syntax: {verb} attribute=value...")));
+        }
+        if !authorized {
+            return Err(pl(550, "5.7.0", "Error: insufficient authorization"));
+        }
+        Ok(items)
+    }
+
     /// `XCLIENT name=value...`: what the session knows of the client is
     /// replaced (all of it or, after an error, none of it), and the
     /// session starts over: transaction, HELO name (unless given),
@@ -1625,19 +1678,10 @@ impl Session {
             s.count("xclient", false);
             s.error(r)
         };
-        if self.tx.is_some() {
-            return fail(
-                self,
-                pl(503, "5.5.1", "Error: MAIL transaction in progress"),
-            );
-        }
-        let items = Session::attributes(line);
-        if items.is_empty() {
-            return fail(self, bad("Syntax: XCLIENT attribute=value...".into()));
-        }
-        if !self.xclient_ok {
-            return fail(self, pl(550, "5.7.0", "Error: insufficient authorization"));
-        }
+        let items = match self.x_command_items(line, "XCLIENT", self.xclient_ok) {
+            Ok(items) => items,
+            Err(r) => return fail(self, r),
+        };
         let mut x = Xclient {
             client: self.client.clone(),
             port: self.port,
@@ -1769,19 +1813,10 @@ impl Session {
             s.count("xforward", false);
             s.error(r)
         };
-        if self.tx.is_some() {
-            return fail(
-                self,
-                pl(503, "5.5.1", "Error: MAIL transaction in progress"),
-            );
-        }
-        let items = Session::attributes(line);
-        if items.is_empty() {
-            return fail(self, bad("Syntax: XFORWARD attribute=value...".into()));
-        }
-        if !self.xforward_ok {
-            return fail(self, pl(550, "5.7.0", "Error: insufficient authorization"));
-        }
+        let items = match self.x_command_items(line, "XFORWARD", self.xforward_ok) {
+            Ok(items) => items,
+            Err(r) => return fail(self, r),
+        };
         let ipv6 = self.set.controls.ipv6;
         for item in items {
             let (name, value) = match attribute(item) {
@@ -2617,27 +2652,8 @@ mod xclient_tests {
         tweak: impl FnOnce(&mut Settings),
     ) -> T {
         let mut set = Settings {
-            myhostname: "mx.example.test".into(),
-            mail_name: "Postfix".into(),
-            banner: "mx.example.test ESMTP Postfix".into(),
-            message_size_limit: 1000,
-            recipient_limit: 3,
-            soft_error_limit: 10,
-            hard_error_limit: 20,
-            error_sleep: Duration::from_secs(1),
-            junk_command_limit: 100,
-            helo_required: false,
-            disable_vrfy: false,
-            smtputf8: true,
-            discard_ehlo: vec![],
-            soft_bounce: false,
-            tls: TlsPolicy::default(),
-            auth_tls_only: false,
-            broken_sasl_clients: false,
-            sasl_authenticated_header: false,
-            bare_lf: BareLf::Normalize,
-            bare_lf_reject_code: 550,
             controls,
+            ..Settings::example("mx.example.test")
         };
         tweak(&mut set);
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -11,27 +11,9 @@ use super::session::*;
 
 fn settings() -> Settings {
     Settings {
-        myhostname: "mx.example.test".into(),
-        mail_name: "Postfix".into(),
-        banner: "mx.example.test ESMTP Postfix".into(),
-        message_size_limit: 1000,
-        recipient_limit: 3,
-        soft_error_limit: 10,
         hard_error_limit: 5,
-        error_sleep: Duration::from_secs(1),
-        junk_command_limit: 100,
-        helo_required: false,
-        disable_vrfy: false,
-        smtputf8: true,
-        discard_ehlo: vec![],
-        soft_bounce: false,
-        tls: TlsPolicy::default(),
-        auth_tls_only: false,
-        broken_sasl_clients: false,
         sasl_authenticated_header: true,
-        bare_lf: BareLf::Normalize,
-        bare_lf_reject_code: 550,
-        controls: Controls::default(),
+        ..Settings::example("mx.example.test")
     }
 }
 
