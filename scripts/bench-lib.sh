@@ -37,6 +37,17 @@ rss_sampler() {
 # peak_rss FILE: the largest sample in FILE (0 when none).
 peak_rss() { sort -n "$1" 2>/dev/null | tail -1 | awk '{print $1+0}'; }
 
+# build_facteur BIN: the release programs, built now unless NO_BUILD=1
+# (then BIN's programs are used as they are).
+build_facteur() {
+  if [ "${NO_BUILD:-0}" = 1 ]; then
+    echo "== using the Facteur programs already in $1 (NO_BUILD=1)"
+  else
+    echo "== building Facteur (release)"
+    cargo build --release --quiet --workspace --bins
+  fi
+}
+
 # need_root NAME: exits unless root (Postfix's master needs it).
 need_root() {
   [ "$(id -u)" = 0 ] || { echo "$1: run as root (Postfix's master needs it)" >&2; exit 1; }

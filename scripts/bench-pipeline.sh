@@ -34,12 +34,7 @@ command -v strace >/dev/null || { echo "bench-pipeline: strace is needed (apt-ge
 need_postfix bench-pipeline
 
 bin=$top/target/release
-if [ "${NO_BUILD:-0}" = 1 ]; then
-  echo "== using the Facteur programs already in $bin (NO_BUILD=1)"
-else
-  echo "== building Facteur (release)"
-  cargo build --release --quiet --workspace --bins
-fi
+build_facteur "$bin"
 
 user=fbench
 id "$user" >/dev/null 2>&1 || useradd -M -d /nonexistent -s /usr/sbin/nologin "$user"

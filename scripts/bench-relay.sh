@@ -53,12 +53,7 @@ esac
 
 bin=$top/target/release
 case " $SYSTEMS " in *" facteur "*)
-  if [ "${NO_BUILD:-0}" = 1 ]; then
-    echo "== using the Facteur programs already in $bin (NO_BUILD=1)"
-  else
-    echo "== building Facteur (release)"
-    cargo build --release --quiet --workspace --bins
-  fi
+  build_facteur "$bin"
 esac
 
 work=$(mktemp -d /tmp/bench-relay.XXXXXX)
