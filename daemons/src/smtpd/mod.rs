@@ -52,13 +52,29 @@ pub fn main() {
     } else {
         None
     };
+    let mandatory = wrapper || level == libmail::tls::Level::Encrypt;
+    if bool_param(p, "smtpd_tls_req_ccert", false) && !mandatory {
+        libmail::warning!("Can't require client certs unless TLS is required");
+    }
+    let ccerts = match &tls {
+        Some(_)
+            if bool_param(p, "smtpd_tls_ask_ccert", false)
+                || (mandatory && bool_param(p, "smtpd_tls_req_ccert", false)) =>
+        {
+            // server_config read the same parameters: no error here.
+            libmail::tls::ClientCerts::from_params(p).ok()
+        }
+        _ => None,
+    };
     let mut settings = Settings::from_params(p);
     settings.tls.level = level;
+    settings.tls.ask_ccert = ccerts.is_some();
     settings.tls.available = tls.is_some();
     let bare_lf_exclusions = bare_lf_exclusions(p, settings.bare_lf);
     let shell = server::Shell {
         settings: Arc::new(settings),
         tls,
+        ccerts,
         wrapper,
         starttls_timeout: Duration::from_secs(time_param(p, "smtpd_starttls_timeout", 300).max(1)),
         gate: Arc::new(gate::RestrictionGate(Arc::new(restrictions))),

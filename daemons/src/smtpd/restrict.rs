@@ -50,9 +50,11 @@
 //! Their resolver is made at load when a list or class names one, else
 //! when an access table's result first does (once).
 //! `reject_unknown_{client,reverse_client}_hostname` use the names the
-//! session looked up. The restrictions that need what is not here yet
-//! (`permit_rhswl_client`, TLS client certificates, address verification,
-//! `permit_mx_backup`) are recognised and skipped as DUNNO, with one
+//! session looked up. `permit_tls_clientcerts`,
+//! `permit_tls_all_clientcerts` and `check_ccert_access` read the client
+//! certificate the session was given ([`Facts::ccert`]). The restrictions
+//! that need what is not here yet (`permit_rhswl_client`, address
+//! verification, `permit_mx_backup`) are recognised and skipped as DUNNO, with one
 //! warning when the configuration is loaded ([`Restrictions::warnings`]).
 //! Unknown names are Postfix's: a warning and `451 4.3.5 Server
 //! configuration error` when the list reaches them.
@@ -190,6 +192,10 @@ pub struct Facts<'a> {
     pub tls_protocol: Option<&'a str>,
     pub tls_cipher: Option<&'a str>,
     pub tls_keysize: u32,
+    /// The client certificate, when one was presented over TLS (also
+    /// used by `permit_tls_clientcerts`, `permit_tls_all_clientcerts` and
+    /// `check_ccert_access`).
+    pub ccert: Option<&'a libmail::tls::PeerCert>,
     /// smtpd runs under stress (`stress=yes`).
     pub stress: bool,
 }
@@ -226,6 +232,7 @@ impl<'a> Facts<'a> {
             tls_protocol: None,
             tls_cipher: None,
             tls_keysize: 0,
+            ccert: None,
             stress: false,
         }
     }
@@ -423,6 +430,7 @@ enum What {
     Etrn,
     Data,
     EndOfData,
+    Ccert,
 }
 
 impl What {
@@ -437,6 +445,7 @@ impl What {
             What::Etrn => "Etrn command",
             What::Data => "Data command",
             What::EndOfData => "End-of-data",
+            What::Ccert => "Client certificate",
         }
     }
 }
@@ -524,6 +533,11 @@ pub struct Restrictions {
     relay_domains: Option<DomainList>,
     rcpt_maps: RcptMaps,
     sender_login_maps: Option<Maps>,
+    /// `relay_clientcerts` (for `permit_tls_clientcerts`).
+    relay_ccerts: Option<Maps>,
+    /// `smtpd_tls_ask_ccert` (or `smtpd_tls_req_ccert`): without it the
+    /// certificate restrictions warn.
+    ask_ccert: bool,
     permit_log: PermitLog,
     codes: Codes,
     soft_bounce: bool,
@@ -829,6 +843,8 @@ impl Restrictions {
                 sender_canonical: open_maps(params, "sender_canonical_maps")?,
             },
             sender_login_maps: open_maps(params, "smtpd_sender_login_maps")?,
+            relay_ccerts: open_maps(params, "relay_clientcerts")?,
+            ask_ccert: flag(params, "smtpd_tls_ask_ccert")? || flag(params, "smtpd_tls_req_ccert")?,
             permit_log,
             codes: Codes {
                 reject: code(params, "reject_code")?,
@@ -1963,6 +1979,45 @@ impl<'r, 'f> Eval<'r, 'f> {
                     None => Status::Dunno,
                 }
             }
+            Kind::PermitTlsClientcerts | Kind::PermitTlsAllClientcerts => {
+                let text = list[*i].text.clone();
+                if self.tls_clientcerts(kind == Kind::PermitTlsAllClientcerts, &text)? {
+                    let n = self.namaddr();
+                    self.permit(&text, What::Client, &n, None)
+                } else {
+                    Status::Dunno
+                }
+            }
+            Kind::CheckCcertAccess => {
+                let table = self.map_arg(list, i, implicit)?;
+                match self.f.ccert {
+                    Some(c) => {
+                        let mut s = Status::Dunno;
+                        for print in [&c.fingerprint, &c.pkey_fingerprint] {
+                            let keys = [Key {
+                                text: print.clone(),
+                                whole: true,
+                            }];
+                            s = self
+                                .access(table, &keys, &c.subject_cn, What::Ccert, def)?
+                                .0;
+                            if s != Status::Dunno {
+                                break;
+                            }
+                        }
+                        s
+                    }
+                    None => {
+                        if self.f.tls && !r.ask_ccert {
+                            self.warn(
+                                "check_ccert_access is requested, but \"smtpd_tls_ask_ccert = no\""
+                                    .to_string(),
+                            );
+                        }
+                        Status::Dunno
+                    }
+                }
+            }
             Kind::Unsupported(arg) => {
                 match arg {
                     Arg::None => {}
@@ -1975,9 +2030,6 @@ impl<'r, 'f> Eval<'r, 'f> {
                                 list[*i].text
                             ));
                         }
-                    }
-                    Arg::Map => {
-                        self.map_arg(list, i, implicit)?;
                     }
                 }
                 Status::Dunno
@@ -2763,6 +2815,59 @@ impl<'r, 'f> Eval<'r, 'f> {
             default_dsn(true),
             format!("<{addr}>: {label} rejected: User unknown{suffix}"),
         ))
+    }
+
+    /// permit_tls_clientcerts (`all`: permit_tls_all_clientcerts): a
+    /// verified certificate (with `all`), or one whose fingerprint or
+    /// public-key fingerprint is a key of `relay_clientcerts` (trusted or
+    /// not).
+    fn tls_clientcerts(&mut self, all: bool, name: &str) -> Result<bool, Abort> {
+        if !self.f.tls {
+            return Ok(false);
+        }
+        let Some(c) = self.f.ccert else {
+            if !self.r.ask_ccert {
+                self.warn(format!(
+                    "{} is requested, but \"smtpd_tls_ask_ccert = no\"",
+                    name.to_ascii_lowercase()
+                ));
+            }
+            return Ok(false);
+        };
+        if all && c.trusted {
+            return Ok(true);
+        }
+        if all {
+            return Ok(false);
+        }
+        let Some(maps) = &self.r.relay_ccerts else {
+            return Ok(false);
+        };
+        for print in [&c.fingerprint, &c.pkey_fingerprint] {
+            let keys = [Key {
+                text: print.clone(),
+                whole: true,
+            }];
+            match maps.find_first(&keys) {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) => {}
+                Err(e) => {
+                    self.warn(format!(
+                        "relay_clientcerts: lookup error for fingerprint '{}', \
+                         pkey fingerprint {}",
+                        c.fingerprint, c.pkey_fingerprint
+                    ));
+                    return Err(match e {
+                        TableError::Temporary(_) => {
+                            let n = self.namaddr();
+                            self.lookup_failure(&n)
+                        }
+                        TableError::Config(_) => self.server_error(),
+                    });
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The owners of a sender address in `smtpd_sender_login_maps`.

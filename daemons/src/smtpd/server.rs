@@ -38,6 +38,9 @@ pub struct Shell {
     pub settings: Arc<Settings>,
     /// The TLS server configuration, when one could be built.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// How a client certificate is examined after the handshake, when one
+    /// is asked for (`smtpd_tls_ask_ccert`, `smtpd_tls_req_ccert`).
+    pub ccerts: Option<libmail::tls::ClientCerts>,
     /// `smtpd_tls_wrappermode`: TLS before the greeting.
     pub wrapper: bool,
     /// `smtpd_starttls_timeout`: the whole handshake.
@@ -562,7 +565,10 @@ async fn handshake(shell: &Shell, stream: Stream) -> Result<(Stream, Summary, bo
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(tls)) => {
             let conn = tls.get_ref().1;
-            let summary = Summary::of(conn);
+            let summary = match &shell.ccerts {
+                Some(c) => c.summary(conn),
+                None => Summary::of(conn),
+            };
             let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             Ok((Box::new(tls), summary, resumed))
         }

@@ -1022,10 +1022,10 @@ impl Session {
         self.auth = None;
         self.auth_pending = None;
         if self.set.tls.loglevel >= 1 {
-            let trust = if summary.peer_fingerprint.is_some() {
-                "Untrusted"
-            } else {
-                "Anonymous"
+            let trust = match &summary.peer_cert {
+                Some(c) if c.trusted => "Trusted",
+                Some(_) => "Untrusted",
+                None => "Anonymous",
             };
             self.logs.push(format!(
                 "{trust} TLS connection established from {}: {}",
@@ -1036,10 +1036,10 @@ impl Session {
         self.tls = Some(summary);
     }
 
-    /// The client certificate's SHA-256 fingerprint, when one was
-    /// presented (for `permit_tls_clientcerts`).
+    /// The client certificate's fingerprint
+    /// (`smtpd_tls_fingerprint_digest`), when one was presented.
     pub fn peer_fingerprint(&self) -> Option<&str> {
-        self.tls.as_ref()?.peer_fingerprint.as_deref()
+        Some(self.tls.as_ref()?.peer_cert.as_ref()?.fingerprint.as_str())
     }
 
     /// `530 5.7.0 Must issue a STARTTLS command first` under `encrypt`
@@ -1158,6 +1158,7 @@ impl Session {
             tls_protocol: self.tls.as_ref().map(|s| s.protocol.as_str()),
             tls_cipher: self.tls.as_ref().map(|s| s.cipher.as_str()),
             tls_keysize: self.tls.as_ref().map_or(0, |s| u32::from(s.bits)),
+            ccert: self.tls.as_ref().and_then(|s| s.peer_cert.as_ref()),
             ..Facts::new(
                 self.client.addr,
                 &self.client.name,
@@ -2312,9 +2313,20 @@ impl Session {
             }
             using.push(')');
             out.push(using);
-            if !self.set.tls.ask_ccert {
+            if let Some(c) = &s.peer_cert {
+                out.push(format!(
+                    "\t(Client CN \"{}\", Issuer \"{}\" ({}))",
+                    c.subject_cn,
+                    c.issuer_cn,
+                    if c.trusted {
+                        "verified OK"
+                    } else {
+                        "not verified"
+                    }
+                ));
+            } else if !self.set.tls.ask_ccert {
                 out.push("\t(No client certificate requested)".into());
-            } else if s.peer_fingerprint.is_none() {
+            } else {
                 out.push("\t(Client did not present a certificate)".into());
             }
         }

@@ -398,6 +398,7 @@ fn tls13() -> libmail::tls::Summary {
         bits: 256,
         key_exchange: Some("X25519".into()),
         peer_fingerprint: None,
+        peer_cert: None,
     }
 }
 

@@ -140,7 +140,7 @@ fn provider(p: &Params, prefix: &str, mandatory: bool) -> Result<CryptoProvider,
 }
 
 /// The trust anchors of `PREFIX_tls_CAfile` and `PREFIX_tls_CApath`.
-fn roots(p: &Params, prefix: &str) -> Result<RootCertStore, String> {
+pub(crate) fn roots(p: &Params, prefix: &str) -> Result<RootCertStore, String> {
     let mut store = RootCertStore::empty();
     let mut add = |param: &str, path: &str| -> Result<(), String> {
         for (kind, der) in sections(param, path)? {

@@ -20,9 +20,19 @@
 //!   follow each other) wins over `smtpd_tls_cert_file` +
 //!   `smtpd_tls_key_file`. With several keys, the first one the client can
 //!   verify is used.
-//! * `smtpd_tls_ask_ccert`: a client certificate is requested, never
-//!   required and not verified against a CA; its SHA-256 fingerprint is
-//!   kept ([`Summary::peer_fingerprint`]) for fingerprint-based access.
+//! * `smtpd_tls_ask_ccert`: a client certificate is requested (with the
+//!   names of the `smtpd_tls_CAfile`/`smtpd_tls_CApath` CAs) and any is
+//!   taken; after the handshake [`ClientCerts::summary`] finds whether it
+//!   chains to those CAs ("trusted"), its fingerprint and its public
+//!   key's (`smtpd_tls_fingerprint_digest`; MD5 is computed here, ring has
+//!   none) and the
+//!   subject's and issuer's CommonName ([`PeerCert`]). An untrusted
+//!   certificate is only good for its fingerprints, as in Postfix.
+//! * `smtpd_tls_req_ccert` (only when TLS is required): a certificate that
+//!   chains to the CAs is required by the handshake itself; without
+//!   `smtpd_tls_CAfile`/`_CApath` the configuration is refused.
+//!   `smtpd_tls_ccert_verifydepth` is not read (webpki's own bound
+//!   applies).
 //!
 //! Every file is read with a size bound ([`MAX_PEM_BYTES`]).
 
@@ -359,29 +369,298 @@ impl ResolvesServerCert for Keys {
 }
 
 /// `smtpd_tls_ask_ccert`: asks for a certificate, takes any (its
-/// signature over the handshake is still checked), requires none.
+/// signature over the handshake is still checked; whether it chains to
+/// `smtpd_tls_CAfile`/`smtpd_tls_CApath` is found after the handshake, by
+/// [`ClientCerts::summary`]). With `smtpd_tls_req_ccert` a trusted one is
+/// required (`mandatory`).
 #[derive(Debug)]
-struct AskCert(WebPkiSupportedAlgorithms);
+struct AskCert {
+    algs: WebPkiSupportedAlgorithms,
+    /// The CA names sent with the request.
+    hints: Vec<DistinguishedName>,
+    /// `smtpd_tls_req_ccert`: the chain must verify.
+    required: Option<Arc<dyn ClientCertVerifier>>,
+}
 
 impl ClientCertVerifier for AskCert {
     fn offer_client_auth(&self) -> bool {
         true
     }
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.required.is_some()
     }
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
+        &self.hints
     }
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
+        match &self.required {
+            Some(v) => v.verify_client_cert(end_entity, intermediates, now),
+            None => Ok(ClientCertVerified::assertion()),
+        }
     }
-    signature_checks!();
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// `smtpd_tls_fingerprint_digest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digest {
+    Md5,
+    Sha1,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Digest {
+    /// The parameter's value (`md5` is the default below compatibility
+    /// level 3.6).
+    pub fn parse(name: &str) -> Result<Digest, String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "md5" => Ok(Digest::Md5),
+            "sha1" => Ok(Digest::Sha1),
+            "sha256" => Ok(Digest::Sha256),
+            "sha384" => Ok(Digest::Sha384),
+            "sha512" => Ok(Digest::Sha512),
+            other => Err(format!(
+                "smtpd_tls_fingerprint_digest: unknown digest \"{other}\""
+            )),
+        }
+    }
+
+    /// `AB:CD:...`: upper-case hex pairs joined by colons, as Postfix
+    /// writes fingerprints.
+    pub fn fingerprint(self, data: &[u8]) -> String {
+        let alg = match self {
+            Digest::Md5 => return hex_pairs(&md5(data)),
+            Digest::Sha1 => &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Digest::Sha256 => &ring::digest::SHA256,
+            Digest::Sha384 => &ring::digest::SHA384,
+            Digest::Sha512 => &ring::digest::SHA512,
+        };
+        hex_pairs(ring::digest::digest(alg, data).as_ref())
+    }
+}
+
+fn hex_pairs(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// MD5, for `smtpd_tls_fingerprint_digest = md5` (Postfix's default
+/// below compatibility level 3.6; ring has none). Only ever used for
+/// fingerprints, never for security.
+fn md5(data: &[u8]) -> [u8; 16] {
+    use md5::Digest as _;
+    md5::Md5::digest(data).into()
+}
+
+/// What smtpd knows of a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// The certificate's fingerprint (`smtpd_tls_fingerprint_digest`).
+    pub fingerprint: String,
+    /// The fingerprint of its public key (the DER SubjectPublicKeyInfo).
+    pub pkey_fingerprint: String,
+    /// The subject's and issuer's CommonName (empty when none).
+    pub subject_cn: String,
+    pub issuer_cn: String,
+    /// It chains to `smtpd_tls_CAfile`/`smtpd_tls_CApath`.
+    pub trusted: bool,
+}
+
+/// How client certificates are examined after the handshake: the digest
+/// and the trust anchors.
+#[derive(Clone)]
+pub struct ClientCerts {
+    digest: Digest,
+    /// Verifies chains against the CA files; `None` without any.
+    trust: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for ClientCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCerts")
+            .field("digest", &self.digest)
+            .field("trust", &self.trust.is_some())
+            .finish()
+    }
+}
+
+impl ClientCerts {
+    /// From `smtpd_tls_fingerprint_digest`, `smtpd_tls_CAfile` and
+    /// `smtpd_tls_CApath`.
+    pub fn from_params(p: &Params) -> Result<ClientCerts, String> {
+        let digest = Digest::parse(&val(p, "smtpd_tls_fingerprint_digest"))?;
+        let roots = client::roots(p, "smtpd")?;
+        let trust = if roots.is_empty() {
+            None
+        } else {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("smtpd_tls_CAfile: {e}"))?;
+            Some(v)
+        };
+        Ok(ClientCerts { digest, trust })
+    }
+
+    /// The client certificate of a finished handshake, if one was
+    /// presented.
+    pub fn peer(&self, c: &CommonState) -> Option<PeerCert> {
+        let chain = c.peer_certificates()?;
+        let end = chain.first()?;
+        let trusted = self.trust.as_ref().is_some_and(|v| {
+            v.verify_client_cert(end, &chain[1..], UnixTime::now())
+                .is_ok()
+        });
+        let parts = der::cert_parts(end);
+        Some(PeerCert {
+            fingerprint: self.digest.fingerprint(end),
+            pkey_fingerprint: parts
+                .as_ref()
+                .map(|p| self.digest.fingerprint(p.spki))
+                .unwrap_or_default(),
+            subject_cn: parts
+                .as_ref()
+                .map(|p| p.subject_cn.clone())
+                .unwrap_or_default(),
+            issuer_cn: parts
+                .as_ref()
+                .map(|p| p.issuer_cn.clone())
+                .unwrap_or_default(),
+            trusted,
+        })
+    }
+
+    /// [`Summary::of`] with the client certificate filled in.
+    pub fn summary(&self, c: &CommonState) -> Summary {
+        let mut s = Summary::of(c);
+        s.peer_cert = self.peer(c);
+        s
+    }
+}
+
+/// Just enough DER to read a certificate's names and public key. Written
+/// here on purpose: rustls-webpki verifies chains but exposes no names,
+/// and the maintained X.509 parsers (x509-parser, x509-cert) bring a
+/// parser framework for the three fields smtpd reads. Every read is
+/// bounded by the slice it is given; a malformed certificate gives
+/// empty names, never a panic.
+mod der {
+    /// One TLV: its tag, its contents, the whole encoding, what follows.
+    type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    fn tlv(b: &[u8]) -> Option<Tlv<'_>> {
+        let tag = *b.first()?;
+        let first = *b.get(1)? as usize;
+        let (len, head) = if first < 0x80 {
+            (first, 2)
+        } else {
+            let n = first & 0x7f;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let mut len = 0usize;
+            for i in 0..n {
+                len = (len << 8) | *b.get(2 + i)? as usize;
+            }
+            (len, 2 + n)
+        };
+        let end = head.checked_add(len)?;
+        if end > b.len() {
+            return None;
+        }
+        Some((tag, &b[head..end], &b[..end], &b[end..]))
+    }
+
+    pub(super) struct Parts<'a> {
+        pub spki: &'a [u8],
+        pub subject_cn: String,
+        pub issuer_cn: String,
+    }
+
+    /// The CommonName of a Name (the last one, as OpenSSL's lookup by
+    /// NID finds the first; names have one).
+    fn common_name(name: &[u8]) -> String {
+        const CN: &[u8] = &[0x55, 0x04, 0x03];
+        let mut rest = name;
+        while let Some((_, set, _, next)) = tlv(rest) {
+            rest = next;
+            let mut atvs = set;
+            while let Some((_, atv, _, after)) = tlv(atvs) {
+                atvs = after;
+                if let Some((0x06, oid, _, value)) = tlv(atv) {
+                    if oid == CN {
+                        if let Some((_, v, _, _)) = tlv(value) {
+                            return printable(&String::from_utf8_lossy(v));
+                        }
+                    }
+                }
+            }
+        }
+        String::new()
+    }
+
+    /// A name fit for logs, headers and replies: control characters
+    /// become `?` (as Postfix neuters them), and it is cut at 256
+    /// characters.
+    fn printable(name: &str) -> String {
+        name.chars()
+            .take(256)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect()
+    }
+
+    pub(super) fn cert_parts(cert: &[u8]) -> Option<Parts<'_>> {
+        let (_, c, _, _) = tlv(cert)?;
+        let (_, tbs, _, _) = tlv(c)?;
+        let mut rest = tbs;
+        // [0] version, when present.
+        if rest.first() == Some(&0xa0) {
+            rest = tlv(rest)?.3;
+        }
+        let (_, _, _, rest) = tlv(rest)?; // serialNumber
+        let (_, _, _, rest) = tlv(rest)?; // signature
+        let (_, issuer, _, rest) = tlv(rest)?;
+        let (_, _, _, rest) = tlv(rest)?; // validity
+        let (_, subject, _, rest) = tlv(rest)?;
+        let (_, _, spki, _) = tlv(rest)?;
+        Some(Parts {
+            spki,
+            subject_cn: common_name(subject),
+            issuer_cn: common_name(issuer),
+        })
+    }
 }
 
 /// The server's TLS configuration. `Ok(None)`: no certificate is
@@ -391,12 +670,6 @@ impl ClientCertVerifier for AskCert {
 pub fn server_config(p: &Params, mandatory: bool) -> Result<Option<Arc<ServerConfig>>, String> {
     if val(p, "smtpd_tls_chain_files").is_empty() && val(p, "smtpd_tls_cert_file").is_empty() {
         return Ok(None);
-    }
-    if yes(p, "smtpd_tls_req_ccert") {
-        return Err(
-            "smtpd_tls_req_ccert = yes is not supported (client certificates are not verified)"
-                .into(),
-        );
     }
     let (proto_param, grade_param, exclude_param) = if mandatory {
         (
@@ -432,8 +705,28 @@ pub fn server_config(p: &Params, mandatory: bool) -> Result<Option<Arc<ServerCon
     let builder = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&versions)
         .map_err(|e| format!("{proto_param}: {e}"))?;
-    let builder = if yes(p, "smtpd_tls_ask_ccert") {
-        builder.with_client_cert_verifier(Arc::new(AskCert(algs)))
+    // Postfix: smtpd_tls_req_ccert only has effect when TLS is
+    // required, and implies smtpd_tls_ask_ccert.
+    let require = mandatory && yes(p, "smtpd_tls_req_ccert");
+    let builder = if require || yes(p, "smtpd_tls_ask_ccert") {
+        let certs = ClientCerts::from_params(p)?;
+        let hints = certs
+            .trust
+            .as_ref()
+            .map(|v| v.root_hint_subjects().to_vec())
+            .unwrap_or_default();
+        let required = if require {
+            Some(certs.trust.clone().ok_or_else(|| {
+                "smtpd_tls_req_ccert = yes needs smtpd_tls_CAfile or smtpd_tls_CApath".to_string()
+            })?)
+        } else {
+            None
+        };
+        builder.with_client_cert_verifier(Arc::new(AskCert {
+            algs,
+            hints,
+            required,
+        }))
     } else {
         builder.with_no_client_auth()
     };
@@ -453,19 +746,17 @@ pub struct Summary {
     /// The key-exchange group, as OpenSSL names it (`X25519`,
     /// `prime256v1`, `secp384r1`).
     pub key_exchange: Option<String>,
-    /// The client certificate's SHA-256 fingerprint (`AB:CD:...`), when
+    /// The peer certificate's SHA-256 fingerprint (`AB:CD:...`), when
     /// one was presented.
     pub peer_fingerprint: Option<String>,
+    /// The client certificate as smtpd examines it (set by
+    /// [`ClientCerts::summary`]; `None` on the client side).
+    pub peer_cert: Option<PeerCert>,
 }
 
 /// SHA-256 of a DER certificate as Postfix writes fingerprints.
 pub fn fingerprint(der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    Digest::Sha256.fingerprint(der)
 }
 
 impl Summary {
@@ -498,6 +789,7 @@ impl Summary {
             bits,
             key_exchange,
             peer_fingerprint,
+            peer_cert: None,
         }
     }
 
@@ -673,6 +965,69 @@ mod tests {
         let f = fingerprint(b"abc");
         assert!(f.starts_with("BA:78:16:BF:"), "{f}");
         assert_eq!(f.len(), 32 * 3 - 1);
+    }
+
+    #[test]
+    fn certificate_names_and_public_key_are_read_from_der() {
+        let dir = std::env::temp_dir().join(format!("facteur-tls-der-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, _) = cert_and_key(&dir);
+        let der = sections("f", &cert).unwrap().remove(0).1;
+        let parts = der::cert_parts(&der).expect("parsed");
+        assert_eq!(parts.subject_cn, "mx.example.test");
+        assert_eq!(parts.issuer_cn, "mx.example.test");
+        // The public key, as openssl extracts it.
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-pubkey", "-in", &cert])
+            .output()
+            .unwrap();
+        let pem = String::from_utf8(out.stdout).unwrap();
+        let spki =
+            rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(parts.spki, spki.as_ref());
+        assert!(der::cert_parts(&der[..der.len() / 2]).is_none());
+        // A CommonName with a line break cannot break a header line.
+        let evil = dir.join("evil.pem");
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-multivalue-rdn", "-utf8", "-subj", "/CN=a\nX-Evil: yes"])
+            .arg("-keyout")
+            .arg(dir.join("evil.key"))
+            .arg("-out")
+            .arg(&evil)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let der = sections("f", evil.to_str().unwrap()).unwrap().remove(0).1;
+        assert_eq!(der::cert_parts(&der).unwrap().subject_cn, "a?X-Evil: yes");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fingerprint_digests_follow_the_parameter() {
+        assert_eq!(Digest::parse("SHA256").unwrap(), Digest::Sha256);
+        assert_eq!(Digest::parse("md5").unwrap(), Digest::Md5);
+        // RFC 1321's test suite.
+        assert_eq!(
+            Digest::Md5.fingerprint(b""),
+            "D4:1D:8C:D9:8F:00:B2:04:E9:80:09:98:EC:F8:42:7E"
+        );
+        assert_eq!(
+            Digest::Md5.fingerprint(b"abc"),
+            "90:01:50:98:3C:D2:4F:B0:D6:96:3F:7D:28:E1:7F:72"
+        );
+        let long =
+            b"12345678901234567890123456789012345678901234567890123456789012345678901234567890";
+        assert_eq!(
+            Digest::Md5.fingerprint(long),
+            "57:ED:F4:A2:2B:E3:C9:55:AC:49:DA:2E:21:07:B6:7A"
+        );
+        assert!(Digest::parse("whirlpool").is_err());
+        assert_eq!(Digest::Sha1.fingerprint(b"abc").len(), 20 * 3 - 1);
+        assert!(Digest::Sha1.fingerprint(b"abc").starts_with("A9:99:3E:36:"));
+        assert_eq!(Digest::Sha512.fingerprint(b"abc").len(), 64 * 3 - 1);
     }
 
     #[test]

@@ -16,8 +16,6 @@ pub enum Arg {
     /// A domain name (`reject_rbl_client zen.example`): consumed when
     /// present; Postfix only warns when it is missing.
     Domain,
-    /// A `type:table` (`check_client_mx_access hash:/x`): required.
-    Map,
 }
 
 /// Whose name a `reject_rhsbl_*` or `check_*_{a,mx,ns}_access`
@@ -116,8 +114,16 @@ pub enum Kind {
     RejectUnknownSenderDomain,
     /// `reject_unknown_recipient_domain` (DNS).
     RejectUnknownRecipientDomain,
-    /// Recognised, not implemented yet (needs DNS, the network, TLS client
-    /// certificates or address verification): skipped as DUNNO.
+    /// `permit_tls_clientcerts`: the client certificate's fingerprint (or
+    /// its public key's) is a key of `relay_clientcerts`.
+    PermitTlsClientcerts,
+    /// `permit_tls_all_clientcerts`: any verified client certificate.
+    PermitTlsAllClientcerts,
+    /// `check_ccert_access type:table`: the table searched for the client
+    /// certificate's fingerprint, then its public key's.
+    CheckCcertAccess,
+    /// Recognised, not implemented yet (needs the network or address
+    /// verification): skipped as DUNNO.
     Unsupported(Arg),
 }
 
@@ -196,7 +202,7 @@ const NAMES: &[(&str, Kind)] = &[
         "reject_rhsbl_reverse_client",
         Kind::RejectRhsbl(Target::ReverseClient),
     ),
-    ("check_ccert_access", Kind::Unsupported(Arg::Map)),
+    ("check_ccert_access", Kind::CheckCcertAccess),
     (
         "check_client_ns_access",
         Kind::CheckServerAccess(Target::Client, Server::Ns),
@@ -256,8 +262,8 @@ const NAMES: &[(&str, Kind)] = &[
     ),
     ("reject_rhsbl_sender", Kind::RejectRhsbl(Target::Sender)),
     ("permit_mx_backup", Kind::Unsupported(Arg::None)),
-    ("permit_tls_all_clientcerts", Kind::Unsupported(Arg::None)),
-    ("permit_tls_clientcerts", Kind::Unsupported(Arg::None)),
+    ("permit_tls_all_clientcerts", Kind::PermitTlsAllClientcerts),
+    ("permit_tls_clientcerts", Kind::PermitTlsClientcerts),
     (
         "reject_unknown_recipient_domain",
         Kind::RejectUnknownRecipientDomain,
@@ -377,9 +383,10 @@ mod tests {
             lookup("Check_Reverse_Client_Hostname_MX_Access"),
             Some(Kind::CheckServerAccess(Target::ReverseClient, Server::Mx))
         );
+        assert_eq!(lookup("check_ccert_access"), Some(Kind::CheckCcertAccess));
         assert_eq!(
-            lookup("check_ccert_access"),
-            Some(Kind::Unsupported(Arg::Map))
+            lookup("Permit_TLS_ClientCerts"),
+            Some(Kind::PermitTlsClientcerts)
         );
         assert_eq!(lookup("my_class"), None);
     }

@@ -465,6 +465,7 @@ impl super::Eval<'_, '_> {
     fn policy_request(&self, context: &str) -> String {
         let f = self.f;
         let opt = |v: Option<&str>| v.unwrap_or("").to_string();
+        let trusted = f.ccert.filter(|c| c.trusted);
         let rcpt_count = if matches!(self.cmd, Cmd::Data | Cmd::EndOfData) {
             f.rcpt_count
         } else {
@@ -507,10 +508,20 @@ impl super::Eval<'_, '_> {
             ("sasl_method", opt(f.sasl_method)),
             ("sasl_username", opt(f.sasl_username)),
             ("sasl_sender", opt(f.sasl_sender)),
-            ("ccert_subject", String::new()),
-            ("ccert_issuer", String::new()),
-            ("ccert_fingerprint", String::new()),
-            ("ccert_pubkey_fingerprint", String::new()),
+            // Postfix sends the names only of a verified certificate.
+            (
+                "ccert_subject",
+                trusted.map_or("", |c| &c.subject_cn).into(),
+            ),
+            ("ccert_issuer", trusted.map_or("", |c| &c.issuer_cn).into()),
+            (
+                "ccert_fingerprint",
+                f.ccert.map_or("", |c| &c.fingerprint).into(),
+            ),
+            (
+                "ccert_pubkey_fingerprint",
+                f.ccert.map_or("", |c| &c.pkey_fingerprint).into(),
+            ),
             ("encryption_protocol", opt(f.tls_protocol)),
             ("encryption_cipher", opt(f.tls_cipher)),
             ("encryption_keysize", f.tls_keysize.to_string()),

@@ -1542,6 +1542,130 @@ fn sender_login_mismatch_restrictions() {
     );
 }
 
+// ----- TLS client certificates -----
+
+fn ccert(fingerprint: &str, pkey: &str, trusted: bool) -> libmail::tls::PeerCert {
+    libmail::tls::PeerCert {
+        fingerprint: fingerprint.into(),
+        pkey_fingerprint: pkey.into(),
+        subject_cn: "client.example".into(),
+        issuer_cn: "Test CA".into(),
+        trusted,
+    }
+}
+
+fn over_tls<'a>(recipient: &'a str, cert: Option<&'a libmail::tls::PeerCert>) -> Facts<'a> {
+    Facts {
+        tls: true,
+        ccert: cert,
+        ..rcpt(recipient)
+    }
+}
+
+#[test]
+fn permit_tls_clientcerts_permits_listed_fingerprints_and_public_keys() {
+    let s = Setup::new();
+    s.table("ccerts", "AA:BB client one\nCC:DD key of client two\n");
+    let r = s.rules(
+        "smtpd_tls_ask_ccert = yes\nrelay_clientcerts = texthash:{dir}/ccerts\n\
+         smtpd_relay_restrictions = permit_tls_clientcerts, defer_unauth_destination",
+    );
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    let listed = ccert("AA:BB", "00:11", false);
+    let by_key = ccert("EE:FF", "CC:DD", false);
+    let other = ccert("EE:FF", "00:11", true);
+    let denied = "454 4.7.1 <x@elsewhere.example>: Relay access denied";
+    // Listed: permitted even though not verified.
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&listed)))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&by_key)))),
+        "permit"
+    );
+    // Verified but not listed, no certificate, plaintext: not permitted.
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&other)))),
+        denied
+    );
+    let d = r.check_rcpt(&over_tls("x@elsewhere.example", None));
+    assert_eq!(said(&d), denied);
+    assert!(warnings(&d).is_empty(), "{:?}", warnings(&d));
+    assert_eq!(said(&r.check_rcpt(&rcpt("x@elsewhere.example"))), denied);
+}
+
+#[test]
+fn permit_tls_all_clientcerts_permits_only_verified_certificates() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_tls_ask_ccert = yes\n\
+         smtpd_relay_restrictions = permit_tls_all_clientcerts, defer_unauth_destination",
+    );
+    let verified = ccert("AA:BB", "00:11", true);
+    let untrusted = ccert("AA:BB", "00:11", false);
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&verified)))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&untrusted)))),
+        "454 4.7.1 <x@elsewhere.example>: Relay access denied"
+    );
+}
+
+#[test]
+fn certificate_restrictions_warn_when_no_certificate_is_asked_for() {
+    let s = Setup::new();
+    let r = s.rules(
+        "smtpd_relay_restrictions = permit_tls_clientcerts, check_ccert_access \
+         texthash:{dir}/users, defer_unauth_destination",
+    );
+    let d = r.check_rcpt(&over_tls("x@elsewhere.example", None));
+    assert_eq!(
+        warnings(&d),
+        vec![
+            "permit_tls_clientcerts is requested, but \"smtpd_tls_ask_ccert = no\"",
+            "check_ccert_access is requested, but \"smtpd_tls_ask_ccert = no\"",
+        ]
+    );
+}
+
+#[test]
+fn check_ccert_access_acts_on_the_fingerprint_then_the_public_key() {
+    let s = Setup::new();
+    s.table(
+        "ccert_access",
+        "AA:BB REJECT\nCC:DD OK\n11:22 DUNNO\n33:44 REJECT key refused\n",
+    );
+    let r = s.rules(
+        "smtpd_tls_ask_ccert = yes\n\
+         smtpd_relay_restrictions = check_ccert_access texthash:{dir}/ccert_access, \
+         defer_unauth_destination",
+    );
+    let rejected = ccert("AA:BB", "CC:DD", true);
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&rejected)))),
+        "554 5.7.1 <client.example>: Client certificate rejected: Access denied"
+    );
+    let ok = ccert("CC:DD", "00:00", false);
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&ok)))),
+        "permit"
+    );
+    // DUNNO for the certificate: the public key is looked up next.
+    let by_key = ccert("11:22", "33:44", false);
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&by_key)))),
+        "554 5.7.1 <client.example>: Client certificate rejected: key refused"
+    );
+    let unknown = ccert("99:99", "88:88", false);
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("x@elsewhere.example", Some(&unknown)))),
+        "454 4.7.1 <x@elsewhere.example>: Relay access denied"
+    );
+}
+
 // ----- sleep, unsupported restrictions, the log line -----
 
 #[test]
@@ -1559,7 +1683,7 @@ fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
     let r = s.rules(
         "smtpd_client_restrictions = reject_maps_rbl, reject_unknown_address, \
          reject_maps_rbl, permit_rhswl_client wl.example\n\
-         smtpd_recipient_restrictions = check_ccert_access texthash:{dir}/users",
+         smtpd_recipient_restrictions = reject_unverified_sender",
     );
     assert_eq!(r.warnings().len(), 4, "{:?}", r.warnings());
     assert!(r.warnings()[0].starts_with("restriction \"reject_maps_rbl\" is not supported yet"));
@@ -1768,6 +1892,49 @@ fn policy_rules(s: &Setup, server: &str, extra: &str) -> Restrictions {
         "smtpd_recipient_restrictions = reject_unauth_destination, \
          check_policy_service {server}\n{extra}"
     ))
+}
+
+#[test]
+fn policy_requests_carry_the_client_certificate() {
+    let s = Setup::new();
+    let srv = PolicyServer::start(None, &["DUNNO", "DUNNO"]);
+    let r = policy_rules(&s, &srv.addr, "smtpd_tls_ask_ccert = yes");
+    let attrs = |req: &str| -> Vec<String> {
+        req.lines()
+            .filter(|l| l.starts_with("ccert_"))
+            .map(str::to_string)
+            .collect()
+    };
+    let untrusted = ccert("AA:BB", "CC:DD", false);
+    let trusted = ccert("AA:BB", "CC:DD", true);
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("alice@example.com", Some(&untrusted)))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&over_tls("alice@example.com", Some(&trusted)))),
+        "permit"
+    );
+    let reqs = srv.requests();
+    // Names only for a verified certificate, as Postfix sends them.
+    assert_eq!(
+        attrs(&reqs[0]),
+        [
+            "ccert_subject=",
+            "ccert_issuer=",
+            "ccert_fingerprint=AA:BB",
+            "ccert_pubkey_fingerprint=CC:DD"
+        ]
+    );
+    assert_eq!(
+        attrs(&reqs[1]),
+        [
+            "ccert_subject=client.example",
+            "ccert_issuer=Test CA",
+            "ccert_fingerprint=AA:BB",
+            "ccert_pubkey_fingerprint=CC:DD"
+        ]
+    );
 }
 
 #[test]
