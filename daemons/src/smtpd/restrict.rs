@@ -44,7 +44,8 @@
 //! access-table result.
 //!
 //! The DNS restrictions (`reject_rbl_client`, `reject_rhsbl_*`,
-//! `permit_dnswl_client`, `reject_unknown_{helo_hostname,sender_domain,
+//! `permit_dnswl_client`, `permit_rhswl_client`, `reject_maps_rbl`,
+//! `reject_unknown_{helo_hostname,sender_domain,
 //! recipient_domain}`, `check_*_{a,mx,ns}_access`) ask `libmail::dns`,
 //! which blocks: the session calls the engine inside `block_in_place`.
 //! Their resolver is made at load when a list or class names one, else
@@ -53,8 +54,8 @@
 //! session looked up. `permit_tls_clientcerts`,
 //! `permit_tls_all_clientcerts` and `check_ccert_access` read the client
 //! certificate the session was given ([`Facts::ccert`]). The restrictions
-//! that need what is not here yet (`permit_rhswl_client`, address
-//! verification, `permit_mx_backup`) are recognised and skipped as DUNNO, with one
+//! that need what is not here yet (address verification,
+//! `permit_mx_backup`) are recognised and skipped as DUNNO, with one
 //! warning when the configuration is loaded ([`Restrictions::warnings`]).
 //! Unknown names are Postfix's: a warning and `451 4.3.5 Server
 //! configuration error` when the list reaches them.
@@ -574,6 +575,8 @@ struct DnsSettings {
     /// `default_rbl_reply`, unexpanded.
     default_rbl_reply: String,
     rbl_reply_maps: Option<Maps>,
+    /// `maps_rbl_domains`, for the deprecated `reject_maps_rbl`.
+    maps_rbl_domains: Vec<String>,
 }
 
 /// The DNS restrictions' resolver, or why there is none (its every lookup
@@ -735,6 +738,13 @@ impl Restrictions {
                 }
             }
         }
+        if uses(Kind::RejectMapsRbl) {
+            warnings.push(
+                "support for restriction \"reject_maps_rbl\" will be removed from \
+                 Postfix; use \"reject_rbl_client domain-name\" instead"
+                    .to_string(),
+            );
+        }
         if uses(Kind::CheckRelayDomains) {
             warnings.push(
                 "support for restriction \"check_relay_domains\" will be removed from \
@@ -808,6 +818,10 @@ impl Restrictions {
             unknown_addr_code: code(params, "unknown_address_reject_code")?,
             default_rbl_reply: params.raw("default_rbl_reply").unwrap_or_default(),
             rbl_reply_maps: open_maps(params, "rbl_reply_maps")?,
+            maps_rbl_domains: params
+                .value("maps_rbl_domains")
+                .map(|v| split_list(&v).into_iter().map(str::to_string).collect())
+                .unwrap_or_default(),
         };
         let policy = policy::Policy::from_lists(
             lists
@@ -1900,6 +1914,32 @@ impl<'r, 'f> Eval<'r, 'f> {
                     _ => Status::Dunno,
                 }
             }
+            Kind::PermitRhswlClient => {
+                let Some(arg) = list.get(*i + 1) else {
+                    self.warn(format!(
+                        "restriction {} requires domain name argument",
+                        list[*i].text
+                    ));
+                    return Ok(Status::Dunno);
+                };
+                *i += 1;
+                let arg = arg.text.clone();
+                if self.rhswl_client(&arg, what)? {
+                    self.permit(&list[*i - 1].text, What::Client, &self.namaddr(), None)
+                } else {
+                    Status::Dunno
+                }
+            }
+            Kind::RejectMapsRbl => {
+                let mut st = Status::Dunno;
+                for domain in r.dnsbl.maps_rbl_domains.clone() {
+                    st = self.rbl_client(&domain)?;
+                    if st != Status::Dunno {
+                        break;
+                    }
+                }
+                st
+            }
             // The client's names come from the session's lookups (the
             // verified name: PTR and forward confirmation; the PTR name).
             Kind::RejectUnknownClient if self.f.client_name == "unknown" => self.reject(
@@ -2018,22 +2058,7 @@ impl<'r, 'f> Eval<'r, 'f> {
                     }
                 }
             }
-            Kind::Unsupported(arg) => {
-                match arg {
-                    Arg::None => {}
-                    Arg::Domain => {
-                        if list.get(*i + 1).is_some() {
-                            *i += 1;
-                        } else {
-                            self.warn(format!(
-                                "restriction {} requires domain name argument",
-                                list[*i].text
-                            ));
-                        }
-                    }
-                }
-                Status::Dunno
-            }
+            Kind::Unsupported(Arg::None) => Status::Dunno,
         })
     }
 
@@ -2098,9 +2123,36 @@ impl<'r, 'f> Eval<'r, 'f> {
         Ok(true)
     }
 
+    /// permit_rhswl_client: a listed client name is permitted; as with
+    /// permit_dnswl_client, in the relay and recipient lists only for a
+    /// recipient this server accepts anyway.
+    fn rhswl_client(&mut self, arg: &str, what: What) -> Result<bool, Abort> {
+        if self.rhs_listed(Target::Client, arg).is_none() {
+            return Ok(false);
+        }
+        if what == What::Recipient {
+            if let Some(rcpt) = self.recipient {
+                return Ok(self.auth_destination(rcpt)? == Status::Ok);
+            }
+        }
+        Ok(true)
+    }
+
     /// reject_rhsbl_*: the name (client, PTR, HELO, address domain) under
     /// the domain.
     fn rhsbl(&mut self, k: Target, arg: &str) -> Res {
+        match self.rhs_listed(k, arg) {
+            Some((query, name, class)) => {
+                let (domain, _) = split_dnsbl(arg);
+                Ok(self.rbl_reject(&query, domain, name, class))
+            }
+            None => Ok(Status::Dunno),
+        }
+    }
+
+    /// The name `k` names, when it is listed under the domain of `arg`
+    /// (`domain[=filter]`): the query, the name and its class.
+    fn rhs_listed(&mut self, k: Target, arg: &str) -> Option<(String, &'f str, What)> {
         let domain_of = |a: &'f str| a.rfind('@').map(|i| &a[i + 1..]);
         let (name, class) = match k {
             Target::Client => (Some(self.f.client_name), What::Client),
@@ -2109,23 +2161,19 @@ impl<'r, 'f> Eval<'r, 'f> {
             Target::Sender => (self.sender.and_then(domain_of), What::Sender),
             Target::Recipient => (self.recipient.and_then(domain_of), What::Recipient),
         };
-        let Some(name) = name.map(syntax::strip_one_dot) else {
-            return Ok(Status::Dunno);
-        };
+        let name = name.map(syntax::strip_one_dot)?;
         if name.is_empty()
             || name == "unknown"
             || name.starts_with('[')
             || !syntax::valid_hostname(name)
             || syntax::valid_hostaddr(name)
         {
-            return Ok(Status::Dunno);
+            return None;
         }
         let (domain, filter) = split_dnsbl(arg);
         let query = format!("{name}.{}", domain.trim_end_matches('.'));
-        if self.dnsbl_query(&query, filter).is_none() {
-            return Ok(Status::Dunno);
-        }
-        Ok(self.rbl_reject(&query, domain, name, class))
+        self.dnsbl_query(&query, filter)?;
+        Some((query, name, class))
     }
 
     /// The DNSBL reply: `rbl_reply_maps` (by domain), else

@@ -11,11 +11,8 @@
 /// restriction itself is skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arg {
-    /// Nothing.
+    /// Nothing (every restriction still unsupported takes no argument).
     None,
-    /// A domain name (`reject_rbl_client zen.example`): consumed when
-    /// present; Postfix only warns when it is missing.
-    Domain,
 }
 
 /// Whose name a `reject_rhsbl_*` or `check_*_{a,mx,ns}_access`
@@ -97,6 +94,11 @@ pub enum Kind {
     RejectRblClient,
     /// `permit_dnswl_client domain[=d.d.d.d]` (DNS).
     PermitDnswlClient,
+    /// `permit_rhswl_client domain[=d.d.d.d]` (DNS): the client name.
+    PermitRhswlClient,
+    /// `reject_maps_rbl` (DNS, deprecated): `reject_rbl_client` for each
+    /// domain of `maps_rbl_domains`.
+    RejectMapsRbl,
     /// `reject_rhsbl_* domain[=d.d.d.d]` (DNS), by what is looked up.
     RejectRhsbl(Target),
     /// `check_*_{a,mx,ns}_access type:table` (DNS): the table searched
@@ -192,12 +194,12 @@ const NAMES: &[(&str, Kind)] = &[
         Kind::RejectUnknownReverseClient,
     ),
     // Recognised, not implemented yet.
-    ("reject_maps_rbl", Kind::Unsupported(Arg::None)),
+    ("reject_maps_rbl", Kind::RejectMapsRbl),
     ("reject_rbl_client", Kind::RejectRblClient),
     ("reject_rbl", Kind::RejectRblClient),
     ("permit_dnswl_client", Kind::PermitDnswlClient),
     ("reject_rhsbl_client", Kind::RejectRhsbl(Target::Client)),
-    ("permit_rhswl_client", Kind::Unsupported(Arg::Domain)),
+    ("permit_rhswl_client", Kind::PermitRhswlClient),
     (
         "reject_rhsbl_reverse_client",
         Kind::RejectRhsbl(Target::ReverseClient),
@@ -294,6 +296,8 @@ impl Kind {
             self,
             Kind::RejectRblClient
                 | Kind::PermitDnswlClient
+                | Kind::PermitRhswlClient
+                | Kind::RejectMapsRbl
                 | Kind::RejectRhsbl(_)
                 | Kind::CheckServerAccess(..)
                 | Kind::RejectUnknownHelo
@@ -375,10 +379,8 @@ mod tests {
             Some(Kind::RejectUnlistedRecipient)
         );
         assert_eq!(lookup("reject_rbl_client"), Some(Kind::RejectRblClient));
-        assert_eq!(
-            lookup("permit_rhswl_client"),
-            Some(Kind::Unsupported(Arg::Domain))
-        );
+        assert_eq!(lookup("permit_rhswl_client"), Some(Kind::PermitRhswlClient));
+        assert_eq!(lookup("reject_maps_rbl"), Some(Kind::RejectMapsRbl));
         assert_eq!(
             lookup("Check_Reverse_Client_Hostname_MX_Access"),
             Some(Kind::CheckServerAccess(Target::ReverseClient, Server::Mx))

@@ -1681,17 +1681,19 @@ fn sleep_is_returned_to_the_session() {
 fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
     let s = Setup::new();
     let r = s.rules(
-        "smtpd_client_restrictions = reject_maps_rbl, reject_unknown_address, \
-         reject_maps_rbl, permit_rhswl_client wl.example\n\
+        "smtpd_client_restrictions = reject_unknown_address, \
+         reject_unknown_address, permit_mx_backup\n\
          smtpd_recipient_restrictions = reject_unverified_sender",
     );
-    assert_eq!(r.warnings().len(), 4, "{:?}", r.warnings());
-    assert!(r.warnings()[0].starts_with("restriction \"reject_maps_rbl\" is not supported yet"));
+    assert_eq!(r.warnings().len(), 3, "{:?}", r.warnings());
+    assert!(
+        r.warnings()[0].starts_with("restriction \"reject_unknown_address\" is not supported yet")
+    );
     assert!(r.warnings()[0].ends_with("so mail it would reject or defer is accepted"));
     assert!(r
         .warnings()
         .iter()
-        .any(|w| w.contains("\"permit_rhswl_client\"") && w.ends_with("it never permits")));
+        .any(|w| w.contains("\"permit_mx_backup\"") && w.ends_with("it never permits")));
     assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
     // The arguments are still checked as Postfix checks them.
     let bad =
@@ -2225,7 +2227,8 @@ impl Drop for DnsServer {
 
 impl DnsServer {
     /// dnsmasq answering for `.test` only: `bl.test` lists 127.0.0.1
-    /// (with a TXT reason) and `bad.example.test` (RHSBL), `mx.test` has
+    /// (with a TXT reason) and `bad.example.test` (RHSBL), `wl.test` lists
+    /// 127.0.0.1 and the name `friendly.test`, `mx.test` has
     /// an MX (whose host has no address), `a.test` an A record,
     /// `nullmx.test` the null MX; for the `check_*_{a,mx,ns}_access`
     /// tests `spam.test` has two MX hosts under `spamhost.test` (the
@@ -2262,6 +2265,7 @@ impl DnsServer {
                     "--host-record=1.0.0.127.other.test,127.0.0.9",
                     "--host-record=bad.example.test.bl.test,127.0.0.2",
                     "--host-record=1.0.0.127.wl.test,127.0.0.2",
+                    "--host-record=friendly.test.wl.test,127.0.0.2",
                     "--mx-host=mx.test,mail.mx.test,10",
                     "--host-record=a.test,192.0.2.10",
                     "--dns-rr=nullmx.test,15,000000",
@@ -2521,6 +2525,72 @@ fn rhsbl_sender_and_dnswl_client() {
         said(&r.check_rcpt(&rcpt("alice@example.com"))),
         "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: Access denied"
     );
+}
+
+#[test]
+fn rhswl_client_permits_a_listed_name_but_never_relays() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = s.rules(&format!(
+        "{}smtpd_client_restrictions = permit_rhswl_client wl.test, reject",
+        d.main_cf()
+    ));
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    let friendly = |rcpt: &'static str| Facts {
+        recipient: Some(rcpt),
+        ..Facts::new(
+            "192.0.2.7".parse().unwrap(),
+            "friendly.test",
+            "friendly.test",
+        )
+    };
+    assert_eq!(
+        said(&r.check_rcpt(&friendly("alice@example.com"))),
+        "permit"
+    );
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("alice@example.com"))),
+        "554 5.7.1 <client.example[192.0.2.1]>: Client host rejected: Access denied"
+    );
+    // In the relay list it permits only what this server takes anyway.
+    let r = s.rules(&format!(
+        "{}smtpd_relay_restrictions = permit_rhswl_client wl.test, reject_unauth_destination",
+        d.main_cf()
+    ));
+    assert_eq!(
+        said(&r.check_rcpt(&friendly("alice@example.com"))),
+        "permit"
+    );
+    let relayed = said(&r.check_rcpt(&friendly("bob@elsewhere.example")));
+    assert!(relayed.contains("Relay access denied"), "{relayed}");
+}
+
+#[test]
+fn maps_rbl_is_reject_rbl_client_for_each_maps_rbl_domain() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = s.rules(&format!(
+        "{}maps_rbl_domains = other.test, bl.test\n\
+         smtpd_client_restrictions = reject_maps_rbl",
+        d.main_cf()
+    ));
+    assert_eq!(
+        r.warnings(),
+        [
+            "support for restriction \"reject_maps_rbl\" will be removed from Postfix; \
+          use \"reject_rbl_client domain-name\" instead"
+        ]
+    );
+    let f = Facts {
+        recipient: Some("alice@example.com"),
+        ..local_client()
+    };
+    // The first domain that lists the client decides.
+    assert_eq!(
+        said(&r.check_rcpt(&f)),
+        "554 5.7.1 Service unavailable; Client host [127.0.0.1] blocked using other.test"
+    );
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
 }
 
 #[test]
