@@ -915,6 +915,9 @@ impl Session {
 
     fn auth_cmd(&mut self, mech: String, initial: Option<String>) -> Step {
         self.last_verb = "AUTH".into();
+        if let Some(s) = self.needs_tls("auth") {
+            return s;
+        }
         let fail = |s: &mut Session, r: Reply| {
             s.count("auth", false);
             s.error(r)
@@ -1043,7 +1046,8 @@ impl Session {
     }
 
     /// `530 5.7.0 Must issue a STARTTLS command first` under `encrypt`
-    /// before the handshake.
+    /// before the handshake: for every command but HELO, EHLO, STARTTLS,
+    /// NOOP, QUIT and XCLIENT, as Postfix.
     fn needs_tls(&mut self, verb: &str) -> Option<Step> {
         if self.set.tls.level == Level::Encrypt && self.tls.is_none() {
             self.count(verb, false);
@@ -1506,6 +1510,9 @@ impl Session {
             Command::Bdat(n, last) => self.bdat(n, last),
             Command::Rset => {
                 self.last_verb = "RSET".into();
+                if let Some(s) = self.needs_tls("rset") {
+                    return s;
+                }
                 self.reset();
                 self.count("rset", true);
                 if self.junk() {

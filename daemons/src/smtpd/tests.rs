@@ -512,20 +512,27 @@ fn received_header_says_esmtps_and_tls_details_and_restrictions_see_tls() {
 #[test]
 fn encrypt_requires_starttls_before_mail() {
     use libmail::tls::Level;
-    let (mut s, _, _) = tls_session(Level::Encrypt, true);
-    said(&mut s, "EHLO client.example");
     for cmd in [
         "MAIL FROM:<a@example.org>",
         "RCPT TO:<b@example.org>",
         "VRFY x",
         "ETRN x",
+        "RSET",
+        "AUTH PLAIN AGFsaWNlAHNlY3JldA==",
     ] {
+        // A session each: the refusals count as errors.
+        let (mut s, _, _) = tls_session(Level::Encrypt, true);
+        said(&mut s, "EHLO client.example");
         assert_eq!(
             said(&mut s, cmd),
             "530 5.7.0 Must issue a STARTTLS command first\r\n",
             "{cmd}"
         );
     }
+    let (mut s, _, _) = tls_session(Level::Encrypt, true);
+    said(&mut s, "EHLO client.example");
+    // What Postfix lets through before the handshake.
+    assert_eq!(said(&mut s, "NOOP"), "250 2.0.0 Ok\r\n");
     said(&mut s, "STARTTLS");
     s.tls_started(tls13());
     said(&mut s, "EHLO client.example");
