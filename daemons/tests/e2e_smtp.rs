@@ -320,7 +320,7 @@ fn mx_routing_with_a_real_dns_server() {
     assert!(
         null.contains("relay=none, ")
             && null.contains(
-                "dsn=5.1.10, status=bounced (Domain nullmx.test does not accept mail (nullMX))"
+                "dsn=5.1.0, status=bounced (Domain nullmx.test does not accept mail (nullMX))"
             ),
         "{null}"
     );

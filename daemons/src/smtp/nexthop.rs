@@ -232,9 +232,11 @@ impl Lookup<'_> {
                 Ok(records) if is_null_mx(&records) => {
                     return Err(NoTarget {
                         permanent: true,
-                        dsn: "5.1.10",
+                        // Postfix 3.7's client says 5.1.0 here (its smtpd
+                        // refuses such a recipient with 556 5.1.10).
+                        dsn: "5.1.0",
                         reason: format!("Domain {host} does not accept mail (nullMX)"),
-                    })
+                    });
                 }
                 Ok(mut records) => {
                     records.retain(|r| !r.exchange.is_empty());
