@@ -233,6 +233,29 @@ fn smtpd_with_dns_restrictions_exits_cleanly_on_reload() {
 }
 
 #[test]
+fn the_error_that_reaches_the_limit_is_answered_then_421() {
+    let mut i = Instance::new("smtpd-errlimit", "");
+    let port = i.with_smtpd();
+    i.main_cf("smtpd_hard_error_limit = 3\nsmtpd_soft_error_limit = 10");
+    i.start();
+    let mut c = Raw::connect(port);
+    for _ in 0..3 {
+        assert_eq!(
+            c.cmd("BOGUS"),
+            "500 5.5.2 Error: command not recognized\r\n"
+        );
+    }
+    // The 421 follows the third reply without another command, and the
+    // server closes.
+    assert_eq!(
+        c.reply(),
+        "421 4.7.0 mx.example.test Error: too many errors\r\n"
+    );
+    assert_eq!(c.reply(), "");
+    i.wait_log(r"too many errors after UNKNOWN from localhost\[127\.0\.0\.1\]$");
+}
+
+#[test]
 fn unauthorised_pipelining_is_noticed_and_refused() {
     let mut i = Instance::new("smtpd-pipe", "");
     let port = i.with_smtpd();

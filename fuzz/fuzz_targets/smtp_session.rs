@@ -104,6 +104,11 @@ fuzz_target!(|data: &[u8]| {
             Step::StartTls(r) => check(&r),
         }
         let _ = s.take_logs();
+        // The error limit: a 421, and the shell closes.
+        if let Some(r) = s.take_hangup() {
+            check(&r);
+            break;
+        }
     }
     s.lost();
 });

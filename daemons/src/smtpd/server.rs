@@ -730,6 +730,12 @@ where
                 }
             }
         }
+        // The error limit was reached with that reply: 421, then close.
+        if let Some(h) = session.take_hangup() {
+            let _ = wr.write_all(&h.to_wire()).await;
+            let _ = wr.flush().await;
+            return End::Closed;
+        }
         // Replies wait while more pipelined commands are already here.
         if rd_is_empty(rd) && wr.flush().await.is_err() {
             return End::Lost;

@@ -554,6 +554,9 @@ pub struct Session {
     bdat_failed: Option<Reply>,
     pipelining_violation: bool,
     pause: Option<Duration>,
+    /// `421 … too many errors`, to send after the reply that reached
+    /// `smtpd_hard_error_limit` (then the session ends).
+    hangup: Option<Reply>,
     /// The `defer_if_permit` pending from the previous stage.
     pending: Option<PendingDefer>,
     /// TLS is active: what the handshake gave.
@@ -747,6 +750,7 @@ impl Session {
             bdat_failed: None,
             pipelining_violation: false,
             pause: None,
+            hangup: None,
             pending: None,
             tls: None,
             sasl: None,
@@ -1432,19 +1436,27 @@ impl Session {
             r
         };
         self.errors += 1;
-        if self.errors >= self.set.hard_error_limit {
+        if self.errors >= self.set.hard_error_limit && self.hangup.is_none() {
+            // As Postfix: this error is answered, then the 421 follows
+            // at once and the session ends.
             self.logs.push(format!(
                 "too many errors after {} from {}",
                 self.last_verb,
                 self.client.label()
             ));
-            return Step::Close(Reply::new(
+            self.hangup = Some(Reply::new(
                 421,
                 "4.7.0",
                 format!("{} Error: too many errors", self.set.myhostname),
             ));
         }
         Step::Reply(r)
+    }
+
+    /// After a reply has gone out: the `421` to send next when the error
+    /// limit was reached (the shell sends it and closes).
+    pub fn take_hangup(&mut self) -> Option<Reply> {
+        self.hangup.take()
     }
 
     fn junk(&mut self) -> bool {

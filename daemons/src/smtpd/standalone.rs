@@ -242,12 +242,18 @@ pub fn run(params: &Params, settings: Settings, gate: Arc<dyn Gate>) -> i32 {
                 false,
             ),
         };
+        // The error limit was reached with this reply: 421, then close.
+        let hangup = session.take_hangup();
+        let close = close || hangup.is_some();
         if rd.buffer().is_empty() || close {
             if !say(&mut wr, &reply) {
                 return 0;
             }
         } else if wr.write_all(&reply.to_wire()).is_err() {
             return 0;
+        }
+        if let Some(h) = hangup {
+            say(&mut wr, &h);
         }
         if close {
             libmail::info!("{}", session.disconnect_line());

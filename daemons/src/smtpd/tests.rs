@@ -297,10 +297,15 @@ fn recipient_limit_and_hard_error_limit() {
     for _ in 0..3 {
         said(&mut s, "BOGUS");
     }
-    // The fifth error ends the session.
+    // The fifth error is answered, then the session ends with a 421.
+    assert_eq!(s.take_hangup(), None);
     assert_eq!(
         s.command("BOGUS"),
-        Step::Close(Reply::new(
+        Step::Reply(Reply::new(500, "5.5.2", "Error: command not recognized"))
+    );
+    assert_eq!(
+        s.take_hangup(),
+        Some(Reply::new(
             421,
             "4.7.0",
             "mx.example.test Error: too many errors"
