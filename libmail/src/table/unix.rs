@@ -50,21 +50,31 @@ impl UnixTable {
     }
 }
 
-/// Every entry of the database, by name (lower-cased as lookups are).
+/// Every entry of the database, by name (lower-cased as lookups are;
+/// the first of two names that fold alike wins, as getpwnam would find
+/// it). More than [`MAX_SNAPSHOT`] entries is an error: a silently cut
+/// snapshot would refuse the accounts left out.
 fn snapshot(which: Which) -> Result<std::collections::HashMap<String, String>, TableError> {
-    let mut names = Vec::new();
+    let mut map = std::collections::HashMap::new();
+    let mut too_many = false;
     // SAFETY: the enumeration functions are used from one thread, at
-    // start-up, and each returned entry is copied before the next call.
+    // start-up, and each entry is formatted before the next call.
     unsafe {
         match which {
             Which::Passwd => {
                 libc::setpwent();
                 loop {
                     let pw = libc::getpwent();
-                    if pw.is_null() || names.len() >= MAX_SNAPSHOT {
+                    if pw.is_null() {
                         break;
                     }
-                    names.push(cstr((*pw).pw_name));
+                    if map.len() >= MAX_SNAPSHOT {
+                        too_many = true;
+                        break;
+                    }
+                    let line = passwd_line(&*pw);
+                    map.entry(cstr((*pw).pw_name).to_lowercase())
+                        .or_insert(line);
                 }
                 libc::endpwent();
             }
@@ -72,25 +82,26 @@ fn snapshot(which: Which) -> Result<std::collections::HashMap<String, String>, T
                 libc::setgrent();
                 loop {
                     let gr = libc::getgrent();
-                    if gr.is_null() || names.len() >= MAX_SNAPSHOT {
+                    if gr.is_null() {
                         break;
                     }
-                    names.push(cstr((*gr).gr_name));
+                    if map.len() >= MAX_SNAPSHOT {
+                        too_many = true;
+                        break;
+                    }
+                    let line = group_line(&*gr);
+                    map.entry(cstr((*gr).gr_name).to_lowercase())
+                        .or_insert(line);
                 }
                 libc::endgrent();
             }
         }
     }
-    let mut map = std::collections::HashMap::with_capacity(names.len());
-    for n in names {
-        let key = n.to_lowercase();
-        if map.contains_key(&key) {
-            continue;
-        }
-        let Ok(c) = CString::new(n) else { continue };
-        if let Some(line) = entry(which, &c)? {
-            map.insert(key, line);
-        }
+    if too_many {
+        return Err(TableError::Config(format!(
+            "more than {MAX_SNAPSHOT} entries: too many to hold for a chrooted daemon; \
+             run this service with chroot = n in master.cf"
+        )));
     }
     Ok(map)
 }
@@ -138,6 +149,41 @@ fn with_growing_buffer(
     }
 }
 
+/// The passwd(5) line of an entry the C library filled in.
+fn passwd_line(pw: &libc::passwd) -> String {
+    format!(
+        "{}:{}:{}:{}:{}:{}:{}",
+        cstr(pw.pw_name),
+        cstr(pw.pw_passwd),
+        pw.pw_uid,
+        pw.pw_gid,
+        cstr(pw.pw_gecos),
+        cstr(pw.pw_dir),
+        cstr(pw.pw_shell)
+    )
+}
+
+/// The group(5) line of an entry the C library filled in.
+fn group_line(gr: &libc::group) -> String {
+    let mut members = Vec::new();
+    let mut p = gr.gr_mem;
+    // SAFETY: gr_mem is a NULL-terminated array of C strings that lives
+    // as long as the entry.
+    unsafe {
+        while !p.is_null() && !(*p).is_null() {
+            members.push(cstr(*p));
+            p = p.add(1);
+        }
+    }
+    format!(
+        "{}:{}:{}:{}",
+        cstr(gr.gr_name),
+        cstr(gr.gr_passwd),
+        gr.gr_gid,
+        members.join(",")
+    )
+}
+
 fn passwd(name: &CString) -> Result<Option<String>, TableError> {
     with_growing_buffer("getpwnam_r", |buf| {
         // SAFETY: zeroed passwd is a valid out-parameter for getpwnam_r.
@@ -156,17 +202,7 @@ fn passwd(name: &CString) -> Result<Option<String>, TableError> {
         if rc != 0 || result.is_null() {
             return (rc, None);
         }
-        let line = format!(
-            "{}:{}:{}:{}:{}:{}:{}",
-            cstr(pw.pw_name),
-            cstr(pw.pw_passwd),
-            pw.pw_uid,
-            pw.pw_gid,
-            cstr(pw.pw_gecos),
-            cstr(pw.pw_dir),
-            cstr(pw.pw_shell)
-        );
-        (0, Some(line))
+        (0, Some(passwd_line(&pw)))
     })
 }
 
@@ -188,23 +224,7 @@ fn group(name: &CString) -> Result<Option<String>, TableError> {
         if rc != 0 || result.is_null() {
             return (rc, None);
         }
-        let mut members = Vec::new();
-        let mut p = gr.gr_mem;
-        // SAFETY: gr_mem is a NULL-terminated array of C strings in buf.
-        unsafe {
-            while !p.is_null() && !(*p).is_null() {
-                members.push(cstr(*p));
-                p = p.add(1);
-            }
-        }
-        let line = format!(
-            "{}:{}:{}:{}",
-            cstr(gr.gr_name),
-            cstr(gr.gr_passwd),
-            gr.gr_gid,
-            members.join(",")
-        );
-        (0, Some(line))
+        (0, Some(group_line(&gr)))
     })
 }
 
@@ -239,5 +259,24 @@ mod tests {
         let g = UnixTable::open("unix:group.byname", "group.byname").unwrap();
         assert!(g.lookup("root").unwrap().unwrap().starts_with("root:"));
         assert!(UnixTable::open("unix:bogus.byname", "bogus.byname").is_err());
+    }
+
+    #[test]
+    fn a_jailed_daemons_snapshot_answers_as_the_live_lookups() {
+        for (which, name) in [
+            (Which::Passwd, "passwd.byname"),
+            (Which::Group, "group.byname"),
+        ] {
+            let live = UnixTable::open(name, name).unwrap();
+            let snap = snapshot(which).unwrap();
+            assert!(snap.contains_key("root"), "{name}");
+            for (key, line) in &snap {
+                assert_eq!(
+                    live.lookup(key).unwrap().as_ref(),
+                    Some(line),
+                    "{name} {key}"
+                );
+            }
+        }
     }
 }
