@@ -497,6 +497,9 @@ fn prepare_jail(params: &libmail::config::params::Params, config_dir: &str) -> R
         .map_err(|e| format!("copying /etc files into {}: {e}", etc.display()))
 }
 
+/// Largest /etc file copied into the jail.
+const MAX_JAIL_FILE: u64 = 16 << 20;
+
 fn copy_into_jail(
     from: &std::path::Path,
     to: &std::path::Path,
@@ -510,10 +513,18 @@ fn copy_into_jail(
     }
     for name in names {
         // Follow symbolic links (/etc/localtime is one): the jail gets
-        // the contents.
-        let Ok(data) = std::fs::read(from.join(name)) else {
+        // the contents, read up to a bound (these are small files).
+        let Ok(f) = std::fs::File::open(from.join(name)) else {
             continue;
         };
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_JAIL_FILE + 1), &mut data)?;
+        if data.len() as u64 > MAX_JAIL_FILE {
+            return Err(std::io::Error::other(format!(
+                "{}: larger than {MAX_JAIL_FILE} bytes",
+                from.join(name).display()
+            )));
+        }
         let dest = to.join(name);
         if std::fs::read(&dest).is_ok_and(|old| old == data) {
             continue;
