@@ -97,39 +97,31 @@ impl AddressRules {
     /// all of them (virtual).
     fn map(&self, maps: &Maps, addr: &str, propagate: bool) -> Result<Option<Vec<String>>, Defer> {
         let internal = libmail::address::internal(addr);
-        let (local, domain) = libmail::address::split(&internal);
+        let domain = libmail::address::split(&internal).1;
         let local_domain = domain.is_none_or(|d| self.is_local_domain(d));
-        let keys = address_keys(&internal, &self.delimiters, local_domain);
-        let Some((ki, value)) = maps.find_first(&keys)? else {
+        let Some(results) = map_results(
+            maps,
+            &internal,
+            libmail::address::split(addr).0,
+            &self.delimiters,
+            local_domain,
+            propagate,
+        )?
+        else {
             return Ok(None);
         };
-        let (_, ext) = split_extension(local, &self.delimiters);
-        // The key dropped the extension when it does not start with the
-        // whole local part (`user@domain`, `user`, `@domain`).
-        let ext_unmatched = ext.is_some()
-            && ki > 0
-            && !keys[ki].text.starts_with(&format!("{local}@"))
-            && keys[ki].text != local;
-        let mut out = Vec::new();
-        for item in split_results(&value) {
-            let mut r = if let Some(d) = item.strip_prefix('@') {
-                format!("{}@{d}", libmail::address::split(addr).0)
-            } else if propagate && ext_unmatched {
-                let (l, d) = libmail::address::split(&item);
-                let e = ext.unwrap_or("");
-                match d {
-                    Some(d) => format!("{l}{e}@{d}"),
-                    None => format!("{l}{e}"),
-                }
-            } else {
-                item
-            };
-            if !r.contains('@') && !self.myorigin.is_empty() {
-                r = format!("{r}@{}", self.myorigin);
-            }
-            out.push(r);
-        }
-        Ok(Some(out))
+        Ok(Some(
+            results
+                .into_iter()
+                .map(|r| {
+                    if !r.contains('@') && !self.myorigin.is_empty() {
+                        format!("{r}@{}", self.myorigin)
+                    } else {
+                        r
+                    }
+                })
+                .collect(),
+        ))
     }
 
     /// cleanup_map11: the canonical mapping of one address, followed up
@@ -271,6 +263,51 @@ impl AddressRules {
         }
         Ok(list)
     }
+}
+
+/// One lookup of an address in a canonical(5), virtual(5) or generic(5)
+/// table, with Postfix's key order (`key_addr`, internal form; its domain
+/// `local_domain` or not): the results, each `@domain` result given the
+/// local part `at_local`, and with `propagate` an address extension the
+/// matching key did not carry added to each result. `None`: no match.
+pub(crate) fn map_results(
+    maps: &Maps,
+    key_addr: &str,
+    at_local: &str,
+    delimiters: &str,
+    local_domain: bool,
+    propagate: bool,
+) -> Result<Option<Vec<String>>, TableError> {
+    let local = libmail::address::split(key_addr).0;
+    let keys = address_keys(key_addr, delimiters, local_domain);
+    let Some((ki, value)) = maps.find_first(&keys)? else {
+        return Ok(None);
+    };
+    let (_, ext) = split_extension(local, delimiters);
+    // The key dropped the extension when it does not start with the
+    // whole local part (`user@domain`, `user`, `@domain`).
+    let ext_unmatched = ext.is_some()
+        && ki > 0
+        && !keys[ki].text.starts_with(&format!("{local}@"))
+        && keys[ki].text != local;
+    Ok(Some(
+        split_results(&value)
+            .into_iter()
+            .map(|item| {
+                if let Some(d) = item.strip_prefix('@') {
+                    format!("{at_local}@{d}")
+                } else if propagate && ext_unmatched {
+                    let e = ext.unwrap_or("");
+                    match libmail::address::split(&item) {
+                        (l, Some(d)) => format!("{l}{e}@{d}"),
+                        (l, None) => format!("{l}{e}"),
+                    }
+                } else {
+                    item
+                }
+            })
+            .collect(),
+    ))
 }
 
 /// A table result as a list of addresses: commas outside quotes and

@@ -21,10 +21,10 @@
 use libmail::address::domains::DomainList;
 use libmail::address::rewrite::{Context, Rewriter};
 use libmail::config::params::{split_list, Params};
-use libmail::table::search::{address_keys, split_extension, Maps};
+use libmail::table::search::Maps;
 use libmail::table::TableError;
 
-use crate::cleanup::addresses::split_results;
+use crate::cleanup::addresses::map_results;
 
 /// The mapping and what its keys and results depend on.
 pub struct Generic {
@@ -84,12 +84,15 @@ impl Generic {
         }
         let (local, domain) = libmail::address::split(addr);
         let local_domain = domain.is_none_or(|d| self.is_local_domain(d));
-        let keys = address_keys(addr, &self.delimiters, local_domain);
-        let Some((ki, value)) = self.maps.find_first(&keys)? else {
-            return Ok(None);
-        };
-        let results = split_results(&value);
-        let Some(first) = results.first() else {
+        let Some(results) = map_results(
+            &self.maps,
+            addr,
+            local,
+            &self.delimiters,
+            local_domain,
+            self.propagate,
+        )?
+        else {
             return Ok(None);
         };
         if results.len() > 1 {
@@ -99,23 +102,8 @@ impl Generic {
                 libmail::address::external(addr)
             );
         }
-        // The key dropped the extension when it does not start with the
-        // whole local part (`user@domain`, `user`, `@domain`).
-        let (_, ext) = split_extension(local, &self.delimiters);
-        let ext_unmatched = ext.is_some()
-            && ki > 0
-            && !keys[ki].text.starts_with(&format!("{local}@"))
-            && keys[ki].text != local;
-        let result = if let Some(d) = first.strip_prefix('@') {
-            format!("{local}@{d}")
-        } else if self.propagate && ext_unmatched {
-            let e = ext.unwrap_or("");
-            match libmail::address::split(first) {
-                (l, Some(d)) => format!("{l}{e}@{d}"),
-                (l, None) => format!("{l}{e}"),
-            }
-        } else {
-            first.clone()
+        let Some(result) = results.into_iter().next() else {
+            return Ok(None);
         };
         let result = libmail::address::internal(&result);
         Ok(Some(self.rewriter.rewrite(Context::Local, &result)))
