@@ -675,15 +675,9 @@ impl Session {
                 continue;
             }
             let stage = Stage::Xforward(*stage_name_addr);
-            self.conn.deadline(cfg.timeouts.xforward);
-            match self.conn.flush().and_then(|_| self.conn.reply()) {
-                Ok(r) => self.xforward_reply(&r, stage),
-                Err(e) => {
-                    self.stale = first_read && matches!(e, IoFail::Lost);
-                    return self.fail_open(results, stage, &e);
-                }
+            if let Err(done) = self.read_xforward(results, stage, cfg, &mut first_read) {
+                return done;
             }
-            first_read = false;
         }
         self.conn.deadline(cfg.timeouts.mail);
         self.conn.queue(&mail);
@@ -698,15 +692,9 @@ impl Session {
             }
             for (stage_name_addr, _) in &xforward {
                 let stage = Stage::Xforward(*stage_name_addr);
-                self.conn.deadline(cfg.timeouts.xforward);
-                match self.conn.reply() {
-                    Ok(r) => self.xforward_reply(&r, stage),
-                    Err(e) => {
-                        self.stale = first_read && matches!(e, IoFail::Lost);
-                        return self.fail_open(results, stage, &e);
-                    }
+                if let Err(done) = self.read_xforward(results, stage, cfg, &mut first_read) {
+                    return done;
                 }
-                first_read = false;
             }
             self.conn.deadline(cfg.timeouts.mail);
         }
@@ -865,6 +853,31 @@ impl Session {
     }
 
     /// A reply to XFORWARD: a refusal is logged, the mail goes on.
+    /// Sends what is queued and reads one XFORWARD reply (a refusal is
+    /// only warned about). `Err` carries what the transaction returns
+    /// when the session is lost (a kept session that fails at its first
+    /// read is stale).
+    fn read_xforward(
+        &mut self,
+        results: &mut [Option<RcptResult>],
+        stage: Stage,
+        cfg: &Config,
+        first_read: &mut bool,
+    ) -> Result<(), bool> {
+        self.conn.deadline(cfg.timeouts.xforward);
+        match self.conn.flush().and_then(|_| self.conn.reply()) {
+            Ok(r) => {
+                self.xforward_reply(&r, stage);
+                *first_read = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.stale = *first_read && matches!(e, IoFail::Lost);
+                Err(self.fail_open(results, stage, &e))
+            }
+        }
+    }
+
     fn xforward_reply(&self, r: &Reply, stage: Stage) {
         if !r.positive() {
             libmail::warning!(
