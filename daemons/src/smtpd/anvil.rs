@@ -75,6 +75,20 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Every limit off, counted per `unit`: the start of a test's set-up.
+    #[cfg(test)]
+    pub(crate) fn off(unit: Duration) -> Limits {
+        Limits {
+            connection_count: 0,
+            connection_rate: 0,
+            message_rate: 0,
+            recipient_rate: 0,
+            new_tls_rate: 0,
+            auth_rate: 0,
+            unit,
+        }
+    }
+
     pub fn from_params(p: &Params) -> Limits {
         let n =
             |name: &str, default: i64| num_param(p, name, default).clamp(0, u32::MAX as i64) as u32;
@@ -447,15 +461,7 @@ mod tests {
     }
 
     fn limits(f: impl FnOnce(&mut Limits)) -> Arc<ClientLimits> {
-        let mut l = Limits {
-            connection_count: 0,
-            connection_rate: 0,
-            message_rate: 0,
-            recipient_rate: 0,
-            new_tls_rate: 0,
-            auth_rate: 0,
-            unit: UNIT,
-        };
+        let mut l = Limits::off(UNIT);
         f(&mut l);
         let ex =
             NetworkList::new("smtpd_client_event_limit_exceptions", "192.0.2.0/24", false).unwrap();

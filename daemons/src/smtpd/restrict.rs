@@ -1891,7 +1891,10 @@ impl<'r, 'f> Eval<'r, 'f> {
                     return Err(self.server_error());
                 }
             },
-            Kind::RejectRblClient | Kind::PermitDnswlClient | Kind::RejectRhsbl(_) => {
+            Kind::RejectRblClient
+            | Kind::PermitDnswlClient
+            | Kind::PermitRhswlClient
+            | Kind::RejectRhsbl(_) => {
                 let Some(arg) = list.get(*i + 1) else {
                     self.warn(format!(
                         "restriction {} requires domain name argument",
@@ -1901,30 +1904,13 @@ impl<'r, 'f> Eval<'r, 'f> {
                 };
                 *i += 1;
                 let arg = arg.text.clone();
-                match kind {
-                    Kind::RejectRblClient => self.rbl_client(&arg)?,
-                    Kind::PermitDnswlClient => {
-                        if self.dnswl_client(&arg, what)? {
-                            self.permit(&list[*i - 1].text, What::Client, &self.namaddr(), None)
-                        } else {
-                            Status::Dunno
-                        }
-                    }
-                    Kind::RejectRhsbl(k) => self.rhsbl(k, &arg)?,
-                    _ => Status::Dunno,
-                }
-            }
-            Kind::PermitRhswlClient => {
-                let Some(arg) = list.get(*i + 1) else {
-                    self.warn(format!(
-                        "restriction {} requires domain name argument",
-                        list[*i].text
-                    ));
-                    return Ok(Status::Dunno);
+                let listed = match kind {
+                    Kind::RejectRblClient => return self.rbl_client(&arg),
+                    Kind::RejectRhsbl(k) => return self.rhsbl(k, &arg),
+                    Kind::PermitDnswlClient => self.dnswl_client(&arg, what)?,
+                    _ => self.rhswl_client(&arg, what)?,
                 };
-                *i += 1;
-                let arg = arg.text.clone();
-                if self.rhswl_client(&arg, what)? {
+                if listed {
                     self.permit(&list[*i - 1].text, What::Client, &self.namaddr(), None)
                 } else {
                     Status::Dunno
@@ -2115,6 +2101,14 @@ impl<'r, 'f> Eval<'r, 'f> {
         if self.dnsbl_query(&query, filter).is_none() {
             return Ok(false);
         }
+        self.allowlist_may_permit(what)
+    }
+
+    /// A listed client of permit_dnswl_client / permit_rhswl_client is
+    /// permitted, except in the relay and recipient lists for a
+    /// recipient this server would not accept anyway: an allowlist never
+    /// overrides reject_unauth_destination.
+    fn allowlist_may_permit(&mut self, what: What) -> Result<bool, Abort> {
         if what == What::Recipient {
             if let Some(rcpt) = self.recipient {
                 return Ok(self.auth_destination(rcpt)? == Status::Ok);
@@ -2130,12 +2124,7 @@ impl<'r, 'f> Eval<'r, 'f> {
         if self.rhs_listed(Target::Client, arg).is_none() {
             return Ok(false);
         }
-        if what == What::Recipient {
-            if let Some(rcpt) = self.recipient {
-                return Ok(self.auth_destination(rcpt)? == Status::Ok);
-            }
-        }
-        Ok(true)
+        self.allowlist_may_permit(what)
     }
 
     /// reject_rhsbl_*: the name (client, PTR, HELO, address domain) under

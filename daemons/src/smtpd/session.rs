@@ -1043,12 +1043,6 @@ impl Session {
         self.tls = Some(summary);
     }
 
-    /// The client certificate's fingerprint
-    /// (`smtpd_tls_fingerprint_digest`), when one was presented.
-    pub fn peer_fingerprint(&self) -> Option<&str> {
-        Some(self.tls.as_ref()?.peer_cert.as_ref()?.fingerprint.as_str())
-    }
-
     /// `530 5.7.0 Must issue a STARTTLS command first` under `encrypt`
     /// before the handshake: for every command but HELO, EHLO, STARTTLS,
     /// NOOP, QUIT and XCLIENT, as Postfix.

@@ -669,15 +669,7 @@ fn limited(
     f: impl FnOnce(&mut super::anvil::Limits),
     exceptions: &str,
 ) -> Arc<super::anvil::ClientLimits> {
-    let mut l = super::anvil::Limits {
-        connection_count: 0,
-        connection_rate: 0,
-        message_rate: 0,
-        recipient_rate: 0,
-        new_tls_rate: 0,
-        auth_rate: 0,
-        unit: Duration::from_secs(3600),
-    };
+    let mut l = super::anvil::Limits::off(Duration::from_secs(3600));
     f(&mut l);
     let ex = libmail::address::networks::NetworkList::new(
         "smtpd_client_event_limit_exceptions",
