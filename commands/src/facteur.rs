@@ -483,9 +483,10 @@ fn prepare_jail(params: &libmail::config::params::Params, config_dir: &str) -> R
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    let path = std::path::Path::new(config_dir).join("master.cf");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (mcf, _) = libmail::config::mastercf::parse(&text, &path.display().to_string());
+    let path = format!("{config_dir}/master.cf");
+    let text =
+        libmail::config::maincf::read_config_file(&path).map_err(|e| format!("{path}: {e}"))?;
+    let (mcf, _) = libmail::config::mastercf::parse(&text, &path);
     if !mcf.effective().iter().any(|s| s.chroot == Some(true)) {
         return Ok(());
     }
