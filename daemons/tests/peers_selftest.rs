@@ -640,3 +640,17 @@ fn dovecot_lmtp_delivers_to_maildirs_and_refuses_unknown_users() {
         format!("lmtp:unix:{}", d.lmtp_socket().display())
     );
 }
+
+#[test]
+fn a_postfix_peers_main_cf_sets_each_name_once() {
+    // Postfix warns about a name set twice, and its postlogd, warning
+    // into its own full socket, then blocks the whole instance.
+    let merged = common::peers::override_main_cf(
+        "a = 1\ndefault_transport = virtual\n# default_transport = x\nb = 2\n",
+        "default_transport = smtp\nc = 3",
+    );
+    assert_eq!(
+        merged,
+        "a = 1\n# default_transport = x\nb = 2\ndefault_transport = smtp\nc = 3\n"
+    );
+}

@@ -1330,21 +1330,38 @@ impl Drop for PostfixRelay {
         let pid = fs::read_to_string(self.top.join("queue/pid/master.pid"))
             .ok()
             .and_then(|t| t.trim().parse::<i32>().ok());
-        let _ = Command::new("/usr/sbin/postfix")
+        // `postfix stop`, bounded: a Postfix whose postlogd is stuck
+        // never answers it.
+        if let Ok(mut stop) = Command::new("/usr/sbin/postfix")
             .arg("-c")
             .arg(&self.etc)
             .arg("stop")
             .stdin(Stdio::null())
-            .output();
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            let end = Instant::now() + Duration::from_secs(10);
+            while matches!(stop.try_wait(), Ok(None)) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(stop.try_wait(), Ok(None)) {
+                let _ = stop.kill();
+                let _ = stop.wait();
+            }
+        }
         if let Some(pid) = pid {
             // SAFETY: probing and signalling the master this instance started
-            // (its PID from its own pid file).
+            // (its PID from its own pid file) and that master's children.
             let alive = || unsafe { libc::kill(pid, 0) == 0 };
             let end = Instant::now() + Duration::from_secs(10);
             while alive() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if alive() {
+                for child in children_of(pid) {
+                    unsafe { libc::kill(child, libc::SIGKILL) };
+                }
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
@@ -1353,6 +1370,47 @@ impl Drop for PostfixRelay {
         }
         let _ = fs::remove_dir_all(&self.top);
     }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| {
+                    let after = &st[st.rfind(')')? + 2..];
+                    after.split(' ').nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// `base` with the settings of `extra` in place of its own: one line per
+/// name. Every Postfix program warns about a name set twice, and postlogd
+/// sends its own warnings to its own socket: with a few of them queued
+/// it blocks for good, and the whole instance with it.
+pub fn override_main_cf(base: &str, extra: &str) -> String {
+    let name = |line: &str| -> Option<String> {
+        if line.starts_with(|c: char| c.is_whitespace() || c == '#') {
+            return None;
+        }
+        Some(line.split('=').next()?.trim().to_string())
+    };
+    let set: Vec<String> = extra.lines().filter_map(name).collect();
+    let mut out: String = base
+        .lines()
+        .filter(|l| name(l).is_none_or(|n| !set.contains(&n)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(extra);
+    out.push('\n');
+    out
 }
 
 const POSTFIX_MASTER_CF: &str = "\
@@ -1471,8 +1529,7 @@ impl PostfixRelay {
                 if opts.sasl { "yes" } else { "no" }
             ));
         }
-        main.push_str(&opts.main_cf);
-        main.push('\n');
+        let main = override_main_cf(&main, &opts.main_cf);
         fs::write(etc.join("main.cf"), main).unwrap();
         fs::write(
             etc.join("master.cf"),
