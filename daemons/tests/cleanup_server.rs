@@ -171,3 +171,69 @@ fn cleanup_serves_concurrent_clients() {
             .is_some());
     }
 }
+
+#[test]
+fn cleanup_kept_connection_makes_the_next_file_and_ends_after_max_use() {
+    let inst = Instance::new("cleanup-kept", "max_use = 3");
+    let _d = inst.start(env!("CARGO_BIN_EXE_cleanup"), "cleanup");
+    let timeout = Duration::from_secs(30);
+    let root = inst.layout.root().to_path_buf();
+    let mut client = CleanupClient::connect_kept(&root, timeout).unwrap();
+    let mut done = Vec::new();
+    for i in 0..3 {
+        let id = client.queue_id().to_string();
+        client
+            .envelope(&envelope("a@example.com", &format!("r{i}@example.com")))
+            .unwrap();
+        client
+            .content(format!("Subject: {i}\n\nbody\n").as_bytes())
+            .unwrap();
+        client.end().unwrap();
+        let (verdict, kept) = client.verdict();
+        assert_eq!(verdict.unwrap(), id);
+        done.push(id);
+        let kept = kept.expect("the connection is kept");
+        if i == 2 {
+            // max_use = 3: the third verdict ends the connection.
+            assert!(kept.resume().is_err(), "no fourth queue ID");
+            break;
+        }
+        // The next queue ID comes unasked; its file exists already,
+        // unfinished (no execute bit), and is not one of the queued ones.
+        client = kept.resume().unwrap();
+        let next = QueueId::parse(client.queue_id()).unwrap();
+        let (q, path) = inst.layout.find(&next, &[Queue::Incoming]).unwrap();
+        assert_eq!(q, Queue::Incoming);
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o100, 0);
+        assert!(!done.contains(&client.queue_id().to_string()));
+    }
+    for id in &done {
+        let qid = QueueId::parse(id).unwrap();
+        assert!(inst.layout.find(&qid, &[Queue::Incoming]).is_some(), "{id}");
+    }
+    // A client that has no next message closes the kept connection: the
+    // file made for it is removed.
+    let c = CleanupClient::connect_kept(&root, timeout).unwrap();
+    let c = {
+        let mut c = c;
+        c.envelope(&envelope("a@example.com", "z@example.com"))
+            .unwrap();
+        c.end().unwrap();
+        let (v, kept) = c.verdict();
+        done.push(v.unwrap());
+        kept.unwrap().resume().unwrap()
+    };
+    let unused = QueueId::parse(c.queue_id()).unwrap();
+    assert!(inst.layout.find(&unused, &[Queue::Incoming]).is_some());
+    drop(c);
+    let start = Instant::now();
+    while inst.layout.find(&unused, &[Queue::Incoming]).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "unused file left behind"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(inst.files(Queue::Incoming).len(), done.len());
+}

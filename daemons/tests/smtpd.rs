@@ -109,6 +109,14 @@ fn smtp_source_sessions_in_parallel_all_arrive() {
     assert!(out.status.success(), "{out:?}");
     let got = i.wait_maildir(&i.user_maildir(), 40);
     assert_eq!(got.len(), 40);
+    // smtpd kept cleanup connections between messages, each with the
+    // next message's file made in advance; stopping leaves none behind.
+    i.stop();
+    let left: Vec<_> = ["incoming", "active", "deferred"]
+        .iter()
+        .flat_map(|q| i.queue_files(q))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -158,6 +158,15 @@ pub fn stopping() -> bool {
     STOPPING.load(Ordering::SeqCst)
 }
 
+static RETIRED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process accepts no more connections (used up, idle, or
+/// told to stop): a connection kept open for more requests should end
+/// after the current one, so that the process can exit.
+pub fn retired() -> bool {
+    RETIRED.load(Ordering::SeqCst) || stopping()
+}
+
 fn install_term_handler() {
     // SAFETY: the handler only stores to an atomic.
     unsafe {
@@ -361,6 +370,7 @@ impl Service {
     /// Tells master this process accepts no more connections (it only
     /// finishes the ones in progress), so a successor may start now.
     pub fn retiring(&self) {
+        RETIRED.store(true, Ordering::SeqCst);
         // SAFETY: writing one byte to the status descriptor, then closing it.
         unsafe {
             let b = b'D';

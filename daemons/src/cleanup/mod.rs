@@ -67,6 +67,8 @@ pub struct Config {
     pub duplicate_filter_limit: usize,
     pub enable_original_recipient: bool,
     pub ipc_timeout: Duration,
+    /// `max_use`: also the most messages one kept connection carries.
+    pub max_use: usize,
 }
 
 fn maps(params: &Params, name: &str) -> Result<Option<Maps>, TableError> {
@@ -155,6 +157,7 @@ impl Config {
             duplicate_filter_limit: limit("duplicate_filter_limit", 1000),
             enable_original_recipient: bool_param(params, "enable_original_recipient", true),
             ipc_timeout: Duration::from_secs(time_param(params, "ipc_timeout", 3600).max(1)),
+            max_use: num_param(params, "max_use", 100).max(1) as usize,
         })
     }
 }

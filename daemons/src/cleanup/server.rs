@@ -89,10 +89,22 @@ fn reply(conn: &mut Conn<Stream>, status: u32, reason: &str, id: Option<&str>) -
     conn.send(&a).is_ok()
 }
 
-/// Serves one connection: one message.
+/// Serves one connection: one message, or message after message while
+/// the client asks to keep it (`keep=1`, libmail::ipc::cleanup), at most
+/// `max_use` of them, and not once the process retires.
 pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
     let _ = stream.set_timeouts(Some(cfg.ipc_timeout));
     let mut conn = Conn::new(stream);
+    for _ in 0..cfg.max_use.max(1) {
+        if !message(cfg, committer, &mut conn) || libmail::service::retired() {
+            return;
+        }
+    }
+}
+
+/// One message; true when the client asked to keep the connection and
+/// the exchange ended cleanly (its verdict was sent).
+fn message(cfg: &Config, committer: &Committer, conn: &mut Conn<Stream>) -> bool {
     if cfg.queue_minfree > 0 {
         if let Ok(free) = cfg.layout.free_bytes() {
             if free < cfg.queue_minfree {
@@ -101,13 +113,8 @@ pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
                     cfg.layout.root().display(),
                     cfg.queue_minfree
                 );
-                reply(
-                    &mut conn,
-                    STAT_DEFER,
-                    "4.3.1 Insufficient system storage",
-                    None,
-                );
-                return;
+                reply(conn, STAT_DEFER, "4.3.1 Insufficient system storage", None);
+                return false;
             }
         }
     }
@@ -119,24 +126,25 @@ pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
                 "cannot create a queue file in {}: {e}",
                 cfg.layout.dir(Queue::Incoming).display()
             );
-            reply(&mut conn, STAT_WRITE, default_reason(STAT_WRITE), None);
-            return;
+            reply(conn, STAT_WRITE, default_reason(STAT_WRITE), None);
+            return false;
         }
     };
     let id = writer.id().to_string();
     if conn.send(&Attrs::new().with("queue_id", &id)).is_err() {
-        return;
+        return false;
     }
     let env = match conn.recv() {
         Ok(Some(a)) => a,
-        Ok(None) => return,
+        Ok(None) => return false,
         Err(e) => {
             if e.kind() == io::ErrorKind::InvalidData {
                 libmail::warning!("{id}: bad envelope from client: {e}");
             }
-            return;
+            return false;
         }
     };
+    let keep = env.get("keep") == Some("1");
     let mut msg = Message::new(cfg, writer, &env);
     loop {
         match conn.recv_item() {
@@ -144,28 +152,25 @@ pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
             Ok(Some(Item::Data(d))) => msg.feed(&d),
             Ok(Some(Item::Attrs(_))) => {
                 libmail::warning!("{id}: protocol error: attribute list inside the content");
-                reply(&mut conn, STAT_BAD, default_reason(STAT_BAD), None);
-                return;
+                reply(conn, STAT_BAD, default_reason(STAT_BAD), None);
+                return false;
             }
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     libmail::warning!("{id}: reading message content: {e}");
                 }
-                return;
+                return false;
             }
         }
     }
-    match msg.finish() {
-        Outcome::Refused { status, reason } => {
-            reply(&mut conn, status, &reason, None);
-        }
-        Outcome::Discarded => {
-            reply(&mut conn, 0, "", Some(&id));
-        }
+    let sent = match msg.finish() {
+        Outcome::Refused { status, reason } => reply(conn, status, &reason, None),
+        Outcome::Discarded => reply(conn, 0, "", Some(&id)),
         Outcome::Queued { file, hold } => match committer.sync(file) {
             Ok(durable) => {
-                if !reply(&mut conn, 0, "", Some(&id)) {
+                let told = reply(conn, 0, "", Some(&id));
+                if !told {
                     // The client died before it could learn that the
                     // message is queued, so it still has it and will
                     // submit it again: withdraw this copy unless qmgr
@@ -176,17 +181,19 @@ pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
                         libmail::warning!(
                             "{id}: client went away before the reply: message withdrawn"
                         );
-                        return;
+                        return false;
                     }
                 }
                 if !hold {
                     committer.qmgr.fire();
                 }
+                told
             }
             Err(e) => {
                 libmail::warning!("{id}: queue file write error: {e}");
-                reply(&mut conn, STAT_WRITE, default_reason(STAT_WRITE), None);
+                reply(conn, STAT_WRITE, default_reason(STAT_WRITE), None)
             }
         },
-    }
+    };
+    sent && keep
 }

@@ -14,6 +14,10 @@ impl Gate for RestrictionGate {
         self.0.delay_reject()
     }
 
+    fn may_block(&self) -> bool {
+        self.0.may_block()
+    }
+
     fn ask(&self, at: Ask, f: &Facts) -> Verdict {
         let d = match at {
             Ask::Connect => self.0.check(Stage::Client, f),

@@ -71,6 +71,7 @@ pub fn main() {
     settings.tls.ask_ccert = ccerts.is_some();
     settings.tls.available = tls.is_some();
     let bare_lf_exclusions = bare_lf_exclusions(p, settings.bare_lf);
+    let ipc_timeout = Duration::from_secs(time_param(p, "ipc_timeout", 3600).max(1));
     let shell = server::Shell {
         settings: Arc::new(settings),
         tls,
@@ -81,8 +82,8 @@ pub fn main() {
         timeout: Duration::from_secs(time_param(p, "smtpd_timeout", 300).max(1)),
         line_limit: num_param(p, "line_length_limit", 2048).clamp(512, 1 << 20) as usize,
         peername_lookup: bool_param(p, "smtpd_peername_lookup", true),
-        queue_directory: svc.layout.root().to_path_buf(),
-        ipc_timeout: Duration::from_secs(time_param(p, "ipc_timeout", 3600).max(1)),
+        ipc_timeout,
+        cleanups: server::CleanupPool::new(svc.layout.root().to_path_buf(), ipc_timeout),
         sasl: sasl_config(p, svc.layout.root()),
         limits: client_limits(p, &svc.name),
         bare_lf_exclusions,

@@ -910,6 +910,33 @@ impl Restrictions {
         self.delay_reject
     }
 
+    /// Whether a decision may wait on the network: a DNS restriction
+    /// (its resolver exists once a list, a class or an access table's
+    /// result named one), a policy service, or a table whose lookups may
+    /// block. smtpd asks only such decisions where blocking is allowed.
+    pub fn may_block(&self) -> bool {
+        let r = &self.rcpt_maps;
+        self.dnsbl.dns.get().is_some()
+            || self.policy.configured()
+            || self.tables.values().any(Maps::may_block)
+            || [
+                &r.local,
+                &r.virtual_alias,
+                &r.virtual_mailbox,
+                &r.relay,
+                &r.canonical,
+                &r.recipient_canonical,
+                &r.sender_canonical,
+                &self.sender_login_maps,
+                &self.relay_ccerts,
+                &self.dnsbl.rbl_reply_maps,
+            ]
+            .into_iter()
+            .flatten()
+            .chain(&self.permit_log.tables)
+            .any(Maps::may_block)
+    }
+
     /// The decision for one stage (see [`Stage`]).
     pub fn check(&self, stage: Stage, facts: &Facts) -> Decision {
         match stage {

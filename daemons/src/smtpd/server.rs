@@ -14,12 +14,13 @@
 //! refused and the session ends, content is refused at its end.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use libmail::ipc::cleanup::{CleanupClient, CleanupError};
+use libmail::ipc::cleanup::{CleanupClient, CleanupError, Kept};
 use libmail::ipc::Attrs;
 use libmail::service::{self, Listener, Service};
 use libmail::smtp::Reply;
@@ -49,8 +50,9 @@ pub struct Shell {
     pub timeout: Duration,
     pub line_limit: usize,
     pub peername_lookup: bool,
-    pub queue_directory: PathBuf,
     pub ipc_timeout: Duration,
+    /// The cleanup connections kept between messages.
+    pub cleanups: Arc<CleanupPool>,
     /// SMTP AUTH (None: `smtpd_sasl_auth_enable = no`).
     pub sasl: Option<SaslConfig>,
     /// The anvil(8) limits, kept here (None: all off).
@@ -122,11 +124,104 @@ impl DovecotSasl {
     }
 }
 
-/// cleanup, as the session's [`Queue`].
-struct Cleanup {
+/// cleanup connections kept between messages (libmail::ipc::cleanup),
+/// shared by the sessions of this process: a message then starts with no
+/// connect and no wait, its queue file made while the previous message's
+/// 250 went out. An entry unused for [`KEEP_IDLE`] is closed (cleanup then
+/// removes its unused file), and so are all of them when the process
+/// stops taking connections.
+pub struct CleanupPool {
     root: PathBuf,
     timeout: Duration,
+    idle: Mutex<Vec<(Idle, Instant)>>,
+}
+
+/// A kept connection waiting for a message.
+enum Idle {
+    /// Its next queue ID not read yet.
+    Kept(Kept),
+    /// Its queue ID read (a session reserved it, then did not use it).
+    Open(CleanupClient),
+}
+
+/// How long an unused kept connection stays open.
+const KEEP_IDLE: Duration = Duration::from_secs(10);
+/// Most kept connections waiting at once.
+const KEEP_MAX: usize = 64;
+
+impl CleanupPool {
+    pub fn new(root: PathBuf, timeout: Duration) -> Arc<CleanupPool> {
+        Arc::new(CleanupPool {
+            root,
+            timeout,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A handover whose queue ID is here already (reading it does not
+    /// wait); `None` when no kept connection is ready.
+    fn ready(&self) -> Option<CleanupClient> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let ready = match &idle[i].0 {
+                Idle::Kept(k) => k.ready(),
+                Idle::Open(_) => true,
+            };
+            if !ready {
+                continue;
+            }
+            match idle.swap_remove(i).0 {
+                Idle::Open(c) => return Some(c),
+                // An error: cleanup ended that connection; try another.
+                Idle::Kept(k) => match k.resume() {
+                    Ok(c) => return Some(c),
+                    Err(_) => i = i.min(idle.len()),
+                },
+            }
+        }
+        None
+    }
+
+    /// A handover: a ready kept connection, else a new one (this waits).
+    fn open(&self) -> Result<CleanupClient, CleanupError> {
+        match self.ready() {
+            Some(c) => Ok(c),
+            None => CleanupClient::connect_kept(&self.root, self.timeout),
+        }
+    }
+
+    fn put(&self, entry: Idle) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < KEEP_MAX {
+            idle.push((entry, Instant::now()));
+        }
+    }
+
+    /// Closes the connections unused for [`KEEP_IDLE`], or all of them.
+    fn sweep(&self, all: bool) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(_, since)| !all && since.elapsed() < KEEP_IDLE);
+    }
+}
+
+/// cleanup, as the session's [`Queue`].
+struct Cleanup {
+    pool: Arc<CleanupPool>,
+    /// A handover [`Queue::ready`] took for the next open.
+    reserved: Option<CleanupClient>,
     client: Option<CleanupClient>,
+    /// The end marker went out (the verdict is coming).
+    ended: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(c) = self.reserved.take() {
+            self.pool.put(Idle::Open(c));
+        }
+    }
 }
 
 fn queue_error(e: &CleanupError) -> Reply {
@@ -156,39 +251,63 @@ fn queue_error(e: &CleanupError) -> Reply {
 
 impl Queue for Cleanup {
     fn open(&mut self) -> Result<String, Reply> {
-        let c = CleanupClient::connect(&self.root, self.timeout).map_err(|e| {
-            warning!("connect to cleanup: {e}");
-            queue_error(&e)
-        })?;
+        let c = match self.reserved.take() {
+            Some(c) => c,
+            None => self.pool.open().map_err(|e| {
+                warning!("connect to cleanup: {e}");
+                queue_error(&e)
+            })?,
+        };
         let id = c.queue_id().to_string();
         self.client = Some(c);
+        self.ended = false;
         Ok(id)
     }
 
+    fn ready(&mut self) -> bool {
+        if self.reserved.is_none() {
+            self.reserved = self.pool.ready();
+        }
+        self.reserved.is_some()
+    }
+
     fn envelope(&mut self, attrs: &Attrs) -> Result<(), Reply> {
-        let c = self
-            .client
-            .as_mut()
-            .ok_or_else(|| Reply::new(451, "4.3.0", "Error: internal error"))?;
-        c.envelope(attrs)
+        self.client()?
+            .envelope(attrs)
             .map_err(|e| queue_error(&CleanupError::Io(e)))
     }
 
     fn content(&mut self, bytes: &[u8]) -> Result<(), Reply> {
-        let c = self
-            .client
-            .as_mut()
-            .ok_or_else(|| Reply::new(451, "4.3.0", "Error: internal error"))?;
-        c.content(bytes)
+        self.client()?
+            .content(bytes)
             .map_err(|e| queue_error(&CleanupError::Io(e)))
     }
 
+    fn end(&mut self) -> Result<Option<RawFd>, Reply> {
+        let c = self.client()?;
+        c.end().map_err(|e| {
+            warning!("cleanup service: {e}");
+            queue_error(&CleanupError::Io(e))
+        })?;
+        let fd = c.fd();
+        self.ended = true;
+        Ok(Some(fd))
+    }
+
     fn finish(&mut self) -> Result<String, Reply> {
+        if !self.ended {
+            self.end()?;
+        }
+        self.ended = false;
         let c = self
             .client
             .take()
             .ok_or_else(|| Reply::new(451, "4.3.0", "Error: internal error"))?;
-        c.finish().map_err(|e| {
+        let (verdict, kept) = c.verdict();
+        if let Some(k) = kept {
+            self.pool.put(Idle::Kept(k));
+        }
+        verdict.map_err(|e| {
             if let CleanupError::Io(io) = &e {
                 warning!("cleanup service: {io}");
             }
@@ -200,6 +319,15 @@ impl Queue for Cleanup {
         // Closing the connection before the end marker makes cleanup
         // remove its unfinished file.
         self.client = None;
+        self.ended = false;
+    }
+}
+
+impl Cleanup {
+    fn client(&mut self) -> Result<&mut CleanupClient, Reply> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| Reply::new(451, "4.3.0", "Error: internal error"))
     }
 }
 
@@ -227,7 +355,10 @@ pub fn run(mut svc: Service, shell: Shell) {
     // to drop a runtime from inside an asynchronous context (smtpd
     // panicked on every exit when DNS restrictions were configured).
     let keep = shell.clone();
-    rt.block_on(async move {
+    // The accept loop runs on a worker, like the connections it spawns:
+    // a connection's task then starts on the thread that accepted it,
+    // with no hand-off from the main thread.
+    let accepting = async move {
         let _ = listener.set_nonblocking(true);
         let listener = match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -269,6 +400,7 @@ pub fn run(mut svc: Service, shell: Shell) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(_) => {
+                    shell.cleanups.sweep(false);
                     if active.load(Ordering::SeqCst) == 0 {
                         idle += tick;
                         if idle >= max_idle {
@@ -277,12 +409,20 @@ pub fn run(mut svc: Service, shell: Shell) {
                     }
                 }
             }
+            if served % 256 == 0 {
+                shell.cleanups.sweep(false);
+            }
         }
         drop(listener);
+        shell.cleanups.sweep(true);
         // Connections in progress are finished, not cut.
         while active.load(Ordering::SeqCst) > 0 {
             let _ = tokio::time::timeout(tick, done.notified()).await;
         }
+        shell.cleanups.sweep(true);
+    };
+    rt.block_on(async move {
+        let _ = tokio::spawn(accepting).await;
     });
     drop(rt);
     drop(keep);
@@ -425,9 +565,10 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         server: stream.local_addr().ok(),
     };
     let queue = Box::new(Cleanup {
-        root: shell.queue_directory.clone(),
-        timeout: shell.ipc_timeout,
+        pool: shell.cleanups.clone(),
+        reserved: None,
         client: None,
+        ended: false,
     });
     let local = stream.local_addr().ok();
     let mut session = Session::new(shell.settings.clone(), shell.gate.clone(), queue, client);
@@ -659,17 +800,21 @@ where
         if !rd_is_empty(rd) {
             session.note_pipelining_violation();
         }
-        // Only the commands that talk to cleanup may block (RCPT opens the
-        // queue file, DATA and BDAT send the envelope); the others run
-        // here (table lookups are memory-mapped).
-        // Restrictions run at these commands too when they are not
-        // delayed to RCPT, and may ask a policy server.
-        // XCLIENT asks the client restrictions again when they are not
-        // delayed.
+        // What may block runs where tokio allows it: restrictions that
+        // may wait on the network (DNS lists, a policy server), at the
+        // commands that ask them (HELO, MAIL and XCLIENT too when they
+        // are not delayed to RCPT); an RCPT that must connect to cleanup
+        // (none of the kept connections has its queue ID ready); ETRN
+        // (qmgr); AUTH (Dovecot). Everything else runs here: table
+        // lookups are memory-mapped, DATA and BDAT only buffer the
+        // envelope.
         let undelayed =
             !shell.gate.delay_reject() && is_verb(&got, &["HELO", "EHLO", "MAIL", "XCLIENT"]);
-        let step = if may_block(&got)
-            || undelayed
+        let asks = undelayed || is_verb(&got, &["RCPT", "DATA", "BDAT"]);
+        let step = if (asks && session.gate_may_block())
+            || is_verb(&got, &["ETRN"])
+            // The first accepted recipient opens the queue file.
+            || (is_verb(&got, &["RCPT"]) && !session.queue_ready())
             || session.in_auth()
             || (shell.sasl.is_some() && is_verb(&got, &["EHLO", "AUTH"]))
         {
@@ -711,7 +856,7 @@ where
                     Ok(()) => {}
                     Err(e) => return e,
                 }
-                let r = tokio::task::block_in_place(|| session.data_end());
+                let r = end_of_message(session, shell).await;
                 flush_logs(session);
                 if wr.write_all(&r.to_wire()).await.is_err() {
                     return End::Lost;
@@ -721,7 +866,11 @@ where
                 if let Err(e) = read_bdat(session, rd, size, shell).await {
                     return e;
                 }
-                let s = tokio::task::block_in_place(|| session.bdat_end(size, last));
+                let s = if session.bdat_ends_message(last) {
+                    Step::Reply(end_of_message(session, shell).await)
+                } else {
+                    session.bdat_end(size, last)
+                };
                 flush_logs(session);
                 if let Step::Reply(r) = s {
                     if wr.write_all(&r.to_wire()).await.is_err() {
@@ -743,9 +892,41 @@ where
     }
 }
 
-/// Whether a command line may block (it talks to cleanup).
-fn may_block(line: &str) -> bool {
-    is_verb(line, &["RCPT", "DATA", "BDAT", "ETRN"])
+/// The end of a message ([`Session::data_end`]). The verdict of cleanup
+/// (its wait is the group commit's fsync) is awaited here, in the event
+/// loop, rather than on a thread that blocks; only when the restrictions
+/// may block, or the wait cannot be watched, does it run where blocking
+/// is allowed.
+async fn end_of_message(session: &mut Session, shell: &Shell) -> Reply {
+    if !session.gate_may_block() {
+        if let Some(fd) = session.data_end_start() {
+            if readable(fd, shell.ipc_timeout).await {
+                return session.data_end();
+            }
+        }
+    }
+    tokio::task::block_in_place(|| session.data_end())
+}
+
+/// Waits until `fd` is readable; false when it cannot be watched or
+/// `limit` passed first. `fd` belongs to the session's queue, which the
+/// caller's borrow of the session keeps open until this returns.
+async fn readable(fd: RawFd, limit: Duration) -> bool {
+    struct Watched(RawFd);
+    impl AsRawFd for Watched {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0
+        }
+    }
+    // SAFETY: the caller's descriptor stays open, and the same file,
+    // until this returns; the watch ends (deregisters) before that.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(Watched(fd), tokio::io::Interest::READABLE)
+    };
+    let Ok(w) = registered else {
+        return false;
+    };
+    matches!(tokio::time::timeout(limit, w.readable()).await, Ok(Ok(_)))
 }
 
 /// Whether the line's first word is one of these verbs (any case).

@@ -50,6 +50,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,11 @@ pub trait Gate: Send + Sync {
     fn delay_reject(&self) -> bool;
     /// `facts`: what the session knows (restrict's [`Facts`]).
     fn ask(&self, at: Ask, facts: &Facts) -> Verdict;
+    /// Whether [`ask`](Self::ask) may wait on the network (DNS, a policy
+    /// server): the shell then asks where blocking is allowed.
+    fn may_block(&self) -> bool {
+        true
+    }
 }
 
 /// Where an accepted message goes (cleanup). Blocking calls: the shell
@@ -118,10 +124,21 @@ pub trait Queue: Send {
     fn open(&mut self) -> Result<String, Reply>;
     fn envelope(&mut self, attrs: &Attrs) -> Result<(), Reply>;
     fn content(&mut self, bytes: &[u8]) -> Result<(), Reply>;
+    /// Ends the content: the verdict follows. `Some(fd)`: it will be
+    /// readable on that descriptor, so that an asynchronous shell can
+    /// wait there before [`finish`](Self::finish) reads it; `None`:
+    /// `finish` does all the work.
+    fn end(&mut self) -> Result<Option<RawFd>, Reply> {
+        Ok(None)
+    }
     /// The verdict: the queue ID once the file is durable.
     fn finish(&mut self) -> Result<String, Reply>;
     /// Drops the message being received (cleanup withdraws its file).
     fn abort(&mut self);
+    /// Whether [`open`](Self::open) would answer now, without waiting.
+    fn ready(&mut self) -> bool {
+        false
+    }
 }
 
 /// SMTP AUTH's server side (Dovecot). Blocking calls: the shell runs
@@ -552,6 +569,8 @@ pub struct Session {
     in_bdat: bool,
     /// A previous BDAT failed: the rest of its chunks are read and dropped.
     bdat_failed: Option<Reply>,
+    /// [`Session::data_end_start`] passed the end on (or failed to).
+    ending: Option<Result<(), Reply>>,
     pipelining_violation: bool,
     pause: Option<Duration>,
     /// `421 … too many errors`, to send after the reply that reached
@@ -748,6 +767,7 @@ impl Session {
             logs: Vec::new(),
             in_bdat: false,
             bdat_failed: None,
+            ending: None,
             pipelining_violation: false,
             pause: None,
             hangup: None,
@@ -2483,6 +2503,37 @@ impl Session {
         self.with_footer(r)
     }
 
+    /// The first half of [`data_end`](Self::data_end), for a shell that
+    /// would rather wait asynchronously than block: passes the last
+    /// content and the end marker on; `Some(fd)` when the verdict will
+    /// be readable there (then call `data_end`, which reads it).
+    pub fn data_end_start(&mut self) -> Option<RawFd> {
+        if self.ending.is_some() {
+            return None;
+        }
+        let t = self.tx.as_mut()?;
+        if t.too_big || t.failed.is_some() || t.bare_lf {
+            return None;
+        }
+        let sent = Self::send_end(t, self.queue.as_mut());
+        let fd = sent.as_ref().ok().copied().flatten();
+        self.ending = Some(sent.map(|_| ()));
+        fd
+    }
+
+    /// The last content (its line ended) and the end marker.
+    fn send_end(t: &mut Transaction, queue: &mut dyn Queue) -> Result<Option<RawFd>, Reply> {
+        if t.cr {
+            t.pending.push(b'\r');
+        }
+        if !t.pending.is_empty() && t.pending.last() != Some(&b'\n') {
+            t.pending.push(b'\n');
+        }
+        let chunk = std::mem::take(&mut t.pending);
+        queue.content(&chunk)?;
+        queue.end()
+    }
+
     fn data_end_unfooted(&mut self) -> Reply {
         let verb = if self.in_bdat { "bdat" } else { "data" };
         let Some(mut t) = self.tx.take() else {
@@ -2504,16 +2555,11 @@ impl Session {
             self.queue.abort();
             Err(self.bare_lf_reply())
         } else {
-            if t.cr {
-                t.pending.push(b'\r');
+            match self.ending.take() {
+                Some(sent) => sent,
+                None => Self::send_end(&mut t, self.queue.as_mut()).map(|_| ()),
             }
-            if !t.pending.is_empty() && t.pending.last() != Some(&b'\n') {
-                t.pending.push(b'\n');
-            }
-            let chunk = std::mem::take(&mut t.pending);
-            self.queue
-                .content(&chunk)
-                .and_then(|()| self.queue.finish())
+            .and_then(|()| self.queue.finish())
         };
         match result {
             Ok(id) => {
@@ -2563,6 +2609,12 @@ impl Session {
     }
 
     /// After a chunk: 250 for a middle chunk, the verdict for the last.
+    /// Whether [`bdat_end`](Self::bdat_end) for this chunk ends the
+    /// message ([`data_end`](Self::data_end)) rather than a failed one.
+    pub fn bdat_ends_message(&self, last: bool) -> bool {
+        last && self.bdat_failed.is_none()
+    }
+
     pub fn bdat_end(&mut self, size: u64, last: bool) -> Step {
         if let Some(r) = self.bdat_failed.clone() {
             if last {
@@ -2577,8 +2629,20 @@ impl Session {
         Step::Reply(pl(250, "2.0.0", &format!("Ok: {size} bytes")))
     }
 
+    /// Whether the restrictions may wait on the network.
+    pub fn gate_may_block(&self) -> bool {
+        self.gate.may_block()
+    }
+
+    /// Whether an RCPT that opens the queue file would get it without
+    /// waiting (it is open already, or the queue has one ready).
+    pub fn queue_ready(&mut self) -> bool {
+        self.tx.as_ref().is_some_and(|t| t.queue_id.is_some()) || self.queue.ready()
+    }
+
     /// The connection ended without QUIT.
     pub fn lost(&mut self) {
+        self.ending = None;
         if self.tx.as_ref().is_some_and(|t| t.queue_id.is_some()) {
             self.queue.abort();
         }

@@ -186,6 +186,12 @@ impl<S: Read + Write> Conn<S> {
         self.reader.get_ref()
     }
 
+    /// Whether bytes already read wait in the buffer (the next reply may
+    /// be there while the socket itself has nothing more).
+    pub fn buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     /// Queues a list for sending (see [`flush`](Self::flush)).
     pub fn put(&mut self, attrs: &Attrs) {
         for (n, v) in &attrs.0 {

@@ -19,6 +19,17 @@
 //! file and its directory entry were fsynced, so a client may acknowledge
 //! (SMTP 250, remove the maildrop file) as soon as it reads it.
 //!
+//! **Kept connections.** A client that hands over message after message
+//! (smtpd) puts `keep=1` in the envelope. After the verdict cleanup then
+//! starts the next message on the same connection at once: it creates
+//! the next file and sends its `queue_id=ID` unasked, so the client's next
+//! handover needs no connect and no wait (the file is made while the
+//! client talks SMTP). A client that has no further message closes the
+//! connection, and cleanup removes that unused file, as for any message
+//! left before its end. cleanup ends a kept connection after the verdict
+//! (no `queue_id` follows, the client reads end of file) when the
+//! connection has carried `max_use` messages or the process retires.
+//!
 //! Envelope attributes, in any order except that the `rcpt.*` ones apply
 //! to the `rcpt` before them:
 //!
@@ -37,6 +48,7 @@
 //! | `smtputf8`, `body` | `SMTPUTF8` requested, `BODY=` value |
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -152,6 +164,14 @@ fn refused(a: &Attrs) -> Option<Refused> {
 pub struct CleanupClient {
     conn: Conn<UnixStream>,
     queue_id: String,
+    /// Ask cleanup to keep the connection (see the module comment).
+    keep: bool,
+}
+
+/// A kept connection between two messages: cleanup is making the next
+/// message's file, and its queue ID comes unasked.
+pub struct Kept {
+    conn: Conn<UnixStream>,
 }
 
 impl CleanupClient {
@@ -162,15 +182,30 @@ impl CleanupClient {
         Self::over(s)
     }
 
+    /// [`connect`](Self::connect), for a connection cleanup keeps after the
+    /// message ([`verdict`](Self::verdict) gives it back as [`Kept`]).
+    pub fn connect_kept(queue_directory: &Path, timeout: Duration) -> Result<Self, CleanupError> {
+        let mut c = Self::connect(queue_directory, timeout)?;
+        c.keep = true;
+        Ok(c)
+    }
+
     /// Starts a handover on an already connected stream.
     pub fn over(s: UnixStream) -> Result<Self, CleanupError> {
-        let mut conn = Conn::new(s);
+        Self::start(Conn::new(s), false)
+    }
+
+    fn start(mut conn: Conn<UnixStream>, keep: bool) -> Result<Self, CleanupError> {
         let first = conn.expect()?;
         if let Some(r) = refused(&first).filter(|_| first.get("queue_id").is_none()) {
             return Err(CleanupError::Refused(r));
         }
         let queue_id = first.require("queue_id")?.to_string();
-        Ok(CleanupClient { conn, queue_id })
+        Ok(CleanupClient {
+            conn,
+            queue_id,
+            keep,
+        })
     }
 
     /// The queue ID cleanup gave the message.
@@ -180,7 +215,13 @@ impl CleanupClient {
 
     /// Sends the envelope list.
     pub fn envelope(&mut self, attrs: &Attrs) -> io::Result<()> {
-        self.conn.put(attrs);
+        if self.keep {
+            let mut a = attrs.clone();
+            a.push("keep", 1);
+            self.conn.put(&a);
+        } else {
+            self.conn.put(attrs);
+        }
         Ok(())
     }
 
@@ -197,13 +238,61 @@ impl CleanupClient {
     /// Ends the content and waits for the verdict: the queue ID once the
     /// file is durable.
     pub fn finish(mut self) -> Result<String, CleanupError> {
+        self.end()?;
+        self.verdict().0
+    }
+
+    /// Ends the content; the verdict follows on [`fd`](Self::fd).
+    pub fn end(&mut self) -> io::Result<()> {
         self.conn.put_data(b"");
-        self.conn.flush()?;
-        let reply = self.conn.expect()?;
-        if let Some(r) = refused(&reply) {
-            return Err(CleanupError::Refused(r));
+        self.conn.flush()
+    }
+
+    /// Where the verdict will be readable (for a caller that waits in an
+    /// event loop rather than in [`verdict`](Self::verdict)).
+    pub fn fd(&self) -> RawFd {
+        self.conn.get_ref().as_raw_fd()
+    }
+
+    /// Reads the verdict, after [`end`](Self::end): the queue ID once the
+    /// file is durable; with it the connection, when cleanup keeps it.
+    pub fn verdict(mut self) -> (Result<String, CleanupError>, Option<Kept>) {
+        let reply = match self.conn.expect() {
+            Ok(r) => r,
+            Err(e) => return (Err(e.into()), None),
+        };
+        let kept = self.keep.then_some(Kept { conn: self.conn });
+        match refused(&reply) {
+            Some(r) => (Err(CleanupError::Refused(r)), kept),
+            None => (
+                Ok(reply.get("queue_id").unwrap_or(&self.queue_id).to_string()),
+                kept,
+            ),
         }
-        Ok(reply.get("queue_id").unwrap_or(&self.queue_id).to_string())
+    }
+}
+
+impl Kept {
+    /// Whether the next queue ID (or cleanup's end of the connection) is
+    /// here, so that [`resume`](Self::resume) will not wait.
+    pub fn ready(&self) -> bool {
+        if self.conn.buffered() {
+            return true;
+        }
+        let mut p = libc::pollfd {
+            fd: self.conn.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    /// The next handover on this connection (waits for its queue ID if
+    /// cleanup has not sent it yet). An error when cleanup ended the
+    /// connection instead: connect again.
+    pub fn resume(self) -> Result<CleanupClient, CleanupError> {
+        CleanupClient::start(self.conn, true)
     }
 }
 
@@ -252,6 +341,43 @@ mod tests {
         cl.content(b"Subject: x\n\nhi\n").unwrap();
         assert_eq!(cl.finish().unwrap(), "ABC123");
         server.join().unwrap();
+    }
+
+    #[test]
+    fn kept_connection_carries_the_next_message() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut c = Conn::new(b);
+            for (n, id) in ["A1", "B2"].iter().enumerate() {
+                c.send(&Attrs::new().with("queue_id", id)).unwrap();
+                let env = c.expect().unwrap();
+                assert_eq!(env.get("keep"), Some("1"));
+                assert_eq!(
+                    c.recv_item().unwrap(),
+                    Some(super::super::Item::Data(vec![]))
+                );
+                let status = if n == 0 { STAT_OK } else { STAT_CONT };
+                c.send(&Attrs::new().with("status", status).with("queue_id", id))
+                    .unwrap();
+            }
+            // No third queue ID: the connection ends here.
+        });
+        let mut cl = CleanupClient::start(Conn::new(a), true).unwrap();
+        assert_eq!(cl.queue_id(), "A1");
+        cl.envelope(&Attrs::new().with("sender", "")).unwrap();
+        cl.end().unwrap();
+        let (r, kept) = cl.verdict();
+        assert_eq!(r.unwrap(), "A1");
+        let mut cl = kept.expect("kept").resume().unwrap();
+        assert_eq!(cl.queue_id(), "B2");
+        cl.envelope(&Attrs::new().with("sender", "")).unwrap();
+        cl.end().unwrap();
+        let (r, kept) = cl.verdict();
+        assert!(matches!(r, Err(CleanupError::Refused(ref x)) if x.status == STAT_CONT));
+        server.join().unwrap();
+        let kept = kept.expect("kept after a refusal too");
+        assert!(kept.ready(), "end of file is ready");
+        assert!(kept.resume().is_err());
     }
 
     #[test]

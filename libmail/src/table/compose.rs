@@ -65,6 +65,10 @@ impl Table for ComposeTable {
         &self.name
     }
 
+    fn may_block(&self) -> bool {
+        self.members.iter().any(|t| t.may_block())
+    }
+
     fn lookup(&self, key: &str) -> Result<Option<String>, TableError> {
         match self.mode {
             Mode::Union => {

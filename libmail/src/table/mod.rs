@@ -85,6 +85,13 @@ pub trait Table: Send + Sync {
     fn warnings(&self) -> &[crate::config::Diagnostic] {
         &[]
     }
+
+    /// True when a lookup may wait on something other than memory and
+    /// local files (a name service that may ask the network). An
+    /// asynchronous server runs such lookups where blocking is allowed.
+    fn may_block(&self) -> bool {
+        false
+    }
 }
 
 /// An in-memory key → value map with Postfix's key folding: keys are

@@ -244,6 +244,11 @@ impl Maps {
     pub fn changed(&self) -> bool {
         self.tables.iter().any(|t| t.changed())
     }
+
+    /// True when a lookup may block ([`Table::may_block`]).
+    pub fn may_block(&self) -> bool {
+        self.tables.iter().any(|t| t.may_block())
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub struct UnixTable {
     which: Which,
     /// Name → line, for a jailed daemon (see the module comment).
     snapshot: Option<std::collections::HashMap<String, String>>,
+    /// Lookups go to a name service that may ask the network.
+    blocks: bool,
 }
 
 /// Most entries a snapshot holds (a directory of that many accounts
@@ -42,10 +44,12 @@ impl UnixTable {
         } else {
             None
         };
+        let blocks = snapshot.is_none() && !nss_is_local(which, &nsswitch());
         Ok(UnixTable {
             name: spec.to_string(),
             which,
             snapshot,
+            blocks,
         })
     }
 }
@@ -243,11 +247,62 @@ impl Table for UnixTable {
         };
         entry(self.which, &name)
     }
+
+    fn may_block(&self) -> bool {
+        self.blocks
+    }
+}
+
+/// /etc/nsswitch.conf, empty when it cannot be read (glibc then uses its
+/// built-in order, `files` first).
+fn nsswitch() -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    if let Ok(f) = std::fs::File::open("/etc/nsswitch.conf") {
+        let _ = f.take(64 << 10).read_to_string(&mut s);
+    }
+    s
+}
+
+/// Whether the name service answers the database from this machine
+/// only: every source of its line is `files`, `compat` or `systemd`
+/// (local files and systemd's own users). Anything else (ldap, sss, nis,
+/// winbind, ...) may ask the network and be slow to answer.
+fn nss_is_local(which: Which, conf: &str) -> bool {
+    let db = match which {
+        Which::Passwd => "passwd:",
+        Which::Group => "group:",
+    };
+    let Some(line) = conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| l.starts_with(db))
+    else {
+        return true;
+    };
+    line[db.len()..]
+        .split_whitespace()
+        // `[NOTFOUND=return]` and the like are actions, not sources.
+        .filter(|w| !w.starts_with('['))
+        .all(|w| matches!(w, "files" | "compat" | "systemd"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_name_services_never_block() {
+        let debian = "passwd:  files systemd\ngroup: files [NOTFOUND=return] ldap # x\n";
+        assert!(nss_is_local(Which::Passwd, debian));
+        assert!(!nss_is_local(Which::Group, debian));
+        assert!(nss_is_local(Which::Passwd, "hosts: files dns\n"));
+        assert!(!nss_is_local(Which::Passwd, "passwd: sss files\n"));
+        assert!(nss_is_local(
+            Which::Passwd,
+            "#passwd: ldap\npasswd: compat\n"
+        ));
+    }
 
     #[test]
     fn root_is_found_case_insensitively() {

@@ -328,6 +328,11 @@ fn exchange(conn: &mut Conn, request: &str, timeout: Duration) -> Result<String,
 }
 
 impl Policy {
+    /// Whether any list or class names a policy service.
+    pub fn configured(&self) -> bool {
+        !self.services.is_empty()
+    }
+
     /// Every `check_policy_service` of the lists and classes, parsed.
     pub fn from_lists<'t>(
         lists: impl IntoIterator<Item = &'t [Tok]>,
