@@ -540,3 +540,38 @@ fn excluded_clients_and_no_normalize_yes_accept_bare_lf() {
         );
     }
 }
+
+#[test]
+fn end_of_data_restrictions_refuse_after_the_content_and_queue_nothing() {
+    let mut i = Instance::new("smtpd-eod", "");
+    let port = i.with_smtpd();
+    i.main_cf(
+        "smtpd_end_of_data_restrictions = check_sender_access inline:{late@example.org=REJECT}",
+    );
+    i.start();
+    let me = user();
+    let mut c = Raw::connect(port);
+    c.cmd("EHLO client.example");
+    for (sender, subject) in [("late@example.org", "x"), ("fine@example.org", "y")] {
+        assert_eq!(c.cmd(&format!("MAIL FROM:<{sender}>")), "250 2.1.0 Ok\r\n");
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
+            "250 2.1.5 Ok\r\n"
+        );
+        assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+        let reply = c.cmd(&format!("Subject: {subject}\r\n\r\nbody\r\n."));
+        if sender.starts_with("late") {
+            assert_eq!(
+                reply,
+                "554 5.7.1 <late@example.org>: Sender address rejected: Access denied\r\n"
+            );
+        } else {
+            assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+        }
+    }
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    i.wait_log(r"postfix/smtpd\[\d+\]: [0-9A-F]+: reject: END-OF-MESSAGE from \S+\[127\.0\.0\.1\]: 554 5\.7\.1 <late@example\.org>: Sender address rejected: Access denied; from=<late@example\.org> proto=ESMTP helo=<client\.example>$");
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].contains("Subject: y"), "{}", got[0]);
+}

@@ -2511,14 +2511,43 @@ impl Session {
         if self.ending.is_some() {
             return None;
         }
-        let t = self.tx.as_mut()?;
-        if t.too_big || t.failed.is_some() || t.bare_lf {
+        if !self.content_complete() {
             return None;
         }
+        if self.end_of_data_check() {
+            return None;
+        }
+        let t = self.tx.as_mut()?;
         let sent = Self::send_end(t, self.queue.as_mut());
         let fd = sent.as_ref().ok().copied().flatten();
         self.ending = Some(sent.map(|_| ()));
         fd
+    }
+
+    /// Whether the content came whole and may be queued (not too big,
+    /// not already refused, no bare LF under `reject`).
+    fn content_complete(&self) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|t| !t.too_big && t.failed.is_none() && !t.bare_lf)
+    }
+
+    /// `smtpd_end_of_data_restrictions`, once the content is in; true
+    /// when they refuse the message (the refusal is then the end's
+    /// result, and cleanup withdraws the file). Actions other than a
+    /// reply (HOLD, DISCARD, FILTER, ...) come too late here: the
+    /// envelope went to cleanup at DATA.
+    fn end_of_data_check(&mut self) -> bool {
+        let v = self.gate.ask(Ask::EndOfData, &self.view(None));
+        self.absorb(&v);
+        match v.reply {
+            Some(r) => {
+                self.queue.abort();
+                self.ending = Some(Err(r));
+                true
+            }
+            None => false,
+        }
     }
 
     /// The last content (its line ended) and the end marker.
@@ -2536,6 +2565,9 @@ impl Session {
 
     fn data_end_unfooted(&mut self) -> Reply {
         let verb = if self.in_bdat { "bdat" } else { "data" };
+        if self.ending.is_none() && self.content_complete() {
+            self.end_of_data_check();
+        }
         let Some(mut t) = self.tx.take() else {
             return pl(503, "5.5.1", "Error: need MAIL command");
         };

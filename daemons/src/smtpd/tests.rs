@@ -37,6 +37,13 @@ impl Gate for TestGate {
                 ));
             }
         }
+        if at == Ask::EndOfData && view.sender == Some("late@example.org") {
+            v.reply = Some(Reply::new(
+                554,
+                "5.7.1",
+                "<late@example.org>: End-of-data rejected",
+            ));
+        }
         if at == Ask::Helo && view.helo == Some("evil") {
             v.reply = Some(Reply::new(
                 554,
@@ -1008,4 +1015,46 @@ fn clients_in_the_exclusions_and_other_modes_keep_bare_lf() {
         Step::Reply(Reply::new(250, "2.0.0", "Ok: 3 bytes queued as ABCDE1"))
     );
     assert!(rec.lock().unwrap().finished);
+}
+
+#[test]
+fn end_of_data_restrictions_refuse_the_message_after_its_content() {
+    for split in [false, true] {
+        let (mut s, rec) = session(true);
+        s.greeting();
+        said(&mut s, "EHLO client.example");
+        said(&mut s, "MAIL FROM:<late@example.org>");
+        said(&mut s, "RCPT TO:<u@mx.example.test>");
+        assert_eq!(
+            said(&mut s, "DATA"),
+            "354 End data with <CR><LF>.<CR><LF>\r\n"
+        );
+        s.data_line(b"Subject: x");
+        s.data_line(b"");
+        s.data_line(b"body");
+        if split {
+            // The event-loop shell's first half: nothing goes to cleanup.
+            assert_eq!(s.data_end_start(), None);
+        }
+        let r = s.data_end();
+        assert_eq!(
+            String::from_utf8_lossy(&r.to_wire()),
+            "554 5.7.1 <late@example.org>: End-of-data rejected\r\n"
+        );
+        let r = rec.lock().unwrap();
+        assert!(!r.finished, "never queued");
+        assert_eq!(r.aborted, 1);
+        drop(r);
+        let logs = s.take_logs().join("\n");
+        assert!(
+            logs.contains("ABCDE1: reject: END-OF-MESSAGE from localhost[127.0.0.1]: 554 5.7.1 <late@example.org>: End-of-data rejected; from=<late@example.org> proto=ESMTP helo=<client.example>"),
+            "{logs}"
+        );
+        // The session goes on: the next message is taken.
+        said(&mut s, "MAIL FROM:<ok@example.org>");
+        said(&mut s, "RCPT TO:<u@mx.example.test>");
+        said(&mut s, "DATA");
+        s.data_line(b"hi");
+        assert!(s.data_end().code == 250);
+    }
 }
