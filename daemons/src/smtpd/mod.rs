@@ -6,6 +6,7 @@
 
 pub mod anvil;
 pub mod gate;
+pub mod hosts;
 pub mod restrict;
 pub mod server;
 pub mod session;
@@ -82,6 +83,7 @@ pub fn main() {
         timeout: Duration::from_secs(time_param(p, "smtpd_timeout", 300).max(1)),
         line_limit: num_param(p, "line_length_limit", 2048).clamp(512, 1 << 20) as usize,
         peername_lookup: bool_param(p, "smtpd_peername_lookup", true),
+        hosts: hosts::Hosts::system(),
         ipc_timeout,
         cleanups: server::CleanupPool::new(svc.layout.root().to_path_buf(), ipc_timeout),
         sasl: sasl_config(p, svc.layout.root()),

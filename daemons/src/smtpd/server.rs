@@ -50,6 +50,8 @@ pub struct Shell {
     pub timeout: Duration,
     pub line_limit: usize,
     pub peername_lookup: bool,
+    /// Client names the hosts file gives, read here.
+    pub hosts: super::hosts::Hosts,
     pub ipc_timeout: Duration,
     /// The cleanup connections kept between messages.
     pub cleanups: Arc<CleanupPool>,
@@ -551,9 +553,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         a => a,
     };
     let (name, reverse_name) = if shell.peername_lookup {
-        tokio::task::spawn_blocking(move || peer_names(addr))
-            .await
-            .unwrap_or_else(|_| ("unknown".into(), "unknown".into()))
+        match shell.hosts.name(addr) {
+            Some(n) => (n.clone(), n),
+            None => tokio::task::spawn_blocking(move || peer_names(addr))
+                .await
+                .unwrap_or_else(|_| ("unknown".into(), "unknown".into())),
+        }
     } else {
         ("unknown".into(), "unknown".into())
     };
