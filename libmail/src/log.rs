@@ -19,6 +19,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use crate::config::params::Params;
@@ -75,6 +76,7 @@ pub fn init(program: &str, params: &Params, echo_stderr: bool) -> Result<(), Str
         .unwrap_or_else(|_| "localhost".into());
     let file = params.value("maillog_file").unwrap_or_default();
     let tag = format!("{syslog_name}/{program}");
+    watch_forks();
     if !file.is_empty() {
         let prefixes = params.value("maillog_file_prefixes").unwrap_or_default();
         if !crate::config::params::split_list(&prefixes)
@@ -205,6 +207,40 @@ fn cut(text: &str) -> &str {
     &text[..end]
 }
 
+/// The process ID, read once: `getpid` per log line (and per queue
+/// file) was a system call each. A child of `fork` without `exec` (local
+/// changing user for a delivery, master's `-w`) is told by a
+/// `pthread_atfork` handler, installed before the first value is kept, so
+/// it sees its own ID, never its parent's.
+pub fn process_id() -> u32 {
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    watch_forks();
+    let p = std::process::id();
+    PID.store(p, Ordering::Relaxed);
+    p
+}
+
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// In the child of a fork: forget the parent's ID (an atomic store is
+/// async-signal-safe, as a fork handler must be).
+extern "C" fn forget_pid() {
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// Installs [`forget_pid`] once. [`init`] calls it early, while the
+/// process has one thread, so no fork can find it half done.
+fn watch_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+}
+
 /// Logs one line.
 pub fn log(level: Level, text: &str) {
     let text = cut(text);
@@ -223,7 +259,7 @@ pub fn log(level: Level, text: &str) {
                 timestamp(),
                 l.host,
                 l.tag,
-                std::process::id(),
+                process_id(),
                 level.prefix(),
                 text
             );
@@ -302,6 +338,24 @@ pub fn format_delay(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_id_is_the_childs_after_fork() {
+        assert_eq!(process_id(), std::process::id());
+        // SAFETY: the child only reads its ID and exits with _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: getpid and _exit have no preconditions.
+            let ok = process_id() == unsafe { libc::getpid() } as u32;
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(process_id(), std::process::id());
+    }
 
     #[test]
     fn delays_have_two_significant_digits_and_a_floor() {

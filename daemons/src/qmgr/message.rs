@@ -122,12 +122,22 @@ pub(crate) struct Msg {
     notice_failed: bool,
     /// The step waiting for the bounce service's answer.
     asked: Option<Step>,
+    /// Whether `defer/ID`, `bounce/ID` or `trace/ID` may exist. False only
+    /// for a message that never had a delivery pass before this one
+    /// (the caller knows: see `Qmgr::note_incoming`) and for which this pass
+    /// wrote no log: only qmgr writes these logs, so then there is none,
+    /// and the end of the pass neither looks for them nor unlinks them
+    /// (six system calls per message). Set before any log is written, so
+    /// a failed or partial write still counts.
+    logs: bool,
 }
 
 /// (transport, nexthop, recipients) for one destination.
 pub(crate) type Group = (String, String, Vec<(usize, Rcpt)>);
 
 impl Msg {
+    /// Opens the file; the caller then says whether status logs of an
+    /// earlier pass may exist ([`may_have_logs`](Self::may_have_logs)).
     pub fn open(_layout: &QueueLayout, id: QueueId, path: &Path) -> Result<Msg, OpenError> {
         let file = match QueueFile::open(path, Access::ReadWrite, &Limits::default()) {
             Ok(f) => f,
@@ -161,7 +171,19 @@ impl Msg {
             defer_entries: Vec::new(),
             notice_failed: false,
             asked: None,
+            logs: true,
         })
+    }
+
+    /// Whether status logs of an earlier pass may exist (the default:
+    /// yes).
+    pub fn may_have_logs(&mut self, logs: bool) {
+        self.logs = logs;
+    }
+
+    /// (device, inode) of the queue file.
+    pub fn dev_ino(&self) -> (u64, u64) {
+        self.file.dev_ino()
     }
 
     pub fn sender(&self) -> &str {
@@ -190,8 +212,14 @@ impl Msg {
     }
 
     /// Whether `postsuper -e`/`-f` marked the message expired.
-    pub fn forced_expire(&self) -> bool {
+    fn forced_expire(&self) -> bool {
         lock::is_forced_expire(self.mode())
+    }
+
+    /// [`forced_expire`](Self::forced_expire) as the file was when it was
+    /// opened, just now: no second stat.
+    pub fn forced_expire_at_open(&self) -> bool {
+        lock::is_forced_expire(self.file.mode_at_open())
     }
 
     /// Resolves every pending recipient and groups them by destination.
@@ -390,6 +418,9 @@ impl Msg {
             }
         }
         let ids = self.id.as_str();
+        if !bounce.is_empty() || !trace.is_empty() {
+            self.logs = true;
+        }
         // The logs first, durably: a recipient marked done is no longer
         // delivered, so its notice must already be on record.
         // (Agents mark only delivered recipients; bounced ones are marked
@@ -435,7 +466,10 @@ impl Msg {
             return Next::Settled;
         }
         self.write_defer_log(layout);
-        self.advance(layout, policy, Step::Failure)
+        // Without logs nothing was read or written since the check: no
+        // need to look again before removing the file.
+        let checked = !self.logs;
+        self.advance(layout, policy, Step::Failure, checked)
     }
 
     /// The bounce service answered the request of [`Next::Ask`].
@@ -454,13 +488,13 @@ impl Msg {
                 if ok {
                     remove_log(layout, Queue::Bounce, &self.id);
                 }
-                self.advance(layout, policy, Step::Success)
+                self.advance(layout, policy, Step::Success, false)
             }
             Step::Success => {
                 if ok {
                     remove_log(layout, Queue::Trace, &self.id);
                 }
-                self.advance(layout, policy, Step::Decide)
+                self.advance(layout, policy, Step::Decide, false)
             }
             Step::Expire if ok => {
                 if self.gone(layout) {
@@ -490,42 +524,51 @@ impl Msg {
     /// postsuper moved or removed the file while it was active: it is
     /// postsuper's now (see libmail::queue::lock).
     fn gone(&self, layout: &QueueLayout) -> bool {
-        !lock::still_names(&layout.path_of(Queue::Active, &self.id), self.file.file())
-            .unwrap_or(true)
+        let (dev, ino) = self.file.dev_ino();
+        !lock::still_names_inode(&layout.path_of(Queue::Active, &self.id), dev, ino).unwrap_or(true)
     }
 
     /// Steps from `from` on, until one needs the bounce service.
-    fn advance(&mut self, layout: &QueueLayout, policy: &Policy, from: Step) -> Next {
+    /// `checked`: [`gone`](Self::gone) was asked just before, with
+    /// nothing waited for since.
+    fn advance(
+        &mut self,
+        layout: &QueueLayout,
+        policy: &Policy,
+        from: Step,
+        checked: bool,
+    ) -> Next {
         let id = self.id;
         let mut step = from;
         loop {
             match step {
                 Step::Failure => {
-                    if statuslog::has_entries(layout, Queue::Bounce, &id) {
+                    if self.logs && statuslog::has_entries(layout, Queue::Bounce, &id) {
                         return self.ask(&policy.bounce_service, Kind::Failure, Step::Failure);
                     }
                     step = Step::Success;
                 }
                 Step::Success => {
-                    if statuslog::has_entries(layout, Queue::Trace, &id) {
+                    if self.logs && statuslog::has_entries(layout, Queue::Trace, &id) {
                         return self.ask(&policy.trace_service, Kind::Success, Step::Success);
                     }
                     step = Step::Decide;
                 }
-                _ => return self.decide(layout, policy),
+                _ => return self.decide(layout, policy, checked),
             }
         }
     }
 
     /// After the failure and success notices: remove, expire, warn or
-    /// defer.
-    fn decide(&mut self, layout: &QueueLayout, policy: &Policy) -> Next {
-        if self.gone(layout) {
+    /// defer. `checked`: as for [`advance`](Self::advance).
+    fn decide(&mut self, layout: &QueueLayout, policy: &Policy, checked: bool) -> Next {
+        if !checked && self.gone(layout) {
             return Next::Settled;
         }
         let ids = self.id.to_string();
         let pending = !self.file.envelope().all_done();
-        let forced = self.forced_expire();
+        // Only a pending message can expire: no stat for the others.
+        let forced = pending && self.forced_expire();
         if !pending && !self.notice_failed {
             self.remove(layout);
             return Next::Settled;
@@ -601,7 +644,16 @@ impl Msg {
     /// (this pass's over the older ones), in file order.
     fn write_defer_log(&mut self, layout: &QueueLayout) {
         let new = std::mem::take(&mut self.defer_entries);
-        let old = statuslog::read(layout, Queue::Defer, &self.id).unwrap_or_default();
+        if new.is_empty() && !self.logs {
+            // No old log and nothing new: nothing to write.
+            return;
+        }
+        let old = if self.logs {
+            statuslog::read(layout, Queue::Defer, &self.id).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.logs = true;
         let old_len = old.len();
         let env = self.file.envelope();
         let mut latest: HashMap<u64, Entry> = HashMap::new();
@@ -628,6 +680,7 @@ impl Msg {
     /// defer log does not cover (never tried since a crash, or expired by
     /// postsuper before any attempt).
     fn complete_defer_log(&mut self, layout: &QueueLayout, forced: bool) {
+        self.logs = true;
         let have: Vec<u64> = statuslog::read(layout, Queue::Defer, &self.id)
             .unwrap_or_default()
             .iter()
@@ -668,8 +721,10 @@ impl Msg {
             warning!("{ids}: remove: {e}");
             return;
         }
-        for q in [Queue::Defer, Queue::Bounce, Queue::Trace] {
-            remove_log(layout, q, &self.id);
+        if self.logs {
+            for q in [Queue::Defer, Queue::Bounce, Queue::Trace] {
+                remove_log(layout, q, &self.id);
+            }
         }
         info!("{ids}: removed");
     }

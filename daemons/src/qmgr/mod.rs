@@ -60,10 +60,10 @@ mod message;
 mod notify;
 mod workers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
 use libmail::address::resolve::Resolver;
 use libmail::config::params::Params;
 use libmail::queue::{Queue, QueueId};
@@ -123,6 +123,13 @@ pub(crate) struct Qmgr {
     next_deferred_scan: Instant,
     /// An `A` trigger arrived: the next deferred scan ignores retry times.
     ignore_times: bool,
+    /// (device, inode) of the files in `incoming/` that may have had a
+    /// delivery pass, so status logs ([`Msg`]'s `logs`): see
+    /// [`Qmgr::note_incoming`].
+    seen_before: HashSet<(u64, u64)>,
+    /// False once a message could not be noted: every message from
+    /// `incoming/` is then looked at for logs.
+    trust_incoming: bool,
 }
 
 pub fn main() {
@@ -132,7 +139,9 @@ pub fn main() {
         Resolver::new(&svc.params).unwrap_or_else(|e| libmail::log::fatal(&format!("{e}")));
     let _lock = exclusive(&svc);
     svc.ready();
-    let (tx, rx) = unbounded::<Event>();
+    // std's channel: its receiver sleeps at once where crossbeam's spins
+    // and yields first, at every reply of every agent.
+    let (tx, rx) = mpsc::channel::<Event>();
     let ttx = tx.clone();
     std::thread::spawn(move || {
         while let Ok(b) = triggers.recv() {
@@ -158,9 +167,12 @@ pub fn main() {
         queue_run_delay,
         next_deferred_scan: Instant::now(),
         ignore_times: false,
+        seen_before: HashSet::new(),
+        trust_incoming: true,
         svc,
     };
     q.recover_active();
+    q.note_incoming();
     q.scan(Queue::Incoming, false);
     q.scan(Queue::Deferred, false);
     q.next_deferred_scan = Instant::now() + Duration::from_secs(q.queue_run_delay);
@@ -311,6 +323,45 @@ impl Qmgr {
         }
     }
 
+    /// Notes what is in `incoming/` now, before any scan. A message gets
+    /// status logs only from a delivery pass, and qmgr is the only writer
+    /// of those logs. Messages with a pass behind them reach `incoming/`
+    /// only from `active/`: moved back by a qmgr at its start (this one
+    /// just now, or an earlier one that stopped before it took them
+    /// again: a qmgr holds its lock until it exits), or by this qmgr when
+    /// it could not read one ([`Qmgr::activate`] notes those). postsuper
+    /// moves messages elsewhere (hold, deferred, maildrop for a requeue,
+    /// which cleanup gives a new file), and within `incoming/` renames
+    /// them only with their logs and their inode (`-s`); cleanup makes
+    /// new files. So a file in `incoming/` that is not noted here had no
+    /// pass and has no logs. Keyed by inode, which a rename keeps; a new
+    /// file reusing a noted inode is only looked at once too often.
+    /// Should the listing fail, every message is looked at.
+    fn note_incoming(&mut self) {
+        use libmail::queue::dirs::Found;
+        use std::os::unix::fs::MetadataExt;
+        let mut paths = Vec::new();
+        for r in self.svc.layout.scan_all(Queue::Incoming) {
+            match r {
+                Ok(Found::Complete { path, .. }) | Ok(Found::Incomplete { path, .. }) => {
+                    paths.push(path)
+                }
+                Ok(_) => {}
+                Err(_) => self.trust_incoming = false,
+            }
+        }
+        for p in paths {
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) => {
+                    self.seen_before.insert((m.dev(), m.ino()));
+                }
+                // Gone meanwhile (postsuper): not in incoming/ any more.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => self.trust_incoming = false,
+            }
+        }
+    }
+
     /// Takes messages from `incoming/` or the due ones from `deferred/`.
     /// Whether the active queue is full (`qmgr_message_active_limit`,
     /// `qmgr_message_recipient_limit`).
@@ -355,7 +406,7 @@ impl Qmgr {
                 }
             }
             match self.svc.layout.move_file(&id, q, Queue::Active, false) {
-                Ok(path) => self.activate(id, path),
+                Ok(path) => self.activate(id, path, q),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => warning!("{}: move to active: {e}", id.as_str()),
             }
@@ -410,10 +461,18 @@ impl Qmgr {
         l
     }
 
-    /// Opens a message now in `active/` and queues its jobs.
-    fn activate(&mut self, id: QueueId, path: std::path::PathBuf) {
+    /// Opens a message now in `active/` (taken from `from`) and queues
+    /// its jobs.
+    fn activate(&mut self, id: QueueId, path: std::path::PathBuf, from: Queue) {
         let mut msg = match Msg::open(&self.svc.layout, id, &path) {
-            Ok(m) => m,
+            Ok(mut m) => {
+                // Whether status logs may exist: see note_incoming. A
+                // deferred message has had a pass; one from incoming/
+                // only if noted (forgotten now: the message carries it).
+                let noted = self.seen_before.remove(&m.dev_ino());
+                m.may_have_logs(from != Queue::Incoming || noted || !self.trust_incoming);
+                m
+            }
             Err(message::OpenError::Corrupt(reason)) => {
                 warning!("{}: {reason}: moved to the corrupt queue", id.as_str());
                 if let Err(e) = self
@@ -428,11 +487,23 @@ impl Qmgr {
             Err(message::OpenError::Gone) => return,
             Err(message::OpenError::Other(reason)) => {
                 warning!("{}: {reason}", id.as_str());
-                // Leave it for a later scan.
-                let _ = self
+                // Leave it for a later scan; it may have logs (from
+                // deferred/), so it is noted (see note_incoming).
+                if let Ok(p) = self
                     .svc
                     .layout
-                    .move_file(&id, Queue::Active, Queue::Incoming, false);
+                    .move_file(&id, Queue::Active, Queue::Incoming, false)
+                {
+                    use std::os::unix::fs::MetadataExt;
+                    match std::fs::symlink_metadata(&p) {
+                        Ok(m) => {
+                            self.seen_before.insert((m.dev(), m.ino()));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        // Not known: look for logs of every message.
+                        Err(_) => self.trust_incoming = false,
+                    }
+                }
                 return;
             }
         };
@@ -445,7 +516,7 @@ impl Qmgr {
         );
         let key = id.as_str().to_string();
         // A message postsuper expired is not delivered: finish returns it.
-        let groups = if msg.forced_expire() {
+        let groups = if msg.forced_expire_at_open() {
             Vec::new()
         } else {
             msg.plan(&self.svc.layout, &self.resolver, &self.policy.double_bounce)

@@ -7,6 +7,7 @@
 //! (connection refused) and the message is deferred with its logs.
 
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Sender};
@@ -41,7 +42,7 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(queue_directory: PathBuf, events: Sender<Event>) -> Notifier {
+    pub fn new(queue_directory: PathBuf, events: mpsc::Sender<Event>) -> Notifier {
         let (tx, rx) = unbounded::<NoticeJob>();
         for n in 0..THREADS {
             let rx = rx.clone();

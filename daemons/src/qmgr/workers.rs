@@ -11,15 +11,14 @@
 //! leaves its recipients deferred, never delivered twice by a blind
 //! retry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
 use libmail::deliver::{
     outcomes_from_attrs, reply_dsn_actions, reply_marked, reply_site_failure, Outcome, Request,
 };
@@ -54,11 +53,26 @@ pub(crate) struct JobResult {
     pub dsn_actions: Vec<(u64, String)>,
 }
 
+/// The jobs of one transport and its idle workers. A mutex and a
+/// condition variable rather than a channel: crossbeam's receivers spin
+/// and `sched_yield` before they sleep, a burst of system calls at every
+/// hand-off between the main loop and a worker; a condvar sleeps at once.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: usize,
+}
+
+type Shared = Arc<(Mutex<Queue>, Condvar)>;
+
+fn lock(q: &Shared) -> MutexGuard<'_, Queue> {
+    q.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Pool {
-    tx: Sender<Job>,
-    rx: Receiver<Job>,
+    queue: Shared,
     workers: usize,
-    idle: Arc<AtomicUsize>,
 }
 
 pub(crate) struct Pools {
@@ -88,30 +102,29 @@ impl Pools {
 
     pub fn submit(&mut self, job: Job) {
         let transport = job.request.transport.clone();
-        let pool = self.pools.entry(transport.clone()).or_insert_with(|| {
-            let (tx, rx) = unbounded();
-            Pool {
-                tx,
-                rx,
-                workers: 0,
-                idle: Arc::new(AtomicUsize::new(0)),
-            }
+        let pool = self.pools.entry(transport.clone()).or_insert_with(|| Pool {
+            queue: Arc::default(),
+            workers: 0,
         });
-        if pool.idle.load(Ordering::SeqCst) == 0 && pool.workers < MAX_WORKERS {
-            let rx = pool.rx.clone();
-            let idle = pool.idle.clone();
+        self.in_flight += 1;
+        let mut q = lock(&pool.queue);
+        q.jobs.push_back(job);
+        // A new worker when the jobs waiting outnumber the idle workers
+        // (an idle worker woken but not yet running still counts as idle).
+        let short = q.jobs.len() > q.idle;
+        drop(q);
+        pool.queue.1.notify_one();
+        if short && pool.workers < MAX_WORKERS {
+            let queue = pool.queue.clone();
             let events = self.events.clone();
             let path = ipc::private(&self.queue_directory, &transport);
             let spawned = std::thread::Builder::new()
                 .name(format!("agent-{transport}"))
-                .spawn(move || worker(path, rx, idle, events));
+                .spawn(move || worker(path, queue, events));
             if spawned.is_ok() {
                 pool.workers += 1;
             }
         }
-        self.in_flight += 1;
-        // The receiver lives in the pool: sending cannot fail.
-        let _ = pool.tx.send(job);
     }
 }
 
@@ -127,13 +140,24 @@ fn peer_closed(s: &UnixStream) -> bool {
     r != 0
 }
 
-fn worker(path: PathBuf, rx: Receiver<Job>, idle: Arc<AtomicUsize>, events: Sender<Event>) {
+/// The next job of the pool, waiting for one. The pool lives as long as
+/// the process, so there always is a next one.
+fn next_job(queue: &Shared) -> Job {
+    let mut q = lock(queue);
+    loop {
+        if let Some(job) = q.jobs.pop_front() {
+            return job;
+        }
+        q.idle += 1;
+        q = queue.1.wait(q).unwrap_or_else(|e| e.into_inner());
+        q.idle -= 1;
+    }
+}
+
+fn worker(path: PathBuf, queue: Shared, events: Sender<Event>) {
     let mut conn: Option<Conn<UnixStream>> = None;
     loop {
-        idle.fetch_add(1, Ordering::SeqCst);
-        let job = rx.recv();
-        idle.fetch_sub(1, Ordering::SeqCst);
-        let Ok(job) = job else { return };
+        let job = next_job(&queue);
         if conn.as_ref().is_some_and(|c| peer_closed(c.get_ref())) {
             conn = None;
         }

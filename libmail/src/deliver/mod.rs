@@ -437,7 +437,7 @@ pub fn serve_connection<S, F>(
         };
         // The shared lock keeps postsuper from moving or removing the
         // file until the done marks are written (libmail::queue::lock).
-        let held = match delivery_lock(layout, &req) {
+        let mut held = match delivery_lock(layout, &req) {
             Ok(h) => h,
             Err(e) => {
                 crate::warning!("{}: lock queue file: {e}", req.queue_id);
@@ -460,8 +460,10 @@ pub fn serve_connection<S, F>(
         for (offset, action) in notes.actions {
             reply.push("dsn_action", format!("{offset}:{action}"));
         }
-        if held.is_some() {
-            match mark_done(layout, &req, &outcomes) {
+        if let Some(h) = held.take() {
+            let (marked, keep) = mark_done(layout, &req, &outcomes, h);
+            held = keep;
+            match marked {
                 Ok(true) => {
                     reply.push("marked", "yes");
                 }
@@ -485,11 +487,22 @@ pub const GONE: &str = "queue file was moved or removed (postsuper)";
 fn delivery_lock(
     layout: &crate::queue::QueueLayout,
     req: &Request,
-) -> Result<Option<crate::queue::lock::Locked>, String> {
+) -> Result<Option<Held>, String> {
     use crate::queue::{Queue, QueueId};
     let id = QueueId::parse(&req.queue_id).map_err(|e| e.to_string())?;
     let queue = Queue::from_name(&req.queue_name).ok_or("bad queue name")?;
-    crate::queue::lock::for_delivery(&layout.path_of(queue, &id)).map_err(|e| e.to_string())
+    crate::queue::lock::for_marking(&layout.path_of(queue, &id))
+        .map(|l| l.map(Held::Locked))
+        .map_err(|e| e.to_string())
+}
+
+/// The locked queue file, until the reply is out: as locked, or opened
+/// as a queue file through the same descriptor to mark recipients done.
+enum Held {
+    Locked(crate::queue::lock::Locked),
+    // Never read: kept for its descriptor, whose closing ends the lock.
+    #[allow(dead_code)]
+    Open(crate::queue::QueueFile),
 }
 
 /// The same outcome for every recipient of `req`, not logged.
@@ -538,12 +551,58 @@ where
 /// power loss may lose it and the recipient is delivered again — the
 /// duplicate window 2 of libmail::queue, never a loss. True when
 /// something was marked.
+/// Gives back what keeps the lock until the reply is sent.
 fn mark_done(
     layout: &crate::queue::QueueLayout,
     req: &Request,
     outcomes: &[Outcome],
-) -> Result<bool, String> {
-    use crate::queue::{Access, Limits, Queue, QueueFile, QueueId};
+    held: Held,
+) -> (Result<bool, String>, Option<Held>) {
+    let Held::Locked(locked) = held else {
+        return (Ok(false), Some(held));
+    };
+    if !outcomes.iter().any(|o| o.status == Status::Sent) {
+        return (Ok(false), Some(Held::Locked(locked)));
+    }
+    if !locked.writable() {
+        return (
+            mark_done_reopen(layout, req, outcomes),
+            Some(Held::Locked(locked)),
+        );
+    }
+    let path = match queue_path(layout, req) {
+        Ok(p) => p,
+        Err(e) => return (Err(e), Some(Held::Locked(locked))),
+    };
+    // Through the locked descriptor: no second open. Should reading fail,
+    // the lock ends early; the reply then says nothing was marked and
+    // qmgr marks the recipients itself, on its own descriptor.
+    let (file, meta) = locked.into_parts();
+    let mut f = match crate::queue::QueueFile::from_file(
+        file,
+        meta,
+        &path,
+        &crate::queue::Limits::default(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return (Err(e.to_string()), None),
+    };
+    let r = mark_sent(&mut f, outcomes);
+    (r, Some(Held::Open(f)))
+}
+
+fn queue_path(
+    layout: &crate::queue::QueueLayout,
+    req: &Request,
+) -> Result<std::path::PathBuf, String> {
+    use crate::queue::{Queue, QueueId};
+    let id = QueueId::parse(&req.queue_id).map_err(|e| e.to_string())?;
+    let queue = Queue::from_name(&req.queue_name).ok_or("bad queue name")?;
+    Ok(layout.path_of(queue, &id))
+}
+
+/// Marks the delivered recipients of `outcomes` done in `f`.
+fn mark_sent(f: &mut crate::queue::QueueFile, outcomes: &[Outcome]) -> Result<bool, String> {
     // Only delivered recipients: a bounced one is marked by qmgr once its
     // bounce log entry is durable, so a crash in between never loses the
     // sender's notice.
@@ -552,17 +611,6 @@ fn mark_done(
         .filter(|o| o.status == Status::Sent)
         .map(|o| o.offset)
         .collect();
-    if finished.is_empty() {
-        return Ok(false);
-    }
-    let id = QueueId::parse(&req.queue_id).map_err(|e| e.to_string())?;
-    let queue = Queue::from_name(&req.queue_name).ok_or("bad queue name")?;
-    let mut f = QueueFile::open(
-        &layout.path_of(queue, &id),
-        Access::ReadWrite,
-        &Limits::default(),
-    )
-    .map_err(|e| e.to_string())?;
     let indices: Vec<usize> = f
         .envelope()
         .recipients
@@ -575,6 +623,23 @@ fn mark_done(
         f.mark_done(i).map_err(|e| e.to_string())?;
     }
     Ok(true)
+}
+
+/// [`mark_done`] when the lock is on a read-only descriptor: the file is
+/// opened again for writing.
+fn mark_done_reopen(
+    layout: &crate::queue::QueueLayout,
+    req: &Request,
+    outcomes: &[Outcome],
+) -> Result<bool, String> {
+    use crate::queue::{Access, Limits, QueueFile};
+    let mut f = QueueFile::open(
+        &queue_path(layout, req)?,
+        Access::ReadWrite,
+        &Limits::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    mark_sent(&mut f, outcomes)
 }
 
 /// Whether the agent already marked the finished recipients of a reply

@@ -273,8 +273,26 @@ impl<S: Read + Write> Conn<S> {
             if len > MAX_CHUNK {
                 return Err(bad("data chunk too large"));
             }
-            let mut buf = vec![0u8; len];
-            self.reader.read_exact(&mut buf)?;
+            // Copied out of the reader's buffer: a zeroed buffer that
+            // read_exact then overwrites costs a memset per chunk.
+            let mut buf = Vec::with_capacity(len);
+            while buf.len() < len {
+                let avail = match self.reader.fill_buf() {
+                    Ok(a) => a,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if avail.is_empty() {
+                    // read_exact's error, as before.
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "failed to fill whole buffer",
+                    ));
+                }
+                let n = avail.len().min(len - buf.len());
+                buf.extend_from_slice(&avail[..n]);
+                self.reader.consume(n);
+            }
             return Ok(Some(Item::Data(buf)));
         }
         let mut attrs = Attrs::new();
@@ -394,6 +412,45 @@ mod tests {
         long.insert(1, b'=');
         long.push(b'\n');
         assert!(reader(&long).recv_item().is_err());
+    }
+
+    /// Gives at most 3 bytes per read, as a socket may.
+    struct Trickle(Cursor<Vec<u8>>);
+    impl Read for Trickle {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            let n = b.len().min(3);
+            self.0.read(&mut b[..n])
+        }
+    }
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_chunk_arriving_in_pieces_is_whole() {
+        let mut r = Conn::new(Trickle(Cursor::new(
+            b"#10
+0123456789#2
+ab"
+            .to_vec(),
+        )));
+        assert_eq!(
+            r.recv_item().unwrap(),
+            Some(Item::Data(b"0123456789".to_vec()))
+        );
+        assert_eq!(r.recv_item().unwrap(), Some(Item::Data(b"ab".to_vec())));
+        let mut r = Conn::new(Trickle(Cursor::new(
+            b"#10
+01234"
+                .to_vec(),
+        )));
+        let e = r.recv_item().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -181,7 +181,7 @@ fn now() -> (u64, u32) {
 
 /// Creates `dir/tmp.PID.N` exclusively, mode 0600.
 fn create_temp(dir: &Path) -> io::Result<(File, PathBuf)> {
-    let pid = std::process::id();
+    let pid = crate::log::process_id();
     loop {
         let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("tmp.{pid}.{n}"));
@@ -751,6 +751,11 @@ pub struct QueueFile {
     env: Envelope,
     crc: u32,
     limits: Limits,
+    /// The file's mode, device and inode when it was opened (one fstat
+    /// serves the callers that would otherwise stat it again).
+    mode: u32,
+    dev: u64,
+    ino: u64,
 }
 
 /// Recipient attributes waiting for their `R`/`D`.
@@ -840,6 +845,18 @@ impl QueueFile {
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)?;
         let meta = file.metadata()?;
+        Self::from_file(file, meta, path, limits)
+    }
+
+    /// [`open`](Self::open) on a file already open (a delivery agent's
+    /// locked descriptor, so it is not opened twice) with its metadata,
+    /// taken since it was opened; `path` is the name it was opened by.
+    pub fn from_file(
+        file: File,
+        meta: fs::Metadata,
+        path: &Path,
+        limits: &Limits,
+    ) -> Result<QueueFile, ReadError> {
         if !meta.is_file() {
             return Err(ReadError::corrupt(0, "not a regular file"));
         }
@@ -854,7 +871,22 @@ impl QueueFile {
             env,
             crc,
             limits: limits.clone(),
+            mode: meta.mode(),
+            dev: meta.dev(),
+            ino: meta.ino(),
         })
+    }
+
+    /// The mode when the file was opened (postsuper may change the
+    /// expiry bit later: stat the file for the present one).
+    pub fn mode_at_open(&self) -> u32 {
+        self.mode
+    }
+
+    /// (device, inode) of the open file; they never change while it is
+    /// open.
+    pub fn dev_ino(&self) -> (u64, u64) {
+        (self.dev, self.ino)
     }
 
     pub fn envelope(&self) -> &Envelope {
@@ -1015,6 +1047,10 @@ fn parse_crc(p: &[u8]) -> Option<u32> {
     u32::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok()
 }
 
+/// How much of a queue file the first read takes: the size record and a
+/// typical envelope.
+const HEAD_READ: usize = 2048;
+
 fn read_envelope(file: &File, len: u64, limits: &Limits) -> Result<(Envelope, u32), ReadError> {
     if len > limits.max_file_size {
         return Err(ReadError::corrupt(0, "file larger than the limit"));
@@ -1025,7 +1061,21 @@ fn read_envelope(file: &File, len: u64, limits: &Limits) -> Result<(Envelope, u3
             expected: SIZE_RECORD_LEN as u64,
         }));
     }
-    let mut rr = RecordReader::new(file, len, 0, SIZE_RECORD_LEN as u64, limits);
+    // The size record and, for most messages, the whole envelope in one
+    // read (then one more for the extracted section): a read per section
+    // was a system call each.
+    let mut head = vec![0u8; (len.min(HEAD_READ as u64)) as usize];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read_at(&mut head[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    head.truncate(got);
+    let mut rr = RecordReader::with_section(file, len, 0, SIZE_RECORD_LEN as u64, limits, &head);
     let size = match rr.next_record()? {
         Some(rec) if rec.kind == RecordType::Size && rec.payload.len() == SIZE_PAYLOAD_LEN => {
             SizeRecord::decode(rec.payload).map_err(|r| ReadError::corrupt(0, r))?
@@ -1077,7 +1127,14 @@ fn read_envelope(file: &File, len: u64, limits: &Limits) -> Result<(Envelope, u3
     let mut pending = Pending::default();
     let mut saw_m = false;
 
-    let mut rr = RecordReader::new(file, len, SIZE_RECORD_LEN as u64, size.data_offset, limits);
+    let mut rr = RecordReader::with_section(
+        file,
+        len,
+        SIZE_RECORD_LEN as u64,
+        size.data_offset,
+        limits,
+        head.get(SIZE_RECORD_LEN..).unwrap_or_default(),
+    );
     while let Some(rec) = rr.next_record()? {
         budget.take(&rec, limits)?;
         if saw_m {

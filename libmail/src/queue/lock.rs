@@ -75,11 +75,26 @@ pub fn mark_delay_warned(file: &File) -> io::Result<()> {
 #[derive(Debug)]
 pub struct Locked {
     file: File,
+    writable: bool,
+    /// The file's metadata as the lock was checked (after the lock was
+    /// granted): the caller need not stat it again.
+    meta: std::fs::Metadata,
 }
 
 impl Locked {
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// Whether the file is open for writing ([`for_marking`]).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The descriptor, still locked (the lock ends when it is closed),
+    /// and its metadata.
+    pub fn into_parts(self) -> (File, std::fs::Metadata) {
+        (self.file, self.meta)
     }
 }
 
@@ -117,12 +132,28 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
 /// Whether `path` still names the file open as `file` (same device and
 /// inode, and the file not unlinked).
 pub fn still_names(path: &Path, file: &File) -> io::Result<bool> {
-    let mine = file.metadata()?;
+    names(path, &file.metadata()?)
+}
+
+/// [`still_names`] with the open file's metadata at hand.
+fn names(path: &Path, mine: &std::fs::Metadata) -> io::Result<bool> {
     if mine.nlink() == 0 {
         return Ok(false);
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) => Ok(m.dev() == mine.dev() && m.ino() == mine.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`still_names`] for a file held open whose device and inode are known
+/// (`QueueFile::dev_ino`): one stat instead of two. An inode number is
+/// not reused while a descriptor keeps the inode alive, so a path naming
+/// (dev, ino) names that very file, and the file is still linked.
+pub fn still_names_inode(path: &Path, dev: u64, ino: u64) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(m.dev() == dev && m.ino() == ino),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
@@ -138,11 +169,37 @@ pub fn for_delivery(path: &Path) -> io::Result<Option<Locked>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    locked(path, file, false)
+}
+
+/// [`for_delivery`], opened for reading and writing when allowed, so the
+/// agent writes its done marks through the locked descriptor instead of
+/// opening the file again ([`Locked::writable`] says which it got).
+pub fn for_marking(path: &Path) -> io::Result<Option<Locked>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(_) => return for_delivery(path),
+    };
+    locked(path, file, true)
+}
+
+fn locked(path: &Path, file: File, writable: bool) -> io::Result<Option<Locked>> {
     flock(&file, libc::LOCK_SH)?;
-    if !still_names(path, &file)? {
+    let meta = file.metadata()?;
+    if !names(path, &meta)? {
         return Ok(None);
     }
-    Ok(Some(Locked { file }))
+    Ok(Some(Locked {
+        file,
+        writable,
+        meta,
+    }))
 }
 
 /// The exclusive lock postsuper takes before it moves or removes the
@@ -170,10 +227,15 @@ pub fn for_admin(path: &Path, wait: Duration) -> io::Result<AdminLock> {
             Err(e) => return Err(e),
         }
     }
-    if !still_names(path, &file)? {
+    let meta = file.metadata()?;
+    if !names(path, &meta)? {
         return Ok(AdminLock::Gone);
     }
-    Ok(AdminLock::Held(Locked { file }))
+    Ok(AdminLock::Held(Locked {
+        file,
+        writable: false,
+        meta,
+    }))
 }
 
 #[cfg(test)]
@@ -245,6 +307,48 @@ mod tests {
         assert!(still_names(&p, &f).unwrap());
         std::fs::remove_file(&p).unwrap();
         assert!(!still_names(&p, &f).unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_known_inode_is_named_until_moved_or_replaced() {
+        let d = scratch("inode");
+        let p = d.join("F");
+        std::fs::write(&p, "x").unwrap();
+        let f = File::open(&p).unwrap();
+        let m = f.metadata().unwrap();
+        assert!(still_names_inode(&p, m.dev(), m.ino()).unwrap());
+        std::fs::rename(&p, d.join("G")).unwrap();
+        assert!(!still_names_inode(&p, m.dev(), m.ino()).unwrap());
+        // Another file under the old name is not ours.
+        std::fs::write(&p, "y").unwrap();
+        assert!(!still_names_inode(&p, m.dev(), m.ino()).unwrap());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn marking_lock_is_writable_and_shared() {
+        use std::os::unix::fs::FileExt;
+        let d = scratch("marking");
+        let p = d.join("F");
+        std::fs::write(&p, "R").unwrap();
+        let a = for_marking(&p).unwrap().expect("present");
+        let b = for_marking(&p).unwrap().expect("shared");
+        assert!(a.writable() && b.writable());
+        assert!(matches!(
+            for_admin(&p, Duration::from_millis(20)).unwrap(),
+            AdminLock::Busy
+        ));
+        let (file, meta) = a.into_parts();
+        assert_eq!(meta.len(), 1);
+        file.write_all_at(b"D", 0).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"D");
+        drop((file, b));
+        assert!(matches!(
+            for_admin(&p, Duration::from_secs(5)).unwrap(),
+            AdminLock::Held(_)
+        ));
+        assert!(for_marking(&d.join("none")).unwrap().is_none());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

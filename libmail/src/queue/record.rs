@@ -343,6 +343,28 @@ impl<'f> RecordReader<'f> {
         }
     }
 
+    /// [`new`](Self::new) with the section's bytes already read
+    /// (`bytes`: the file from `start` on, or more), so reading it takes no
+    /// system call. Only when `bytes` hold the whole section: the reader
+    /// then behaves as one that read the section itself (its buffer is
+    /// the section, never more).
+    pub fn with_section(
+        file: &'f File,
+        file_len: u64,
+        start: u64,
+        end: u64,
+        limits: &Limits,
+        bytes: &[u8],
+    ) -> Self {
+        let mut r = RecordReader::new(file, file_len, start, end, limits);
+        let section = r.end.saturating_sub(start) as usize;
+        if section > 0 && section <= READ_BUF && bytes.len() >= section {
+            r.buf = bytes[..section].to_vec();
+            r.filled = section;
+        }
+        r
+    }
+
     /// The offset of the next record.
     pub fn offset(&self) -> u64 {
         self.buf_off + self.pos as u64
