@@ -70,7 +70,11 @@ trap "exit 130" INT TERM
 
 # queue_count DIR: messages still in the instance's incoming, active and
 # deferred queues (both systems hash or not the same way: count files).
-queue_count() { find "$1/queue/incoming" "$1/queue/active" "$1/queue/deferred" -type f 2>/dev/null | wc -l; }
+# Only complete files count: both systems set the owner-execute bit
+# when a file is finished. One without it is being written, and
+# Facteur's cleanup also makes the next message's file ahead on a
+# connection smtpd keeps (it stays empty until a message comes).
+queue_count() { find "$1/queue/incoming" "$1/queue/active" "$1/queue/deferred" -type f -perm -u+x 2>/dev/null | wc -l; }
 
 # smtp_source SESSIONS COUNT SIZE PORT RCPT
 smtp_source() {
