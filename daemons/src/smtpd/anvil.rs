@@ -296,6 +296,11 @@ impl ClientLimits {
         }
     }
 
+    /// True when the exceptions list may block ([`NetworkList::may_block`]).
+    pub fn may_block(&self) -> bool {
+        self.exceptions.may_block()
+    }
+
     /// Problems with `smtpd_client_event_limit_exceptions` worth a warning.
     pub fn warnings(&self) -> &[String] {
         self.exceptions.warnings()

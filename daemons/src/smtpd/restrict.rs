@@ -918,6 +918,7 @@ impl Restrictions {
         let r = &self.rcpt_maps;
         self.dnsbl.dns.get().is_some()
             || self.policy.configured()
+            || self.mynetworks.may_block()
             || self.tables.values().any(Maps::may_block)
             || [
                 &r.local,

@@ -722,9 +722,14 @@ async fn handshake(shell: &Shell, stream: Stream) -> Result<(Stream, Summary, bo
 }
 
 impl Session {
-    /// [`Session::lost`], where blocking is allowed.
+    /// [`Session::lost`], where blocking is allowed when a message was
+    /// in progress (its withdrawal talks to cleanup); else here.
     fn lost_in_place(&mut self) {
-        tokio::task::block_in_place(|| self.lost());
+        if self.in_transaction() {
+            tokio::task::block_in_place(|| self.lost());
+        } else {
+            self.lost();
+        }
     }
 }
 
@@ -752,7 +757,11 @@ async fn greeting<W: tokio::io::AsyncWrite + Unpin>(
     session: &mut Session,
     wr: &mut W,
 ) -> Option<End> {
-    let greeting = tokio::task::block_in_place(|| session.greeting());
+    let greeting = if session.greeting_may_block() {
+        tokio::task::block_in_place(|| session.greeting())
+    } else {
+        session.greeting()
+    };
     flush_logs(session);
     let (r, close) = match greeting {
         Step::Close(r) => (r, true),
@@ -818,6 +827,7 @@ where
         let asks = undelayed || is_verb(&got, &["RCPT", "DATA", "BDAT"]);
         let step = if (asks && session.gate_may_block())
             || is_verb(&got, &["ETRN"])
+            || (is_verb(&got, &["XCLIENT"]) && session.controls_may_block())
             // The first accepted recipient opens the queue file.
             || (is_verb(&got, &["RCPT"]) && !session.queue_ready())
             || session.in_auth()

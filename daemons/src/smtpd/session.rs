@@ -292,6 +292,22 @@ pub struct Controls {
 /// Postfix's default `smtpd_forbidden_commands`.
 pub const DEFAULT_FORBIDDEN_COMMANDS: &str = "CONNECT GET POST regexp:{{/^[^A-Z]/ Bogus}}";
 
+impl Controls {
+    /// True when deciding who the client is (XCLIENT and XFORWARD
+    /// rights, the EHLO keywords it is not offered) may block: one of
+    /// those lists names a table whose lookups may.
+    pub fn may_block(&self) -> bool {
+        [&self.xclient_hosts, &self.xforward_hosts]
+            .into_iter()
+            .flatten()
+            .any(|l| l.0.may_block())
+            || self
+                .discard_ehlo_maps
+                .as_ref()
+                .is_some_and(|m| m.0.may_block())
+    }
+}
+
 impl Default for Controls {
     fn default() -> Controls {
         Controls {
@@ -2666,6 +2682,21 @@ impl Session {
         self.gate.may_block()
     }
 
+    /// Whether [`greeting`](Self::greeting) may block: the client
+    /// restrictions (when not delayed), the XCLIENT/XFORWARD and EHLO
+    /// keyword lists, the client-limit exceptions.
+    pub fn greeting_may_block(&self) -> bool {
+        self.gate.may_block()
+            || self.set.controls.may_block()
+            || self.limits.as_ref().is_some_and(|l| l.may_block())
+    }
+
+    /// Whether XCLIENT may block besides its restrictions: who the new
+    /// client is, decided again.
+    pub fn controls_may_block(&self) -> bool {
+        self.set.controls.may_block()
+    }
+
     /// Whether an RCPT that opens the queue file would get it without
     /// waiting (it is open already, or the queue has one ready).
     pub fn queue_ready(&mut self) -> bool {
@@ -2673,9 +2704,15 @@ impl Session {
     }
 
     /// The connection ended without QUIT.
+    /// Whether a message has a queue file open (ending the session
+    /// withdraws it, which talks to cleanup).
+    pub fn in_transaction(&self) -> bool {
+        self.tx.as_ref().is_some_and(|t| t.queue_id.is_some())
+    }
+
     pub fn lost(&mut self) {
         self.ending = None;
-        if self.tx.as_ref().is_some_and(|t| t.queue_id.is_some()) {
+        if self.in_transaction() {
             self.queue.abort();
         }
         self.tx = None;

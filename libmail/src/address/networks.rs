@@ -302,6 +302,16 @@ impl NetworkList {
         Ok(false)
     }
 
+    /// True when matching may wait on something other than memory and
+    /// local files: a table item whose lookups may block
+    /// ([`Maps::may_block`]).
+    pub fn may_block(&self) -> bool {
+        self.items.iter().any(|(_, p)| match p {
+            Pattern::Table(m) => m.may_block(),
+            Pattern::Name(_) | Pattern::Net(_) => false,
+        })
+    }
+
     /// Whether an address matches (no host name known).
     pub fn matches_addr(&self, addr: IpAddr) -> Result<bool, TableError> {
         self.matches(None, addr)
