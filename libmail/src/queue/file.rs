@@ -29,7 +29,9 @@
 //!    in the size record (in the buffer when the whole file fits, so a
 //!    small message is one `write`; else one `pwrite` at offset 0), and
 //!    sets mode 0700: *complete*. It returns an [`Unsynced`] file.
-//! 4. [`Unsynced::sync`] / [`sync_many`]: `fsync` of each file — its
+//! 4. [`Unsynced::sync`] / [`sync_many`]: the writeback of every file of
+//!    a batch is started first (`sync_file_range`, a hint), then `fsync`
+//!    of each file — its
 //!    bytes, its length, its mode, and (on ext4, XFS and btrfs, because
 //!    the name was made before this fsync, in the same or an earlier
 //!    journal transaction) its name; then one `fsync` of each distinct
