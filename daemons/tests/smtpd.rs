@@ -575,3 +575,56 @@ fn end_of_data_restrictions_refuse_after_the_content_and_queue_nothing() {
     assert_eq!(got.len(), 1);
     assert!(got[0].contains("Subject: y"), "{}", got[0]);
 }
+
+#[test]
+fn mx_backup_accepts_relay_only_as_a_backup_mx() {
+    use common::peers::{Dns, DnsZone};
+    use std::net::Ipv4Addr;
+    // 127.0.0.1 (inet_interfaces = loopback-only) is the backup MX of
+    // backup.test and outside.test, the primary of primary.test;
+    // nomx.test has no MX. Only the primaries of backup.test are in
+    // permit_mx_backup_networks.
+    let dns = Dns::start(
+        &DnsZone::new()
+            .mx("backup.test", 10, "mx1.primary.test")
+            .mx("backup.test", 20, "mx.loopback.test")
+            .mx("primary.test", 10, "mx.loopback.test")
+            .mx("primary.test", 20, "mx1.primary.test")
+            .mx("outside.test", 10, "mx.outside.test")
+            .mx("outside.test", 20, "mx.loopback.test")
+            .a("mx1.primary.test", Ipv4Addr::new(192, 0, 2, 51))
+            .a("mx.outside.test", Ipv4Addr::new(198, 51, 100, 9))
+            .a("mx.loopback.test", Ipv4Addr::LOCALHOST)
+            .a("nomx.test", Ipv4Addr::LOCALHOST),
+    );
+    let mut i = Instance::new("smtpd-mx-backup", "");
+    let port = i.with_smtpd();
+    i.main_cf(&format!(
+        "{}smtpd_relay_restrictions = permit_mx_backup, reject_unauth_destination\n\
+         permit_mx_backup_networks = 192.0.2.0/24\n\
+         smtpd_log_access_permit_actions = permit_mx_backup",
+        dns.main_cf()
+    ));
+    i.start();
+    let mut c = Raw::connect(port);
+    c.cmd("EHLO client.example");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd("RCPT TO:<x@backup.test>"), "250 2.1.5 Ok\r\n");
+    for denied in ["x@primary.test", "x@nomx.test", "x@outside.test"] {
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{denied}>")),
+            format!("554 5.7.1 <{denied}>: Relay access denied\r\n")
+        );
+    }
+    // No message: the session ends before DATA (the queue ID is the one
+    // the accepted recipient opened).
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    i.wait_log(
+        r"postfix/smtpd\[\d+\]: NOQUEUE: permit: RCPT from \S+\[127\.0\.0\.1\]: action=permit_mx_backup for Recipient address=x@backup\.test ; from=<a@example\.org> to=<x@backup\.test> proto=ESMTP helo=<client\.example>$",
+    );
+    i.wait_log(
+        r"postfix/smtpd\[\d+\]: [0-9A-F]+: reject: RCPT from \S+\[127\.0\.0\.1\]: 554 5\.7\.1 <x@primary\.test>: Relay access denied; from=<a@example\.org> to=<x@primary\.test> proto=ESMTP helo=<client\.example>$",
+    );
+    let log = i.log_text();
+    assert!(!log.contains("is not supported yet"), "{log}");
+}

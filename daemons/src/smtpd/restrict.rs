@@ -53,10 +53,15 @@
 //! `reject_unknown_{client,reverse_client}_hostname` use the names the
 //! session looked up. `permit_tls_clientcerts`,
 //! `permit_tls_all_clientcerts` and `check_ccert_access` read the client
-//! certificate the session was given ([`Facts::ccert`]). The restrictions
-//! that need what is not here yet (address verification,
-//! `permit_mx_backup`) are recognised and skipped as DUNNO, with one
-//! warning when the configuration is loaded ([`Restrictions::warnings`]).
+//! certificate the session was given ([`Facts::ccert`]).
+//! `permit_mx_backup` asks the DNS too: it permits the authorized
+//! destinations and the domains whose MX hosts list this machine (an
+//! address of `inet_interfaces` or `proxy_interfaces`, or a name of
+//! `mydestination`) below the most preferred ones, with
+//! `permit_mx_backup_networks` limiting the primary MX hosts' addresses.
+//! The restrictions that need what is not here yet (address
+//! verification) are recognised and skipped as DUNNO, with one warning
+//! when the configuration is loaded ([`Restrictions::warnings`]).
 //! Unknown names are Postfix's: a warning and `451 4.3.5 Server
 //! configuration error` when the list reaches them.
 //!
@@ -531,6 +536,7 @@ pub struct Restrictions {
     resolver: Arc<Resolver>,
     mynetworks: NetworkList,
     inet_interfaces: Vec<IpAddr>,
+    mx_backup: MxBackup,
     relay_domains: Option<DomainList>,
     rcpt_maps: RcptMaps,
     sender_login_maps: Option<Maps>,
@@ -577,6 +583,58 @@ struct DnsSettings {
     rbl_reply_maps: Option<Maps>,
     /// `maps_rbl_domains`, for the deprecated `reject_maps_rbl`.
     maps_rbl_domains: Vec<String>,
+}
+
+/// What `permit_mx_backup` needs besides the resolver.
+struct MxBackup {
+    /// This machine's addresses (Postfix's own_inet_addr and
+    /// proxy_inet_addr): made at load when a list or class names
+    /// permit_mx_backup, else on first need (an access table's result may
+    /// name it), once; an error is kept and ends every such decision.
+    local: OnceLock<Result<Vec<IpAddr>, String>>,
+    /// `inet_interfaces` and `proxy_interfaces`, what `local` is made of.
+    inet_interfaces: String,
+    proxy_interfaces: String,
+    /// `permit_mx_backup_networks`; `None` when empty (no limit).
+    networks: Option<NetworkList>,
+}
+
+/// The addresses `inet_interfaces` names (every interface's for `all`)
+/// and those of `proxy_interfaces` (addresses or host names, looked up
+/// now; one not found is an error, as in Postfix), in canonical form.
+fn own_addresses(inet_interfaces: &str, proxy_interfaces: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out: Vec<IpAddr> = libmail::config::host::listen_interfaces(
+        inet_interfaces,
+        &libmail::config::host::interface_addresses(),
+    )?
+    .into_iter()
+    .map(|i| i.addr.to_canonical())
+    .collect();
+    for host in split_list(proxy_interfaces) {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<IpAddr> = match literal.parse::<IpAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => {
+                use std::net::ToSocketAddrs;
+                (host, 0)
+                    .to_socket_addrs()
+                    .map(|it| it.map(|sa| sa.ip()).collect())
+                    .unwrap_or_default()
+            }
+        };
+        if addrs.is_empty() {
+            return Err(format!(
+                "config variable proxy_interfaces: host not found: {host}"
+            ));
+        }
+        for a in addrs {
+            let a = a.to_canonical();
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The DNS restrictions' resolver, or why there is none (its every lookup
@@ -778,6 +836,31 @@ impl Restrictions {
         } else {
             Vec::new()
         };
+        let mx_backup = {
+            let inet_interfaces = value(params, "inet_interfaces")?;
+            let proxy_interfaces = value(params, "proxy_interfaces")?;
+            let local = OnceLock::new();
+            if uses(Kind::PermitMxBackup) {
+                let _ = local.set(Ok(own_addresses(&inet_interfaces, &proxy_interfaces)?));
+            }
+            let networks = if value(params, "permit_mx_backup_networks")?
+                .trim()
+                .is_empty()
+            {
+                None
+            } else {
+                let n = NetworkList::from_param(params, "permit_mx_backup_networks")
+                    .map_err(|e| e.to_string())?;
+                warnings.extend(n.warnings().iter().cloned());
+                Some(n)
+            };
+            MxBackup {
+                local,
+                inet_interfaces,
+                proxy_interfaces,
+                networks,
+            }
+        };
         let relay_domains = if uses(Kind::CheckRelayDomains) {
             Some(DomainList::from_param(params, "relay_domains").map_err(|e| e.to_string())?)
         } else {
@@ -846,6 +929,7 @@ impl Restrictions {
             resolver,
             mynetworks,
             inet_interfaces,
+            mx_backup,
             relay_domains,
             rcpt_maps: RcptMaps {
                 local: open_maps(params, "local_recipient_maps")?,
@@ -919,6 +1003,11 @@ impl Restrictions {
         self.dnsbl.dns.get().is_some()
             || self.policy.configured()
             || self.mynetworks.may_block()
+            || self
+                .mx_backup
+                .networks
+                .as_ref()
+                .is_some_and(NetworkList::may_block)
             || self.tables.values().any(Maps::may_block)
             || [
                 &r.local,
@@ -1835,6 +1924,13 @@ impl<'r, 'f> Eval<'r, 'f> {
                 },
                 None => Status::Dunno,
             },
+            Kind::PermitMxBackup => match self.recipient {
+                Some(rcpt) => match self.mx_backup(rcpt)? {
+                    Status::Ok => self.permit(&list[*i].text, What::Recipient, rcpt, None),
+                    s => s,
+                },
+                None => Status::Dunno,
+            },
             Kind::RejectUnauthDestination | Kind::DeferUnauthDestination => match self.recipient {
                 Some(rcpt) => {
                     if self.auth_destination(rcpt)? == Status::Ok {
@@ -2530,6 +2626,16 @@ impl<'r, 'f> Eval<'r, 'f> {
     /// The addresses of `host` in the families `inet_protocols` enables
     /// (IPv4 first), or the resolver's error in getaddrinfo's words.
     fn host_addresses(&self, host: &str) -> Result<Vec<IpAddr>, &'static str> {
+        self.host_addrs(host).map_err(|e| match e {
+            DnsError::Temporary(_) => "Temporary failure in name resolution",
+            DnsError::NotFound => "Name or service not known",
+        })
+    }
+
+    /// The addresses of `host` in the families `inet_protocols` enables
+    /// (IPv4 first): those found when either query answers, else a
+    /// temporary failure when one failed, else not found.
+    fn host_addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let dns = self.dns();
         let mut out = Vec::new();
         let mut temporary = false;
@@ -2554,9 +2660,9 @@ impl<'r, 'f> Eval<'r, 'f> {
         if !out.is_empty() {
             Ok(out)
         } else if temporary {
-            Err("Temporary failure in name resolution")
+            Err(DnsError::Temporary(format!("{host}: no address")))
         } else {
-            Err("Name or service not known")
+            Err(DnsError::NotFound)
         }
     }
 
@@ -2738,6 +2844,190 @@ impl<'r, 'f> Eval<'r, 'f> {
             Class::Local | Class::VirtualAlias | Class::VirtualMailbox | Class::Relay => Status::Ok,
             Class::Default => Status::Dunno,
         })
+    }
+
+    /// permit_mx_backup: OK for the destinations permit_auth_destination
+    /// permits, and for a domain whose MX hosts list this machine, but
+    /// not among the most preferred ones (mail for it would loop), with
+    /// every address of every most preferred host in
+    /// `permit_mx_backup_networks` when that is set. No MX, the null MX,
+    /// an address literal or a source-routed address: DUNNO. What the DNS
+    /// cannot answer is a DUNNO with a `defer_if_reject` naming it
+    /// (Postfix's `450 4.4.4`), so a later reject becomes that deferral.
+    fn mx_backup(&mut self, rcpt: &str) -> Res {
+        let resolved = match self.resolve(rcpt) {
+            Ok(r) => r,
+            Err(_) => return Err(self.lookup_failure(rcpt)),
+        };
+        let canonical = resolved.recipient.to_lowercase();
+        let Some(at) = canonical.rfind('@') else {
+            return Ok(Status::Ok);
+        };
+        if !self.r.allow_untrusted_routing && self.routed(&canonical, resolved.class) {
+            return Ok(Status::Dunno);
+        }
+        if resolved.class != Class::Default {
+            return Ok(Status::Ok);
+        }
+        let domain = &canonical[at + 1..];
+        if domain.starts_with('[') && domain.ends_with(']') {
+            return Ok(Status::Dunno);
+        }
+        let Some(domain) = libmail::dns::ascii_name(domain).filter(|d| !d.is_empty()) else {
+            return Ok(Status::Dunno);
+        };
+        let mx = match self.dns().mx(&domain) {
+            Ok(mx) if libmail::dns::is_null_mx(&mx) => return Ok(Status::Dunno),
+            Ok(mx) => mx,
+            Err(DnsError::NotFound) => return Ok(Status::Dunno),
+            Err(DnsError::Temporary(_)) => {
+                self.defer_if_reject(
+                    ErrorClass::Policy,
+                    450,
+                    "4.4.4",
+                    format!(
+                        "<{rcpt}>: Recipient address rejected: Unable to look up mail \
+                         exchanger information: Host not found, try again"
+                    ),
+                );
+                return Ok(Status::Dunno);
+            }
+        };
+        // By preference (the resolver sorts them); the most preferred
+        // hosts are the primaries, the others the backups.
+        let hosts: Vec<(u16, String)> = mx
+            .into_iter()
+            .filter(|m| !m.exchange.is_empty())
+            .take(MAX_SERVER_HOSTS)
+            .map(|m| (m.preference, m.exchange))
+            .collect();
+        let Some(best) = hosts.first().map(|h| h.0) else {
+            return Ok(Status::Dunno);
+        };
+        let (primaries, backups): (Vec<&str>, Vec<&str>) = {
+            let (p, b): (Vec<_>, Vec<_>) = hosts.iter().partition(|h| h.0 == best);
+            (
+                p.into_iter().map(|h| h.1.as_str()).collect(),
+                b.into_iter().map(|h| h.1.as_str()).collect(),
+            )
+        };
+        if self.i_am_mx(&primaries, rcpt)? {
+            return Ok(Status::Dunno);
+        }
+        if backups.is_empty() || !self.i_am_mx(&backups, rcpt)? {
+            return Ok(Status::Dunno);
+        }
+        if let Some(networks) = &self.r.mx_backup.networks {
+            for host in &primaries {
+                if !self.all_auth_mx_addr(networks, host, rcpt) {
+                    return Ok(Status::Dunno);
+                }
+            }
+        }
+        Ok(Status::Ok)
+    }
+
+    /// i_am_mx: whether one of `hosts` is this machine: a name of
+    /// `mydestination` (all names first), else an address of this machine
+    /// (a host that cannot be looked up raises a `defer_if_reject`).
+    fn i_am_mx(&mut self, hosts: &[&str], rcpt: &str) -> Result<bool, Abort> {
+        let resolver = &self.r.resolver;
+        if hosts.iter().any(|h| {
+            let h = syntax::strip_one_dot(h);
+            !h.is_empty() && resolver.is_local_domain(h).unwrap_or(false)
+        }) {
+            return Ok(true);
+        }
+        let local = self.own_addresses()?;
+        for host in hosts {
+            // A host given as an address is that address (getaddrinfo).
+            let addrs = match host.parse::<IpAddr>() {
+                Ok(a) => Ok(vec![a]),
+                Err(_) => self.host_addresses(host),
+            };
+            match addrs {
+                Ok(addrs) => {
+                    if addrs.iter().any(|a| local.contains(&a.to_canonical())) {
+                        return Ok(true);
+                    }
+                }
+                Err(e) => self.defer_if_reject(
+                    ErrorClass::Policy,
+                    450,
+                    "4.4.4",
+                    format!(
+                        "<{rcpt}>: Recipient address rejected: Unable to look up mail \
+                         exchanger host {host}: {e}"
+                    ),
+                ),
+            }
+        }
+        Ok(false)
+    }
+
+    /// all_auth_mx_addr: whether every address of `host` (DNS) is in
+    /// `permit_mx_backup_networks`; a failed lookup raises a
+    /// `defer_if_reject`.
+    fn all_auth_mx_addr(&mut self, networks: &NetworkList, host: &str, rcpt: &str) -> bool {
+        let addrs = match self.host_addrs(host) {
+            Ok(a) => a,
+            Err(e) => {
+                let why = match e {
+                    DnsError::NotFound => "Host not found",
+                    DnsError::Temporary(_) => "Host not found, try again",
+                };
+                self.defer_if_reject(
+                    ErrorClass::Policy,
+                    450,
+                    "4.4.4",
+                    format!(
+                        "<{rcpt}>: Recipient address rejected: Unable to look up host \
+                         {host} as mail exchanger: {why}"
+                    ),
+                );
+                return false;
+            }
+        };
+        for addr in addrs.iter().take(MAX_SERVER_ADDRS) {
+            match networks.matches(Some(host), *addr) {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(_) => {
+                    self.warn(format!(
+                        "all_auth_mx_addr: permit_mx_backup_networks lookup error \
+                         for address {addr} for {host}"
+                    ));
+                    self.defer_if_reject(
+                        ErrorClass::Policy,
+                        450,
+                        "4.4.4",
+                        format!(
+                            "<{rcpt}>: Recipient address rejected: Unable to verify host \
+                             {host} as mail exchanger"
+                        ),
+                    );
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// This machine's addresses for permit_mx_backup (made now when the
+    /// configuration did not name it in a list); an error is a warning
+    /// and `451 4.3.5`.
+    fn own_addresses(&mut self) -> Result<&'r [IpAddr], Abort> {
+        let m = &self.r.mx_backup;
+        let made = m
+            .local
+            .get_or_init(|| own_addresses(&m.inet_interfaces, &m.proxy_interfaces));
+        match made {
+            Ok(a) => Ok(a.as_slice()),
+            Err(e) => {
+                self.warn(e.clone());
+                Err(self.server_error())
+            }
+        }
     }
 
     /// Whether `addr` is a key of `maps` in the virtual(5) address order;

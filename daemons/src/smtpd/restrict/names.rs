@@ -124,6 +124,9 @@ pub enum Kind {
     /// `check_ccert_access type:table`: the table searched for the client
     /// certificate's fingerprint, then its public key's.
     CheckCcertAccess,
+    /// `permit_mx_backup` (DNS): an authorized destination, or a domain
+    /// whose MX hosts list this machine, but not among the most preferred.
+    PermitMxBackup,
     /// Recognised, not implemented yet (needs the network or address
     /// verification): skipped as DUNNO.
     Unsupported(Arg),
@@ -263,7 +266,7 @@ const NAMES: &[(&str, Kind)] = &[
         Kind::CheckServerAccess(Target::Sender, Server::A),
     ),
     ("reject_rhsbl_sender", Kind::RejectRhsbl(Target::Sender)),
-    ("permit_mx_backup", Kind::Unsupported(Arg::None)),
+    ("permit_mx_backup", Kind::PermitMxBackup),
     ("permit_tls_all_clientcerts", Kind::PermitTlsAllClientcerts),
     ("permit_tls_clientcerts", Kind::PermitTlsClientcerts),
     (
@@ -303,6 +306,7 @@ impl Kind {
                 | Kind::RejectUnknownHelo
                 | Kind::RejectUnknownSenderDomain
                 | Kind::RejectUnknownRecipientDomain
+                | Kind::PermitMxBackup
         )
     }
 }
@@ -349,17 +353,13 @@ pub fn relay_control_error() -> String {
 }
 
 /// What skipping an unsupported restriction means, for the warning given
-/// once when the configuration is loaded.
+/// once when the configuration is loaded (every one still unsupported
+/// rejects or defers, none permits).
 pub fn unsupported_warning(name: &str) -> String {
-    let effect = if name.to_ascii_lowercase().starts_with("permit") {
-        "it never permits"
-    } else {
-        "mail it would reject or defer is accepted"
-    };
     format!(
         "restriction \"{name}\" is not supported yet (it needs DNS, the network, \
          TLS client certificates or address verification): it is skipped as DUNNO, \
-         so {effect}"
+         so mail it would reject or defer is accepted"
     )
 }
 
@@ -390,6 +390,8 @@ mod tests {
             lookup("Permit_TLS_ClientCerts"),
             Some(Kind::PermitTlsClientcerts)
         );
+        assert_eq!(lookup("Permit_MX_Backup"), Some(Kind::PermitMxBackup));
+        assert!(Kind::PermitMxBackup.uses_dns());
         assert_eq!(lookup("my_class"), None);
     }
 

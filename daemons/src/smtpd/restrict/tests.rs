@@ -1682,18 +1682,15 @@ fn unsupported_restrictions_are_skipped_with_a_warning_at_load() {
     let s = Setup::new();
     let r = s.rules(
         "smtpd_client_restrictions = reject_unknown_address, \
-         reject_unknown_address, permit_mx_backup\n\
+         reject_unknown_address\n\
          smtpd_recipient_restrictions = reject_unverified_sender",
     );
-    assert_eq!(r.warnings().len(), 3, "{:?}", r.warnings());
+    assert_eq!(r.warnings().len(), 2, "{:?}", r.warnings());
     assert!(
         r.warnings()[0].starts_with("restriction \"reject_unknown_address\" is not supported yet")
     );
     assert!(r.warnings()[0].ends_with("so mail it would reject or defer is accepted"));
-    assert!(r
-        .warnings()
-        .iter()
-        .any(|w| w.contains("\"permit_mx_backup\"") && w.ends_with("it never permits")));
+    assert!(r.warnings()[1].starts_with("restriction \"reject_unverified_sender\""));
     assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
     // The arguments are still checked as Postfix checks them.
     let bad =
@@ -2233,7 +2230,13 @@ impl DnsServer {
     /// `nullmx.test` the null MX; for the `check_*_{a,mx,ns}_access`
     /// tests `spam.test` has two MX hosts under `spamhost.test` (the
     /// second with an IPv6 address too), `good.test` one, and `ns.test`
-    /// two name servers under `nshost.test`. Everything else under
+    /// two name servers under `nshost.test`; for `permit_mx_backup`
+    /// `backup.test` has two primaries under `primary.test` and
+    /// `mx.loopback.test` (127.0.0.1) as backup, `primary.test` that host
+    /// as primary (and `mx.example.com` as a backup), `tied.test` it tied with a primary, `byname.test` a
+    /// backup named `mx.example.com`, `nat.test` a backup at 198.51.100.7,
+    /// `lame.test` a primary without address and `lameprimary.test` one
+    /// outside `.test` (`mx.example.org`: a temporary failure). Everything else under
     /// `.test` is NXDOMAIN; names outside `.test` are refused (no
     /// upstream server): a temporary failure. `None` when dnsmasq is
     /// missing or does not start.
@@ -2279,6 +2282,28 @@ impl DnsServer {
                     &ns_record("ns.test", "ns2.nshost.test"),
                     "--host-record=ns1.nshost.test,192.0.2.41",
                     "--host-record=ns2.nshost.test,192.0.2.42",
+                    // permit_mx_backup: this machine (127.0.0.1) as a
+                    // backup, as a primary, and a NAT address.
+                    "--mx-host=backup.test,mx1.primary.test,10",
+                    "--mx-host=backup.test,mx2.primary.test,10",
+                    "--mx-host=backup.test,mx.loopback.test,20",
+                    "--host-record=mx1.primary.test,192.0.2.51",
+                    "--host-record=mx2.primary.test,192.0.2.52",
+                    "--host-record=mx.loopback.test,127.0.0.1",
+                    "--mx-host=primary.test,mx.loopback.test,10",
+                    "--mx-host=primary.test,mx1.primary.test,20",
+                    "--mx-host=primary.test,mx.example.com,30",
+                    "--mx-host=tied.test,mx1.primary.test,10",
+                    "--mx-host=tied.test,mx.loopback.test,10",
+                    "--mx-host=byname.test,mx1.primary.test,10",
+                    "--mx-host=byname.test,mx.example.com,20",
+                    "--mx-host=nat.test,mx1.primary.test,10",
+                    "--mx-host=nat.test,mx.nat.test,20",
+                    "--host-record=mx.nat.test,198.51.100.7",
+                    "--mx-host=lame.test,mail.mx.test,10",
+                    "--mx-host=lame.test,mx.loopback.test,20",
+                    "--mx-host=lameprimary.test,mx.example.org,10",
+                    "--mx-host=lameprimary.test,mx.loopback.test,20",
                 ])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -3114,5 +3139,221 @@ fn mx_access_for_client_and_helo_names() {
     assert_eq!(
         said(&r.check(Stage::Helo, &f)),
         "554 5.7.1 <spam.test>: Helo command rejected: Spam host"
+    );
+}
+
+// ----- permit_mx_backup, against the same dnsmasq -----
+
+/// Rules with `list` as `smtpd_relay_restrictions` (and `extra` lines).
+fn mx_backup_rules(d: &DnsServer, s: &Setup, extra: &str, list: &str) -> Restrictions {
+    let r = s.rules(&format!(
+        "{}{extra}\nsmtpd_relay_restrictions = {list}",
+        d.main_cf()
+    ));
+    assert!(r.warnings().is_empty(), "{:?}", r.warnings());
+    r
+}
+
+const RELAY_DENIED: &str = "554 5.7.1 <{}>: Relay access denied";
+
+fn relay_denied(rcpt: &str) -> String {
+    RELAY_DENIED.replace("{}", rcpt)
+}
+
+#[test]
+fn mx_backup_permits_a_backup_mx_never_a_primary() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = mx_backup_rules(
+        &d,
+        &s,
+        "relay_domains = relayed.example",
+        "permit_mx_backup, reject_unauth_destination",
+    );
+    // The DNS makes it a backup restriction: the resolver exists at load
+    // and the decision may block.
+    assert!(r.may_block());
+    assert!(!s
+        .rules("smtpd_relay_restrictions = reject_unauth_destination")
+        .may_block());
+    let check = |to: &str| {
+        let d = r.check_rcpt(&rcpt(to));
+        assert!(warnings(&d).is_empty(), "{to}: {:?}", warnings(&d));
+        said(&d)
+    };
+    // 127.0.0.1 (an inet_interfaces address: all) is the backup MX.
+    assert_eq!(check("x@backup.test"), "permit");
+    assert_eq!(check("X@BACKUP.TEST"), "permit");
+    // A backup named in mydestination, whatever its addresses.
+    assert_eq!(check("x@byname.test"), "permit");
+    // This machine as the primary (though a backup too), or tied with
+    // it: mail would loop.
+    assert_eq!(check("x@primary.test"), relay_denied("x@primary.test"));
+    assert_eq!(check("x@tied.test"), relay_denied("x@tied.test"));
+    // Not an MX host of the domain at all; no MX; the null MX.
+    assert_eq!(check("x@good.test"), relay_denied("x@good.test"));
+    assert_eq!(check("x@a.test"), relay_denied("x@a.test"));
+    assert_eq!(check("x@none.test"), relay_denied("x@none.test"));
+    assert_eq!(check("x@nullmx.test"), relay_denied("x@nullmx.test"));
+    // An address literal, and a source route through a backup domain.
+    assert_eq!(check("x@[192.0.2.1]"), relay_denied("x@[192.0.2.1]"));
+    assert_eq!(
+        check("\"x@elsewhere.example\"@backup.test"),
+        relay_denied("\"x@elsewhere.example\"@backup.test")
+    );
+    // The authorized destinations are permitted without the DNS (these
+    // names are outside .test: looking them up would fail).
+    assert_eq!(check("alice@example.com"), "permit");
+    assert_eq!(check("x@relayed.example"), "permit");
+    // A backup at an address of proxy_interfaces (a NAT address).
+    assert_eq!(check("x@nat.test"), relay_denied("x@nat.test"));
+    let nat = mx_backup_rules(
+        &d,
+        &s,
+        "proxy_interfaces = 198.51.100.7",
+        "permit_mx_backup, reject_unauth_destination",
+    );
+    assert_eq!(said(&nat.check_rcpt(&rcpt("x@nat.test"))), "permit");
+    // An explicit inet_interfaces list, and proxy_interfaces beside it.
+    let listed = mx_backup_rules(
+        &d,
+        &s,
+        "inet_interfaces = 127.0.0.1\nproxy_interfaces = 198.51.100.7",
+        "permit_mx_backup, reject_unauth_destination",
+    );
+    assert_eq!(said(&listed.check_rcpt(&rcpt("x@backup.test"))), "permit");
+    assert_eq!(said(&listed.check_rcpt(&rcpt("x@nat.test"))), "permit");
+    assert_eq!(
+        said(&listed.check_rcpt(&rcpt("x@primary.test"))),
+        relay_denied("x@primary.test")
+    );
+}
+
+#[test]
+fn mx_backup_networks_limit_the_primary_mx_hosts() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let rules = |networks: &str| {
+        mx_backup_rules(
+            &d,
+            &s,
+            &format!("permit_mx_backup_networks = {networks}"),
+            "permit_mx_backup, reject_unauth_destination",
+        )
+    };
+    // Both primaries (192.0.2.51, .52) in the list.
+    let r = rules("192.0.2.48/28");
+    assert_eq!(said(&r.check_rcpt(&rcpt("x@backup.test"))), "permit");
+    // Every address of every primary must be: .52 is not.
+    let r = rules("192.0.2.51");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("x@backup.test"))),
+        relay_denied("x@backup.test")
+    );
+    // A network that holds only the backup (this machine).
+    let r = rules("127.0.0.0/8");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("x@backup.test"))),
+        relay_denied("x@backup.test")
+    );
+    // By host name, with its parent domains
+    // (parent_domain_matches_subdomains names permit_mx_backup_networks).
+    let r = rules("primary.test");
+    assert_eq!(said(&r.check_rcpt(&rcpt("x@backup.test"))), "permit");
+    // The limit does not apply to the authorized destinations, nor to a
+    // backup named in mydestination whose primary is listed.
+    let r = rules("192.0.2.51");
+    assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+    assert_eq!(said(&r.check_rcpt(&rcpt("x@byname.test"))), "permit");
+}
+
+#[test]
+fn mx_backup_turns_a_later_reject_into_a_deferral_when_the_dns_fails() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = mx_backup_rules(&d, &s, "", "permit_mx_backup, reject_unauth_destination");
+    // The MX lookup fails (names outside .test are refused): the reject
+    // that follows becomes Postfix's 450 4.4.4.
+    let got = r.check_rcpt(&rcpt("x@example.org"));
+    assert_eq!(
+        said(&got),
+        "450 4.4.4 <x@example.org>: Recipient address rejected: Unable to look up \
+         mail exchanger information: Host not found, try again"
+    );
+    assert!(warnings(&got).is_empty(), "{:?}", warnings(&got));
+    // A primary that cannot be looked up does not keep this machine
+    // from being the backup.
+    assert_eq!(said(&r.check_rcpt(&rcpt("x@lame.test"))), "permit");
+    assert_eq!(said(&r.check_rcpt(&rcpt("x@lameprimary.test"))), "permit");
+    // ... but with permit_mx_backup_networks it cannot be verified.
+    let limited = mx_backup_rules(
+        &d,
+        &s,
+        "permit_mx_backup_networks = 192.0.2.0/24",
+        "permit_mx_backup, reject_unauth_destination",
+    );
+    assert_eq!(
+        said(&limited.check_rcpt(&rcpt("x@lame.test"))),
+        "450 4.4.4 <x@lame.test>: Recipient address rejected: Unable to look up \
+         mail exchanger host mail.mx.test: Name or service not known"
+    );
+    assert_eq!(
+        said(&limited.check_rcpt(&rcpt("x@lameprimary.test"))),
+        "450 4.4.4 <x@lameprimary.test>: Recipient address rejected: Unable to look up \
+         mail exchanger host mx.example.org: Temporary failure in name resolution"
+    );
+    // When a later restriction permits, the failure changes nothing.
+    s.table("ok", "example.org OK\n");
+    let r = mx_backup_rules(
+        &d,
+        &s,
+        "",
+        "permit_mx_backup, check_recipient_access texthash:{dir}/ok, \
+         reject_unauth_destination",
+    );
+    assert_eq!(said(&r.check_rcpt(&rcpt("x@example.org"))), "permit");
+}
+
+#[test]
+fn mx_backup_permits_are_logged_when_asked() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    let r = mx_backup_rules(
+        &d,
+        &s,
+        "smtpd_log_access_permit_actions = permit_mx_backup",
+        "permit_mx_backup, reject_unauth_destination",
+    );
+    assert_eq!(
+        events(&r.check_rcpt(&rcpt("x@backup.test"))),
+        vec![
+            "NOQUEUE: permit: RCPT from client.example[192.0.2.1]: action=permit_mx_backup \
+              for Recipient address=x@backup.test ; from=<sender@example.net> \
+              to=<x@backup.test> proto=ESMTP helo=<mx.client.example>"
+        ]
+    );
+    assert!(events(&r.check_rcpt(&rcpt("x@primary.test"))).is_empty());
+}
+
+/// An access table's result may name permit_mx_backup though no list
+/// does: the resolver and this machine's addresses are made then.
+#[test]
+fn mx_backup_named_by_an_access_table_result() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    s.table(
+        "rcpt",
+        "backup.test permit_mx_backup\nprimary.test permit_mx_backup\n",
+    );
+    let r = mx_backup_rules(
+        &d,
+        &s,
+        "",
+        "check_recipient_access texthash:{dir}/rcpt, reject_unauth_destination",
+    );
+    assert_eq!(said(&r.check_rcpt(&rcpt("x@backup.test"))), "permit");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("x@primary.test"))),
+        relay_denied("x@primary.test")
     );
 }
