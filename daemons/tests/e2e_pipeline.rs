@@ -510,3 +510,54 @@ fn active_queue_limits_take_mail_in_turns_and_lose_none() {
     let got = i.wait_maildir(&i.user_maildir(), 24);
     assert_eq!(got.len(), 24);
 }
+
+/// Seconds since midnight of a log line's `Mmm dd hh:mm:ss` stamp.
+fn log_second(line: &str) -> i64 {
+    let hms = line.split_whitespace().nth(2).unwrap_or_default();
+    let mut it = hms.split(':').map(|p| p.parse::<i64>().unwrap_or(0));
+    let (h, m, s) = (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    );
+    h * 3600 + m * 60 + s
+}
+
+#[test]
+fn destination_rate_delay_spaces_deliveries_to_one_destination() {
+    let mut i = Instance::new("ratedelay", "");
+    let top = i.top.display().to_string();
+    i.file("transport", "slow.example  discard:paced\n");
+    let main = format!("{}/main.cf", i.etc);
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!(
+        "transport_maps = texthash:{top}/transport\ndiscard_destination_rate_delay = 1s\n"
+    ));
+    std::fs::write(&main, text).unwrap();
+    i.start();
+    for n in 0..3 {
+        i.send(
+            &["-f", "erin@example.org", &format!("r{n}@slow.example")],
+            &msg("paced"),
+        );
+    }
+    i.kick();
+    let sent = r"postfix/discard\[\d+\]: [0-9A-F]+: to=<r\d@slow\.example>, relay=none, .*status=sent \(paced\)$";
+    let re = regex::Regex::new(sent).unwrap();
+    wait_for(30, "three paced deliveries", || {
+        i.log_text().lines().filter(|l| re.is_match(l)).count() == 3
+    });
+    let text = i.log_text();
+    let stamps: Vec<i64> = text
+        .lines()
+        .filter(|l| re.is_match(l))
+        .map(log_second)
+        .collect();
+    // One at a time, a second apart at least: the third ends two seconds
+    // or more after the first (without the delay all three go at once).
+    let mut spread = stamps[2] - stamps[0];
+    if spread < 0 {
+        spread += 86_400; // past midnight
+    }
+    assert!(spread >= 2, "deliveries at {stamps:?}:\n{text}");
+}

@@ -12,7 +12,9 @@
 //!    `TRANSPORT_destination_recipient_limit` recipients.
 //! 3. Jobs go to the delivery agents (`private/TRANSPORT`) through a pool
 //!    of connections per transport ([`workers`]), at most
-//!    `TRANSPORT_destination_concurrency_limit` at once per destination.
+//!    `TRANSPORT_destination_concurrency_limit` at once per destination;
+//!    with a `TRANSPORT_destination_rate_delay`, one at a time, each
+//!    starting that long after the previous one ended.
 //! 4. For each recipient the agent answers sent, bounced or deferred:
 //!    sent and bounced recipients are marked done in the queue file (one
 //!    byte in place, fdatasync once per reply); deferred ones get a line
@@ -91,6 +93,10 @@ struct Limits {
     initial: usize,
     /// `TRANSPORT_destination_concurrency_failed_cohort_limit` (0: never dead).
     cohort_limit: usize,
+    /// `TRANSPORT_destination_rate_delay` (zero: none): the pause after
+    /// each delivery to a destination before the next one starts, which
+    /// makes the destination's concurrency 1.
+    rate_delay: Duration,
 }
 
 /// Jobs waiting for one destination, how many are running, and how many
@@ -99,6 +105,11 @@ struct Dest {
     waiting: VecDeque<Job>,
     running: usize,
     window: feedback::Window,
+    /// [`Limits::rate_delay`] of its transport.
+    rate_delay: Duration,
+    /// With a rate delay: no delivery starts before this (the end of the
+    /// last one plus the delay).
+    not_before: Option<Instant>,
 }
 
 pub(crate) struct Qmgr {
@@ -111,6 +122,9 @@ pub(crate) struct Qmgr {
     notifier: Notifier,
     policy: Policy,
     active_limit: usize,
+    /// The earliest time a rate-delayed destination may start a
+    /// delivery, when one has mail waiting: the main loop wakes then.
+    next_dispatch: Option<Instant>,
     /// `qmgr_message_recipient_limit`: recipients held in memory at most
     /// (a message is still taken whole when it alone exceeds it).
     recipient_limit: usize,
@@ -163,6 +177,7 @@ pub fn main() {
         active_limit: num_param(p, "qmgr_message_active_limit", 20000).max(1) as usize,
         recipient_limit: num_param(p, "qmgr_message_recipient_limit", 20000).max(1) as usize,
         recipients_held: 0,
+        next_dispatch: None,
         incoming_left: false,
         queue_run_delay,
         next_deferred_scan: Instant::now(),
@@ -254,7 +269,11 @@ impl Qmgr {
             let wait = self
                 .next_deferred_scan
                 .saturating_duration_since(now)
-                .min(Duration::from_millis(500));
+                .min(Duration::from_millis(500))
+                .min(
+                    self.next_dispatch
+                        .map_or(Duration::MAX, |t| t.saturating_duration_since(now)),
+                );
             let mut scan_incoming = false;
             let mut scan_deferred = false;
             match rx.recv_timeout(wait) {
@@ -439,6 +458,12 @@ impl Qmgr {
                 num_param(p, "default_destination_concurrency_failed_cohort_limit", 1)
             })
             .max(0) as usize;
+        let default_delay = time_param(p, "default_destination_rate_delay", 0);
+        let rate_delay = Duration::from_secs(time_param(
+            p,
+            &format!("{transport}_destination_rate_delay"),
+            default_delay,
+        ));
         let l = Limits {
             concurrency: get(
                 "destination_concurrency_limit",
@@ -456,6 +481,7 @@ impl Qmgr {
                 5,
             ),
             cohort_limit,
+            rate_delay,
         };
         self.limits.insert(transport.to_string(), l);
         l
@@ -538,6 +564,8 @@ impl Qmgr {
                             limits.initial,
                             limits.cohort_limit,
                         ),
+                        rate_delay: limits.rate_delay,
+                        not_before: None,
                     })
                     .waiting
                     .push_back(job);
@@ -550,6 +578,7 @@ impl Qmgr {
     /// destination are deferred at once.
     fn dispatch(&mut self) {
         let now = Instant::now();
+        self.next_dispatch = None;
         let keys: Vec<(String, String)> = self
             .dests
             .iter()
@@ -566,7 +595,18 @@ impl Qmgr {
                 }
                 continue;
             }
-            let limit = dest.window.allowed(now);
+            let mut limit = dest.window.allowed(now);
+            if !dest.rate_delay.is_zero() {
+                // One delivery at a time, each after the pause that
+                // follows the last one.
+                limit = limit.min(1);
+                if let Some(t) = dest.not_before.filter(|t| now < *t) {
+                    if dest.running == 0 {
+                        self.next_dispatch = Some(self.next_dispatch.map_or(t, |n| n.min(t)));
+                    }
+                    continue;
+                }
+            }
             while dest.running < limit {
                 let Some(job) = dest.waiting.pop_front() else {
                     break;
@@ -578,8 +618,12 @@ impl Qmgr {
         // A destination is forgotten once idle, unless it is dead or has
         // recent failures: that state keeps a trickle of new mail from
         // hammering it (bounded: it lasts one back-off).
+        // A rate-delayed destination is kept while its pause lasts, so
+        // that mail arriving meanwhile waits for it too.
         self.dests.retain(|_, d| {
-            !(d.waiting.is_empty() && d.running == 0) || d.window.worth_keeping(now)
+            !(d.waiting.is_empty() && d.running == 0)
+                || d.window.worth_keeping(now)
+                || d.not_before.is_some_and(|t| now < t)
         });
     }
 
@@ -602,6 +646,9 @@ impl Qmgr {
         let backoff = Duration::from_secs(self.policy.min_backoff.max(1));
         if let Some(d) = self.dests.get_mut(&dest) {
             d.running = d.running.saturating_sub(1);
+            if !d.rate_delay.is_zero() {
+                d.not_before = Some(Instant::now() + d.rate_delay);
+            }
             // No reply at all (the agent failed) says nothing of the site.
             if r.outcomes.is_ok() {
                 let f = match &r.site_failure {
