@@ -561,3 +561,51 @@ fn destination_rate_delay_spaces_deliveries_to_one_destination() {
     }
     assert!(spread >= 2, "deliveries at {stamps:?}:\n{text}");
 }
+
+#[test]
+fn with_a_recipient_limit_of_one_each_recipient_is_its_own_destination() {
+    // Postfix: with TRANSPORT_destination_recipient_limit = 1 a destination
+    // is a recipient, so the rate delay (like the concurrency limit)
+    // applies per recipient, not to the whole domain.
+    let mut i = Instance::new("perrcpt", "");
+    let top = i.top.display().to_string();
+    i.file("transport", "slow.example  discard:paced\n");
+    let main = format!("{}/main.cf", i.etc);
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!(
+        "transport_maps = texthash:{top}/transport\n\
+         discard_destination_rate_delay = 5s\n\
+         discard_destination_recipient_limit = 1\n"
+    ));
+    std::fs::write(&main, text).unwrap();
+    i.start();
+    i.send(&["-f", "erin@example.org", "a@slow.example"], &msg("a1"));
+    i.send(&["-f", "erin@example.org", "a@slow.example"], &msg("a2"));
+    i.kick();
+    let to_a = r"postfix/discard\[\d+\]: [0-9A-F]+: to=<a@slow\.example>, relay=none, .*status=sent \(paced\)$";
+    i.wait_log(to_a);
+    // a's second message now waits out a's pause; b is another
+    // destination and goes at once, ahead of it.
+    i.send(&["-f", "erin@example.org", "b@slow.example"], &msg("b"));
+    i.kick();
+    let to_b = r"postfix/discard\[\d+\]: [0-9A-F]+: to=<b@slow\.example>, relay=none, .*status=sent \(paced\)$";
+    let (ra, rb) = (
+        regex::Regex::new(to_a).unwrap(),
+        regex::Regex::new(to_b).unwrap(),
+    );
+    wait_for(30, "both deliveries to a and the one to b", || {
+        let t = i.log_text();
+        t.lines().filter(|l| ra.is_match(l)).count() == 2 && t.lines().any(|l| rb.is_match(l))
+    });
+    let text = i.log_text();
+    let lines: Vec<&str> = text.lines().collect();
+    let b_at = lines.iter().position(|l| rb.is_match(l)).unwrap();
+    let a2_at = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| ra.is_match(l))
+        .nth(1)
+        .map(|(n, _)| n)
+        .unwrap();
+    assert!(b_at < a2_at, "b waited behind a's pause:\n{text}");
+}

@@ -12,7 +12,9 @@
 //!    `TRANSPORT_destination_recipient_limit` recipients.
 //! 3. Jobs go to the delivery agents (`private/TRANSPORT`) through a pool
 //!    of connections per transport ([`workers`]), at most
-//!    `TRANSPORT_destination_concurrency_limit` at once per destination;
+//!    `TRANSPORT_destination_concurrency_limit` at once per destination
+//!    (transport and next hop; with a recipient limit of 1, the recipient
+//!    too: [`DestKey`]);
 //!    with a `TRANSPORT_destination_rate_delay`, one at a time, each
 //!    starting that long after the previous one ended.
 //! 4. For each recipient the agent answers sent, bounced or deferred:
@@ -99,6 +101,22 @@ struct Limits {
     rate_delay: Duration,
 }
 
+/// A destination, as Postfix's scheduler counts them: the transport and
+/// next hop, and, when the transport's recipient limit is 1, the
+/// recipient too (each recipient is then a destination of its own, with
+/// its own concurrency and rate delay: local's 2 parallel deliveries are
+/// per mailbox, not for the whole machine).
+type DestKey = (String, String, String);
+
+/// The destination of a request to a transport of `limits`.
+fn dest_key(req: &libmail::deliver::Request, limits: &Limits) -> DestKey {
+    let rcpt = match &req.rcpts[..] {
+        [one] if limits.recipients == 1 => one.address.clone(),
+        _ => String::new(),
+    };
+    (req.transport.clone(), req.nexthop.clone(), rcpt)
+}
+
 /// Jobs waiting for one destination, how many are running, and how many
 /// may ([`feedback::Window`]).
 struct Dest {
@@ -116,7 +134,7 @@ pub(crate) struct Qmgr {
     svc: Service,
     resolver: Resolver,
     msgs: HashMap<String, Msg>,
-    dests: HashMap<(String, String), Dest>,
+    dests: HashMap<DestKey, Dest>,
     limits: HashMap<String, Limits>,
     pools: Pools,
     notifier: Notifier,
@@ -555,7 +573,7 @@ impl Qmgr {
                 let msg = self.msgs.get_mut(&key).expect("just inserted");
                 let job = msg.job(&transport, &nexthop, chunk.to_vec());
                 self.dests
-                    .entry((transport.clone(), nexthop.clone()))
+                    .entry(dest_key(&job.request, &limits))
                     .or_insert_with(|| Dest {
                         waiting: VecDeque::new(),
                         running: 0,
@@ -579,7 +597,7 @@ impl Qmgr {
     fn dispatch(&mut self) {
         let now = Instant::now();
         self.next_dispatch = None;
-        let keys: Vec<(String, String)> = self
+        let keys: Vec<DestKey> = self
             .dests
             .iter()
             .filter(|(_, d)| !d.waiting.is_empty())
@@ -642,7 +660,8 @@ impl Qmgr {
     /// Applies an agent's reply, and what it says of the site to the
     /// destination's window.
     fn complete(&mut self, r: JobResult) {
-        let dest = (r.request.transport.clone(), r.request.nexthop.clone());
+        let limits = self.limits_of(&r.request.transport);
+        let dest = dest_key(&r.request, &limits);
         let backoff = Duration::from_secs(self.policy.min_backoff.max(1));
         if let Some(d) = self.dests.get_mut(&dest) {
             d.running = d.running.saturating_sub(1);
