@@ -628,3 +628,60 @@ fn mx_backup_accepts_relay_only_as_a_backup_mx() {
     let log = i.log_text();
     assert!(!log.contains("is not supported yet"), "{log}");
 }
+
+#[test]
+fn end_of_data_hold_and_discard_reach_cleanup_after_the_content() {
+    let mut i = Instance::new("smtpd-eod-actions", "");
+    let port = i.with_smtpd();
+    i.main_cf(
+        "smtpd_end_of_data_restrictions = check_sender_access inline:{ {held@example.org=HOLD spam}, {dropped@example.org=DISCARD junk} }",
+    );
+    i.start();
+    let me = user();
+    let mut c = Raw::connect(port);
+    c.cmd("EHLO client.example");
+    for (sender, subject) in [
+        ("held@example.org", "held"),
+        ("dropped@example.org", "dropped"),
+        ("fine@example.org", "fine"),
+    ] {
+        assert_eq!(c.cmd(&format!("MAIL FROM:<{sender}>")), "250 2.1.0 Ok\r\n");
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
+            "250 2.1.5 Ok\r\n"
+        );
+        assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+        // Each is accepted, as Postfix accepts held and discarded mail.
+        let reply = c.cmd(&format!("Subject: {subject}\r\n\r\nbody\r\n."));
+        assert!(
+            reply.starts_with("250 2.0.0 Ok: queued as "),
+            "{sender}: {reply}"
+        );
+    }
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    i.wait_log(r"postfix/smtpd\[\d+\]: [0-9A-F]+: hold: END-OF-MESSAGE from \S+\[127\.0\.0\.1\]: <held@example\.org>: Sender address spam; from=<held@example\.org> proto=ESMTP helo=<client\.example>$");
+    i.wait_log(r"postfix/smtpd\[\d+\]: [0-9A-F]+: discard: END-OF-MESSAGE from \S+\[127\.0\.0\.1\]: <dropped@example\.org>: Sender address junk; from=<dropped@example\.org> proto=ESMTP helo=<client\.example>$");
+    // Only the third is delivered; the held one waits in hold/, and the
+    // discarded one is nowhere.
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(got[0].contains("Subject: fine"), "{}", got[0]);
+    wait_for(20, "the held message in hold/", || {
+        i.queue_files("hold").len() == 1
+    });
+    let held = std::fs::read(&i.queue_files("hold")[0]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&held).contains("Subject: held"),
+        "hold/ has the wrong message"
+    );
+    // Nothing else queued (a file without the owner-execute bit is one
+    // cleanup made ahead for smtpd's next message: not a message).
+    wait_for(20, "an empty queue", || {
+        use std::os::unix::fs::PermissionsExt;
+        ["incoming", "active", "deferred"].iter().all(|q| {
+            i.queue_files(q)
+                .iter()
+                .all(|f| std::fs::metadata(f).map_or(true, |m| m.permissions().mode() & 0o100 == 0))
+        })
+    });
+    assert_eq!(i.maildir(&i.user_maildir()).len(), 1);
+}

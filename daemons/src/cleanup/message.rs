@@ -928,6 +928,16 @@ impl<'c> Message<'c> {
         }
     }
 
+    /// HOLD or DISCARD decided after the content (smtpd's end-of-data
+    /// restrictions; smtpd logged them): as if the envelope had said so.
+    pub fn late_flags(&mut self, flags: u32) {
+        if flags & FLAG_DISCARD != 0 {
+            self.discard = true;
+        } else if flags & FLAG_HOLD != 0 && !self.discard {
+            self.hold = true;
+        }
+    }
+
     /// The end marker arrived: the verdict.
     pub fn finish(mut self) -> Outcome {
         if self.active() && (!self.partial.is_empty() || self.line_started) {

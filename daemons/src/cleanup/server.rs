@@ -13,7 +13,9 @@ use std::io;
 
 use std::sync::mpsc;
 
-use libmail::ipc::cleanup::{default_reason, STAT_BAD, STAT_DEFER, STAT_WRITE};
+use libmail::ipc::cleanup::{
+    default_reason, FLAG_DISCARD, FLAG_HOLD, STAT_BAD, STAT_DEFER, STAT_WRITE,
+};
 use libmail::ipc::{Attrs, Conn, Item};
 use libmail::queue::{sync_many, Durable, Queue, Unsynced, Writer};
 use libmail::service::Stream;
@@ -73,6 +75,19 @@ impl Committer {
         }
         rx.recv()
             .unwrap_or_else(|_| Err(io::Error::other("committer thread ended")))
+    }
+}
+
+/// A list of late flags (`flags=N` alone, HOLD and DISCARD bits only);
+/// `None` for anything else.
+fn late_flags(a: &Attrs) -> Option<u32> {
+    let mut it = a.iter();
+    match (it.next(), it.next()) {
+        (Some(("flags", v)), None) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|f| f & !(FLAG_HOLD | FLAG_DISCARD) == 0),
+        _ => None,
     }
 }
 
@@ -150,6 +165,11 @@ fn message(cfg: &Config, committer: &Committer, conn: &mut Conn<Stream>) -> bool
         match conn.recv_item() {
             Ok(Some(Item::Data(d))) if d.is_empty() => break,
             Ok(Some(Item::Data(d))) => msg.feed(&d),
+            // HOLD or DISCARD decided at the end of the content (smtpd's
+            // end-of-data restrictions): the only list allowed here.
+            Ok(Some(Item::Attrs(a))) if late_flags(&a).is_some() => {
+                msg.late_flags(late_flags(&a).unwrap_or(0));
+            }
             Ok(Some(Item::Attrs(_))) => {
                 libmail::warning!("{id}: protocol error: attribute list inside the content");
                 reply(conn, STAT_BAD, default_reason(STAT_BAD), None);
@@ -196,4 +216,30 @@ fn message(cfg: &Config, committer: &Committer, conn: &mut Conn<Stream>) -> bool
         },
     };
     sent && keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lone_list_of_hold_and_discard_bits_is_late_flags() {
+        let flags = |a: Attrs| late_flags(&a);
+        assert_eq!(
+            flags(Attrs::new().with("flags", FLAG_HOLD)),
+            Some(FLAG_HOLD)
+        );
+        assert_eq!(
+            flags(Attrs::new().with("flags", FLAG_HOLD | FLAG_DISCARD)),
+            Some(FLAG_HOLD | FLAG_DISCARD)
+        );
+        // Any other bit, name or a second attribute: not accepted there.
+        assert_eq!(flags(Attrs::new().with("flags", 1u32 << 9)), None);
+        assert_eq!(flags(Attrs::new().with("flags", "x")), None);
+        assert_eq!(flags(Attrs::new().with("rcpt", "a@b")), None);
+        assert_eq!(
+            flags(Attrs::new().with("flags", FLAG_HOLD).with("rcpt", "a@b")),
+            None
+        );
+    }
 }

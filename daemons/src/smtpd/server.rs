@@ -266,6 +266,11 @@ impl Queue for Cleanup {
         Ok(id)
     }
 
+    fn late_flags(&mut self, flags: u32) -> Result<(), Reply> {
+        self.client()?.late_flags(flags);
+        Ok(())
+    }
+
     fn ready(&mut self) -> bool {
         if self.reserved.is_none() {
             self.reserved = self.pool.ready();

@@ -135,6 +135,13 @@ pub trait Queue: Send {
     fn finish(&mut self) -> Result<String, Reply>;
     /// Drops the message being received (cleanup withdraws its file).
     fn abort(&mut self);
+    /// HOLD and/or DISCARD decided after the content
+    /// (`smtpd_end_of_data_restrictions`), before [`end`](Self::end).
+    /// Stand-alone mode (maildrop) has no such flags: it ignores them, as
+    /// it ignores those of the envelope.
+    fn late_flags(&mut self, _flags: u32) -> Result<(), Reply> {
+        Ok(())
+    }
     /// Whether [`open`](Self::open) would answer now, without waiting.
     fn ready(&mut self) -> bool {
         false
@@ -2550,20 +2557,40 @@ impl Session {
 
     /// `smtpd_end_of_data_restrictions`, once the content is in; true
     /// when they refuse the message (the refusal is then the end's
-    /// result, and cleanup withdraws the file). Actions other than a
-    /// reply (HOLD, DISCARD, FILTER, ...) come too late here: the
-    /// envelope went to cleanup at DATA.
+    /// result, and cleanup withdraws the file). HOLD and DISCARD go to
+    /// cleanup after the content ([`Queue::late_flags`]); the other
+    /// actions (FILTER, REDIRECT, BCC, PREPEND) come too late here: the
+    /// envelope went to cleanup at DATA, so they are logged and not
+    /// applied.
     fn end_of_data_check(&mut self) -> bool {
         let v = self.gate.ask(Ask::EndOfData, &self.view(None));
+        // Its log lines name the stage as Postfix does.
+        let verb = std::mem::replace(&mut self.last_verb, "END-OF-MESSAGE".into());
         self.absorb(&v);
-        match v.reply {
-            Some(r) => {
+        self.last_verb = verb;
+        if let Some(r) = v.reply {
+            self.queue.abort();
+            self.ending = Some(Err(r));
+            return true;
+        }
+        let (held, discarded) = self.tx.as_ref().map_or((false, false), |t| {
+            (t.verdict.hold.is_some(), t.verdict.discard.is_some())
+        });
+        let mut flags = 0;
+        if v.discard.is_some() && !discarded {
+            flags |= libmail::ipc::cleanup::FLAG_DISCARD;
+        }
+        if v.hold.is_some() && !held {
+            flags |= libmail::ipc::cleanup::FLAG_HOLD;
+        }
+        if flags != 0 {
+            if let Err(r) = self.queue.late_flags(flags) {
                 self.queue.abort();
                 self.ending = Some(Err(r));
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 
     /// The last content (its line ended) and the end marker.

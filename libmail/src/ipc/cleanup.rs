@@ -235,6 +235,16 @@ impl CleanupClient {
         Ok(())
     }
 
+    /// After the content, before [`end`](Self::end): HOLD and DISCARD
+    /// decided once the content was in (smtpd's end-of-data
+    /// restrictions), as a `flags` list of [`FLAG_HOLD`] and
+    /// [`FLAG_DISCARD`] bits; cleanup applies them as if the envelope had
+    /// carried them.
+    pub fn late_flags(&mut self, flags: u32) {
+        self.conn
+            .put(&Attrs::new().with("flags", flags & (FLAG_HOLD | FLAG_DISCARD)));
+    }
+
     /// Ends the content and waits for the verdict: the queue ID once the
     /// file is durable.
     pub fn finish(mut self) -> Result<String, CleanupError> {
