@@ -437,3 +437,243 @@ fn lmtp_generic_maps_to_dovecot() {
     );
     assert!(dv.messages("robert@example.test").is_empty());
 }
+
+/// An instance routing by the test's DNS server, with `smtp_tcp_port` the
+/// peers' port, this machine being 127.0.0.1 (`inet_interfaces =
+/// loopback-only`) and 127.0.0.7 (`proxy_interfaces`), and a fall-back
+/// relay; the bounces go to the test user's Maildir.
+fn loop_instance(tag: &str, dns: &common::peers::Dns, port: u16, extra: &str) -> Instance {
+    let mut inst = Instance::new(tag, "");
+    inst.main_cf(&format!(
+        "{}smtp_tcp_port = {port}\ninet_protocols = ipv4\nproxy_interfaces = 127.0.0.7\n\
+         smtp_fallback_relay = [127.0.0.6]\n{extra}",
+        dns.main_cf()
+    ));
+    inst.start();
+    inst
+}
+
+/// The local sender, whose notices arrive in the test user's Maildir.
+fn local_sender() -> String {
+    format!("{}@mx.example.test", common::user())
+}
+
+/// Postfix's smtp_addr(3): when this machine is the best MX host of a
+/// domain (an `inet_interfaces` or `proxy_interfaces` address, or one of
+/// several best hosts), the mail bounces with 5.4.6 without any
+/// connection, and the fall-back relay is not tried; when only more
+/// preferred hosts without an address are left, it is deferred (4.4.4).
+#[test]
+fn mail_for_a_domain_whose_best_mx_is_this_host_loops_back_and_bounces() {
+    use common::peers::{free_port_on, Dns, DnsZone, SmtpSink};
+    use std::net::Ipv4Addr;
+    let other = Ipv4Addr::new(127, 0, 0, 3);
+    let fallback = Ipv4Addr::new(127, 0, 0, 6);
+    let proxy = Ipv4Addr::new(127, 0, 0, 7);
+    let port = free_port_on(&[other, fallback, proxy]);
+    let other_sink = SmtpSink::start_at(other, port, &[]);
+    let fallback_sink = SmtpSink::start_at(fallback, port, &[]);
+    let dns = Dns::start(
+        &DnsZone::new()
+            .mx("loop.test", 10, "self.loop.test")
+            .mx("loop.test", 20, "other.loop.test")
+            .a("self.loop.test", Ipv4Addr::LOCALHOST)
+            .a("other.loop.test", other)
+            .mx("proxied.test", 10, "gw.proxied.test")
+            .a("gw.proxied.test", proxy)
+            .mx("tie.test", 10, "a.tie.test")
+            .mx("tie.test", 10, "self.tie.test")
+            .a("a.tie.test", other)
+            .a("self.tie.test", Ipv4Addr::LOCALHOST)
+            .mx("noprimary.test", 10, "lost.noprimary.test")
+            .mx("noprimary.test", 20, "self.noprimary.test")
+            .a("self.noprimary.test", Ipv4Addr::LOCALHOST),
+    );
+    let inst = loop_instance("smtp-loop", &dns, port, "");
+    let sender = local_sender();
+    for rcpt in [
+        "u@loop.test",
+        "u@proxied.test",
+        "u@tie.test",
+        "u@noprimary.test",
+    ] {
+        inst.send(&["-f", &sender, rcpt], &message(rcpt));
+    }
+    inst.kick();
+    for domain in ["loop.test", "proxied.test", "tie.test"] {
+        let d = regex::escape(domain);
+        inst.wait_log(&format!(
+            r"smtp\[\d+\]: [0-9A-F]+: to=<u@{d}>, relay=none, delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=5\.4\.6, status=bounced \(mail for {d} loops back to myself\)$"
+        ));
+    }
+    inst.wait_log(
+        r"smtp\[\d+\]: [0-9A-F]+: to=<u@noprimary\.test>, relay=none, .*dsn=4\.4\.4, status=deferred \(unable to find primary relay for noprimary\.test\)$",
+    );
+    // Each bounce is a notice to the sender, with the loop as its reason.
+    let notices: Vec<String> = inst
+        .wait_maildir(&inst.user_maildir(), 3)
+        .into_iter()
+        .filter(|m| m.contains("report-type=delivery-status"))
+        .collect();
+    assert_eq!(notices.len(), 3, "{notices:#?}");
+    let n = notices
+        .iter()
+        .find(|m| m.contains("Final-Recipient: rfc822; u@loop.test"))
+        .expect("a notice for u@loop.test");
+    assert!(n.contains("\nAction: failed\n"), "{n}");
+    assert!(n.contains("\nStatus: 5.4.6\n"), "{n}");
+    assert!(
+        n.contains("\nDiagnostic-Code: X-Postfix; mail for loop.test loops back to myself\n"),
+        "{n}"
+    );
+    inst.wait_log(r"bounce\[\d+\]: [0-9A-F]+: sender non-delivery notification: [0-9A-F]+$");
+    // No server was talked to: not this machine, not the worse MX host,
+    // not the fall-back relay.
+    assert!(
+        inst.log_lines(r"smtp\[\d+\]: connect to ").is_empty(),
+        "{}",
+        inst.log_text()
+    );
+    for sink in [&other_sink, &fallback_sink] {
+        assert_eq!(sink.counters().0, 0, "a session at {}", sink.addr);
+        assert!(sink.dumps().is_empty());
+    }
+}
+
+/// This machine is a backup MX host: only the more preferred hosts are
+/// tried (not this machine, not the worse ones, not the fall-back relay);
+/// a dead primary leaves the mail deferred.
+#[test]
+fn a_backup_mx_host_sends_only_to_the_more_preferred_hosts() {
+    use common::peers::{free_port_on, Dns, DnsZone, SmtpSink};
+    use std::net::Ipv4Addr;
+    let dead = Ipv4Addr::new(127, 0, 0, 2);
+    let live = Ipv4Addr::new(127, 0, 0, 3);
+    let worse = Ipv4Addr::new(127, 0, 0, 4);
+    let fallback = Ipv4Addr::new(127, 0, 0, 6);
+    let port = free_port_on(&[dead, live, worse, fallback]);
+    let live_sink = SmtpSink::start_at(live, port, &[]);
+    let worse_sink = SmtpSink::start_at(worse, port, &[]);
+    let fallback_sink = SmtpSink::start_at(fallback, port, &[]);
+    let dns = Dns::start(
+        &DnsZone::new()
+            .mx("primary.test", 10, "live.primary.test")
+            .mx("primary.test", 20, "self.primary.test")
+            .mx("primary.test", 30, "worse.primary.test")
+            .a("live.primary.test", live)
+            .a("self.primary.test", Ipv4Addr::LOCALHOST)
+            .a("worse.primary.test", worse)
+            .mx("backup.test", 10, "dead.backup.test")
+            .mx("backup.test", 20, "self.backup.test")
+            .mx("backup.test", 30, "worse.backup.test")
+            .a("dead.backup.test", dead)
+            .a("self.backup.test", Ipv4Addr::LOCALHOST)
+            .a("worse.backup.test", worse),
+    );
+    let inst = loop_instance("smtp-backup-mx", &dns, port, "");
+    for rcpt in ["u@primary.test", "u@backup.test"] {
+        inst.send(&["-f", "alice@example.test", rcpt], &message(rcpt));
+    }
+    inst.kick();
+    let sent = inst.wait_log(r"to=<u@primary\.test>, .*status=sent");
+    assert!(
+        sent.contains(&format!("relay=live.primary.test[127.0.0.3]:{port}, ")),
+        "{sent}"
+    );
+    let deferred = inst.wait_log(r"to=<u@backup\.test>, .*status=deferred");
+    assert!(
+        deferred.contains("relay=none, ")
+            && deferred.contains(&format!(
+                "dsn=4.4.1, status=deferred (connect to dead.backup.test[127.0.0.2]:{port}: Connection refused)"
+            )),
+        "{deferred}"
+    );
+    let got = live_sink.wait_messages(1);
+    assert_eq!(got[0].rcpts, ["<u@primary.test>"]);
+    let connects = inst.log_lines(r"smtp\[\d+\]: connect to ");
+    assert_eq!(connects.len(), 1, "{connects:#?}");
+    assert!(connects[0].contains("dead.backup.test"), "{connects:#?}");
+    for sink in [&worse_sink, &fallback_sink] {
+        assert_eq!(sink.counters().0, 0, "a session at {}", sink.addr);
+        assert!(sink.dumps().is_empty());
+    }
+}
+
+/// Without MX records (a domain's own address, `[host]`), Postfix checks
+/// the host: this machine on the SMTP port is a loop too (5.4.6); on
+/// another port it is not (a content filter at [127.0.0.1]:10025, say).
+/// With `best_mx_transport` set (not supported), a loop is deferred
+/// (4.3.5) with a warning, not bounced.
+#[test]
+fn a_host_without_mx_that_is_this_machine_loops_on_the_smtp_port_only() {
+    use common::peers::{free_port_on, Dns, DnsZone, SmtpSink};
+    use std::net::Ipv4Addr;
+    // The filter listens first: the SMTP port cannot be its port.
+    let filter = SmtpSink::start(&[]);
+    let port = free_port_on(&[Ipv4Addr::LOCALHOST]);
+    let dns = Dns::start(
+        &DnsZone::new()
+            .a("nomx.test", Ipv4Addr::LOCALHOST)
+            .a("bestmx.test", Ipv4Addr::LOCALHOST),
+    );
+    let mut inst = Instance::new("smtp-host-loop", "");
+    let top = inst.top.display().to_string();
+    inst.file(
+        "transport",
+        &format!(
+            "bracket.test  smtp:[127.0.0.1]\n\
+             filter.test  smtp:{}\n\
+             bestmx.test  smtpbest:\n",
+            filter.relayhost()
+        ),
+    );
+    let master_cf = Path::new(&inst.etc).join("master.cf");
+    let mut text = std::fs::read_to_string(&master_cf).unwrap();
+    text.push_str("smtpbest unix - - n - - smtp\n  -o best_mx_transport=relay\n");
+    std::fs::write(&master_cf, text).unwrap();
+    inst.main_cf(&format!(
+        "{}smtp_tcp_port = {port}\ninet_protocols = ipv4\n\
+         transport_maps = texthash:{top}/transport\n",
+        dns.main_cf()
+    ));
+    inst.start();
+    for rcpt in [
+        "u@nomx.test",
+        "u@bracket.test",
+        "u@filter.test",
+        "u@bestmx.test",
+    ] {
+        inst.send(&["-f", "alice@example.test", rcpt], &message(rcpt));
+    }
+    inst.kick();
+    let nomx = inst.wait_log(r"to=<u@nomx\.test>, .*status=bounced");
+    assert!(
+        nomx.contains("relay=none, ")
+            && nomx.contains("dsn=5.4.6, status=bounced (mail for nomx.test loops back to myself)"),
+        "{nomx}"
+    );
+    let bracket = inst.wait_log(r"to=<u@bracket\.test>, .*status=bounced");
+    assert!(
+        bracket.contains("dsn=5.4.6, status=bounced (mail for 127.0.0.1 loops back to myself)"),
+        "{bracket}"
+    );
+    let sent = inst.wait_log(r"to=<u@filter\.test>, .*status=sent");
+    assert!(
+        sent.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}, ", filter.port())),
+        "{sent}"
+    );
+    assert_eq!(filter.wait_messages(1)[0].rcpts, ["<u@filter.test>"]);
+    let best = inst.wait_log(r"to=<u@bestmx\.test>, .*status=deferred");
+    assert!(
+        best.contains("dsn=4.3.5, status=deferred (mail for bestmx.test loops back to myself)"),
+        "{best}"
+    );
+    inst.wait_log(
+        r"warning: [0-9A-F]+: best_mx_transport = relay is not supported: deferring: mail for bestmx\.test loops back to myself$",
+    );
+    assert!(
+        inst.log_lines(r"smtp\[\d+\]: connect to ").is_empty(),
+        "{}",
+        inst.log_text()
+    );
+}

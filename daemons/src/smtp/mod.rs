@@ -9,7 +9,13 @@
 //!    preference order (ties shuffled), or the host itself (`[host]`,
 //!    LMTP), a null MX is a bounce, a DNS failure a deferral; at most
 //!    `smtp_mx_address_limit` addresses and `smtp_mx_session_limit`
-//!    established sessions.
+//!    established sessions. SMTP to port 25 (or `smtp_tcp_port`) skips
+//!    this machine (`inet_interfaces`, `proxy_interfaces`) and every MX
+//!    host not more preferred than it; when that leaves nothing, the
+//!    mail loops: `5.4.6 mail for DOMAIN loops back to myself`, bounced
+//!    (deferred with 4.3.5 when `best_mx_transport` is set, which Facteur
+//!    does not support). An MX host of the destination, or a loop, tries
+//!    no later destination (fall-back relay), as in Postfix.
 //! 2. A cached session to the same next hop is used first (see
 //!    [`cache`]); otherwise a new connection: greeting, EHLO/LHLO,
 //!    STARTTLS at the destination's TLS level (`smtp_tls_security_level`,
@@ -46,9 +52,7 @@
 //! original client on ([`session`]).
 //!
 //! Not yet: DANE and fingerprint levels, TLS session resumption across
-//! processes, detecting that this host is an MX host of the destination
-//! (Postfix's "mail for X loops back to myself", which also keeps it from
-//! using the fall-back relays then), MIME parsing of the body (nested
+//! processes, `best_mx_transport`, MIME parsing of the body (nested
 //! header checks).
 
 pub mod cache;
@@ -72,7 +76,7 @@ use libmail::table::search::{Key, Maps};
 use libmail::tls::client::{client_configs, ClientTls, Level};
 
 use conn::{Conn, Socket};
-use nexthop::{Lookup, NextHop};
+use nexthop::{Lookup, Myself, NextHop};
 use session::{Credentials, Outgoing, Peer, RcptResult, Session, SetupFail};
 
 /// Per-command deadlines.
@@ -136,6 +140,12 @@ pub struct Config {
     relayhost: String,
     /// `lmtp_assume_final`.
     assume_final: bool,
+    /// This machine's addresses for the mail-loop check (`inet_interfaces`
+    /// and `proxy_interfaces`, made at start); empty for LMTP.
+    own_addrs: Vec<std::net::IpAddr>,
+    /// `best_mx_transport` when set (SMTP only): not supported, a loop is
+    /// then deferred instead of bounced.
+    best_mx_transport: Option<String>,
 }
 
 impl Config {
@@ -187,7 +197,21 @@ impl Config {
                 _ => Err(format!("{name}: bad address \"{v}\"")),
             }
         };
+        // Postfix's smtp(8) knows this machine's addresses before any
+        // delivery; a proxy_interfaces name that is not found is fatal.
+        let own_addrs = if lmtp {
+            Vec::new()
+        } else {
+            libmail::config::host::own_addresses(
+                &value(p, "inet_interfaces"),
+                &value(p, "proxy_interfaces"),
+            )?
+        };
+        let best_mx_transport = Some(value(p, "best_mx_transport").trim().to_string())
+            .filter(|t| !lmtp && !t.is_empty());
         Ok(Config {
+            own_addrs,
+            best_mx_transport,
             bind4: bind(n("bind_address"), false)?,
             bind6: bind(n("bind_address6"), true)?,
             lmtp,
@@ -373,6 +397,9 @@ struct State<'a> {
     seq: u64,
     /// The site being tried.
     site: usize,
+    /// Try no later site: this machine is an MX host of the current one,
+    /// or mail for it loops (Postfix's FINAL_NEXTHOP).
+    final_hop: bool,
 }
 
 impl State<'_> {
@@ -438,6 +465,7 @@ pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
         site_fail: None,
         seq: 0,
         site: 0,
+        final_hop: false,
     };
     let mut setup_time = 0.0;
     let (sites, primary) = sites(cfg, &req.nexthop);
@@ -473,6 +501,7 @@ pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
         None
     };
     let mut warned = false;
+    let mut warned_best_mx = false;
     let site_fail = st.site_fail.clone();
     let outcomes: Vec<Outcome> = st
         .track
@@ -497,6 +526,23 @@ pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
                         if !warned {
                             libmail::warning!("{param} configuration problem");
                             warned = true;
+                        }
+                        f.permanent = false;
+                        f.dsn = "4.3.5".into();
+                    } else if let Some(t) = cfg
+                        .best_mx_transport
+                        .as_ref()
+                        .filter(|_| f.dsn.ends_with(".4.6"))
+                    {
+                        // Postfix passes the mail to best_mx_transport;
+                        // better kept than bounced until Facteur does.
+                        if !warned_best_mx {
+                            libmail::warning!(
+                                "{}: best_mx_transport = {t} is not supported: deferring: {}",
+                                req.queue_id,
+                                f.reason
+                            );
+                            warned_best_mx = true;
                         }
                         f.permanent = false;
                         f.dsn = "4.3.5".into();
@@ -659,7 +705,7 @@ fn attempt(
     let mut reached = false;
     let started = Instant::now();
     for (i, site) in sites.iter().enumerate() {
-        if st.open().is_empty() {
+        if st.open().is_empty() || st.final_hop {
             break;
         }
         st.site = i;
@@ -720,16 +766,24 @@ fn attempt_site(
                 address_limit: cfg.address_limit,
                 randomize: cfg.randomize,
                 prefer: &cfg.prefer,
+                myself: (!cfg.lmtp).then_some(Myself {
+                    addrs: &cfg.own_addrs,
+                    port: cfg.default_port,
+                }),
             };
             match lookup.resolve(&hop) {
-                Ok(t) => t
-                    .into_iter()
-                    .map(|t| Peer::Inet {
-                        host: t.host,
-                        addr: t.addr,
-                    })
-                    .collect(),
+                Ok(r) => {
+                    st.final_hop |= r.i_am_mx;
+                    r.targets
+                        .into_iter()
+                        .map(|t| Peer::Inet {
+                            host: t.host,
+                            addr: t.addr,
+                        })
+                        .collect()
+                }
                 Err(e) => {
+                    st.final_hop |= e.final_hop;
                     st.fail_site(e.dsn, e.reason, "none", e.permanent);
                     return reached;
                 }

@@ -13,6 +13,15 @@
 //! `smtp_randomize_addresses`), the domain's own addresses when there is
 //! no MX, a null MX (RFC 7505) refused, at most `smtp_mx_address_limit`
 //! addresses, IPv4/IPv6 per `inet_protocols`.
+//!
+//! Mail loops (Postfix's smtp_addr(3)): for SMTP to the SMTP port, when
+//! one of the addresses is this machine's ([`Myself`]), an MX list is cut
+//! before the preference of this machine (before the address limit
+//! applies), leaving only the better MX hosts; nothing left is
+//! `5.4.6 mail for DOMAIN loops back to myself` (or, when the better
+//! hosts have no address, `4.4.4 unable to find primary relay for
+//! DOMAIN`). A host looked up without MX (`[host]`, no MX record, no DNS)
+//! that is this machine is the same 5.4.6.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -127,6 +136,16 @@ pub struct Target {
     pub addr: SocketAddr,
 }
 
+/// The addresses to try for a next hop, best first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub targets: Vec<Target>,
+    /// This machine is one of the destination's MX hosts (a less
+    /// preferred one): Postfix then tries no later destination (no
+    /// fall-back relay).
+    pub i_am_mx: bool,
+}
+
 /// Why no address could be found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoTarget {
@@ -134,6 +153,74 @@ pub struct NoTarget {
     pub permanent: bool,
     pub dsn: &'static str,
     pub reason: String,
+    /// Try no later destination (no fall-back relay): mail loops, or this
+    /// machine is an MX host of the destination.
+    pub final_hop: bool,
+}
+
+/// This machine, for the mail-loop check.
+#[derive(Debug, Clone, Copy)]
+pub struct Myself<'a> {
+    /// Its addresses (`inet_interfaces`, `proxy_interfaces`), canonical.
+    pub addrs: &'a [IpAddr],
+    /// The default SMTP port (`smtp_tcp_port`): next hops on it or on
+    /// port 25 are checked; Postfix checks port 25 only.
+    pub port: u16,
+}
+
+impl Myself<'_> {
+    fn applies(&self, port: u16) -> bool {
+        port == 25 || port == self.port
+    }
+
+    fn is(&self, addr: &SocketAddr) -> bool {
+        self.addrs.contains(&addr.ip().to_canonical())
+    }
+}
+
+/// Postfix's text for a destination that is this machine.
+fn loops(name: &str) -> NoTarget {
+    NoTarget {
+        permanent: true,
+        dsn: "5.4.6",
+        reason: format!("mail for {name} loops back to myself"),
+        final_hop: true,
+    }
+}
+
+/// smtp_find_self and smtp_truncate_self: `found` (addresses with their
+/// MX preference, best first) keeps only the hosts more preferred than
+/// the first address of this machine; `best_pref` is the preference of
+/// the best MX record (its host may have no address). `Ok(true)`: this
+/// machine was among them.
+fn truncate_at_myself(
+    domain: &str,
+    found: &mut Vec<(u16, Target)>,
+    best_pref: u16,
+    me: &Myself,
+) -> Result<bool, NoTarget> {
+    let Some(mine) = found
+        .iter()
+        .find(|(_, t)| me.is(&t.addr))
+        .map(|(pref, _)| *pref)
+    else {
+        return Ok(false);
+    };
+    let best_found = found.first().map(|(pref, _)| *pref);
+    found.retain(|(pref, _)| *pref < mine);
+    if !found.is_empty() {
+        return Ok(true);
+    }
+    Err(if best_found != Some(best_pref) {
+        NoTarget {
+            permanent: false,
+            dsn: "4.4.4",
+            reason: format!("unable to find primary relay for {domain}"),
+            final_hop: true,
+        }
+    } else {
+        loops(domain)
+    })
 }
 
 /// What `resolve` needs from the configuration.
@@ -149,6 +236,8 @@ pub struct Lookup<'a> {
     pub randomize: bool,
     /// `smtp_address_preference`: `any`, `ipv4`, `ipv6`.
     pub prefer: &'a str,
+    /// This machine, for the mail-loop check (`None`: no check, LMTP).
+    pub myself: Option<Myself<'a>>,
 }
 
 fn name_error(name: &str, rtype: &str, e: &DnsError) -> NoTarget {
@@ -159,6 +248,7 @@ fn name_error(name: &str, rtype: &str, e: &DnsError) -> NoTarget {
             reason: format!(
                 "Host or domain name not found. Name service error for name={name} type={rtype}: Host not found"
             ),
+            final_hop: false,
         },
         DnsError::Temporary(_) => NoTarget {
             permanent: false,
@@ -166,6 +256,7 @@ fn name_error(name: &str, rtype: &str, e: &DnsError) -> NoTarget {
             reason: format!(
                 "Host or domain name not found. Name service error for name={name} type={rtype}: Host not found, try again"
             ),
+            final_hop: false,
         },
     }
 }
@@ -222,11 +313,16 @@ impl Lookup<'_> {
     }
 
     /// The addresses to try for a next hop, best first.
-    pub fn resolve(&self, hop: &NextHop) -> Result<Vec<Target>, NoTarget> {
+    pub fn resolve(&self, hop: &NextHop) -> Result<Resolved, NoTarget> {
         let NextHop::Inet { host, port, mx } = hop else {
-            return Ok(Vec::new());
+            return Ok(Resolved {
+                targets: Vec::new(),
+                i_am_mx: false,
+            });
         };
+        let myself = self.myself.filter(|m| m.applies(*port));
         let mut targets = Vec::new();
+        let mut i_am_mx = false;
         if *mx && self.use_dns {
             match self.dns.mx(host) {
                 Ok(records) if is_null_mx(&records) => {
@@ -236,6 +332,7 @@ impl Lookup<'_> {
                         // refuses such a recipient with 556 5.1.10).
                         dsn: "5.1.0",
                         reason: format!("Domain {host} does not accept mail (nullMX)"),
+                        final_hop: false,
                     });
                 }
                 Ok(mut records) => {
@@ -245,20 +342,31 @@ impl Lookup<'_> {
                         shuffle_equal(&mut records, |r| r.preference);
                     }
                     let mut last_err = None;
+                    let mut found: Vec<(u16, Target)> = Vec::new();
                     for r in &records {
                         match self.host_addrs(&r.exchange, *port) {
-                            Ok(addrs) => targets.extend(addrs.into_iter().map(|addr| Target {
-                                host: r.exchange.clone(),
-                                addr,
+                            Ok(addrs) => found.extend(addrs.into_iter().map(|addr| {
+                                (
+                                    r.preference,
+                                    Target {
+                                        host: r.exchange.clone(),
+                                        addr,
+                                    },
+                                )
                             })),
                             Err(e) => last_err = Some(e),
                         }
                     }
-                    if targets.is_empty() {
+                    if found.is_empty() {
                         return Err(
                             last_err.unwrap_or_else(|| name_error(host, "MX", &DnsError::NotFound))
                         );
                     }
+                    if let Some(me) = &myself {
+                        let best_pref = records.first().map_or(0, |r| r.preference);
+                        i_am_mx = truncate_at_myself(host, &mut found, best_pref, me)?;
+                    }
+                    targets.extend(found.into_iter().map(|(_, t)| t));
                 }
                 Err(DnsError::NotFound) => {}
                 Err(e) => return Err(name_error(host, "MX", &e)),
@@ -266,15 +374,19 @@ impl Lookup<'_> {
         }
         if targets.is_empty() {
             let addrs = self.host_addrs(host, *port)?;
+            if myself.is_some_and(|me| addrs.iter().any(|a| me.is(a))) {
+                return Err(loops(host));
+            }
             targets.extend(addrs.into_iter().map(|addr| Target {
                 host: host.clone(),
                 addr,
             }));
         }
+        // After the cut at this machine, as in Postfix.
         if self.address_limit > 0 {
             targets.truncate(self.address_limit);
         }
-        Ok(targets)
+        Ok(Resolved { targets, i_am_mx })
     }
 }
 
@@ -373,6 +485,79 @@ mod tests {
         );
         assert_eq!(l("inet:127.0.0.1:2424"), Ok(inet("127.0.0.1", 2424, false)));
         assert_eq!(l("mail.test"), Ok(inet("mail.test", 24, false)));
+    }
+
+    fn found(list: &[(u16, &str, &str)]) -> Vec<(u16, Target)> {
+        list.iter()
+            .map(|(pref, host, ip)| {
+                (
+                    *pref,
+                    Target {
+                        host: host.to_string(),
+                        addr: SocketAddr::new(ip.parse().unwrap(), 25),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn hosts(v: &[(u16, Target)]) -> Vec<&str> {
+        v.iter().map(|(_, t)| t.host.as_str()).collect()
+    }
+
+    #[test]
+    fn mx_list_is_cut_before_this_machine() {
+        let mine: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let me = Myself {
+            addrs: &mine,
+            port: 2525,
+        };
+        assert!(me.applies(25) && me.applies(2525) && !me.applies(587));
+        // Better hosts stay; this machine and every host as preferred as
+        // it or less go.
+        let mut v = found(&[
+            (10, "a", "198.51.100.1"),
+            (10, "a", "198.51.100.2"),
+            (20, "b", "198.51.100.3"),
+            (30, "me", "192.0.2.1"),
+            (30, "c", "198.51.100.4"),
+            (40, "d", "198.51.100.5"),
+        ]);
+        assert_eq!(truncate_at_myself("x.test", &mut v, 10, &me), Ok(true));
+        assert_eq!(hosts(&v), ["a", "a", "b"]);
+        // An IPv4-mapped address of this machine is this machine; the cut
+        // is at the first address found, not at the best MX.
+        let mut v = found(&[
+            (10, "a", "198.51.100.1"),
+            (20, "me", "::ffff:192.0.2.1"),
+            (20, "c", "198.51.100.4"),
+        ]);
+        assert_eq!(truncate_at_myself("x.test", &mut v, 10, &me), Ok(true));
+        assert_eq!(hosts(&v), ["a"]);
+        // Not an MX host: nothing changes.
+        let mut v = found(&[(10, "a", "198.51.100.1"), (20, "b", "198.51.100.2")]);
+        assert_eq!(truncate_at_myself("x.test", &mut v, 10, &me), Ok(false));
+        assert_eq!(v.len(), 2);
+        // The best MX (even one of several equal ones): a loop.
+        let mut v = found(&[(10, "c", "198.51.100.4"), (10, "me", "2001:db8::1")]);
+        let e = truncate_at_myself("x.test", &mut v, 10, &me).unwrap_err();
+        assert_eq!(
+            (e.permanent, e.dsn, e.reason.as_str(), e.final_hop),
+            (true, "5.4.6", "mail for x.test loops back to myself", true)
+        );
+        // The best MX (preference 5) has no address and this machine is
+        // the best that has one: a temporary failure.
+        let mut v = found(&[(10, "me", "192.0.2.1"), (20, "c", "198.51.100.4")]);
+        let e = truncate_at_myself("x.test", &mut v, 5, &me).unwrap_err();
+        assert_eq!(
+            (e.permanent, e.dsn, e.reason.as_str(), e.final_hop),
+            (
+                false,
+                "4.4.4",
+                "unable to find primary relay for x.test",
+                true
+            )
+        );
     }
 
     #[test]

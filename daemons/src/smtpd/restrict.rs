@@ -599,44 +599,6 @@ struct MxBackup {
     networks: Option<NetworkList>,
 }
 
-/// The addresses `inet_interfaces` names (every interface's for `all`)
-/// and those of `proxy_interfaces` (addresses or host names, looked up
-/// now; one not found is an error, as in Postfix), in canonical form.
-fn own_addresses(inet_interfaces: &str, proxy_interfaces: &str) -> Result<Vec<IpAddr>, String> {
-    let mut out: Vec<IpAddr> = libmail::config::host::listen_interfaces(
-        inet_interfaces,
-        &libmail::config::host::interface_addresses(),
-    )?
-    .into_iter()
-    .map(|i| i.addr.to_canonical())
-    .collect();
-    for host in split_list(proxy_interfaces) {
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs: Vec<IpAddr> = match literal.parse::<IpAddr>() {
-            Ok(a) => vec![a],
-            Err(_) => {
-                use std::net::ToSocketAddrs;
-                (host, 0)
-                    .to_socket_addrs()
-                    .map(|it| it.map(|sa| sa.ip()).collect())
-                    .unwrap_or_default()
-            }
-        };
-        if addrs.is_empty() {
-            return Err(format!(
-                "config variable proxy_interfaces: host not found: {host}"
-            ));
-        }
-        for a in addrs {
-            let a = a.to_canonical();
-            if !out.contains(&a) {
-                out.push(a);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// The DNS restrictions' resolver, or why there is none (its every lookup
 /// then a temporary failure).
 #[derive(Clone, Copy)]
@@ -841,7 +803,10 @@ impl Restrictions {
             let proxy_interfaces = value(params, "proxy_interfaces")?;
             let local = OnceLock::new();
             if uses(Kind::PermitMxBackup) {
-                let _ = local.set(Ok(own_addresses(&inet_interfaces, &proxy_interfaces)?));
+                let _ = local.set(Ok(libmail::config::host::own_addresses(
+                    &inet_interfaces,
+                    &proxy_interfaces,
+                )?));
             }
             let networks = if value(params, "permit_mx_backup_networks")?
                 .trim()
@@ -3018,9 +2983,9 @@ impl<'r, 'f> Eval<'r, 'f> {
     /// and `451 4.3.5`.
     fn own_addresses(&mut self) -> Result<&'r [IpAddr], Abort> {
         let m = &self.r.mx_backup;
-        let made = m
-            .local
-            .get_or_init(|| own_addresses(&m.inet_interfaces, &m.proxy_interfaces));
+        let made = m.local.get_or_init(|| {
+            libmail::config::host::own_addresses(&m.inet_interfaces, &m.proxy_interfaces)
+        });
         match made {
             Ok(a) => Ok(a.as_slice()),
             Err(e) => {

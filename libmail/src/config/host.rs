@@ -263,6 +263,57 @@ pub fn listen_interfaces(
     Ok(out)
 }
 
+/// This machine's addresses, as Postfix's `own_inet_addr_list` and
+/// `proxy_inet_addr_list` together: those `inet_interfaces` names (every
+/// interface's for `all`) and those of `proxy_interfaces` (addresses,
+/// `[addresses]` or host names, looked up now; a name that is not found is
+/// an error, as in Postfix), in canonical form (an IPv4-mapped IPv6
+/// address as IPv4), each once. Used by smtpd's `permit_mx_backup` and by
+/// the smtp client's mail-loop check.
+pub fn own_addresses(inet_interfaces: &str, proxy_interfaces: &str) -> Result<Vec<IpAddr>, String> {
+    own_addresses_in(inet_interfaces, proxy_interfaces, &interface_addresses())
+}
+
+/// [`own_addresses`] with the interfaces given.
+fn own_addresses_in(
+    inet_interfaces: &str,
+    proxy_interfaces: &str,
+    ifaces: &[InterfaceAddr],
+) -> Result<Vec<IpAddr>, String> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut add = |a: IpAddr| {
+        let a = a.to_canonical();
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    };
+    for i in listen_interfaces(inet_interfaces, ifaces)? {
+        add(i.addr);
+    }
+    for host in crate::config::params::split_list(proxy_interfaces) {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<IpAddr> = match literal.parse::<IpAddr>() {
+            Ok(a) => vec![a],
+            Err(_) => {
+                use std::net::ToSocketAddrs;
+                (host, 0)
+                    .to_socket_addrs()
+                    .map(|it| it.map(|sa| sa.ip()).collect())
+                    .unwrap_or_default()
+            }
+        };
+        if addrs.is_empty() {
+            return Err(format!(
+                "config variable proxy_interfaces: host not found: {host}"
+            ));
+        }
+        for a in addrs {
+            add(a);
+        }
+    }
+    Ok(out)
+}
+
 /// The running program's name, as Postfix's `process_name` (basename of
 /// argv[0]).
 pub fn process_name() -> String {
@@ -332,6 +383,54 @@ mod tests {
             listen_interfaces("10.9.9.9", &all).unwrap_err(),
             "parameter inet_interfaces: no local interface found for 10.9.9.9"
         );
+    }
+
+    #[test]
+    fn own_addresses_are_the_interfaces_and_the_proxy_addresses() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        // `all`: every interface address, then the proxy ones, each once,
+        // literal or in brackets, an IPv4-mapped one as IPv4.
+        assert_eq!(
+            own_addresses_in(
+                "all",
+                "[192.0.2.7], 192.0.2.8 ::ffff:192.0.2.9 172.20.3.4",
+                &ifs()
+            )
+            .unwrap(),
+            vec![
+                v4("127.0.0.1"),
+                v4("::1"),
+                v4("172.20.3.4"),
+                v4("fe80::fc:ff:fe00:1"),
+                v4("192.0.2.7"),
+                v4("192.0.2.8"),
+                v4("192.0.2.9"),
+            ]
+        );
+        // Named interfaces only.
+        assert_eq!(
+            own_addresses_in("172.20.3.4", "", &ifs()).unwrap(),
+            vec![v4("172.20.3.4")]
+        );
+        assert_eq!(
+            own_addresses_in("loopback-only", "[2001:db8::1]", &ifs()).unwrap(),
+            vec![v4("127.0.0.1"), v4("::1"), v4("2001:db8::1")]
+        );
+        // An inet_interfaces address that is not this machine's.
+        assert_eq!(
+            own_addresses_in("10.9.9.9", "", &ifs()).unwrap_err(),
+            "parameter inet_interfaces: no local interface found for 10.9.9.9"
+        );
+        // This machine: `all` has the loopback address; an explicit one
+        // is alone; a proxy host name is looked up (/etc/hosts).
+        let all = own_addresses("all", "").unwrap();
+        assert!(all.contains(&v4("127.0.0.1")), "{all:?}");
+        assert_eq!(
+            own_addresses("127.0.0.1", "192.0.2.1").unwrap(),
+            vec![v4("127.0.0.1"), v4("192.0.2.1")]
+        );
+        let named = own_addresses("127.0.0.1", "localhost").unwrap();
+        assert_eq!(named[0], v4("127.0.0.1"));
     }
 
     #[test]
