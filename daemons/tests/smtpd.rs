@@ -541,25 +541,38 @@ fn excluded_clients_and_no_normalize_yes_accept_bare_lf() {
     }
 }
 
-#[test]
-fn end_of_data_restrictions_refuse_after_the_content_and_queue_nothing() {
-    let mut i = Instance::new("smtpd-eod", "");
+/// An instance whose smtpd has these end-of-data restrictions, and a
+/// client past EHLO.
+fn end_of_data_session(name: &str, restrictions: &str) -> (Instance, Raw) {
+    let mut i = Instance::new(name, "");
     let port = i.with_smtpd();
-    i.main_cf(
-        "smtpd_end_of_data_restrictions = check_sender_access inline:{late@example.org=REJECT}",
-    );
+    i.main_cf(&format!("smtpd_end_of_data_restrictions = {restrictions}"));
     i.start();
-    let me = user();
     let mut c = Raw::connect(port);
     c.cmd("EHLO client.example");
+    (i, c)
+}
+
+/// One message from `sender` to the local user: the reply to its end.
+fn one_message(c: &mut Raw, sender: &str, subject: &str) -> String {
+    let me = user();
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{sender}>")), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
+        "250 2.1.5 Ok\r\n"
+    );
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+    c.cmd(&format!("Subject: {subject}\r\n\r\nbody\r\n."))
+}
+
+#[test]
+fn end_of_data_restrictions_refuse_after_the_content_and_queue_nothing() {
+    let (i, mut c) = end_of_data_session(
+        "smtpd-eod",
+        "check_sender_access inline:{late@example.org=REJECT}",
+    );
     for (sender, subject) in [("late@example.org", "x"), ("fine@example.org", "y")] {
-        assert_eq!(c.cmd(&format!("MAIL FROM:<{sender}>")), "250 2.1.0 Ok\r\n");
-        assert_eq!(
-            c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
-            "250 2.1.5 Ok\r\n"
-        );
-        assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
-        let reply = c.cmd(&format!("Subject: {subject}\r\n\r\nbody\r\n."));
+        let reply = one_message(&mut c, sender, subject);
         if sender.starts_with("late") {
             assert_eq!(
                 reply,
@@ -631,28 +644,17 @@ fn mx_backup_accepts_relay_only_as_a_backup_mx() {
 
 #[test]
 fn end_of_data_hold_and_discard_reach_cleanup_after_the_content() {
-    let mut i = Instance::new("smtpd-eod-actions", "");
-    let port = i.with_smtpd();
-    i.main_cf(
-        "smtpd_end_of_data_restrictions = check_sender_access inline:{ {held@example.org=HOLD spam}, {dropped@example.org=DISCARD junk} }",
+    let (i, mut c) = end_of_data_session(
+        "smtpd-eod-actions",
+        "check_sender_access inline:{ {held@example.org=HOLD spam}, {dropped@example.org=DISCARD junk} }",
     );
-    i.start();
-    let me = user();
-    let mut c = Raw::connect(port);
-    c.cmd("EHLO client.example");
     for (sender, subject) in [
         ("held@example.org", "held"),
         ("dropped@example.org", "dropped"),
         ("fine@example.org", "fine"),
     ] {
-        assert_eq!(c.cmd(&format!("MAIL FROM:<{sender}>")), "250 2.1.0 Ok\r\n");
-        assert_eq!(
-            c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
-            "250 2.1.5 Ok\r\n"
-        );
-        assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
         // Each is accepted, as Postfix accepts held and discarded mail.
-        let reply = c.cmd(&format!("Subject: {subject}\r\n\r\nbody\r\n."));
+        let reply = one_message(&mut c, sender, subject);
         assert!(
             reply.starts_with("250 2.0.0 Ok: queued as "),
             "{sender}: {reply}"
