@@ -567,12 +567,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
     } else {
         ("unknown".into(), "unknown".into())
     };
+    let local = stream.local_addr().ok();
     let client = Client {
         addr,
         port: peer.port(),
         name,
         reverse_name,
-        server: stream.local_addr().ok(),
+        server: local,
     };
     let queue = Box::new(Cleanup {
         pool: shell.cleanups.clone(),
@@ -580,7 +581,6 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
         client: None,
         ended: false,
     });
-    let local = stream.local_addr().ok();
     let mut session = Session::new(shell.settings.clone(), shell.gate.clone(), queue, client);
     if let Some(c) = &shell.sasl {
         session = session.with_sasl(Box::new(DovecotSasl {
