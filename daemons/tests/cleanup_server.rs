@@ -237,3 +237,47 @@ fn cleanup_kept_connection_makes_the_next_file_and_ends_after_max_use() {
     }
     assert_eq!(inst.files(Queue::Incoming).len(), done.len());
 }
+
+#[test]
+fn cleanup_mime_and_nested_header_checks_are_logged_like_header_checks() {
+    let inst = Instance::new("cleanup-mime", "");
+    // header_checks only: mime_header_checks and nested_header_checks
+    // default to it.
+    std::fs::write(
+        inst.dir.join("etc/header_checks"),
+        "/^Content-(Type|Disposition):.*name[[:space:]]*=[[:space:]]*\"?.*\\.(exe|scr)\"?/ REJECT\n\
+         /^Subject: .*invoice/ WARN nested subject\n",
+    )
+    .unwrap();
+    let _d = inst.start(env!("CARGO_BIN_EXE_cleanup"), "cleanup");
+    let exe = b"Subject: report\nMIME-Version: 1.0\n\
+Content-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\n\
+Content-Type: application/octet-stream\n\
+Content-Disposition: attachment; filename=\"x.exe\"\n\nTVqQ\n--b1--\n";
+    match submit(&inst, &envelope("a@example.com", "c@example.com"), exe) {
+        Err(CleanupError::Refused(r)) => {
+            assert_eq!(r.status, STAT_CONT);
+            assert_eq!(r.reason, "5.7.1 message content rejected");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let line = inst.wait_log("reject: header Content-Disposition");
+    assert!(
+        line.ends_with(
+            "reject: header Content-Disposition: attachment; filename=\"x.exe\" from local; from=<a@example.com> to=<c@example.com>: 5.7.1 message content rejected"
+        ),
+        "{line}"
+    );
+    assert!(inst.files(Queue::Incoming).is_empty());
+    let fwd = b"Subject: fwd\nMIME-Version: 1.0\n\
+Content-Type: message/rfc822\n\n\
+From: someone@example.org\nSubject: your invoice\n\n inner body\n";
+    let id = submit(&inst, &envelope("a@example.com", "c@example.com"), fwd).unwrap();
+    let line = inst.wait_log(&format!("{id}: warning: header Subject"));
+    assert!(
+        line.ends_with(&format!(
+            "{id}: warning: header Subject: your invoice from local; from=<a@example.com> to=<c@example.com>: nested subject"
+        )),
+        "{line}"
+    );
+}

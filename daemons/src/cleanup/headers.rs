@@ -43,6 +43,23 @@ pub fn is_header(text: &str) -> bool {
     header_name_len(text.as_bytes()).is_some()
 }
 
+/// Whether a header is one of the MIME headers Postfix sends to
+/// `mime_header_checks` wherever they are (`header_opts.c`, HDR_OPT_MIME).
+/// Other `Content-*` headers (`Content-Language`, ...) are not.
+pub fn is_mime_header(name: &str) -> bool {
+    let n = name.trim();
+    [
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+        "content-description",
+        "content-id",
+    ]
+    .iter()
+    .any(|m| n.eq_ignore_ascii_case(m))
+}
+
 /// What Postfix does with a known header (`header_opts.c`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

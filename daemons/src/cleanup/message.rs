@@ -10,10 +10,22 @@
 //! The envelope is written once the header block is done; the body is
 //! streamed straight into the queue file, never held whole.
 //!
+//! After the primary header block the content goes through the MIME
+//! state machine ([`super::mime`]) unless `disable_mime_input_processing`
+//! is set: the headers of body parts and of attached messages are
+//! assembled one logical header at a time (the only thing held, bounded
+//! by `header_size_limit`; a longer header is decided on its first
+//! `header_size_limit` bytes and the rest streamed after it), checked
+//! with `mime_header_checks` / `nested_header_checks` and written; all
+//! else is a body line for `body_checks`, whose `body_checks_size_limit`
+//! counts from the start of each body part, as in Postfix.
+//!
 //! Recipients go in the envelope section, except when `body_checks` is
-//! set: a body line may still REDIRECT the message, so the recipients are
-//! then written after the content, in the extracted section (where
-//! `sendmail -t` recipients live too; readers treat both alike).
+//! set, or MIME processing is on with `mime_header_checks` or
+//! `nested_header_checks` set: a body line or a part header may still
+//! REDIRECT the message, so the recipients are then written after the
+//! content, in the extracted section (where `sendmail -t` recipients live
+//! too; readers treat both alike).
 //!
 //! Errors never panic: a write error makes the result STAT_WRITE and the
 //! unfinished file is removed (the [`Writer`] removes it when dropped);
@@ -36,6 +48,7 @@ use libmail::table::search::{address_keys, Key, Maps};
 use super::addresses::{Defer, ENV_RECIPIENT, ENV_SENDER, HDR_RECIPIENT, HDR_SENDER};
 use super::checks::{self, Action, LogContext};
 use super::headers::{self, Header, Kind};
+use super::mime::{Class, Delimiter, Mime};
 use super::Config;
 
 /// Most headers in the primary header block.
@@ -46,6 +59,49 @@ pub const MAX_HEADER_BLOCK: usize = 4 << 20;
 const BODY_PIECE: usize = 64 << 10;
 /// Most recipients one message may end up with.
 pub const MAX_RECIPIENTS: usize = 100_000;
+
+/// Reply and log text of a message refused for its MIME structure.
+pub const MIME_NESTING_REASON: &str = "5.6.0 MIME nesting exceeds safety limit";
+
+/// Which table a header or body line is looked up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checks {
+    /// Primary headers other than MIME headers.
+    Header,
+    /// MIME headers anywhere and every header of a body part.
+    Mime,
+    /// Non-MIME headers of an attached message.
+    Nested,
+    Body,
+}
+
+impl Checks {
+    fn name(self) -> &'static str {
+        match self {
+            Checks::Header => "header_checks",
+            Checks::Mime => "mime_header_checks",
+            Checks::Nested => "nested_header_checks",
+            Checks::Body => "body_checks",
+        }
+    }
+
+    /// The table for a header of block `class` named `name`.
+    fn for_header(class: Class, name: &str) -> Checks {
+        match class {
+            Class::Multipart => Checks::Mime,
+            _ if headers::is_mime_header(name) => Checks::Mime,
+            Class::Primary => Checks::Header,
+            Class::Nested => Checks::Nested,
+        }
+    }
+}
+
+/// What a part header becomes after its check.
+struct Disposition {
+    prepend: Vec<Vec<u8>>,
+    replace: Option<Vec<u8>>,
+    keep: bool,
+}
 
 /// A recipient to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +158,19 @@ pub struct Message<'c> {
     /// The current body line was already partly written / checked.
     line_started: bool,
     dropping_line: bool,
+    /// `None` with `disable_mime_input_processing`.
+    mime: Option<Mime>,
+    /// Report a MIME nesting error (header checks are in use).
+    mime_report: bool,
+    mime_error: bool,
+    /// The body-part or nested header being assembled.
+    part_hdr: Option<Header>,
+    /// The current part header was decided before its end (too long):
+    /// whether the rest of it is written (true) or dropped.
+    part_hdr_pass: Option<bool>,
+    /// The physical line in progress (`line_started`) belongs to a part
+    /// header, not to the body.
+    header_piece: bool,
     size: u64,
     body_bytes: u64,
     rcpts_late: bool,
@@ -226,9 +295,20 @@ impl<'c> Message<'c> {
             partial: Vec::new(),
             line_started: false,
             dropping_line: false,
+            mime: (!cfg.disable_mime_input_processing)
+                .then(|| Mime::new(cfg.mime_nesting_limit, cfg.mime_boundary_length_limit)),
+            mime_report: cfg.header_checks.is_some()
+                || cfg.mime_header_checks.is_some()
+                || cfg.nested_header_checks.is_some(),
+            mime_error: false,
+            part_hdr: None,
+            part_hdr_pass: None,
+            header_piece: false,
             size: 0,
             body_bytes: 0,
-            rcpts_late: cfg.body_checks.is_some(),
+            rcpts_late: cfg.body_checks.is_some()
+                || (!cfg.disable_mime_input_processing
+                    && (cfg.mime_header_checks.is_some() || cfg.nested_header_checks.is_some())),
             message_id: None,
         };
         if let Err(d) = m.envelope(env, ctx) {
@@ -407,17 +487,21 @@ impl<'c> Message<'c> {
                 None => {
                     self.partial.extend_from_slice(chunk);
                     chunk = &[];
-                    let cap = if self.in_header {
+                    let cap = if self.in_header || self.in_part_headers() {
                         self.cfg.header_size_limit
                     } else {
                         BODY_PIECE
                     };
                     if self.partial.len() > cap {
-                        if self.in_header {
-                            self.end_headers();
-                        }
                         let piece = std::mem::take(&mut self.partial);
-                        self.body_line(&piece, false);
+                        if self.in_header {
+                            self.end_headers(false);
+                            if self.active() {
+                                self.body_rest(&piece, false);
+                            }
+                        } else if self.active() {
+                            self.rest_line(&piece, false);
+                        }
                     }
                 }
             }
@@ -429,10 +513,204 @@ impl<'c> Message<'c> {
             if self.header_line(line) {
                 return;
             }
-            self.end_headers();
+            // The line that ended the primary block is body.
+            self.end_headers(complete && line.is_empty());
+            if self.active() {
+                self.body_rest(line, complete);
+            }
+            return;
         }
         if self.active() {
-            self.body_line(line, complete);
+            self.rest_line(line, complete);
+        }
+    }
+
+    /// In the header block of a body part or of an attached message.
+    fn in_part_headers(&self) -> bool {
+        self.mime.as_ref().and_then(Mime::header_class).is_some()
+    }
+
+    /// A line (or a piece of a long one, `complete` false) after the
+    /// primary header block: part header or body line.
+    fn rest_line(&mut self, line: &[u8], complete: bool) {
+        if self.line_started {
+            if self.header_piece {
+                self.pass_piece(self.part_hdr_pass.unwrap_or(true), line, complete);
+            } else {
+                self.body_line(line, complete);
+            }
+            return;
+        }
+        if self.in_part_headers() {
+            if self.part_header_line(line, complete) {
+                return;
+            }
+            // Not a header: the header block ends and this is body.
+            if let Some(m) = self.mime.as_mut() {
+                m.end_headers(complete && line.is_empty());
+            }
+            self.body_bytes = 0;
+        }
+        self.body_rest(line, complete);
+    }
+
+    /// The start of a body line: boundaries, then body_checks.
+    fn body_rest(&mut self, line: &[u8], complete: bool) {
+        if let Some(m) = self.mime.as_mut() {
+            if m.body_line(line) == Some(Delimiter::Close) {
+                self.body_bytes = 0;
+            }
+        }
+        self.body_line(line, complete);
+    }
+
+    /// A line starting in a part header block; false when it is not a
+    /// header or continuation line (the block ends with it).
+    fn part_header_line(&mut self, line: &[u8], complete: bool) -> bool {
+        let limit = self.cfg.header_size_limit;
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some(keep) = self.part_hdr_pass {
+                self.pass_piece(keep, line, complete);
+                return true;
+            }
+            if let Some(h) = self.part_hdr.as_mut() {
+                let fits = complete && h.size() + line.len() < limit;
+                h.lines.push(line.to_vec());
+                if !fits {
+                    self.decide_part_header(complete);
+                }
+                return true;
+            }
+        }
+        self.flush_part_header();
+        if !self.active() {
+            return true;
+        }
+        if headers::header_name_len(line).is_some() {
+            self.part_hdr = Some(Header {
+                lines: vec![line.to_vec()],
+            });
+            if !complete || line.len() + 1 > limit {
+                self.decide_part_header(complete);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// More of a part header that was decided early: written or dropped.
+    fn pass_piece(&mut self, keep: bool, line: &[u8], complete: bool) {
+        if keep && self.active() {
+            if complete {
+                self.write(|w| w.content_line(line));
+            } else {
+                self.write(|w| w.content_part(line));
+            }
+        }
+        self.line_started = !complete;
+        self.header_piece = !complete;
+    }
+
+    /// Checks a part header and says what to write for it.
+    fn inspect_part_header(&mut self, h: &Header) -> Disposition {
+        let class = self
+            .mime
+            .as_ref()
+            .and_then(Mime::header_class)
+            .unwrap_or(Class::Multipart);
+        let mut text = h.unfolded();
+        let mut cut = text.len().min(self.cfg.header_size_limit);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        self.mime_header(&text);
+        let mut d = Disposition {
+            prepend: Vec::new(),
+            replace: None,
+            keep: true,
+        };
+        let which = Checks::for_header(class, &h.name());
+        if let Some(a) = self.check(which, &text) {
+            match self.act(which, &text, a, &mut d.prepend) {
+                None => d.keep = false,
+                Some(Some(t)) => d.replace = Some(t.into_bytes()),
+                Some(None) => {}
+            }
+        }
+        d
+    }
+
+    /// Writes what a checked part header became; the last line is left
+    /// open when `last_complete` is false.
+    fn write_part_header(&mut self, h: Header, d: Disposition, last_complete: bool) {
+        if !self.active() {
+            return;
+        }
+        for p in &d.prepend {
+            self.write(|w| w.content_line(p));
+        }
+        if let Some(r) = &d.replace {
+            self.write(|w| w.content_line(r));
+        } else if d.keep {
+            let n = h.lines.len();
+            for (i, l) in h.lines.iter().enumerate() {
+                if i + 1 == n && !last_complete {
+                    self.write(|w| w.content_part(l));
+                } else {
+                    self.write(|w| w.content_line(l));
+                }
+            }
+        }
+    }
+
+    /// The part header being assembled is complete: check and write it.
+    fn flush_part_header(&mut self) {
+        self.part_hdr_pass = None;
+        let Some(h) = self.part_hdr.take() else {
+            return;
+        };
+        let d = self.inspect_part_header(&h);
+        self.write_part_header(h, d, true);
+    }
+
+    /// The part header being assembled outgrew `header_size_limit` (or
+    /// its line is still arriving): it is checked now, on what arrived,
+    /// and the rest of it follows the verdict.
+    fn decide_part_header(&mut self, last_complete: bool) {
+        let Some(h) = self.part_hdr.take() else {
+            return;
+        };
+        let d = self.inspect_part_header(&h);
+        let keep = d.keep && d.replace.is_none();
+        self.write_part_header(h, d, last_complete);
+        self.part_hdr_pass = Some(keep);
+        self.line_started = !last_complete;
+        self.header_piece = !last_complete;
+    }
+
+    /// Tells the MIME machine about a complete header; a multipart header
+    /// nested too deep is logged once and the message refused at its end
+    /// when header checks are in use (Postfix's MIME_OPT_REPORT_NESTING).
+    fn mime_header(&mut self, text: &str) {
+        let Some(m) = self.mime.as_mut() else {
+            return;
+        };
+        if m.header(text.as_bytes()) && self.mime_report && !self.mime_error {
+            self.mime_error = true;
+            let mut cut = text.len().min(100);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            libmail::info!(
+                "{}: reject: mime-error {}: {} from {}; from=<{}> to=<{}>",
+                self.id,
+                &MIME_NESTING_REASON[6..],
+                &text[..cut],
+                self.log.origin,
+                self.sender,
+                self.log.recipient.as_deref().unwrap_or("unknown")
+            );
         }
     }
 
@@ -467,21 +745,23 @@ impl<'c> Message<'c> {
         true
     }
 
-    fn check(&mut self, maps_is_header: bool, text: &str) -> Option<Action> {
+    fn check(&mut self, which: Checks, text: &str) -> Option<Action> {
         if !self.checks_on {
             return None;
         }
-        let (maps, name): (&Maps, &str) = if maps_is_header {
-            (self.cfg.header_checks.as_ref()?, "header_checks")
-        } else {
-            (self.cfg.body_checks.as_ref()?, "body_checks")
+        let name = which.name();
+        let maps: &Maps = match which {
+            Checks::Header => self.cfg.header_checks.as_ref()?,
+            Checks::Mime => self.cfg.mime_header_checks.as_ref()?,
+            Checks::Nested => self.cfg.nested_header_checks.as_ref()?,
+            Checks::Body => self.cfg.body_checks.as_ref()?,
         };
         let key = Key {
             text: text.to_string(),
             whole: true,
         };
         match maps.find_first(std::slice::from_ref(&key)) {
-            Ok(Some((_, v))) => Some(checks::parse(&v, maps_is_header, name)),
+            Ok(Some((_, v))) => Some(checks::parse(&v, which != Checks::Body, name)),
             Ok(None) => None,
             Err(e) => {
                 libmail::warning!(
@@ -497,17 +777,19 @@ impl<'c> Message<'c> {
     /// Applies an action; returns what to do with the line: `None` drop
     /// it, `Some(None)` keep it, `Some(Some(text))` replace it. Prepended
     /// lines are pushed to `out`.
+    /// Postfix logs `header` for the three header tables.
     fn act(
         &mut self,
-        class: &str,
+        which: Checks,
         content: &str,
         a: Action,
         out: &mut Vec<Vec<u8>>,
     ) -> Option<Option<String>> {
-        let map = if class == "header" {
-            "header_checks"
+        let map = which.name();
+        let class = if which == Checks::Body {
+            "body"
         } else {
-            "body_checks"
+            "header"
         };
         match a {
             Action::Reject(reason) => {
@@ -588,7 +870,9 @@ impl<'c> Message<'c> {
 
     /// The header block is complete: check, rewrite, add what is missing,
     /// then write the envelope and the headers.
-    fn end_headers(&mut self) {
+    /// `blank`: the block ended with an empty line (what follows a
+    /// `message/rfc822` primary block is then an attached message).
+    fn end_headers(&mut self, blank: bool) {
         if !self.in_header {
             return;
         }
@@ -635,8 +919,10 @@ impl<'c> Message<'c> {
                 break;
             }
             let unfolded = h.unfolded();
-            if let Some(a) = self.check(true, &unfolded) {
-                match self.act("header", &unfolded, a, &mut out) {
+            self.mime_header(&unfolded);
+            let which = Checks::for_header(Class::Primary, &h.name());
+            if let Some(a) = self.check(which, &unfolded) {
+                match self.act(which, &unfolded, a, &mut out) {
                     None => continue,
                     Some(Some(text)) => {
                         h = Header {
@@ -715,6 +1001,9 @@ impl<'c> Message<'c> {
                 }
             }
             out.extend(h.lines);
+        }
+        if let Some(m) = self.mime.as_mut() {
+            m.end_headers(blank);
         }
         if self.status != 0 {
             return;
@@ -897,8 +1186,8 @@ impl<'c> Message<'c> {
         {
             let n = line.len().min(self.cfg.line_length_limit.max(1));
             let text = String::from_utf8_lossy(&line[..n]).into_owned();
-            if let Some(a) = self.check(false, &text) {
-                match self.act("body", &text, a, &mut prepend) {
+            if let Some(a) = self.check(Checks::Body, &text) {
+                match self.act(Checks::Body, &text, a, &mut prepend) {
                     None => self.dropping_line = true,
                     Some(Some(t)) => {
                         replaced = Some(t.into_bytes());
@@ -945,7 +1234,13 @@ impl<'c> Message<'c> {
             self.line(&last, true);
         }
         if self.active() && self.in_header {
-            self.end_headers();
+            self.end_headers(false);
+        }
+        if self.active() {
+            self.flush_part_header();
+        }
+        if self.mime_error && self.status == 0 {
+            self.refuse(STAT_CONT, MIME_NESTING_REASON.to_string());
         }
         if self.status != 0 {
             return Outcome::Refused {

@@ -9,7 +9,10 @@
 //!   virtual alias expansion.
 //! * [`headers`]: the header block, the headers cleanup adds, the
 //!   address-list tokenizer.
-//! * [`checks`]: header_checks/body_checks actions and their log lines.
+//! * [`checks`]: header/body check actions and their log lines.
+//! * [`mime`]: the MIME structure, so that part headers and the headers
+//!   of attached messages meet `mime_header_checks` and
+//!   `nested_header_checks` rather than `body_checks`.
 //! * [`message`]: one message, envelope to verdict.
 //! * [`server`]: the connection handler and the group committer.
 //!
@@ -24,6 +27,7 @@ pub mod addresses;
 pub mod checks;
 pub mod headers;
 pub mod message;
+pub mod mime;
 pub mod server;
 
 use std::sync::Arc;
@@ -56,7 +60,17 @@ pub struct Config {
     pub sender_bcc: Option<Maps>,
     pub recipient_bcc: Option<Maps>,
     pub header_checks: Option<Maps>,
+    /// MIME headers (`MIME-Version`, `Content-Type`, ...) of any header
+    /// block, and every header of a body part (default `$header_checks`).
+    pub mime_header_checks: Option<Maps>,
+    /// The other headers of attached messages (default `$header_checks`).
+    pub nested_header_checks: Option<Maps>,
     pub body_checks: Option<Maps>,
+    /// `disable_mime_input_processing`: all after the primary headers is
+    /// body.
+    pub disable_mime_input_processing: bool,
+    pub mime_nesting_limit: usize,
+    pub mime_boundary_length_limit: usize,
     pub body_checks_size_limit: u64,
     pub header_size_limit: usize,
     pub hopcount_limit: usize,
@@ -146,7 +160,16 @@ impl Config {
             sender_bcc: maps(params, "sender_bcc_maps").map_err(e)?,
             recipient_bcc: maps(params, "recipient_bcc_maps").map_err(e)?,
             header_checks: maps(params, "header_checks").map_err(e)?,
+            mime_header_checks: maps(params, "mime_header_checks").map_err(e)?,
+            nested_header_checks: maps(params, "nested_header_checks").map_err(e)?,
             body_checks: maps(params, "body_checks").map_err(e)?,
+            disable_mime_input_processing: bool_param(
+                params,
+                "disable_mime_input_processing",
+                false,
+            ),
+            mime_nesting_limit: limit("mime_nesting_limit", 100),
+            mime_boundary_length_limit: limit("mime_boundary_length_limit", 2048).max(1),
             body_checks_size_limit: num_param(params, "body_checks_size_limit", 51200).max(0)
                 as u64,
             header_size_limit: limit("header_size_limit", 102_400).max(1),

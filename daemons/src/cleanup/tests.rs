@@ -449,3 +449,297 @@ fn control_characters_in_addresses_are_refused() {
     assert!(matches!(g, Got::Refused(STAT_CONT, _)));
     assert!(incoming_is_empty(&cfg));
 }
+
+/// A multipart message with an attachment named `x.exe`; `extra_part`
+/// is one more whole part (boundary, headers, blank line, body).
+fn exe_message(extra_part: &str) -> Vec<u8> {
+    format!(
+        "Subject: report\n\
+MIME-Version: 1.0\n\
+Content-Type: multipart/mixed; boundary=\"b1\"\n\
+\n\
+This is a multi-part message in MIME format.\n\
+--b1\n\
+Content-Type: text/plain; charset=us-ascii\n\
+\n\
+see attachment\n\
+--b1\n\
+Content-Type: application/octet-stream\n\
+Content-Disposition: attachment;\n\tfilename=\"x.exe\"\n\
+Content-Transfer-Encoding: base64\n\
+\n\
+TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAA\n\
+{extra_part}--b1--\n"
+    )
+    .into_bytes()
+}
+
+/// The classic attachment rule of Postfix setups.
+const EXE_RULE: &str =
+    "/^Content-(Type|Disposition):.*name[[:space:]]*=[[:space:]]*\"?.*\\.(exe|scr)\"?/ REJECT\n";
+
+#[test]
+fn header_checks_reach_mime_part_headers_by_default() {
+    let (cfg0, s) = setup("");
+    drop(cfg0);
+    let hc = checks_file(&s.0, "hc", EXE_RULE);
+    let (cfg, _s2) = setup(&format!("header_checks = {hc}"));
+    assert!(
+        cfg.mime_header_checks.is_some(),
+        "mime_header_checks = $header_checks"
+    );
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(""));
+    match g {
+        Got::Refused(st, r) => {
+            assert_eq!(st, STAT_CONT);
+            assert_eq!(r, "5.7.1 message content rejected");
+        }
+        _ => panic!("not refused"),
+    }
+    assert!(incoming_is_empty(&cfg));
+    // The same text in a body line is no header: accepted.
+    let body_only = b"Subject: x\n\nContent-Disposition: attachment; filename=\"x.exe\"\n";
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), body_only);
+    queued(g);
+    // The pcre form of the rule, with \s, works the same.
+    let (cfg0, s) = setup("");
+    drop(cfg0);
+    let hc = s.0.join("hc.pcre");
+    std::fs::write(
+        &hc,
+        "/^Content-(Type|Disposition):.*name\\s*=\\s*\"?.*\\.(exe|scr)\"?/ REJECT\n",
+    )
+    .unwrap();
+    let (cfg, _s2) = setup(&format!("header_checks = pcre:{}", hc.display()));
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(""));
+    assert!(matches!(g, Got::Refused(STAT_CONT, _)));
+}
+
+#[test]
+fn mime_header_checks_override_header_checks() {
+    let (cfg0, s) = setup("");
+    drop(cfg0);
+    let hc = checks_file(&s.0, "hc", &format!("{EXE_RULE}/^MIME-Version:/ HOLD\n"));
+    let mc = checks_file(&s.0, "mc", "/^X-Never-Seen:/ REJECT\n");
+    let (cfg, _s2) = setup(&format!("header_checks = {hc}\nmime_header_checks = {mc}"));
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(""));
+    let (_, c, hold) = queued(g);
+    // MIME-Version went to mime_header_checks too (primary MIME header).
+    assert!(!hold);
+    let i = c
+        .iter()
+        .position(|l| l == "Content-Disposition: attachment;")
+        .unwrap();
+    assert_eq!(c[i + 1], "\tfilename=\"x.exe\"");
+    // Empty mime_header_checks: MIME headers are not checked at all.
+    let (cfg, _s3) = setup(&format!("header_checks = {hc}\nmime_header_checks ="));
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(""));
+    assert!(!queued(g).2);
+    // Non-MIME primary headers still meet header_checks.
+    let (g, _) = run(
+        &cfg,
+        &pickup_env("a@b", &["c@d"]),
+        b"Subject: x\nX-Y: 1\nMIME-Version: 1.0\n\nb\n",
+    );
+    assert!(!queued(g).2);
+    let (cfg, _s4) = setup(&format!("header_checks = {hc}"));
+    let (g, _) = run(
+        &cfg,
+        &pickup_env("a@b", &["c@d"]),
+        b"Subject: x\nMIME-Version: 1.0\n\nb\n",
+    );
+    assert!(queued(g).2, "default mime_header_checks = $header_checks");
+}
+
+/// A message with an attached message whose headers are `inner`.
+fn forwarded(inner: &str) -> Vec<u8> {
+    format!(
+        "Subject: your invoice\n\
+MIME-Version: 1.0\n\
+Content-Type: multipart/mixed; boundary=\"outer\"\n\
+\n\
+--outer\n\
+Content-Type: text/plain\n\
+\n\
+Subject: your invoice (body text)\n\
+--outer\n\
+Content-Type: message/rfc822\n\
+\n\
+{inner}\
+\n\
+inner body\n\
+--outer--\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn nested_header_checks_see_attached_message_headers() {
+    let (cfg0, s) = setup("");
+    drop(cfg0);
+    let nc = checks_file(
+        &s.0,
+        "nc",
+        "/^Subject: .*invoice/ REJECT 5.7.1 Nested invoice\n/^X-Secret:/ IGNORE\n/^X-Old:/ REPLACE X-New: replaced\n/^X-Pre:/ PREPEND X-Added: 1\n",
+    );
+    let (cfg, _s2) = setup(&format!("nested_header_checks = {nc}"));
+    assert!(cfg.header_checks.is_none() && cfg.mime_header_checks.is_none());
+    let inner = "From: x@y.example\nSubject: Your Invoice 42\n\tfolded\n";
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &forwarded(inner));
+    match g {
+        Got::Refused(st, r) => {
+            assert_eq!(st, STAT_CONT);
+            assert_eq!(r, "5.7.1 Nested invoice");
+        }
+        _ => panic!("not refused"),
+    }
+    // A message that is itself a forward.
+    let (g, _) = run(
+        &cfg,
+        &pickup_env("a@b", &["c@d"]),
+        b"Subject: fwd\nContent-Type: message/rfc822\n\nFrom: x@y\nSubject: invoice\n\nbody\n",
+    );
+    assert!(matches!(g, Got::Refused(STAT_CONT, _)));
+    // The primary Subject and a body line alike are not nested headers;
+    // the other actions apply to the attached message's headers.
+    let inner = "From: x@y.example\nX-Secret: s\n more\nX-Old: o\nX-Pre: p\nSubject: hello\n";
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &forwarded(inner));
+    let (_, c, _) = queued(g);
+    assert!(c.contains(&"Subject: your invoice".to_string()), "{c:?}");
+    assert!(
+        !c.iter().any(|l| l.starts_with("X-Secret") || l == " more"),
+        "{c:?}"
+    );
+    assert!(c.contains(&"X-New: replaced".to_string()));
+    assert!(!c.iter().any(|l| l.starts_with("X-Old")));
+    let i = c.iter().position(|l| l == "X-Added: 1").unwrap();
+    assert_eq!(c[i + 1], "X-Pre: p");
+    assert!(c.ends_with(&[
+        "".to_string(),
+        "inner body".to_string(),
+        "--outer--".to_string()
+    ]));
+}
+
+#[test]
+fn body_checks_see_body_lines_but_not_part_headers() {
+    let (cfg0, s) = setup("");
+    drop(cfg0);
+    let bc = checks_file(
+        &s.0,
+        "bc",
+        "/^Content-/ REPLACE X-Body-Saw: it\n/^TVqQ/ REPLACE [binary removed]\n/^see attachment/ WARN body seen\n",
+    );
+    let (cfg, _s2) = setup(&format!("body_checks = {bc}"));
+    let extra = "--b1\nContent-Type: text/plain\n\nContent-Type: only text here\n";
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(extra));
+    let (env, c, _) = queued(g);
+    assert_eq!(env.recipients.len(), 1);
+    // Part headers untouched, body lines replaced.
+    assert!(
+        c.contains(&"Content-Type: application/octet-stream".to_string()),
+        "{c:?}"
+    );
+    assert!(c.contains(&"Content-Disposition: attachment;".to_string()));
+    assert!(c.contains(&"Content-Transfer-Encoding: base64".to_string()));
+    assert!(c.contains(&"[binary removed]".to_string()));
+    assert_eq!(
+        c.iter().filter(|l| *l == "X-Body-Saw: it").count(),
+        1,
+        "{c:?}"
+    );
+    assert!(!c.contains(&"Content-Type: only text here".to_string()));
+}
+
+#[test]
+fn disable_mime_input_processing_makes_parts_body_again() {
+    let (cfg0, s) = setup("");
+    drop(cfg0);
+    let hc = checks_file(&s.0, "hc", EXE_RULE);
+    let bc = checks_file(
+        &s.0,
+        "bc",
+        "/^Content-Disposition:/ REPLACE X-Body-Saw: it\n",
+    );
+    let (cfg, _s2) = setup(&format!(
+        "header_checks = {hc}\nbody_checks = {bc}\ndisable_mime_input_processing = yes"
+    ));
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(""));
+    let (_, c, _) = queued(g);
+    assert!(c.contains(&"X-Body-Saw: it".to_string()), "{c:?}");
+    assert!(!c.iter().any(|l| l.starts_with("Content-Disposition")));
+}
+
+#[test]
+fn part_header_redirect_and_long_part_headers() {
+    let (cfg0, s) = setup("");
+    drop(cfg0);
+    let mc = checks_file(
+        &s.0,
+        "mc",
+        "/^Content-Type: application\\/octet-stream/ REDIRECT quarantine@example.org\n",
+    );
+    let (cfg, _s2) = setup(&format!("mime_header_checks = {mc}"));
+    // The recipients are written after the content: a part header
+    // could still redirect the message.
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d", "e@f"]), &exe_message(""));
+    let (env, _, _) = queued(g);
+    let a: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(a, ["quarantine@example.org"]);
+
+    let mc = checks_file(
+        &s.0,
+        "mc2",
+        "/^X-Drop:/ IGNORE\n/^X-After:/ REPLACE X-After: seen\n",
+    );
+    let (cfg, _s3) = setup(&format!(
+        "mime_header_checks = {mc}\nheader_size_limit = 300"
+    ));
+    // A header outgrowing header_size_limit is decided on its start; its
+    // rest follows the verdict and the headers after it are still seen.
+    let long = "a".repeat(1000);
+    let extra = format!(
+        "--b1\nX-Keep: {long}\n {long}\nX-Drop: {long}\n {long}\nX-Drop: short\n{folds}X-After: 1\n\nbody\n",
+        folds = format!(" {}\n", "b".repeat(50)).repeat(10)
+    );
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(&extra));
+    let (_, c, _) = queued(g);
+    assert!(c.contains(&format!("X-Keep: {long}")), "kept whole");
+    assert!(c.contains(&format!(" {long}")));
+    assert_eq!(
+        c.iter().filter(|l| l.contains(&long)).count(),
+        2,
+        "X-Drop dropped whole"
+    );
+    assert!(!c.iter().any(|l| l.contains("bbbbbbbbbb")), "{c:?}");
+    let i = c.iter().position(|l| l == "X-After: seen").unwrap();
+    assert_eq!(&c[i + 1..i + 3], ["", "body"]);
+}
+
+#[test]
+fn mime_nesting_beyond_the_limit_is_refused_with_header_checks() {
+    let mut text = String::from("Subject: deep\n");
+    for i in 0..6 {
+        text.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"l{i}\"\n\n--l{i}\n"
+        ));
+    }
+    text.push_str("Content-Type: text/plain\n\nx\n");
+    let (cfg0, s) = setup("");
+    drop(cfg0);
+    let hc = checks_file(&s.0, "hc", "/^X-Never:/ REJECT\n");
+    let (cfg, _s2) = setup(&format!("header_checks = {hc}\nmime_nesting_limit = 3"));
+    let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), text.as_bytes());
+    match g {
+        Got::Refused(st, r) => {
+            assert_eq!(st, STAT_CONT);
+            assert_eq!(r, "5.6.0 MIME nesting exceeds safety limit");
+        }
+        _ => panic!("not refused"),
+    }
+    // Within the limit, or without header checks: accepted.
+    let (cfg, _s3) = setup(&format!("header_checks = {hc}\nmime_nesting_limit = 5"));
+    queued(run(&cfg, &pickup_env("a@b", &["c@d"]), text.as_bytes()).0);
+    let (cfg, _s4) = setup("mime_nesting_limit = 3");
+    queued(run(&cfg, &pickup_env("a@b", &["c@d"]), text.as_bytes()).0);
+}
