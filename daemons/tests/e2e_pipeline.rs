@@ -248,7 +248,12 @@ fn header_checks_reject_and_hold_and_pflogsumm_counts_the_log() {
     );
     i.send(&["-f", "f@example.org", "y@drop.example"], &msg("four"));
     i.send(&["-f", "f@example.org", &me], &msg("hold me"));
-    i.send(&["-f", "f@example.org", &me], &msg("reject me"));
+    // Refused by cleanup: returned to the sender, unless (as here, to
+    // stay on loopback) NOTIFY=NEVER.
+    i.send(
+        &["-f", "f@example.org", "-N", "never", &me],
+        &msg("reject me"),
+    );
     i.wait_maildir(&i.user_maildir(), 2);
     i.wait_log(r"postfix/cleanup\[\d+\]: [0-9A-F]+: reject: header Subject: reject me from local; from=<f@example.org> to=<\S+>: 5\.7\.1 no thanks$");
     i.wait_log(r"postfix/cleanup\[\d+\]: [0-9A-F]+: hold: header Subject: hold me from local; from=<f@example.org> to=<\S+>");
@@ -287,7 +292,9 @@ fn header_checks_reject_and_hold_and_pflogsumm_counts_the_log() {
     // cleanup refused it, as Postfix counts it too.
     assert_eq!(count("received"), 6, "{report}");
     assert_eq!(count("delivered"), 3, "{report}");
-    assert_eq!(count("bounced"), 1, "{report}");
+    // Two bounced: the error transport's, and the rejected message's
+    // recipient (logged bounced as it is returned, as Postfix logs it).
+    assert_eq!(count("bounced"), 2, "{report}");
     assert_eq!(count("held"), 1, "{report}");
     assert_eq!(count("rejected"), 1, "{report}");
 }
@@ -608,4 +615,38 @@ fn with_a_recipient_limit_of_one_each_recipient_is_its_own_destination() {
         .map(|(n, _)| n)
         .unwrap();
     assert!(b_at < a2_at, "b waited behind a's pause:\n{text}");
+}
+
+#[test]
+fn a_local_submission_cleanup_refuses_goes_back_to_its_sender() {
+    let mut i = Instance::new("returned", "");
+    let top = i.top.display().to_string();
+    i.file("header_checks", "/^Subject: forbidden/ REJECT not here\n");
+    let main = format!("{}/main.cf", i.etc);
+    let mut text = std::fs::read_to_string(&main).unwrap();
+    text.push_str(&format!("header_checks = regexp:{top}/header_checks\n"));
+    std::fs::write(&main, text).unwrap();
+    i.start();
+    let me = user();
+    // From the local user to a remote address: the notice comes back to
+    // the local user (and the refused message never leaves).
+    i.send(&["-f", &me, "far@remote.example"], &msg("forbidden"));
+    i.wait_log(r"postfix/cleanup\[\d+\]: [0-9A-F]+: reject: header Subject: forbidden from local; from=<\S+> to=<far@remote\.example>: 5\.7\.1 not here$");
+    i.wait_log(r"postfix/pickup\[\d+\]: [0-9A-F]+: to=<far@remote\.example>, relay=none, delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+, dsn=5\.7\.1, status=bounced \(not here\)$");
+    i.wait_log(r"postfix/bounce\[\d+\]: [0-9A-F]+: sender non-delivery notification: [0-9A-F]+$");
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    let notice = &got[0];
+    assert!(notice.contains("Return-Path: <>"), "{notice}");
+    assert!(
+        notice.contains("<far@remote.example>: not here"),
+        "{notice}"
+    );
+    assert!(notice.contains("Status: 5.7.1"), "{notice}");
+    // The notice itself passed the header checks although it returns the
+    // refused message (notices are not inspected, as in Postfix).
+    assert!(notice.contains("Subject: forbidden"), "{notice}");
+    // Nothing is left in maildrop/ nor in bounce/.
+    wait_for(20, "an empty maildrop and bounce/", || {
+        i.queue_files("maildrop").is_empty() && i.queue_files("bounce").is_empty()
+    });
 }

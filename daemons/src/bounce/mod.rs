@@ -296,7 +296,7 @@ pub(crate) fn notify(cfg: &Config, req: &Request) -> Reply {
         .filter(|q| {
             matches!(
                 q,
-                Queue::Active | Queue::Incoming | Queue::Deferred | Queue::Hold
+                Queue::Active | Queue::Incoming | Queue::Deferred | Queue::Hold | Queue::Maildrop
             )
         })
         .ok_or_else(|| format!("bad queue name: {}", req.queue_name))?;

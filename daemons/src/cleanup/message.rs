@@ -193,6 +193,9 @@ impl<'c> Message<'c> {
         let id = writer.id().to_string();
         let created_sec = writer.created().0;
         let origin = env.get("origin").unwrap_or("unknown").to_string();
+        // Mail the system makes itself (notices) is not inspected unless
+        // internal_mail_filter_classes says so.
+        let inspect = origin != "bounce" || cfg.inspect_bounces;
         let flags: u32 = env.get_num("flags").unwrap_or(0);
         let mut attrs: Vec<(String, String)> = Vec::new();
         for (n, v) in env.iter() {
@@ -288,7 +291,7 @@ impl<'c> Message<'c> {
             discard: flags & FLAG_DISCARD != 0,
             redirect: None,
             bccs: Vec::new(),
-            checks_on: true,
+            checks_on: inspect,
             in_header: true,
             headers: Vec::new(),
             header_bytes: 0,
@@ -297,9 +300,10 @@ impl<'c> Message<'c> {
             dropping_line: false,
             mime: (!cfg.disable_mime_input_processing)
                 .then(|| Mime::new(cfg.mime_nesting_limit, cfg.mime_boundary_length_limit)),
-            mime_report: cfg.header_checks.is_some()
-                || cfg.mime_header_checks.is_some()
-                || cfg.nested_header_checks.is_some(),
+            mime_report: inspect
+                && (cfg.header_checks.is_some()
+                    || cfg.mime_header_checks.is_some()
+                    || cfg.nested_header_checks.is_some()),
             mime_error: false,
             part_hdr: None,
             part_hdr_pass: None,

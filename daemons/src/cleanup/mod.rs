@@ -66,6 +66,11 @@ pub struct Config {
     /// The other headers of attached messages (default `$header_checks`).
     pub nested_header_checks: Option<Maps>,
     pub body_checks: Option<Maps>,
+    /// `internal_mail_filter_classes` names `bounce`: notices from the
+    /// bounce service go through the header and body checks too (by
+    /// default they do not, as in Postfix: a notice that returns a
+    /// rejected message would be rejected in turn).
+    pub inspect_bounces: bool,
     /// `disable_mime_input_processing`: all after the primary headers is
     /// body.
     pub disable_mime_input_processing: bool,
@@ -163,6 +168,11 @@ impl Config {
             mime_header_checks: maps(params, "mime_header_checks").map_err(e)?,
             nested_header_checks: maps(params, "nested_header_checks").map_err(e)?,
             body_checks: maps(params, "body_checks").map_err(e)?,
+            inspect_bounces: params
+                .value("internal_mail_filter_classes")
+                .unwrap_or_default()
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .any(|w| w.eq_ignore_ascii_case("bounce")),
             disable_mime_input_processing: bool_param(
                 params,
                 "disable_mime_input_processing",

@@ -29,10 +29,15 @@
 //! (Postfix has the same window). cleanup unreachable or a temporary
 //! refusal: the file stays, a warning is logged, the next trigger or
 //! timer retries (the scan stops: the other files would fail the same
-//! way). A permanent refusal: the file is removed with a warning —
-//! Postfix would return it to the sender, but there is no bounce daemon
-//! yet. A damaged file goes to `corrupt/` with a warning and the scan
-//! goes on. See `docs/man/pickup.8.md`.
+//! way). A permanent refusal (content rejected, too big, ...) returns
+//! the message to its sender, as Postfix's cleanup does for local
+//! submissions: each recipient is logged `status=bounced` with
+//! cleanup's reason, a `bounce/ID` log names them, and the bounce
+//! service ([`crate::bounce`]) sends the notice from the maildrop file;
+//! only once it answered is the maildrop file removed (bounce service
+//! unavailable: the file stays and the next scan tries again). A damaged
+//! file goes to `corrupt/` with a warning and the scan goes on. See
+//! `docs/man/pickup.8.md`.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -54,6 +59,113 @@ const HANDOVERS: usize = 4;
 const SEND_BUFFER: usize = 64 << 10;
 /// Own wakeup timer, in case no trigger comes.
 const WAKEUP: Duration = Duration::from_secs(60);
+
+/// The bounce service's master.cf name (`bounce_service_name`).
+static BOUNCE_SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// What returning a refused message to its sender needs from its
+/// envelope (read before the file is closed).
+struct ReturnTo {
+    sender: String,
+    envid: Option<String>,
+    ret: u32,
+    arrival: (u64, u32),
+    rcpts: Vec<libmail::queue::Recipient>,
+}
+
+impl ReturnTo {
+    fn of(env: &libmail::queue::Envelope) -> ReturnTo {
+        ReturnTo {
+            sender: env.sender.clone(),
+            envid: env.dsn_envid.clone(),
+            ret: env.dsn_ret,
+            arrival: env.arrival,
+            rcpts: env.pending().map(|(_, r)| r.clone()).collect(),
+        }
+    }
+}
+
+/// Returns a message cleanup refused for good to its sender: logs each
+/// recipient bounced (under cleanup's queue ID `new_id`, as Postfix
+/// logs it), writes `bounce/ID` and asks the bounce service for the
+/// notice, which it reads from the maildrop file. An error: nothing was
+/// sent, try again later.
+fn return_to_sender(
+    layout: &QueueLayout,
+    id: &libmail::queue::QueueId,
+    new_id: &str,
+    back: &ReturnTo,
+    reason: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    use libmail::deliver::{delivery_line, split_dsn, Outcome, Rcpt, Request, Status, Timing};
+    use libmail::queue::statuslog::{self, Entry};
+    let (dsn, text) = split_dsn(reason, "5.0.0");
+    // A refusal for good is a failure whatever its code says.
+    let dsn = if dsn.starts_with('5') {
+        dsn.to_string()
+    } else {
+        "5.0.0".to_string()
+    };
+    let text = text.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let arrival = back.arrival.0 as f64 + f64::from(back.arrival.1) / 1e6;
+    let req = Request {
+        queue_id: new_id.to_string(),
+        arrival,
+        active_time: now.as_secs_f64(),
+        ..Request::default()
+    };
+    let timing = Timing {
+        received: now.as_secs_f64(),
+        setup: 0.0,
+    };
+    let mut entries = Vec::with_capacity(back.rcpts.len());
+    for r in &back.rcpts {
+        let rcpt = Rcpt {
+            address: r.address.clone(),
+            orig: r.orig.clone(),
+            offset: r.offset,
+            dsn_notify: r.dsn_notify,
+            dsn_orcpt: r.dsn_orcpt.clone(),
+        };
+        let outcome = Outcome {
+            offset: r.offset,
+            status: Status::Bounced,
+            dsn: dsn.clone(),
+            reason: text.clone(),
+        };
+        libmail::info!("{}", delivery_line(&req, &rcpt, "none", timing, &outcome));
+        entries.push(Entry {
+            offset: r.offset,
+            recipient: r.address.clone(),
+            orig_recipient: r.orig.clone(),
+            orcpt: r.dsn_orcpt.clone(),
+            notify: r.dsn_notify,
+            status: dsn.clone(),
+            action: "failed".into(),
+            reason: text.clone(),
+            time: now.as_secs(),
+        });
+    }
+    statuslog::replace(layout, Queue::Bounce, id, &entries)
+        .map_err(|e| format!("write the bounce log: {e}"))?;
+    let service = BOUNCE_SERVICE.get().map_or("bounce", String::as_str);
+    let request = crate::bounce::proto::Request {
+        kind: libmail::dsn::Kind::Failure,
+        queue_name: "maildrop".into(),
+        queue_id: id.as_str().to_string(),
+        sender: back.sender.clone(),
+        envid: back.envid.clone(),
+        ret: back.ret,
+        arrival: back.arrival.0,
+    };
+    crate::bounce::proto::request(layout.root(), service, &request, timeout)?;
+    let _ = statuslog::remove(layout, Queue::Bounce, id);
+    Ok(())
+}
 
 /// What became of one maildrop file.
 #[derive(Debug, PartialEq, Eq)]
@@ -247,6 +359,7 @@ pub fn pickup_file(
         }
     }
     let sender = env.sender.clone();
+    let back = ReturnTo::of(env);
     drop(qf);
     match client.finish() {
         Ok(queued_as) => {
@@ -264,15 +377,22 @@ pub fn pickup_file(
             Picked::Retry
         }
         Err(CleanupError::Refused(r)) => {
-            libmail::warning!(
-                "{new_id}: uid={uid} from=<{sender}>: {} -- message removed (maildrop file {id}; \
-                 not returned to the sender: no bounce service yet)",
-                r.reason
-            );
-            if let Err(e) = std::fs::remove_file(path) {
-                libmail::warning!("{id}: remove {}: {e}", path.display());
+            match return_to_sender(layout, id, &new_id, &back, &r.reason, timeout) {
+                Ok(()) => {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        libmail::warning!("{id}: remove {}: {e}", path.display());
+                    }
+                    Picked::Rejected
+                }
+                Err(e) => {
+                    libmail::warning!(
+                        "{new_id}: uid={uid} from=<{sender}>: {}: cannot return it to the sender: \
+                         {e} -- will retry (maildrop file {id})",
+                        r.reason
+                    );
+                    Picked::Retry
+                }
             }
-            Picked::Rejected
         }
     }
 }
@@ -288,6 +408,13 @@ pub fn main() {
     let mut service = Service::start("pickup");
     let triggers = service.triggers();
     let timeout = Duration::from_secs(time_param(&service.params, "ipc_timeout", 3600).max(1));
+    let bounce = service
+        .params
+        .value("bounce_service_name")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "bounce".into());
+    let _ = BOUNCE_SERVICE.set(bounce.trim().to_string());
     let layout = service.layout.clone();
     service.ready();
     'serve: loop {
