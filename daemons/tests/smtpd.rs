@@ -687,3 +687,23 @@ fn end_of_data_hold_and_discard_reach_cleanup_after_the_content() {
     });
     assert_eq!(i.maildir(&i.user_maildir()).len(), 1);
 }
+
+#[test]
+fn anvil_statistics_are_logged_on_their_timer() {
+    let mut i = Instance::new("smtpd-anvil-stats", "");
+    let port = i.with_smtpd();
+    // The client limits are on by default (connection count 50); the
+    // loopback client is counted once it is no exception (they default
+    // to $mynetworks); a report every second.
+    i.main_cf("anvil_status_update_time = 1s\nsmtpd_client_event_limit_exceptions =");
+    i.start();
+    let mut a = Raw::connect(port);
+    let mut b = Raw::connect(port);
+    a.cmd("EHLO client.example");
+    b.cmd("EHLO client.example");
+    i.wait_log(r"postfix/smtpd\[\d+\]: statistics: max connection rate 2/60s for \(\S+:127\.0\.0\.1\) at [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d$");
+    i.wait_log(r"postfix/smtpd\[\d+\]: statistics: max connection count 2 for \(\S+:127\.0\.0\.1\) at [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d$");
+    i.wait_log(r"postfix/smtpd\[\d+\]: statistics: max cache size 1 at [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d$");
+    assert_eq!(a.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    assert_eq!(b.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+}

@@ -38,6 +38,21 @@ pub fn month_name(tm: &libc::tm) -> &'static str {
     MONTHS[tm.tm_mon.clamp(0, 11) as usize]
 }
 
+/// The syslog stamp `Mmm dd hh:mm:ss` of `t` in local time (the day
+/// space-padded: `Dec  3 04:00:00`), as log lines and anvil's
+/// statistics write it.
+pub fn syslog_stamp(t: i64) -> String {
+    let tm = broken_down(t, true);
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        month_name(&tm),
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
 /// A date as Postfix's `mail_date()` writes it, in local time:
 /// `Tue, 25 Nov 2026 16:41:34 +0000 (UTC)` (day of month space-padded:
 /// `Mon,  8 Jan 2024 ...`).

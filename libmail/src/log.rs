@@ -154,15 +154,7 @@ pub fn verbose() -> bool {
 
 /// The syslog timestamp `Mmm dd hh:mm:ss` in local time.
 fn timestamp() -> String {
-    let tm = crate::date::broken_down(crate::date::now(), true);
-    format!(
-        "{} {:>2} {:02}:{:02}:{:02}",
-        crate::date::month_name(&tm),
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    crate::date::syslog_stamp(crate::date::now())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -22,6 +22,12 @@
 //! * clients in `smtpd_client_event_limit_exceptions` (`$mynetworks`) are
 //!   neither counted nor limited.
 //!
+//! Like anvil, the table keeps the highest connection count and rates
+//! it saw and the client that reached each; smtpd logs them every
+//! `anvil_status_update_time` and when it exits, in anvil's words
+//! (`statistics: max connection rate 3/60s for (smtp:192.0.2.1) at Dec  3
+//! 04:00:00`), and starts over.
+//!
 //! Memory stays bounded: a client with no connection whose window ran
 //! out is forgotten (the table is swept once per time unit), and the
 //! table holds at most [`MAX_CLIENTS`] addresses; past that, the idle
@@ -137,6 +143,27 @@ struct Entry {
     seen: Instant,
 }
 
+/// The highest value seen since the last report, who reached it and
+/// when (seconds since the epoch).
+#[derive(Debug, Clone, Copy, Default)]
+struct Peak {
+    value: u32,
+    addr: Option<IpAddr>,
+    at: i64,
+}
+
+impl Peak {
+    fn note(&mut self, value: u32, addr: Option<IpAddr>) {
+        if value > self.value {
+            *self = Peak {
+                value,
+                addr,
+                at: libmail::date::now(),
+            };
+        }
+    }
+}
+
 /// The counts of every client, with time passed in (tests need no clock).
 #[derive(Debug)]
 pub struct Table {
@@ -144,6 +171,10 @@ pub struct Table {
     unit: Duration,
     cap: usize,
     last_sweep: Option<Instant>,
+    /// Highest rate of each event, connection count, table size.
+    rate_peaks: [Peak; 5],
+    count_peak: Peak,
+    size_peak: Peak,
 }
 
 impl Table {
@@ -153,7 +184,59 @@ impl Table {
             unit,
             cap: cap.max(1),
             last_sweep: None,
+            rate_peaks: [Peak::default(); 5],
+            count_peak: Peak::default(),
+            size_peak: Peak::default(),
         }
+    }
+
+    /// anvil's statistics lines for the peaks since the last call
+    /// (`service`: the master.cf service name), then forgets them.
+    pub fn statistics(&mut self, service: &str) -> Vec<String> {
+        let unit = self.unit.as_secs();
+        let who = |p: &Peak| {
+            p.addr
+                .map_or_else(String::new, |a| format!(" for ({service}:{a})"))
+        };
+        let at = |p: &Peak| libmail::date::syslog_stamp(p.at);
+        let mut out = Vec::new();
+        for (ev, what) in [
+            (Event::Connect, "connection rate"),
+            (Event::Mail, "message rate"),
+            (Event::Rcpt, "recipient rate"),
+            (Event::NewTls, "newtls rate"),
+            (Event::Auth, "auth rate"),
+        ] {
+            let p = std::mem::take(&mut self.rate_peaks[ev.index()]);
+            if p.value > 0 {
+                out.push(format!(
+                    "statistics: max {what} {}/{unit}s{} at {}",
+                    p.value,
+                    who(&p),
+                    at(&p)
+                ));
+            }
+            if ev == Event::Connect {
+                let c = std::mem::take(&mut self.count_peak);
+                if c.value > 0 {
+                    out.push(format!(
+                        "statistics: max connection count {}{} at {}",
+                        c.value,
+                        who(&c),
+                        at(&c)
+                    ));
+                }
+            }
+        }
+        let s = std::mem::take(&mut self.size_peak);
+        if s.value > 0 {
+            out.push(format!(
+                "statistics: max cache size {} at {}",
+                s.value,
+                at(&s)
+            ));
+        }
+        out
     }
 
     /// Clients remembered.
@@ -171,7 +254,10 @@ impl Table {
         let e = self.entry(addr, now);
         e.count += 1;
         let count = e.count;
-        (count, Self::incr_in(e, Event::Connect, now, unit))
+        let rate = Self::incr_in(e, Event::Connect, now, unit);
+        self.count_peak.note(count, Some(addr));
+        self.rate_peaks[Event::Connect.index()].note(rate, Some(addr));
+        (count, rate)
     }
 
     /// A connection counted by [`connect`](Self::connect) closes.
@@ -187,7 +273,9 @@ impl Table {
     pub fn incr(&mut self, addr: IpAddr, ev: Event, now: Instant) -> u32 {
         let unit = self.unit;
         let e = self.entry(addr, now);
-        Self::incr_in(e, ev, now, unit)
+        let rate = Self::incr_in(e, ev, now, unit);
+        self.rate_peaks[ev.index()].note(rate, Some(addr));
+        rate
     }
 
     /// The number of events in this window, without counting one.
@@ -218,6 +306,10 @@ impl Table {
         if !self.clients.contains_key(&addr) && self.clients.len() >= self.cap {
             self.sweep(now);
             self.evict();
+        }
+        if !self.clients.contains_key(&addr) {
+            let size = u32::try_from(self.clients.len() + 1).unwrap_or(u32::MAX);
+            self.size_peak.note(size, None);
         }
         self.clients.entry(addr).or_insert(Entry {
             count: 0,
@@ -314,6 +406,11 @@ impl ClientLimits {
             .map_err(|e| format!("smtpd_client_event_limit_exceptions: table lookup problem: {e}"))
     }
 
+    /// The statistics lines since the last call ([`Table::statistics`]).
+    pub fn statistics(&self) -> Vec<String> {
+        self.table().statistics(&self.service)
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -383,6 +480,37 @@ mod tests {
     }
 
     const UNIT: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn statistics_name_the_peaks_once_then_start_over() {
+        let t0 = Instant::now();
+        let mut t = Table::new(UNIT, 100);
+        let (a, b) = (ip("192.0.2.1"), ip("192.0.2.7"));
+        t.connect(a, t0);
+        t.connect(b, t0);
+        t.connect(b, t0);
+        t.incr(a, Event::Mail, t0);
+        let lines = t.statistics("smtp");
+        let stamp = r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d";
+        let want = [
+            format!(
+                r"^statistics: max connection rate 2/60s for \(smtp:192\.0\.2\.7\) at {stamp}$"
+            ),
+            format!(r"^statistics: max connection count 2 for \(smtp:192\.0\.2\.7\) at {stamp}$"),
+            format!(r"^statistics: max message rate 1/60s for \(smtp:192\.0\.2\.1\) at {stamp}$"),
+            format!(r"^statistics: max cache size 2 at {stamp}$"),
+        ];
+        assert_eq!(lines.len(), want.len(), "{lines:?}");
+        for (l, w) in lines.iter().zip(&want) {
+            assert!(regex::Regex::new(w).unwrap().is_match(l), "{l} !~ {w}");
+        }
+        // Reported peaks are forgotten: nothing new, nothing said.
+        assert!(t.statistics("smtp").is_empty());
+        // A known client connects again: its rate and count (the table
+        // did not grow, so no cache size line).
+        t.connect(a, t0 + UNIT);
+        assert_eq!(t.statistics("smtp").len(), 2);
+    }
 
     #[test]
     fn connections_are_counted_until_they_close() {

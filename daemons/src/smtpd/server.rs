@@ -355,6 +355,10 @@ pub fn run(mut svc: Service, shell: Shell) {
     let max_idle = Duration::from_secs(service::time_param(&svc.params, "max_idle", 100).max(1));
     let max_use = service::num_param(&svc.params, "max_use", 100).max(0) as usize;
     let maxproc = svc.maxproc;
+    // anvil's statistics, logged this often and at exit.
+    let status_every = Duration::from_secs(
+        service::time_param(&svc.params, "anvil_status_update_time", 600).max(1),
+    );
     svc.ready();
     let shell = Arc::new(shell);
     // The last reference is dropped here, outside the runtime: the
@@ -376,7 +380,12 @@ pub fn run(mut svc: Service, shell: Shell) {
         let mut served = 0usize;
         let mut idle = Duration::ZERO;
         let tick = Duration::from_millis(250);
+        let mut last_status = std::time::Instant::now();
         loop {
+            if last_status.elapsed() >= status_every {
+                last_status = std::time::Instant::now();
+                log_statistics(&shell);
+            }
             if service::stopping() {
                 break;
             }
@@ -427,12 +436,23 @@ pub fn run(mut svc: Service, shell: Shell) {
             let _ = tokio::time::timeout(tick, done.notified()).await;
         }
         shell.cleanups.sweep(true);
+        log_statistics(&shell);
     };
     rt.block_on(async move {
         let _ = tokio::spawn(accepting).await;
     });
     drop(rt);
     drop(keep);
+}
+
+/// anvil's statistics lines since the last ones (none without client
+/// limits, or when nothing was counted).
+fn log_statistics(shell: &Shell) {
+    if let Some(l) = &shell.limits {
+        for line in l.statistics() {
+            info!("{line}");
+        }
+    }
 }
 
 /// The client's name as Postfix finds it: the PTR name, kept only when
