@@ -614,7 +614,11 @@ fn a_host_without_mx_that_is_this_machine_loops_on_the_smtp_port_only() {
     let dns = Dns::start(
         &DnsZone::new()
             .a("nomx.test", Ipv4Addr::LOCALHOST)
-            .a("bestmx.test", Ipv4Addr::LOCALHOST),
+            // best_mx_transport is for an MX lookup that finds this
+            // machine the best MX; without MX a loop bounces regardless.
+            .mx("bestmx.test", 10, "mx.bestmx.test")
+            .a("mx.bestmx.test", Ipv4Addr::LOCALHOST)
+            .a("nomxbest.test", Ipv4Addr::LOCALHOST),
     );
     let mut inst = Instance::new("smtp-host-loop", "");
     let top = inst.top.display().to_string();
@@ -623,7 +627,8 @@ fn a_host_without_mx_that_is_this_machine_loops_on_the_smtp_port_only() {
         &format!(
             "bracket.test  smtp:[127.0.0.1]\n\
              filter.test  smtp:{}\n\
-             bestmx.test  smtpbest:\n",
+             bestmx.test  smtpbest:\n\
+             nomxbest.test  smtpbest:\n",
             filter.relayhost()
         ),
     );
@@ -642,6 +647,7 @@ fn a_host_without_mx_that_is_this_machine_loops_on_the_smtp_port_only() {
         "u@bracket.test",
         "u@filter.test",
         "u@bestmx.test",
+        "u@nomxbest.test",
     ] {
         inst.send(&["-f", "alice@example.test", rcpt], &message(rcpt));
     }
@@ -670,6 +676,12 @@ fn a_host_without_mx_that_is_this_machine_loops_on_the_smtp_port_only() {
     );
     inst.wait_log(
         r"warning: [0-9A-F]+: best_mx_transport = relay is not supported: deferring: mail for bestmx\.test loops back to myself$",
+    );
+    let nomxbest = inst.wait_log(r"to=<u@nomxbest\.test>, .*status=bounced");
+    assert!(
+        nomxbest
+            .contains("dsn=5.4.6, status=bounced (mail for nomxbest.test loops back to myself)"),
+        "{nomxbest}"
     );
     assert!(
         inst.log_lines(r"smtp\[\d+\]: connect to ").is_empty(),

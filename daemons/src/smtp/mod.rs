@@ -13,8 +13,8 @@
 //!    this machine (`inet_interfaces`, `proxy_interfaces`) and every MX
 //!    host not more preferred than it; when that leaves nothing, the
 //!    mail loops: `5.4.6 mail for DOMAIN loops back to myself`, bounced
-//!    (deferred with 4.3.5 when `best_mx_transport` is set, which Facteur
-//!    does not support). An MX host of the destination, or a loop, tries
+//!    (when this machine is the best MX and `best_mx_transport` is set,
+//!    which Facteur does not support: deferred with 4.3.5). An MX host of the destination, or a loop, tries
 //!    no later destination (fall-back relay), as in Postfix.
 //! 2. A cached session to the same next hop is used first (see
 //!    [`cache`]); otherwise a new connection: greeting, EHLO/LHLO,
@@ -501,7 +501,6 @@ pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
         None
     };
     let mut warned = false;
-    let mut warned_best_mx = false;
     let site_fail = st.site_fail.clone();
     let outcomes: Vec<Outcome> = st
         .track
@@ -526,23 +525,6 @@ pub fn deliver(cfg: &Config, req: &Request) -> Vec<Outcome> {
                         if !warned {
                             libmail::warning!("{param} configuration problem");
                             warned = true;
-                        }
-                        f.permanent = false;
-                        f.dsn = "4.3.5".into();
-                    } else if let Some(t) = cfg
-                        .best_mx_transport
-                        .as_ref()
-                        .filter(|_| f.dsn.ends_with(".4.6"))
-                    {
-                        // Postfix passes the mail to best_mx_transport;
-                        // better kept than bounced until Facteur does.
-                        if !warned_best_mx {
-                            libmail::warning!(
-                                "{}: best_mx_transport = {t} is not supported: deferring: {}",
-                                req.queue_id,
-                                f.reason
-                            );
-                            warned_best_mx = true;
                         }
                         f.permanent = false;
                         f.dsn = "4.3.5".into();
@@ -782,8 +764,19 @@ fn attempt_site(
                         })
                         .collect()
                 }
-                Err(e) => {
+                Err(mut e) => {
                     st.final_hop |= e.final_hop;
+                    if let Some(t) = cfg.best_mx_transport.as_ref().filter(|_| e.best_mx) {
+                        // Postfix passes the mail to best_mx_transport;
+                        // better kept than bounced until Facteur does.
+                        libmail::warning!(
+                            "{}: best_mx_transport = {t} is not supported: deferring: {}",
+                            req.queue_id,
+                            e.reason
+                        );
+                        e.permanent = false;
+                        e.dsn = "4.3.5";
+                    }
                     st.fail_site(e.dsn, e.reason, "none", e.permanent);
                     return reached;
                 }

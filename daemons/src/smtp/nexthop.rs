@@ -156,6 +156,9 @@ pub struct NoTarget {
     /// Try no later destination (no fall-back relay): mail loops, or this
     /// machine is an MX host of the destination.
     pub final_hop: bool,
+    /// The loop of an MX lookup: this machine is the best MX host of the
+    /// domain (the case Postfix hands to `best_mx_transport`).
+    pub best_mx: bool,
 }
 
 /// This machine, for the mail-loop check.
@@ -185,6 +188,7 @@ fn loops(name: &str) -> NoTarget {
         dsn: "5.4.6",
         reason: format!("mail for {name} loops back to myself"),
         final_hop: true,
+        best_mx: false,
     }
 }
 
@@ -217,9 +221,13 @@ fn truncate_at_myself(
             dsn: "4.4.4",
             reason: format!("unable to find primary relay for {domain}"),
             final_hop: true,
+            best_mx: false,
         }
     } else {
-        loops(domain)
+        NoTarget {
+            best_mx: true,
+            ..loops(domain)
+        }
     })
 }
 
@@ -249,6 +257,7 @@ fn name_error(name: &str, rtype: &str, e: &DnsError) -> NoTarget {
                 "Host or domain name not found. Name service error for name={name} type={rtype}: Host not found"
             ),
             final_hop: false,
+            best_mx: false,
         },
         DnsError::Temporary(_) => NoTarget {
             permanent: false,
@@ -257,6 +266,7 @@ fn name_error(name: &str, rtype: &str, e: &DnsError) -> NoTarget {
                 "Host or domain name not found. Name service error for name={name} type={rtype}: Host not found, try again"
             ),
             final_hop: false,
+            best_mx: false,
         },
     }
 }
@@ -333,6 +343,7 @@ impl Lookup<'_> {
                         dsn: "5.1.0",
                         reason: format!("Domain {host} does not accept mail (nullMX)"),
                         final_hop: false,
+                        best_mx: false,
                     });
                 }
                 Ok(mut records) => {
@@ -542,20 +553,39 @@ mod tests {
         let mut v = found(&[(10, "c", "198.51.100.4"), (10, "me", "2001:db8::1")]);
         let e = truncate_at_myself("x.test", &mut v, 10, &me).unwrap_err();
         assert_eq!(
-            (e.permanent, e.dsn, e.reason.as_str(), e.final_hop),
-            (true, "5.4.6", "mail for x.test loops back to myself", true)
+            (
+                e.permanent,
+                e.dsn,
+                e.reason.as_str(),
+                e.final_hop,
+                e.best_mx
+            ),
+            (
+                true,
+                "5.4.6",
+                "mail for x.test loops back to myself",
+                true,
+                true
+            )
         );
         // The best MX (preference 5) has no address and this machine is
         // the best that has one: a temporary failure.
         let mut v = found(&[(10, "me", "192.0.2.1"), (20, "c", "198.51.100.4")]);
         let e = truncate_at_myself("x.test", &mut v, 5, &me).unwrap_err();
         assert_eq!(
-            (e.permanent, e.dsn, e.reason.as_str(), e.final_hop),
+            (
+                e.permanent,
+                e.dsn,
+                e.reason.as_str(),
+                e.final_hop,
+                e.best_mx
+            ),
             (
                 false,
                 "4.4.4",
                 "unable to find primary relay for x.test",
-                true
+                true,
+                false
             )
         );
     }
