@@ -59,12 +59,12 @@ pub struct Config {
     pub always_bcc: String,
     pub sender_bcc: Option<Maps>,
     pub recipient_bcc: Option<Maps>,
-    pub header_checks: Option<Maps>,
+    pub header_checks: Option<Arc<Maps>>,
     /// MIME headers (`MIME-Version`, `Content-Type`, ...) of any header
     /// block, and every header of a body part (default `$header_checks`).
-    pub mime_header_checks: Option<Maps>,
+    pub mime_header_checks: Option<Arc<Maps>>,
     /// The other headers of attached messages (default `$header_checks`).
-    pub nested_header_checks: Option<Maps>,
+    pub nested_header_checks: Option<Arc<Maps>>,
     pub body_checks: Option<Maps>,
     /// `internal_mail_filter_classes` names `bounce`: notices from the
     /// bounce service go through the header and body checks too (by
@@ -98,6 +98,35 @@ fn maps(params: &Params, name: &str) -> Result<Option<Maps>, TableError> {
         return Ok(None);
     }
     Maps::open(name, &v, &OpenOptions::default()).map(Some)
+}
+
+/// header_checks, mime_header_checks and nested_header_checks. The last
+/// two default to `$header_checks`: tables named by the same value are
+/// opened once and shared, not compiled three times.
+type HeaderMaps = (Option<Arc<Maps>>, Option<Arc<Maps>>, Option<Arc<Maps>>);
+
+fn header_maps(params: &Params) -> Result<HeaderMaps, TableError> {
+    let mut opened: Vec<(String, Arc<Maps>)> = Vec::new();
+    let mut get = |name: &str| -> Result<Option<Arc<Maps>>, TableError> {
+        let v = params
+            .value(name)
+            .map_err(|e| TableError::Config(format!("{name}: {e}")))?;
+        let v = v.trim().to_string();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        if let Some((_, m)) = opened.iter().find(|(seen, _)| *seen == v) {
+            return Ok(Some(m.clone()));
+        }
+        let m = Arc::new(Maps::open(name, &v, &OpenOptions::default())?);
+        opened.push((v, m.clone()));
+        Ok(Some(m))
+    };
+    Ok((
+        get("header_checks")?,
+        get("mime_header_checks")?,
+        get("nested_header_checks")?,
+    ))
 }
 
 fn text(params: &Params, name: &str) -> String {
@@ -143,6 +172,8 @@ impl Config {
             recursion_limit: limit("virtual_alias_recursion_limit", 1000).max(1),
             expansion_limit: limit("virtual_alias_expansion_limit", 1000).max(1),
         };
+        let (header_checks, mime_header_checks, nested_header_checks) =
+            header_maps(params).map_err(e)?;
         Ok(Config {
             layout,
             myhostname: text(params, "myhostname"),
@@ -164,9 +195,9 @@ impl Config {
             always_bcc: text(params, "always_bcc").trim().to_string(),
             sender_bcc: maps(params, "sender_bcc_maps").map_err(e)?,
             recipient_bcc: maps(params, "recipient_bcc_maps").map_err(e)?,
-            header_checks: maps(params, "header_checks").map_err(e)?,
-            mime_header_checks: maps(params, "mime_header_checks").map_err(e)?,
-            nested_header_checks: maps(params, "nested_header_checks").map_err(e)?,
+            header_checks,
+            mime_header_checks,
+            nested_header_checks,
             body_checks: maps(params, "body_checks").map_err(e)?,
             inspect_bounces: params
                 .value("internal_mail_filter_classes")

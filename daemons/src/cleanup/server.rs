@@ -167,14 +167,14 @@ fn message(cfg: &Config, committer: &Committer, conn: &mut Conn<Stream>) -> bool
             Ok(Some(Item::Data(d))) => msg.feed(&d),
             // HOLD or DISCARD decided at the end of the content (smtpd's
             // end-of-data restrictions): the only list allowed here.
-            Ok(Some(Item::Attrs(a))) if late_flags(&a).is_some() => {
-                msg.late_flags(late_flags(&a).unwrap_or(0));
-            }
-            Ok(Some(Item::Attrs(_))) => {
-                libmail::warning!("{id}: protocol error: attribute list inside the content");
-                reply(conn, STAT_BAD, default_reason(STAT_BAD), None);
-                return false;
-            }
+            Ok(Some(Item::Attrs(a))) => match late_flags(&a) {
+                Some(flags) => msg.late_flags(flags),
+                None => {
+                    libmail::warning!("{id}: protocol error: attribute list inside the content");
+                    reply(conn, STAT_BAD, default_reason(STAT_BAD), None);
+                    return false;
+                }
+            },
             Ok(None) => return false,
             Err(e) => {
                 if e.kind() != io::ErrorKind::UnexpectedEof {

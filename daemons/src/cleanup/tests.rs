@@ -484,10 +484,14 @@ fn header_checks_reach_mime_part_headers_by_default() {
     drop(cfg0);
     let hc = checks_file(&s.0, "hc", EXE_RULE);
     let (cfg, _s2) = setup(&format!("header_checks = {hc}"));
-    assert!(
-        cfg.mime_header_checks.is_some(),
-        "mime_header_checks = $header_checks"
+    // mime_header_checks = nested_header_checks = $header_checks: the
+    // one table, opened once.
+    let (h, m, n) = (
+        cfg.header_checks.as_ref().expect("header_checks"),
+        cfg.mime_header_checks.as_ref().expect("$header_checks"),
+        cfg.nested_header_checks.as_ref().expect("$header_checks"),
     );
+    assert!(std::sync::Arc::ptr_eq(h, m) && std::sync::Arc::ptr_eq(h, n));
     let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(""));
     match g {
         Got::Refused(st, r) => {
@@ -522,6 +526,13 @@ fn mime_header_checks_override_header_checks() {
     let hc = checks_file(&s.0, "hc", &format!("{EXE_RULE}/^MIME-Version:/ HOLD\n"));
     let mc = checks_file(&s.0, "mc", "/^X-Never-Seen:/ REJECT\n");
     let (cfg, _s2) = setup(&format!("header_checks = {hc}\nmime_header_checks = {mc}"));
+    // Different values: different tables (nested still shares header's).
+    let (h, m, n) = (
+        cfg.header_checks.as_ref().unwrap(),
+        cfg.mime_header_checks.as_ref().unwrap(),
+        cfg.nested_header_checks.as_ref().unwrap(),
+    );
+    assert!(!std::sync::Arc::ptr_eq(h, m) && std::sync::Arc::ptr_eq(h, n));
     let (g, _) = run(&cfg, &pickup_env("a@b", &["c@d"]), &exe_message(""));
     let (_, c, hold) = queued(g);
     // MIME-Version went to mime_header_checks too (primary MIME header).

@@ -376,7 +376,6 @@ impl Qmgr {
     /// Should the listing fail, every message is looked at.
     fn note_incoming(&mut self) {
         use libmail::queue::dirs::Found;
-        use std::os::unix::fs::MetadataExt;
         let mut paths = Vec::new();
         for r in self.svc.layout.scan_all(Queue::Incoming) {
             match r {
@@ -388,14 +387,22 @@ impl Qmgr {
             }
         }
         for p in paths {
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) => {
-                    self.seen_before.insert((m.dev(), m.ino()));
-                }
-                // Gone meanwhile (postsuper): not in incoming/ any more.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(_) => self.trust_incoming = false,
+            self.note_path(&p);
+        }
+    }
+
+    /// Notes one file of `incoming/` as one that may have logs (see
+    /// [`note_incoming`](Self::note_incoming)); one that cannot be
+    /// looked at makes every message suspect.
+    fn note_path(&mut self, p: &std::path::Path) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(p) {
+            Ok(m) => {
+                self.seen_before.insert((m.dev(), m.ino()));
             }
+            // Gone meanwhile (postsuper): not in incoming/ any more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => self.trust_incoming = false,
         }
     }
 
@@ -538,15 +545,7 @@ impl Qmgr {
                     .layout
                     .move_file(&id, Queue::Active, Queue::Incoming, false)
                 {
-                    use std::os::unix::fs::MetadataExt;
-                    match std::fs::symlink_metadata(&p) {
-                        Ok(m) => {
-                            self.seen_before.insert((m.dev(), m.ino()));
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        // Not known: look for logs of every message.
-                        Err(_) => self.trust_incoming = false,
-                    }
+                    self.note_path(&p);
                 }
                 return;
             }

@@ -97,6 +97,19 @@ fn files_first(conf: &str) -> bool {
         == Some("files")
 }
 
+/// A client name as smtpd keeps it (lower case, no trailing dot), or
+/// `None` when it is not a host name smtpd would use; for the names of
+/// the hosts file and of getnameinfo alike.
+pub fn client_name(raw: &str) -> Option<String> {
+    let name = raw.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    ok.then_some(name)
+}
+
 /// Address → first name of the first line that lists it, as glibc's
 /// files source answers a reverse lookup. Names that are not valid host
 /// names are left out (smtpd would not use them).
@@ -112,13 +125,7 @@ fn parse(text: &str) -> HashMap<IpAddr, String> {
         let Ok(addr) = addr.parse::<IpAddr>() else {
             continue;
         };
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let valid = !name.is_empty()
-            && name.len() <= 255
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-        if valid {
+        if let Some(name) = client_name(name) {
             names.entry(addr).or_insert(name);
         }
     }

@@ -496,16 +496,8 @@ fn dns_lookup_ptr(addr: IpAddr) -> Option<String> {
         return None;
     }
     // SAFETY: getnameinfo wrote a NUL-terminated string.
-    let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) }
-        .to_string_lossy()
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    ok.then_some(name)
+    let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) }.to_string_lossy();
+    super::hosts::client_name(&name)
 }
 
 fn forward_has(name: &str, addr: IpAddr) -> bool {

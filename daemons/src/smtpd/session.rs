@@ -2730,13 +2730,13 @@ impl Session {
         self.tx.as_ref().is_some_and(|t| t.queue_id.is_some()) || self.queue.ready()
     }
 
-    /// The connection ended without QUIT.
     /// Whether a message has a queue file open (ending the session
     /// withdraws it, which talks to cleanup).
     pub fn in_transaction(&self) -> bool {
         self.tx.as_ref().is_some_and(|t| t.queue_id.is_some())
     }
 
+    /// The connection ended without QUIT.
     pub fn lost(&mut self) {
         self.ending = None;
         if self.in_transaction() {

@@ -488,10 +488,7 @@ fn delivery_lock(
     layout: &crate::queue::QueueLayout,
     req: &Request,
 ) -> Result<Option<Held>, String> {
-    use crate::queue::{Queue, QueueId};
-    let id = QueueId::parse(&req.queue_id).map_err(|e| e.to_string())?;
-    let queue = Queue::from_name(&req.queue_name).ok_or("bad queue name")?;
-    crate::queue::lock::for_marking(&layout.path_of(queue, &id))
+    crate::queue::lock::for_marking(&queue_path(layout, req)?)
         .map(|l| l.map(Held::Locked))
         .map_err(|e| e.to_string())
 }
@@ -550,8 +547,8 @@ where
 /// not sync it either): a process crash keeps it (the kernel has it), a
 /// power loss may lose it and the recipient is delivered again — the
 /// duplicate window 2 of libmail::queue, never a loss. True when
-/// something was marked.
-/// Gives back what keeps the lock until the reply is sent.
+/// something was marked; with it, what keeps the lock until the reply
+/// is sent.
 fn mark_done(
     layout: &crate::queue::QueueLayout,
     req: &Request,
