@@ -359,8 +359,8 @@ pub fn pickup_file(
         }
     }
     let sender = env.sender.clone();
-    let back = ReturnTo::of(env);
-    drop(qf);
+    // The file stays open until the verdict: a refused message is
+    // returned from its envelope (read then, not for every message).
     match client.finish() {
         Ok(queued_as) => {
             if let Err(e) = std::fs::remove_file(path) {
@@ -377,6 +377,8 @@ pub fn pickup_file(
             Picked::Retry
         }
         Err(CleanupError::Refused(r)) => {
+            let back = ReturnTo::of(qf.envelope());
+            drop(qf);
             match return_to_sender(layout, id, &new_id, &back, &r.reason, timeout) {
                 Ok(()) => {
                     if let Err(e) = std::fs::remove_file(path) {

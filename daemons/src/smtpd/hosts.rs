@@ -43,7 +43,7 @@ impl Hosts {
     /// `files` first for hosts (or says nothing of hosts: glibc's
     /// default is `dns [!UNAVAIL=return] files`, so not then either).
     pub fn system() -> Hosts {
-        let files_first = std::fs::read_to_string("/etc/nsswitch.conf")
+        let files_first = read_bounded("/etc/nsswitch.conf")
             .map(|c| files_first(&c))
             .unwrap_or(false);
         Hosts::new(if files_first { "/etc/hosts" } else { "" })
@@ -72,13 +72,26 @@ impl Hosts {
             if stamp != st.stamp {
                 st.names = stamp
                     .filter(|s| s.3 <= MAX_HOSTS)
-                    .and_then(|_| std::fs::read_to_string(&self.path).ok())
+                    .and_then(|_| read_bounded(&self.path))
                     .map(|text| parse(&text));
                 st.stamp = stamp;
             }
         }
         st.names.as_ref()?.get(&addr).cloned()
     }
+}
+
+/// The file's text, when it is at most [`MAX_HOSTS`] bytes (it may grow
+/// between its stat and this read).
+fn read_bounded(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_HOSTS + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    (text.len() as u64 <= MAX_HOSTS).then_some(text)
 }
 
 fn stamp(path: &str) -> Option<(u64, u64, i128, u64)> {

@@ -836,9 +836,10 @@ where
         // commands that ask them (HELO, MAIL and XCLIENT too when they
         // are not delayed to RCPT); an RCPT that must connect to cleanup
         // (none of the kept connections has its queue ID ready); ETRN
-        // (qmgr); AUTH (Dovecot). Everything else runs here: table
-        // lookups are memory-mapped, DATA and BDAT only buffer the
-        // envelope.
+        // (qmgr); AUTH (Dovecot); XCLIENT when the XCLIENT/XFORWARD or
+        // EHLO keyword lists name a table that may block. Everything
+        // else runs here: table lookups are memory-mapped, DATA and BDAT
+        // only buffer the envelope.
         let undelayed =
             !shell.gate.delay_reject() && is_verb(&got, &["HELO", "EHLO", "MAIL", "XCLIENT"]);
         let asks = undelayed || is_verb(&got, &["RCPT", "DATA", "BDAT"]);

@@ -497,9 +497,10 @@ fn delivery_lock(
 /// as a queue file through the same descriptor to mark recipients done.
 enum Held {
     Locked(crate::queue::lock::Locked),
-    // Never read: kept for its descriptor, whose closing ends the lock.
-    #[allow(dead_code)]
-    Open(crate::queue::QueueFile),
+    /// Kept only for its descriptor, whose closing ends the lock.
+    Open {
+        _lock: crate::queue::QueueFile,
+    },
 }
 
 /// The same outcome for every recipient of `req`, not logged.
@@ -585,7 +586,7 @@ fn mark_done(
         Err(e) => return (Err(e.to_string()), None),
     };
     let r = mark_sent(&mut f, outcomes);
-    (r, Some(Held::Open(f)))
+    (r, Some(Held::Open { _lock: f }))
 }
 
 fn queue_path(
