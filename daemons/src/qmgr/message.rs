@@ -41,7 +41,10 @@
 //! mark). A recipient whose agent marked it done (bounced) before qmgr
 //! read the reply is not in `bounce/ID` if qmgr died in between: its
 //! notice is lost (Postfix's agents write the bounce log themselves,
-//! before the done mark).
+//! before the done mark). Done marks are made durable only when the file
+//! outlives the pass (or waits for a notice): a finished message is
+//! unlinked without an `fdatasync`, so a power loss (not a killed
+//! process) may deliver it again, as with Postfix.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -130,6 +133,14 @@ pub(crate) struct Msg {
     /// (six system calls per message). Set before any log is written, so
     /// a failed or partial write still counts.
     logs: bool,
+    /// Done marks written but not yet made durable. A message whose
+    /// recipients are all done is removed without the `fdatasync`: the
+    /// marks only matter if the file outlives this pass (kept in active/,
+    /// deferred, or waiting for a notice), and then they are synced
+    /// first. A power loss before the unlink reaches the disk may then
+    /// deliver again, as Postfix may (its delivery agents never sync the
+    /// marks); a killed process loses nothing, the page cache keeps them.
+    unsynced_marks: bool,
 }
 
 /// (transport, nexthop, recipients) for one destination.
@@ -172,6 +183,7 @@ impl Msg {
             notice_failed: false,
             asked: None,
             logs: true,
+            unsynced_marks: false,
         })
     }
 
@@ -451,10 +463,12 @@ impl Msg {
             }
         } else {
             done.extend(bounced);
-            if !done.is_empty() {
-                if let Err(e) = self.file.mark_done_durable(&done) {
+            for &i in &done {
+                if let Err(e) = self.file.mark_done(i) {
                     warning!("{ids}: cannot mark recipients done: {e}");
+                    break;
                 }
+                self.unsynced_marks = true;
             }
         }
         self.defer_entries.extend(defer);
@@ -463,6 +477,7 @@ impl Msg {
     /// The last job came back: starts the end of the pass.
     pub fn finish(&mut self, layout: &QueueLayout, policy: &Policy) -> Next {
         if self.gone(layout) {
+            self.sync_marks();
             return Next::Settled;
         }
         self.write_defer_log(layout);
@@ -521,6 +536,16 @@ impl Msg {
         }
     }
 
+    /// Makes the done marks written so far durable (see
+    /// `unsynced_marks`).
+    fn sync_marks(&mut self) {
+        if std::mem::take(&mut self.unsynced_marks) {
+            if let Err(e) = self.file.sync_done() {
+                warning!("{}: cannot mark recipients done: {e}", self.id.as_str());
+            }
+        }
+    }
+
     /// postsuper moved or removed the file while it was active: it is
     /// postsuper's now (see libmail::queue::lock).
     fn gone(&self, layout: &QueueLayout) -> bool {
@@ -563,6 +588,7 @@ impl Msg {
     /// defer. `checked`: as for [`advance`](Self::advance).
     fn decide(&mut self, layout: &QueueLayout, policy: &Policy, checked: bool) -> Next {
         if !checked && self.gone(layout) {
+            self.sync_marks();
             return Next::Settled;
         }
         let ids = self.id.to_string();
@@ -573,6 +599,8 @@ impl Msg {
             self.remove(layout);
             return Next::Settled;
         }
+        // The file outlives this step: its marks must be durable.
+        self.sync_marks();
         if pending && !self.deferred && !forced && !self.notice_failed {
             // Nothing failed but recipients remain (stopping): the next
             // qmgr requeues it from active/.
@@ -621,6 +649,7 @@ impl Msg {
     /// stops, nothing is asked: the message stays in active/ for the
     /// next qmgr.
     fn ask(&mut self, service: &str, kind: Kind, step: Step) -> Next {
+        self.sync_marks();
         if libmail::service::stopping() {
             return Next::Settled;
         }
