@@ -233,7 +233,14 @@ pub fn main() {
         Err(e) => libmail::log::fatal(&e),
     };
     let committer = server::Committer::start(service.layout.root());
-    service.serve_streams(true, move |stream| server::serve(&cfg, &committer, stream));
+    let spares = Arc::new(server::Spares::new(libmail::queue::IdStyle::from_long_ids(
+        cfg.long_ids,
+    )));
+    let ours = spares.clone();
+    service.serve_streams(true, move |stream| {
+        server::serve(&cfg, &committer, &ours, stream)
+    });
+    spares.clear();
 }
 
 #[cfg(test)]
