@@ -233,14 +233,7 @@ pub fn main() {
         Err(e) => libmail::log::fatal(&e),
     };
     let committer = server::Committer::start(service.layout.root());
-    let spares = Arc::new(server::Spares::new(libmail::queue::IdStyle::from_long_ids(
-        cfg.long_ids,
-    )));
-    let ours = spares.clone();
-    service.serve_streams(true, move |stream| {
-        server::serve(&cfg, &committer, &ours, stream)
-    });
-    spares.clear();
+    service.serve_streams(true, move |stream| server::serve(&cfg, &committer, stream));
 }
 
 #[cfg(test)]

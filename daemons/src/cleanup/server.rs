@@ -17,7 +17,7 @@ use libmail::ipc::cleanup::{
     default_reason, FLAG_DISCARD, FLAG_HOLD, STAT_BAD, STAT_DEFER, STAT_WRITE,
 };
 use libmail::ipc::{Attrs, Conn, Item};
-use libmail::queue::{sync_many, Durable, IdStyle, Queue, QueueLayout, Unsynced, Writer};
+use libmail::queue::{sync_many, Durable, Queue, Unsynced, Writer};
 use libmail::service::Stream;
 
 use super::message::{Message, Outcome};
@@ -78,98 +78,6 @@ impl Committer {
     }
 }
 
-/// Queue files made ahead in `incoming/`, their names already durable
-/// ([`Writer::create_durable`]): a message's commit is then one fsync,
-/// and the making of files and the directory fsync are shared by a
-/// batch. The batch grows (to [`SPARES_MAX`]) while refills come close
-/// together and starts small again after a pause, so a quiet server
-/// makes one or two at a time. A spare unused for [`SPARE_AGE`] is
-/// removed rather than used: its ID and Message-ID time stay near the
-/// arrival, and no file waits long enough to look like a crash's
-/// leftover (`postsuper -p`). Unused spares are removed when the process
-/// ends (see [`main`](super::main)) or by `postsuper -p` after a crash
-/// (incomplete files, never acknowledged).
-pub struct Spares {
-    style: IdStyle,
-    max_age: std::time::Duration,
-    state: std::sync::Mutex<SpareState>,
-}
-
-struct SpareState {
-    files: Vec<(std::time::Instant, Writer)>,
-    batch: usize,
-    last_refill: Option<std::time::Instant>,
-}
-
-const SPARES_MAX: usize = 32;
-const SPARE_AGE: std::time::Duration = std::time::Duration::from_secs(60);
-/// Refills closer together than this grow the batch.
-const REFILL_BUSY: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl Spares {
-    pub fn new(style: IdStyle) -> Spares {
-        Spares {
-            style,
-            max_age: SPARE_AGE,
-            state: std::sync::Mutex::new(SpareState {
-                files: Vec::new(),
-                batch: 1,
-                last_refill: None,
-            }),
-        }
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, SpareState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A new queue file in `incoming/`.
-    pub fn take(&self, layout: &QueueLayout) -> io::Result<Writer> {
-        let now = std::time::Instant::now();
-        let batch = {
-            let mut st = self.state();
-            // The newest are at the end; the old ones go (dropped after
-            // the lock is let go: each is an unlink).
-            let fresh = st
-                .files
-                .iter()
-                .position(|(t, _)| now.duration_since(*t) < self.max_age)
-                .unwrap_or(st.files.len());
-            let stale: Vec<_> = st.files.drain(..fresh).collect();
-            if let Some((_, w)) = st.files.pop() {
-                drop(st);
-                drop(stale);
-                return Ok(w);
-            }
-            let busy = st
-                .last_refill
-                .is_some_and(|t| now.duration_since(t) < REFILL_BUSY);
-            st.batch = if busy {
-                (st.batch * 2).min(SPARES_MAX)
-            } else {
-                1
-            };
-            st.last_refill = Some(now);
-            st.batch
-        };
-        let mut made = Writer::create_durable(layout, Queue::Incoming, self.style, batch)?;
-        let w = made
-            .pop()
-            .ok_or_else(|| io::Error::other("no queue file made"))?;
-        let made_at = std::time::Instant::now();
-        self.state()
-            .files
-            .extend(made.into_iter().map(|w| (made_at, w)));
-        Ok(w)
-    }
-
-    /// Removes the unused files.
-    pub fn clear(&self) {
-        let files = std::mem::take(&mut self.state().files);
-        drop(files);
-    }
-}
-
 /// A list of late flags (`flags=N` alone, HOLD and DISCARD bits only);
 /// `None` for anything else.
 fn late_flags(a: &Attrs) -> Option<u32> {
@@ -199,11 +107,11 @@ fn reply(conn: &mut Conn<Stream>, status: u32, reason: &str, id: Option<&str>) -
 /// Serves one connection: one message, or message after message while
 /// the client asks to keep it (`keep=1`, libmail::ipc::cleanup), at most
 /// `max_use` of them, and not once the process retires.
-pub fn serve(cfg: &Config, committer: &Committer, spares: &Spares, stream: Stream) {
+pub fn serve(cfg: &Config, committer: &Committer, stream: Stream) {
     let _ = stream.set_timeouts(Some(cfg.ipc_timeout));
     let mut conn = Conn::new(stream);
     for _ in 0..cfg.max_use.max(1) {
-        if !message(cfg, committer, spares, &mut conn) || libmail::service::retired() {
+        if !message(cfg, committer, &mut conn) || libmail::service::retired() {
             return;
         }
     }
@@ -211,7 +119,7 @@ pub fn serve(cfg: &Config, committer: &Committer, spares: &Spares, stream: Strea
 
 /// One message; true when the client asked to keep the connection and
 /// the exchange ended cleanly (its verdict was sent).
-fn message(cfg: &Config, committer: &Committer, spares: &Spares, conn: &mut Conn<Stream>) -> bool {
+fn message(cfg: &Config, committer: &Committer, conn: &mut Conn<Stream>) -> bool {
     if cfg.queue_minfree > 0 {
         if let Ok(free) = cfg.layout.free_bytes() {
             if free < cfg.queue_minfree {
@@ -225,7 +133,8 @@ fn message(cfg: &Config, committer: &Committer, spares: &Spares, conn: &mut Conn
             }
         }
     }
-    let writer = match spares.take(&cfg.layout) {
+    let style = libmail::queue::IdStyle::from_long_ids(cfg.long_ids);
+    let writer = match Writer::create(&cfg.layout, Queue::Incoming, style) {
         Ok(w) => w,
         Err(e) => {
             libmail::warning!(
@@ -332,62 +241,5 @@ mod tests {
             flags(Attrs::new().with("flags", FLAG_HOLD).with("rcpt", "a@b")),
             None
         );
-    }
-
-    use libmail::queue::Ownership;
-
-    fn layout(name: &str) -> QueueLayout {
-        let root =
-            std::env::temp_dir().join(format!("facteur-spares-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let l = QueueLayout::new(&root, "deferred", 1).unwrap();
-        l.create_or_repair(&Ownership::CurrentUser).unwrap();
-        l
-    }
-
-    fn files(l: &QueueLayout) -> usize {
-        std::fs::read_dir(l.dir(Queue::Incoming)).unwrap().count()
-    }
-
-    #[test]
-    fn spares_grow_with_demand_and_are_removed_at_the_end() {
-        let l = layout("grow");
-        let spares = Spares::new(IdStyle::Short);
-        let mut taken = Vec::new();
-        // Refills close together: batches of 1, 2, 4, 8.
-        for _ in 0..15 {
-            taken.push(spares.take(&l).unwrap());
-        }
-        assert_eq!(files(&l), 15);
-        assert_eq!(spares.state().batch, 8);
-        taken.push(spares.take(&l).unwrap());
-        assert_eq!(files(&l), 16 + 15, "a batch of 16 made, one taken");
-        let mut ids: Vec<_> = taken.iter().map(|w| w.id()).collect();
-        ids.sort_by_key(|i| i.to_string());
-        ids.dedup();
-        assert_eq!(ids.len(), 16);
-        spares.clear();
-        assert_eq!(files(&l), 16, "the unused ones are removed");
-        drop(taken);
-        assert_eq!(files(&l), 0);
-        let _ = std::fs::remove_dir_all(l.root());
-    }
-
-    #[test]
-    fn old_spares_are_removed_not_used() {
-        let l = layout("old");
-        let mut spares = Spares::new(IdStyle::Short);
-        for _ in 0..2 {
-            drop(spares.take(&l).unwrap());
-        }
-        // Batches 1 and 2: one spare left over.
-        assert_eq!(files(&l), 1);
-        let left = spares.state().files[0].1.id();
-        spares.max_age = std::time::Duration::ZERO;
-        let w = spares.take(&l).unwrap();
-        assert_ne!(w.id(), left, "the old spare is not used");
-        assert!(!l.dir(Queue::Incoming).join(left.as_str()).exists());
-        drop(w);
-        let _ = std::fs::remove_dir_all(l.root());
     }
 }

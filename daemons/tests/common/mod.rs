@@ -345,32 +345,22 @@ impl Instance {
         found
     }
 
-    /// Files in a queue (recursively), but for cleanup's spares: in
-    /// `incoming/`, cleanup keeps a few queue files made ahead, named
-    /// and incomplete (no owner-execute bit), which hold no message.
+    /// Files in a queue (recursively).
     pub fn queue_files(&self, q: &str) -> Vec<PathBuf> {
-        fn walk(d: &Path, spares: bool, out: &mut Vec<PathBuf>) {
+        fn walk(d: &Path, out: &mut Vec<PathBuf>) {
             if let Ok(rd) = fs::read_dir(d) {
                 for e in rd.flatten() {
                     let p = e.path();
                     if p.is_dir() {
-                        walk(&p, spares, out);
-                    } else if !(spares && is_spare(&p)) {
+                        walk(&p, out);
+                    } else {
                         out.push(p);
                     }
                 }
             }
         }
-        fn is_spare(p: &Path) -> bool {
-            use std::os::unix::fs::PermissionsExt;
-            let named = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| libmail::queue::QueueId::parse(n).is_ok());
-            named && fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o100 == 0)
-        }
         let mut out = Vec::new();
-        walk(&self.queue.join(q), q == "incoming", &mut out);
+        walk(&self.queue.join(q), &mut out);
         out
     }
 }

@@ -44,9 +44,7 @@
 //!
 //! **fsyncs per message: one file fsync, plus one directory fsync per
 //! batch** — 2 for a lone message, 1 + 1/n for [`sync_many`] over n
-//! messages in one directory. Files made ahead by
-//! [`Writer::create_durable`] (cleanup keeps a few) had their names synced
-//! then, k files per directory fsync: 1 + 1/k, off the commit's path. (Postfix makes one fsync and none of the
+//! messages in one directory. (Postfix makes one fsync and none of the
 //! directory, trusting the file system to persist the name with the file.)
 //! Fsyncs issued concurrently by several processes or threads share
 //! journal commits.
@@ -252,9 +250,6 @@ pub struct Writer {
     /// with Postfix's postdrop (the directory itself is not listable).
     complete_mode: u32,
     named: Unacked,
-    /// The name was made durable when the file was made
-    /// ([`Writer::create_durable`]): no directory fsync at the commit.
-    name_durable: bool,
     created: (u64, u32),
     buf: Vec<u8>,
     flushed: u64,
@@ -316,7 +311,6 @@ impl Writer {
                 id,
                 dir,
                 named,
-                name_durable: false,
                 created: (sec, usec),
                 buf,
                 flushed: 0,
@@ -337,34 +331,6 @@ impl Writer {
             });
         }
         Err(io::Error::other("cannot find a free queue ID"))
-    }
-
-    /// `n` new files as [`create`](Self::create) makes them, whose names
-    /// are then made durable together: one fsync of each directory for
-    /// the lot, where each commit would otherwise sync the directory
-    /// again. Committing such a file is then one fsync (of the file:
-    /// data, length, mode). A file kept unused stays incomplete and is
-    /// removed when its writer is dropped.
-    pub fn create_durable(
-        layout: &QueueLayout,
-        queue: Queue,
-        style: IdStyle,
-        n: usize,
-    ) -> io::Result<Vec<Writer>> {
-        let mut made = Vec::with_capacity(n);
-        for _ in 0..n {
-            made.push(Writer::create(layout, queue, style)?);
-        }
-        let mut dirs: Vec<&Path> = made.iter().map(|w| w.dir.as_path()).collect();
-        dirs.sort();
-        dirs.dedup();
-        for d in dirs {
-            sync_dir(d)?;
-        }
-        for w in &mut made {
-            w.name_durable = true;
-        }
-        Ok(made)
     }
 
     pub fn id(&self) -> QueueId {
@@ -571,7 +537,6 @@ impl Writer {
         rename_noreplace(&self.named.path, &path)?;
         self.named.path = path;
         self.dir = dir;
-        self.name_durable = false;
         if to != Queue::Maildrop {
             self.complete_mode = 0o700;
         }
@@ -616,7 +581,6 @@ impl Writer {
             id: self.id,
             named: self.named,
             dir: self.dir,
-            name_durable: self.name_durable,
         })
     }
 }
@@ -633,7 +597,6 @@ pub struct Unsynced {
     id: QueueId,
     named: Unacked,
     dir: PathBuf,
-    name_durable: bool,
 }
 
 impl Unsynced {
@@ -641,8 +604,7 @@ impl Unsynced {
         self.id
     }
 
-    /// fsync of the file, then of its directory: 2 fsyncs (1 when the
-    /// name was made durable at creation).
+    /// fsync of the file, then of its directory: 2 fsyncs.
     pub fn sync(self) -> io::Result<Durable> {
         sync_many(vec![self])
             .pop()
@@ -690,18 +652,6 @@ fn copy_err(e: &io::Error) -> io::Error {
     io::Error::new(e.kind(), e.to_string())
 }
 
-/// The directories a commit of `files` must fsync: those holding a
-/// name not made durable when the file was made.
-fn dirs_to_sync<'a>(files: impl Iterator<Item = &'a Unsynced>) -> Vec<&'a Path> {
-    let mut dirs: Vec<&Path> = files
-        .filter(|u| !u.name_durable)
-        .map(|u| u.dir.as_path())
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    dirs
-}
-
 /// Group commit: makes a batch of files durable with one fsync per file
 /// and one per distinct directory, and returns a result per file, in
 /// order. A file whose result is an error is removed (it was never
@@ -730,8 +680,8 @@ pub fn sync_many(batch: Vec<Unsynced>) -> Vec<io::Result<Durable>> {
     }
     // 2. One fsync per directory: the names, by POSIX rules.
     let mut dirs: BTreeMap<&Path, Option<io::Error>> = BTreeMap::new();
-    for d in dirs_to_sync(synced.iter().map(|(_, u)| u)) {
-        dirs.entry(d).or_insert(None);
+    for (_, u) in &synced {
+        dirs.entry(u.dir.as_path()).or_insert(None);
     }
     for (dir, err) in dirs.iter_mut() {
         if let Err(e) = sync_dir(dir) {
@@ -743,7 +693,7 @@ pub fn sync_many(batch: Vec<Unsynced>) -> Vec<io::Result<Durable>> {
         .filter_map(|(d, e)| e.map(|e| (d.to_path_buf(), e)))
         .collect();
     for (i, mut u) in synced {
-        if let Some(e) = dir_errors.get(&u.dir).filter(|_| !u.name_durable) {
+        if let Some(e) = dir_errors.get(&u.dir) {
             // Not known to be durable: not acknowledged, so withdraw it
             // (dropping u removes the file).
             results[i] = Some(Err(copy_err(e)));
@@ -1710,45 +1660,6 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(l.scan(Queue::Incoming).count(), 20);
-    }
-
-    fn finished(mut w: Writer) -> Unsynced {
-        w.sender("a@b").unwrap();
-        w.recipient(&NewRecipient::new("r@x")).unwrap();
-        w.start_content().unwrap();
-        w.content_line(b"body").unwrap();
-        w.finish().unwrap()
-    }
-
-    #[test]
-    fn files_made_ahead_commit_without_a_directory_fsync() {
-        let l = layout("ahead");
-        let made = Writer::create_durable(&l, Queue::Incoming, IdStyle::Short, 3).unwrap();
-        assert_eq!(made.len(), 3);
-        // Named at once, but incomplete: no scan takes them yet.
-        assert_eq!(fs::read_dir(l.dir(Queue::Incoming)).unwrap().count(), 3);
-        assert_eq!(l.scan(Queue::Incoming).count(), 0);
-        let mut made = made.into_iter();
-        let ahead = finished(made.next().unwrap());
-        let plain = finished(Writer::create(&l, Queue::Incoming, IdStyle::Short).unwrap());
-        let mut held = made.next().unwrap();
-        held.move_to(&l, Queue::Hold).unwrap();
-        let held = finished(held);
-        // Only the names not synced at creation need their directory:
-        // the plain file's, and the one moved to hold/ since.
-        let mut want = vec![l.dir(Queue::Incoming), l.dir(Queue::Hold)];
-        want.sort();
-        let all = [ahead, plain, held];
-        assert_eq!(dirs_to_sync(all.iter()), want);
-        assert!(dirs_to_sync(all[..1].iter()).is_empty());
-        for r in sync_many(all.into()) {
-            r.unwrap();
-        }
-        assert_eq!(l.scan(Queue::Incoming).count(), 2);
-        assert_eq!(l.scan(Queue::Hold).count(), 1);
-        // The unused one is removed with its writer.
-        drop(made);
-        assert_eq!(fs::read_dir(l.dir(Queue::Incoming)).unwrap().count(), 2);
     }
 
     #[test]
