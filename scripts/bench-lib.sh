@@ -38,9 +38,12 @@ rss_sampler() {
 peak_rss() { sort -n "$1" 2>/dev/null | tail -1 | awk '{print $1+0}'; }
 
 # build_facteur BIN: the release programs, built now unless NO_BUILD=1
+# or FACTEUR_BIN names another directory of them (to compare two builds)
 # (then BIN's programs are used as they are).
 build_facteur() {
-  if [ "${NO_BUILD:-0}" = 1 ]; then
+  if [ -n "${FACTEUR_BIN:-}" ]; then
+    echo "== using the Facteur programs in $1 (FACTEUR_BIN)"
+  elif [ "${NO_BUILD:-0}" = 1 ]; then
     echo "== using the Facteur programs already in $1 (NO_BUILD=1)"
   else
     echo "== building Facteur (release)"

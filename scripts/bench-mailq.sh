@@ -19,7 +19,7 @@ N=${1:-100000}
 
 echo "== building Facteur (release)"
 cargo build --release --quiet --workspace --bins
-bin=$top/target/release
+bin=${FACTEUR_BIN:-$top/target/release}
 
 work=$(mktemp -d /tmp/bench-mailq.XXXXXX)
 chmod 755 "$work"

@@ -33,7 +33,7 @@ need_root bench-pipeline
 command -v strace >/dev/null || { echo "bench-pipeline: strace is needed (apt-get install strace)" >&2; exit 1; }
 need_postfix bench-pipeline
 
-bin=$top/target/release
+bin=${FACTEUR_BIN:-$top/target/release}
 build_facteur "$bin"
 
 user=fbench

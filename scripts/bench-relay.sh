@@ -51,7 +51,7 @@ case " $MODES " in *" lmtp "*)
   [ -x /usr/sbin/dovecot ] && [ -x /usr/lib/dovecot/lmtp ] || { echo "bench-relay: Dovecot is needed (apt-get install dovecot-core dovecot-lmtpd)" >&2; exit 1; }
 esac
 
-bin=$top/target/release
+bin=${FACTEUR_BIN:-$top/target/release}
 case " $SYSTEMS " in *" facteur "*)
   build_facteur "$bin"
 esac

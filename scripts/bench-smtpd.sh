@@ -48,7 +48,7 @@ for s in $SCENARIOS; do
   case $s in s20|s1|big|maildir|idle) ;; *) echo "bench-smtpd: unknown scenario $s (s20 s1 big maildir idle)" >&2; exit 2 ;; esac
 done
 
-bin=$top/target/release
+bin=${FACTEUR_BIN:-$top/target/release}
 case " $SYSTEMS " in *" facteur "*)
   build_facteur "$bin"
 esac
