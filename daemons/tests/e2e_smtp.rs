@@ -438,6 +438,95 @@ fn lmtp_generic_maps_to_dovecot() {
     assert!(dv.messages("robert@example.test").is_empty());
 }
 
+/// local's `mailbox_transport`: every local name that no alias took goes
+/// to Dovecot's LMTP, whether or not it is an account here (Dovecot's
+/// users are not); the lmtp agent logs the deliveries (an alias with
+/// `orig_to=`), Dovecot's refusal bounces, and local logs none of them.
+#[test]
+fn mailbox_transport_hands_local_names_to_dovecot() {
+    let dv = common::peers::DovecotLmtp::start("mbxtr");
+    let mut inst = Instance::new("mailbox-transport", "");
+    let aliases = inst.file("aliases", "postmaster alice\n");
+    inst.main_cf(&format!(
+        "mydestination = example.test\nmyorigin = example.test\n\
+         alias_maps = texthash:{}\nmailbox_transport = {}\n",
+        aliases.display(),
+        dv.transport_unix()
+    ));
+    inst.start();
+    inst.send(
+        &[
+            "-f",
+            "sender@remote.test",
+            "alice@example.test",
+            "postmaster@example.test",
+            "nobody@example.test",
+            &format!("{}@example.test", common::user()),
+        ],
+        "From: sender@remote.test\nSubject: via mailbox_transport\n\nhi\n",
+    );
+    inst.kick();
+    inst.wait_log(r"lmtp\[\d+\]: [0-9A-F]+: to=<alice@example\.test>, relay=.*status=sent");
+    inst.wait_log(
+        r"lmtp\[\d+\]: [0-9A-F]+: to=<alice@example\.test>, orig_to=<postmaster@example\.test>, relay=.*status=sent",
+    );
+    let nobody =
+        inst.wait_log(r"lmtp\[\d+\]: [0-9A-F]+: to=<nobody@example\.test>, .*status=bounced");
+    assert!(nobody.contains("dsn=5.1.1"), "{nobody}");
+    // The account here goes to Dovecot too (which has no such user).
+    inst.wait_log(&format!(
+        r"lmtp\[\d+\]: [0-9A-F]+: to=<{}@example\.test>, .*status=bounced",
+        regex::escape(&common::user())
+    ));
+    let got = dv.wait_messages("alice@example.test", 2);
+    assert!(got
+        .iter()
+        .all(|m| m.contains("Subject: via mailbox_transport")));
+    assert!(inst.maildir(&inst.user_maildir()).is_empty());
+    assert!(
+        !inst.log_text().contains("postfix/local["),
+        "local logs nothing of a passed delivery:\n{}",
+        inst.log_text()
+    );
+}
+
+/// local's `fallback_transport`: a name that is no account here goes to
+/// Dovecot, or where `fallback_transport_maps` says (here the error
+/// agent, its next hop the reason); an account's mail stays here.
+#[test]
+fn fallback_transport_takes_the_names_that_are_no_account() {
+    let dv = common::peers::DovecotLmtp::start("fbtr");
+    let mut inst = Instance::new("fallback-transport", "");
+    inst.main_cf(&format!(
+        "mydestination = example.test\nmyorigin = example.test\nfallback_transport = {}\n\
+         fallback_transport_maps = inline:{{ {{carol=error:5.1.6 carol moved away}} }}\n",
+        dv.transport_unix()
+    ));
+    inst.start();
+    let me = format!("{}@example.test", common::user());
+    inst.send(
+        &[
+            "-f",
+            "sender@remote.test",
+            "bob@example.test",
+            "carol@example.test",
+            &me,
+        ],
+        "From: sender@remote.test\nSubject: fallback\n\nhi\n",
+    );
+    inst.kick();
+    inst.wait_log(r"lmtp\[\d+\]: [0-9A-F]+: to=<bob@example\.test>, relay=.*status=sent");
+    inst.wait_log(
+        r"error\[\d+\]: [0-9A-F]+: to=<carol@example\.test>, relay=none, .*dsn=5\.1\.6, status=bounced \(carol moved away\)",
+    );
+    inst.wait_log(&format!(
+        r"local\[\d+\]: [0-9A-F]+: to=<{}>, relay=local, .*status=sent \(delivered to maildir\)",
+        regex::escape(&me)
+    ));
+    assert_eq!(dv.wait_messages("bob@example.test", 1).len(), 1);
+    assert_eq!(inst.wait_maildir(&inst.user_maildir(), 1).len(), 1);
+}
+
 /// An instance routing by the test's DNS server, with `smtp_tcp_port` the
 /// peers' port, this machine being 127.0.0.1 (`inet_interfaces =
 /// loopback-only`) and 127.0.0.7 (`proxy_interfaces`), and a fall-back

@@ -4,9 +4,11 @@
 //! ```text
 //! name  ── alias_maps hit? ──► each item of the value (class "alias", rights: default_privs)
 //!   │ no (or name is being expanded already: a self-reference)
-//!   ├─ getpwnam(name without extension) unknown ──► luser_relay, else bounce 5.1.1
-//!   ├─ forward_path file exists? ──► each item (class "forward", rights: the user)
-//!   └─ mailbox: mailbox_command | $home/home_mailbox | mail_spool_directory/name
+//!   ├─ an account with a forward_path file? ──► each item (class "forward", rights: the user)
+//!   ├─ mailbox_transport_maps[user] | mailbox_transport ──► that transport's agent
+//!   ├─ an account: mailbox_command | $home/home_mailbox | mail_spool_directory/name
+//!   └─ no account: fallback_transport_maps[user] | fallback_transport ──► that agent;
+//!                  else luser_relay, else bounce 5.1.1
 //! item  = /file[/]  |command  :include:/file  \name  name  name@domain
 //! ```
 //!
@@ -79,6 +81,11 @@ pub enum Action {
     /// Submit to cleanup for this address.
     Forward {
         address: String,
+    },
+    /// Hand to another transport's agent (`mailbox_transport`,
+    /// `fallback_transport` and their maps): `transport[:nexthop]`.
+    Pass {
+        service: String,
     },
     /// Decided already (unknown user, restricted, lookup failure).
     Fail {
@@ -208,6 +215,7 @@ impl<'a> Planner<'a> {
             Action::Command { command } => format!("command:{}:{}", t.account.uid, command),
             Action::File { path } => format!("file:{path}"),
             Action::Forward { address } => format!("forward:{}", address.to_lowercase()),
+            Action::Pass { service } => format!("pass:{service}:{}", t.to.to_lowercase()),
             Action::Fail { reason, .. } => format!("fail:{}:{reason}", t.to),
         };
         if self.seen.insert(key) && self.targets.len() < MAX_TARGETS {
@@ -273,28 +281,91 @@ impl<'a> Planner<'a> {
                 return;
             }
         };
-        let Some(pw) = pw else {
-            match self.cfg.luser_relay(address, &local) {
-                Some(relay) if !relay.is_empty() => {
-                    let acct = self.cfg.default_privs.clone();
-                    self.item(address, &relay, Class::Alias, &acct, depth + 1);
-                }
-                _ => self.fail(
-                    address,
-                    Status::Bounced,
-                    "5.1.1",
-                    format!("unknown user: \"{local}\""),
-                ),
+        if let Some(pw) = &pw {
+            if !no_alias
+                && !self.forward_path.contains(&pw.name)
+                && self.forward(address, &local, ext, pw, depth)
+            {
+                return;
             }
-            return;
-        };
-        if !no_alias
-            && !self.forward_path.contains(&pw.name)
-            && self.forward(address, &local, ext, &pw, depth)
-        {
+        }
+        // The mailbox: another transport's, before the account is even
+        // looked at (its users need not be UNIX accounts), or the one here.
+        let cfg = self.cfg;
+        if self.pass(
+            address,
+            user,
+            cfg.mailbox_transport_maps.as_ref(),
+            &cfg.mailbox_transport,
+            "mailbox_transport_maps",
+        ) {
             return;
         }
-        self.mailbox(address, &pw);
+        if let Some(pw) = pw {
+            self.mailbox(address, &pw);
+            return;
+        }
+        // No such account.
+        if self.pass(
+            address,
+            user,
+            cfg.fallback_transport_maps.as_ref(),
+            &cfg.fallback_transport,
+            "fallback_transport_maps",
+        ) {
+            return;
+        }
+        match self.cfg.luser_relay(address, &local) {
+            Some(relay) if !relay.is_empty() => {
+                let acct = self.cfg.default_privs.clone();
+                self.item(address, &relay, Class::Alias, &acct, depth + 1);
+            }
+            _ => self.fail(
+                address,
+                Status::Bounced,
+                "5.1.1",
+                format!("unknown user: \"{local}\""),
+            ),
+        }
+    }
+
+    /// Plans the hand-over of `address` to the transport that `maps`
+    /// (keyed by the user name) or else `transport` names; false when
+    /// neither does. A lookup failure defers.
+    fn pass(
+        &mut self,
+        address: &str,
+        user: &str,
+        maps: Option<&libmail::table::search::Maps>,
+        transport: &str,
+        maps_name: &str,
+    ) -> bool {
+        let key = libmail::table::search::Key {
+            text: user.to_string(),
+            whole: true,
+        };
+        let found = match maps.map(|m| m.find_first(std::slice::from_ref(&key))) {
+            Some(Ok(Some((_, v)))) => Some(v.trim().to_string()),
+            Some(Ok(None)) | None => None,
+            Some(Err(e)) => {
+                self.fail(
+                    address,
+                    Status::Deferred,
+                    "4.3.0",
+                    format!("{maps_name} lookup failure: {e}"),
+                );
+                return true;
+            }
+        };
+        let service = match found {
+            Some(v) if !v.is_empty() => v,
+            _ if !transport.is_empty() => transport.to_string(),
+            _ => return false,
+        };
+        let acct = self.cfg.default_privs.clone();
+        let t = self.target(address, Action::Pass { service }, &acct);
+        self.push(t);
+        true
     }
 
     /// Looks `local` up in alias_maps; true when it is an alias.

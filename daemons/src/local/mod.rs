@@ -37,8 +37,11 @@
 //! Postfix does. Run as an ordinary user (development, tests), every
 //! delivery runs as that user.
 //!
-//! Not done (yet): `mailbox_transport(_maps)`, `fallback_transport(_maps)`,
-//! `mailbox_command_maps`, `expand_owner_alias`, `owner-`/`-request`
+//! `mailbox_transport(_maps)` and `fallback_transport(_maps)` hand a
+//! delivery to another transport's agent (`libmail::deliver::pass_request`),
+//! which logs it.
+//!
+//! Not done (yet): `mailbox_command_maps`, `expand_owner_alias`, `owner-`/`-request`
 //! handling beyond using `owner-ALIAS` as the forwarding sender, biff,
 //! `command_execution_directory`, per-user `.forward` security beyond
 //! an owner check, DSN success notifications.
@@ -77,6 +80,16 @@ pub struct Config {
     pub raw_params: std::collections::HashMap<String, String>,
     pub layout: QueueLayout,
     pub alias_maps: Option<Maps>,
+    /// `mailbox_transport_maps`, `mailbox_transport`: where a local name
+    /// that no alias or `.forward` took goes instead of a mailbox here
+    /// (passed to that transport's agent, whether or not the name is a
+    /// UNIX account: Dovecot's virtual users).
+    pub mailbox_transport_maps: Option<Maps>,
+    pub mailbox_transport: String,
+    /// `fallback_transport_maps`, `fallback_transport`: where a name that
+    /// is no account goes (before `luser_relay`).
+    pub fallback_transport_maps: Option<Maps>,
+    pub fallback_transport: String,
     pub delimiter: String,
     pub forward_path: String,
     pub luser_relay: String,
@@ -108,6 +121,15 @@ impl Config {
                     .map_err(|e| e.to_string())?,
             )
         };
+        let maps = |name: &str| -> Result<Option<Maps>, String> {
+            let value = v(name)?;
+            if value.trim().is_empty() {
+                return Ok(None);
+            }
+            Maps::open(name, &value, &OpenOptions::default())
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
         let kinds = LockKinds::parse(&v("mailbox_delivery_lock")?)?;
         let lock = LockPolicy {
             kinds,
@@ -136,6 +158,10 @@ impl Config {
         let resolver = Resolver::new(params).map_err(|e| e.to_string())?;
         Ok(Config {
             alias_maps,
+            mailbox_transport_maps: maps("mailbox_transport_maps")?,
+            mailbox_transport: v("mailbox_transport")?.trim().to_string(),
+            fallback_transport_maps: maps("fallback_transport_maps")?,
+            fallback_transport: v("fallback_transport")?.trim().to_string(),
             delimiter: v("recipient_delimiter")?,
             forward_path: params.raw("forward_path").unwrap_or_default(),
             luser_relay: params.raw("luser_relay").unwrap_or_default(),
@@ -356,7 +382,8 @@ pub fn deliver_request(cfg: &Config, req: &Request, relay: &str, received: f64) 
     let mut worst: Vec<Option<Outcome>> = vec![None; req.rcpts.len()];
     // (sender, delivered-to) -> [(rcpt index, target)]
     let mut forwards: BTreeMap<(String, String), Vec<(usize, Target)>> = BTreeMap::new();
-    let record = |worst: &mut Vec<Option<Outcome>>, i: usize, to: &str, d: Done| {
+    // `logged`: by the agent the delivery was passed to.
+    let record = |worst: &mut Vec<Option<Outcome>>, i: usize, to: &str, d: Done, logged: bool| {
         let rcpt = &req.rcpts[i];
         let o = Outcome {
             offset: rcpt.offset,
@@ -364,7 +391,9 @@ pub fn deliver_request(cfg: &Config, req: &Request, relay: &str, received: f64) 
             dsn: d.dsn,
             reason: d.reason,
         };
-        log_outcome(req, rcpt, to, relay, timing, &o);
+        if !logged {
+            log_outcome(req, rcpt, to, relay, timing, &o);
+        }
         if worst[i]
             .as_ref()
             .is_none_or(|w| rank(o.status) > rank(w.status))
@@ -384,6 +413,7 @@ pub fn deliver_request(cfg: &Config, req: &Request, relay: &str, received: f64) 
                     dsn: "5.4.6".into(),
                     reason: format!("mail forwarding loop for {}", rcpt.address),
                 },
+                false,
             );
             continue;
         }
@@ -399,6 +429,7 @@ pub fn deliver_request(cfg: &Config, req: &Request, relay: &str, received: f64) 
                     dsn: "5.3.0".into(),
                     reason: "alias expansion produced no destinations".into(),
                 },
+                false,
             );
             continue;
         }
@@ -411,8 +442,11 @@ pub fn deliver_request(cfg: &Config, req: &Request, relay: &str, received: f64) 
                     .push((i, t));
                 continue;
             }
-            let d = deliver_target(cfg, req, rcpt, &qf, &t);
-            record(&mut worst, i, &t.to, d);
+            let (d, logged) = match &t.action {
+                Action::Pass { service } => pass(cfg, req, rcpt, &t, service),
+                _ => (deliver_target(cfg, req, rcpt, &qf, &t), false),
+            };
+            record(&mut worst, i, &t.to, d, logged);
         }
     }
     for ((sender, dt), targets) in forwards {
@@ -423,7 +457,7 @@ pub fn deliver_request(cfg: &Config, req: &Request, relay: &str, received: f64) 
                 dsn: d.dsn.clone(),
                 reason: d.reason.clone(),
             };
-            record(&mut worst, *i, &t.to, d);
+            record(&mut worst, *i, &t.to, d, false);
         }
     }
     worst
@@ -567,11 +601,67 @@ fn deliver_target(cfg: &Config, req: &Request, rcpt: &Rcpt, qf: &QueueFile, t: &
                 CommandResult::Failed(e) => Done::failed(&e, ""),
             }
         }
-        Action::Forward { .. } => Done {
+        Action::Forward { .. } | Action::Pass { .. } => Done {
             status: Status::Deferred,
             dsn: "4.3.0".into(),
-            reason: "internal error: forward not batched".into(),
+            reason: "internal error: delivery not planned here".into(),
         },
+    }
+}
+
+/// Hands the delivery of `rcpt` to `t.to` to the agent of `service`
+/// (`transport[:nexthop]`, without a next hop the request's), as
+/// Postfix's local does for `mailbox_transport` and `fallback_transport`:
+/// one request with that recipient, whose outcome that agent logs (with
+/// `orig_to=` the original recipient): then the flag is true. When it
+/// cannot be asked, the deferral is local's to log.
+fn pass(cfg: &Config, req: &Request, rcpt: &Rcpt, t: &Target, service: &str) -> (Done, bool) {
+    let deferred = |dsn: &str, reason: String| Done {
+        status: Status::Deferred,
+        dsn: dsn.into(),
+        reason,
+    };
+    let (transport, nexthop) = match service.split_once(':') {
+        Some((tr, hop)) if !hop.is_empty() => (tr, hop.to_string()),
+        Some((tr, _)) => (tr, req.nexthop.clone()),
+        None => (service, req.nexthop.clone()),
+    };
+    if transport.is_empty() || transport.contains('/') || transport == req.transport {
+        let reason = format!("mail system configuration error: cannot pass mail to \"{service}\"");
+        return (deferred("4.3.5", reason), false);
+    }
+    let sub = Request {
+        transport: transport.to_string(),
+        nexthop,
+        rcpts: vec![Rcpt {
+            address: t.to.clone(),
+            orig: Some(rcpt.orig.clone().unwrap_or_else(|| rcpt.address.clone())),
+            ..rcpt.clone()
+        }],
+        ..req.clone()
+    };
+    match libmail::deliver::pass_request(cfg.layout.root(), &sub) {
+        Ok(outcomes) => match outcomes.into_iter().find(|o| o.offset == rcpt.offset) {
+            Some(o) => (
+                Done {
+                    status: o.status,
+                    dsn: o.dsn,
+                    reason: o.reason,
+                },
+                true,
+            ),
+            None => (
+                deferred("4.3.0", format!("{transport}: no status for the recipient")),
+                false,
+            ),
+        },
+        Err(e) => {
+            libmail::warning!("{}: pass to {transport}: {e}", req.queue_id);
+            (
+                deferred("4.3.0", "mail transport unavailable".into()),
+                false,
+            )
+        }
     }
 }
 

@@ -17,7 +17,6 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
 
 use libmail::deliver::{
     outcomes_from_attrs, reply_dsn_actions, reply_marked, reply_site_failure, Outcome, Request,
@@ -28,14 +27,6 @@ use super::Event;
 
 /// Most connections per transport.
 pub const MAX_WORKERS: usize = 100;
-
-/// How long qmgr waits for an agent's reply (a command run by local may
-/// take `command_time_limit`, 1000 s by default).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// How long qmgr waits for an agent to greet (Postfix's
-/// `qmgr_ipc_timeout`).
-const IPC_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) struct Job {
     pub request: Request,
@@ -162,7 +153,7 @@ fn worker(path: PathBuf, queue: Shared, events: Sender<Event>) {
             conn = None;
         }
         if conn.is_none() {
-            match connect(&path) {
+            match libmail::deliver::connect_agent(&path) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     let reason = if matches!(
@@ -221,23 +212,6 @@ fn worker(path: PathBuf, queue: Shared, events: Sender<Event>) {
             return;
         }
     }
-}
-
-/// Connects to an agent and waits for its greeting (`qmgr_ipc_timeout`,
-/// 60 s); then allows [`REPLY_TIMEOUT`] for each reply.
-fn connect(path: &std::path::Path) -> std::io::Result<Conn<UnixStream>> {
-    let s = ipc::connect(path, IPC_TIMEOUT)?;
-    let mut c = Conn::new(s);
-    let hello = c.expect()?;
-    if hello.get("agent") != Some("ready") {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "delivery agent did not greet",
-        ));
-    }
-    c.get_ref().set_read_timeout(Some(REPLY_TIMEOUT))?;
-    c.get_ref().set_write_timeout(Some(REPLY_TIMEOUT))?;
-    Ok(c)
 }
 
 /// A reply that forgot recipients leaves them deferred.

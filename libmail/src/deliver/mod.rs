@@ -674,6 +674,44 @@ pub fn same_for_all(
 /// How long an agent keeps an idle connection from qmgr.
 pub const CONNECTION_IDLE: Duration = Duration::from_secs(3600);
 
+/// How long a client waits for an agent's reply (a command run by local
+/// may take `command_time_limit`, 1000 s by default).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a client waits for an agent's greeting (Postfix's
+/// `qmgr_ipc_timeout`).
+pub const GREETING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects to the agent listening at `path` and waits for its greeting
+/// ([`GREETING_TIMEOUT`]); then allows [`REPLY_TIMEOUT`] for each reply.
+pub fn connect_agent(
+    path: &std::path::Path,
+) -> io::Result<crate::ipc::Conn<std::os::unix::net::UnixStream>> {
+    let s = crate::ipc::connect(path, GREETING_TIMEOUT)?;
+    let mut c = crate::ipc::Conn::new(s);
+    let hello = c.expect()?;
+    if hello.get("agent") != Some("ready") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "delivery agent did not greet",
+        ));
+    }
+    c.get_ref().set_read_timeout(Some(REPLY_TIMEOUT))?;
+    c.get_ref().set_write_timeout(Some(REPLY_TIMEOUT))?;
+    Ok(c)
+}
+
+/// Hands `req` to the agent of `req.transport` (`private/TRANSPORT`) and
+/// returns its outcomes, which that agent logged: what local does with
+/// `mailbox_transport` and `fallback_transport` (Postfix's delivery
+/// pass). Done marks stay with the caller.
+pub fn pass_request(queue_directory: &std::path::Path, req: &Request) -> io::Result<Vec<Outcome>> {
+    let path = crate::ipc::private(queue_directory, &req.transport);
+    let mut c = connect_agent(&path)?;
+    c.send(&req.to_attrs())?;
+    outcomes_from_attrs(&c.expect()?)
+}
+
 /// What an agent says first on every connection.
 pub fn greeting() -> Attrs {
     Attrs::new().with("agent", "ready")
