@@ -438,6 +438,121 @@ fn lmtp_generic_maps_to_dovecot() {
     assert!(dv.messages("robert@example.test").is_empty());
 }
 
+/// `content_filter`: mail picked up or received goes, whole and
+/// unresolved, to the filter's `transport:nexthop` (smtp-sink standing for
+/// amavis); the re-injection smtpd (`-o content_filter=`) delivers what it
+/// gets normally. A header check's FILTER and an access table's FILTER
+/// choose the filter for one message.
+#[test]
+fn content_filter_sends_mail_through_the_filter_and_back() {
+    let mut inst = Instance::new("content-filter", "");
+    let sink = Sink::start(&inst.top, &[]);
+    let filter = format!("smtp:[127.0.0.1]:{}", sink.port);
+    // The main smtpd filters; the re-injection one does not.
+    let inbound = inst.with_smtpd();
+    let reinject = free_port();
+    let master = std::path::Path::new(&inst.etc).join("master.cf");
+    let mut m = std::fs::read_to_string(&master).unwrap();
+    m.push_str(&format!(
+        "127.0.0.1:{reinject} inet n - n - - smtpd -o content_filter= -o smtpd_recipient_restrictions=permit_mynetworks,reject\n"
+    ));
+    std::fs::write(&master, m).unwrap();
+    inst.main_cf(&format!("content_filter = {filter}\n"));
+    inst.start();
+    let me = format!("{}@mx.example.test", common::user());
+    // Picked up: through the filter, not to the mailbox.
+    inst.send(&["-f", "alice@example.test", &me], &message("picked up"));
+    inst.kick();
+    let line = inst.wait_log(&format!(
+        r"smtp\[\d+\]: [0-9A-F]+: to=<{}>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{}, .*status=sent",
+        regex::escape(&me),
+        sink.port
+    ));
+    assert!(!line.contains("orig_to"), "{line}");
+    // Received by the filtering smtpd: the same.
+    let (ok, talk) = common::smtp::swaks(
+        inbound,
+        &[
+            "--from",
+            "alice@example.test",
+            "--to",
+            &me,
+            "--header",
+            "Subject: received",
+        ],
+    );
+    assert!(ok, "{talk}");
+    wait_for(30, "two messages at the filter", || {
+        sink.messages().len() == 2
+    });
+    assert!(sink
+        .messages()
+        .iter()
+        .any(|m| m.contains("Subject: received")));
+    // Re-injected: delivered here.
+    let (ok, talk) = common::smtp::swaks(
+        reinject,
+        &[
+            "--from",
+            "alice@example.test",
+            "--to",
+            &me,
+            "--header",
+            "Subject: filtered already",
+        ],
+    );
+    assert!(ok, "{talk}");
+    let got = inst.wait_maildir(&inst.user_maildir(), 1);
+    assert!(got[0].contains("Subject: filtered already"), "{}", got[0]);
+    assert_eq!(sink.messages().len(), 2);
+}
+
+/// FILTER from a header check (cleanup) and from an access table (smtpd)
+/// sends that one message through the filter; other mail is delivered.
+#[test]
+fn filter_actions_choose_the_filter_for_one_message() {
+    let mut inst = Instance::new("filter-action", "");
+    let sink = Sink::start(&inst.top, &[]);
+    let filter = format!("smtp:[127.0.0.1]:{}", sink.port);
+    let port = inst.with_smtpd();
+    let hc = inst.file(
+        "header_checks",
+        &format!("/^Subject: scan me/ FILTER {filter}\n"),
+    );
+    let me = format!("{}@mx.example.test", common::user());
+    inst.main_cf(&format!(
+        "header_checks = regexp:{}\n\
+         smtpd_recipient_restrictions = check_sender_access inline:{{ {{scanme@example.test=FILTER {filter}}} }}, permit_mynetworks, reject\n",
+        hc.display()
+    ));
+    inst.start();
+    inst.send(&["-f", "alice@example.test", &me], &message("scan me"));
+    inst.send(&["-f", "alice@example.test", &me], &message("plain"));
+    inst.kick();
+    inst.wait_log(r"cleanup\[\d+\]: [0-9A-F]+: filter: header Subject: scan me from local; from=<alice@example\.test> to=<");
+    let (ok, talk) = common::smtp::swaks(
+        port,
+        &[
+            "--from",
+            "scanme@example.test",
+            "--to",
+            &me,
+            "--header",
+            "Subject: by sender",
+        ],
+    );
+    assert!(ok, "{talk}");
+    inst.wait_log(r"smtpd\[\d+\]: NOQUEUE: filter: RCPT from .*Sender address triggers FILTER");
+    wait_for(30, "two messages at the filter", || {
+        sink.messages().len() == 2
+    });
+    let at_filter = sink.messages();
+    assert!(at_filter.iter().any(|m| m.contains("Subject: scan me")));
+    assert!(at_filter.iter().any(|m| m.contains("Subject: by sender")));
+    let got = inst.wait_maildir(&inst.user_maildir(), 1);
+    assert!(got[0].contains("Subject: plain"), "{}", got[0]);
+}
+
 /// local's `mailbox_transport`: every local name that no alias took goes
 /// to Dovecot's LMTP, whether or not it is an account here (Dovecot's
 /// users are not); the lmtp agent logs the deliveries (an alias with

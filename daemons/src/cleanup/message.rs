@@ -149,6 +149,10 @@ pub struct Message<'c> {
     hold: bool,
     discard: bool,
     redirect: Option<String>,
+    /// The after-queue content filter (`transport[:nexthop]`): the
+    /// client's (smtpd's or pickup's `content_filter`, an access table's
+    /// FILTER), then the last FILTER of the header and body checks.
+    filter: Option<String>,
     bccs: Vec<String>,
     checks_on: bool,
     in_header: bool,
@@ -200,7 +204,12 @@ impl<'c> Message<'c> {
         let mut attrs: Vec<(String, String)> = Vec::new();
         for (n, v) in env.iter() {
             if let Some(name) = n.strip_prefix("attr.") {
-                if !name.is_empty() && !name.contains('=') && attrs.len() < 1000 {
+                // The filter comes as `filter` only (see `filter`).
+                if !name.is_empty()
+                    && !name.contains('=')
+                    && name != libmail::queue::CONTENT_FILTER_ATTR
+                    && attrs.len() < 1000
+                {
                     attrs.push((name.to_string(), v.to_string()));
                 }
             }
@@ -290,6 +299,11 @@ impl<'c> Message<'c> {
             hold: flags & FLAG_HOLD != 0,
             discard: flags & FLAG_DISCARD != 0,
             redirect: None,
+            filter: env
+                .get("filter")
+                .map(str::trim)
+                .filter(|f| valid_filter(f))
+                .map(str::to_string),
             bccs: Vec::new(),
             checks_on: inspect,
             in_header: true,
@@ -789,7 +803,6 @@ impl<'c> Message<'c> {
         a: Action,
         out: &mut Vec<Vec<u8>>,
     ) -> Option<Option<String>> {
-        let map = which.name();
         let class = if which == Checks::Body {
             "body"
         } else {
@@ -840,10 +853,7 @@ impl<'c> Message<'c> {
             }
             Action::Filter(t) => {
                 libmail::info!("{}", self.log.line("filter", class, content, &t));
-                libmail::warning!(
-                    "{}: FILTER action in {map} is not supported by Facteur yet -- ignored",
-                    self.id
-                );
+                self.filter = Some(t);
                 Some(None)
             }
             Action::Prepend(t) => {
@@ -1256,6 +1266,9 @@ impl<'c> Message<'c> {
             return Outcome::Discarded;
         }
         self.write(|w| w.start_extracted());
+        if let Some(f) = self.filter.take() {
+            self.write(|w| w.attr(libmail::queue::CONTENT_FILTER_ATTR, &f));
+        }
         if self.rcpts_late {
             self.write_recipients();
         }
@@ -1292,6 +1305,16 @@ impl<'c> Message<'c> {
             }
         }
     }
+}
+
+/// A filter as a client may give it: `transport[:nexthop]`, a transport
+/// name that is a master.cf service name, no control characters.
+fn valid_filter(f: &str) -> bool {
+    let transport = f.split(':').next().unwrap_or("");
+    f.len() <= 1024
+        && !transport.is_empty()
+        && !transport.contains('/')
+        && !f.chars().any(char::is_control)
 }
 
 /// The first address a bcc map gives for `addr`.

@@ -47,7 +47,9 @@ use std::time::Duration;
 
 use libmail::ipc::cleanup::{is_temporary, CleanupClient, CleanupError, FLAG_REQUEUE};
 use libmail::ipc::Attrs;
-use libmail::queue::{Access, Incomplete, Limits, Queue, QueueFile, QueueLayout, ReadError};
+use libmail::queue::{
+    Access, Incomplete, Limits, Queue, QueueFile, QueueLayout, ReadError, CONTENT_FILTER_ATTR,
+};
 use libmail::service::{stopping, time_param, Service};
 
 /// Most files handed over in one scan; more wait for the next one (which
@@ -60,8 +62,32 @@ const SEND_BUFFER: usize = 64 << 10;
 /// Own wakeup timer, in case no trigger comes.
 const WAKEUP: Duration = Duration::from_secs(60);
 
-/// The bounce service's master.cf name (`bounce_service_name`).
-static BOUNCE_SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// What pickup takes from the configuration.
+pub struct Options {
+    /// `ipc_timeout`: for each exchange with cleanup and the bounce service.
+    pub timeout: Duration,
+    /// The bounce service's master.cf name (`bounce_service_name`).
+    pub bounce_service: String,
+    /// `content_filter`: `transport:nexthop` for every message picked up
+    /// (a `postsuper -r` message's old one is dropped), empty for none.
+    pub content_filter: String,
+}
+
+impl Options {
+    pub fn from_params(p: &libmail::config::params::Params) -> Options {
+        let v = |n: &str| p.value(n).map(|v| v.trim().to_string()).unwrap_or_default();
+        let bounce = v("bounce_service_name");
+        Options {
+            timeout: Duration::from_secs(time_param(p, "ipc_timeout", 3600).max(1)),
+            bounce_service: if bounce.is_empty() {
+                "bounce".into()
+            } else {
+                bounce
+            },
+            content_filter: v("content_filter"),
+        }
+    }
+}
 
 /// What returning a refused message to its sender needs from its
 /// envelope (read before the file is closed).
@@ -96,7 +122,7 @@ fn return_to_sender(
     new_id: &str,
     back: &ReturnTo,
     reason: &str,
-    timeout: Duration,
+    opts: &Options,
 ) -> Result<(), String> {
     use libmail::deliver::{delivery_line, split_dsn, Outcome, Rcpt, Request, Status, Timing};
     use libmail::queue::statuslog::{self, Entry};
@@ -152,7 +178,6 @@ fn return_to_sender(
     }
     statuslog::replace(layout, Queue::Bounce, id, &entries)
         .map_err(|e| format!("write the bounce log: {e}"))?;
-    let service = BOUNCE_SERVICE.get().map_or("bounce", String::as_str);
     let request = crate::bounce::proto::Request {
         kind: libmail::dsn::Kind::Failure,
         queue_name: "maildrop".into(),
@@ -162,7 +187,7 @@ fn return_to_sender(
         ret: back.ret,
         arrival: back.arrival.0,
     };
-    crate::bounce::proto::request(layout.root(), service, &request, timeout)?;
+    crate::bounce::proto::request(layout.root(), &opts.bounce_service, &request, opts.timeout)?;
     let _ = statuslog::remove(layout, Queue::Bounce, id);
     Ok(())
 }
@@ -183,7 +208,7 @@ pub enum Picked {
 }
 
 /// One scan of maildrop/: returns whether more files are waiting.
-pub fn scan(layout: &QueueLayout, timeout: Duration) -> bool {
+pub fn scan(layout: &QueueLayout, opts: &Options) -> bool {
     let mut done = 0;
     let mut found = Vec::new();
     for r in layout.scan(Queue::Maildrop) {
@@ -214,7 +239,7 @@ pub fn scan(layout: &QueueLayout, timeout: Duration) -> bool {
                 let Some((id, path)) = found.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return;
                 };
-                match pickup_file(layout, id, path, timeout) {
+                match pickup_file(layout, id, path, opts) {
                     Picked::Retry => retry.store(true, Ordering::Relaxed),
                     _ => {
                         handed.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +265,7 @@ pub fn pickup_file(
     layout: &QueueLayout,
     id: &libmail::queue::QueueId,
     path: &Path,
-    timeout: Duration,
+    opts: &Options,
 ) -> Picked {
     let qf = match QueueFile::open(path, Access::ReadOnly, &Limits::default()) {
         Ok(q) => q,
@@ -274,7 +299,7 @@ pub fn pickup_file(
         libmail::info!("{id}: removed");
         return Picked::Rejected;
     }
-    let mut client = match CleanupClient::connect(layout.root(), timeout) {
+    let mut client = match CleanupClient::connect(layout.root(), opts.timeout) {
         Ok(c) => c,
         Err(e) => {
             libmail::warning!("{id}: cannot hand over to the cleanup service: {e} -- will retry");
@@ -295,8 +320,12 @@ pub fn pickup_file(
     if env.dsn_ret != 0 {
         a.push("ret", env.dsn_ret);
     }
+    // The content filter is this pickup's to decide, not the old file's.
+    if !opts.content_filter.is_empty() {
+        a.push("filter", &opts.content_filter);
+    }
     for (n, v) in env.attrs.iter().chain(env.extracted_attrs.iter()) {
-        if n != "log_uid" && valid_name(n) {
+        if n != "log_uid" && n != CONTENT_FILTER_ATTR && valid_name(n) {
             a.push(&format!("attr.{n}"), v);
         }
     }
@@ -379,7 +408,7 @@ pub fn pickup_file(
         Err(CleanupError::Refused(r)) => {
             let back = ReturnTo::of(qf.envelope());
             drop(qf);
-            match return_to_sender(layout, id, &new_id, &back, &r.reason, timeout) {
+            match return_to_sender(layout, id, &new_id, &back, &r.reason, opts) {
                 Ok(()) => {
                     if let Err(e) = std::fs::remove_file(path) {
                         libmail::warning!("{id}: remove {}: {e}", path.display());
@@ -409,19 +438,12 @@ fn valid_name(n: &str) -> bool {
 pub fn main() {
     let mut service = Service::start("pickup");
     let triggers = service.triggers();
-    let timeout = Duration::from_secs(time_param(&service.params, "ipc_timeout", 3600).max(1));
-    let bounce = service
-        .params
-        .value("bounce_service_name")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| "bounce".into());
-    let _ = BOUNCE_SERVICE.set(bounce.trim().to_string());
+    let opts = Options::from_params(&service.params);
     let layout = service.layout.clone();
     service.ready();
     'serve: loop {
         // Scan until nothing more waits (bounded by MAX_PER_SCAN each).
-        while scan(&layout, timeout) {
+        while scan(&layout, &opts) {
             if stopping() {
                 break 'serve;
             }

@@ -265,24 +265,37 @@ impl Msg {
                 )
             })
             .collect();
+        // A content filter takes every recipient, unresolved.
+        let filter = self
+            .file
+            .envelope()
+            .content_filter()
+            .map(|f| resolver.filter_route(f));
         for (i, rcpt) in pending {
-            match resolver.resolve(&rcpt.address) {
-                Ok(res)
-                    if res.class == Class::Local
-                        && is_local_part(&res.recipient, double_bounce) =>
-                {
-                    discarded.push((i, rcpt));
-                }
-                Ok(res) => {
-                    let key = (res.transport.clone(), res.nexthop.clone());
-                    let slot = *index.entry(key).or_insert_with(|| {
-                        groups.push((res.transport.clone(), res.nexthop.clone(), Vec::new()));
-                        groups.len() - 1
-                    });
-                    groups[slot].2.push((i, rcpt));
-                }
-                Err(e) => failed.push((i, rcpt, format!("address resolver failure: {e}"))),
-            }
+            let (transport, nexthop) = match &filter {
+                Some(route) => route.clone(),
+                None => match resolver.resolve(&rcpt.address) {
+                    Ok(res)
+                        if res.class == Class::Local
+                            && is_local_part(&res.recipient, double_bounce) =>
+                    {
+                        discarded.push((i, rcpt));
+                        continue;
+                    }
+                    Ok(res) => (res.transport, res.nexthop),
+                    Err(e) => {
+                        failed.push((i, rcpt, format!("address resolver failure: {e}")));
+                        continue;
+                    }
+                },
+            };
+            let slot = *index
+                .entry((transport.clone(), nexthop.clone()))
+                .or_insert_with(|| {
+                    groups.push((transport, nexthop, Vec::new()));
+                    groups.len() - 1
+                });
+            groups[slot].2.push((i, rcpt));
         }
         if !discarded.is_empty() {
             self.settle_here(

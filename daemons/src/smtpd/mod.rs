@@ -207,6 +207,7 @@ impl Settings {
             },
             bare_lf_reject_code: num_param(p, "smtpd_forbid_bare_newline_reject_code", 550)
                 .clamp(400, 599) as u16,
+            content_filter: v("content_filter").trim().to_string(),
             controls: controls(p),
         }
     }

@@ -218,6 +218,9 @@ pub struct Settings {
     pub bare_lf: BareLf,
     /// `smtpd_forbid_bare_newline_reject_code`.
     pub bare_lf_reject_code: u16,
+    /// `content_filter`: `transport:nexthop` for every message this
+    /// service receives (an access table's FILTER wins), empty for none.
+    pub content_filter: String,
     /// XCLIENT, XFORWARD and the smaller per-session controls.
     pub controls: Controls,
 }
@@ -248,6 +251,7 @@ impl Settings {
             sasl_authenticated_header: false,
             bare_lf: BareLf::Normalize,
             bare_lf_reject_code: 550,
+            content_filter: String::new(),
             controls: Controls::default(),
         }
     }
@@ -2294,6 +2298,15 @@ impl Session {
             flags |= libmail::ipc::cleanup::FLAG_DISCARD;
         }
         a.push("flags", flags);
+        // An access table's FILTER, else the service's content_filter.
+        let filter = t
+            .verdict
+            .filter
+            .as_deref()
+            .unwrap_or(&self.set.content_filter);
+        if !filter.is_empty() {
+            a.push("filter", filter);
+        }
         match &self.forwarded {
             // What XFORWARD said replaces the client in what cleanup
             // records (Postfix's log_* attributes: cleanup's log lines and

@@ -109,6 +109,15 @@ impl Resolver {
         &self.rewriter
     }
 
+    /// A message's content filter, `transport[:nexthop]`, as
+    /// (transport, nexthop): Postfix's qmgr sends every recipient there
+    /// unresolved, to `$myhostname` when no next hop is given.
+    pub fn filter_route(&self, filter: &str) -> (String, String) {
+        let (t, h) = split_transport(filter);
+        let h = if h.is_empty() { &self.myhostname } else { h };
+        (t.to_string(), h.to_string())
+    }
+
     /// Whether `domain` is one of this machine's final destinations.
     pub fn is_local_domain(&self, domain: &str) -> Result<bool, TableError> {
         self.mydestination.matches(domain)

@@ -240,6 +240,10 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     d.sync_all()
 }
 
+/// The queue file attribute naming a message's content filter
+/// (`transport[:nexthop]`), Postfix's `content_filter` record.
+pub const CONTENT_FILTER_ATTR: &str = "content_filter";
+
 /// Writes a new queue file. See the module documentation.
 pub struct Writer {
     file: File,
@@ -751,6 +755,18 @@ impl Envelope {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The after-queue content filter (`transport[:nexthop]`) cleanup
+    /// recorded ([`CONTENT_FILTER_ATTR`], in the extracted section, where
+    /// a body check's FILTER can still go).
+    pub fn content_filter(&self) -> Option<&str> {
+        self.extracted_attrs
+            .iter()
+            .chain(self.attrs.iter())
+            .find(|(n, _)| n == CONTENT_FILTER_ATTR)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
     }
 
     /// Recipients not yet done, with their indices.

@@ -79,7 +79,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use dirs::{Change, Found, Ownership, Queue, QueueLayout};
 pub use file::{
     sync_many, Access, ContentReader, Durable, Envelope, NewRecipient, QueueFile, Recipient,
-    Unsynced, Writer,
+    Unsynced, Writer, CONTENT_FILTER_ATTR,
 };
 pub use id::{IdStyle, QueueId};
 pub use record::{RecordType, Section, SizeRecord};
