@@ -438,6 +438,35 @@ fn lmtp_generic_maps_to_dovecot() {
     assert!(dv.messages("robert@example.test").is_empty());
 }
 
+/// `sender_dependent_relayhost_maps`: one sender's mail goes to its own
+/// smarthost, everyone else's to `relayhost`.
+#[test]
+fn sender_dependent_relayhost_picks_the_smarthost_by_sender() {
+    let mut inst = Instance::new("sender-relayhost", "");
+    let global = Sink::start(&inst.top, &[]);
+    let own = Sink::start(&inst.top, &[]);
+    inst.main_cf(&format!(
+        "relayhost = [127.0.0.1]:{}\n\
+         sender_dependent_relayhost_maps = inline:{{ {{alice@example.test=[127.0.0.1]:{}}} }}\n",
+        global.port, own.port
+    ));
+    inst.start();
+    inst.send(
+        &["-f", "alice@example.test", "x@remote.test"],
+        &message("from alice"),
+    );
+    inst.send(
+        &["-f", "bob@example.test", "x@remote.test"],
+        &message("from bob"),
+    );
+    inst.kick();
+    wait_for(30, "one message at each smarthost", || {
+        own.messages().len() == 1 && global.messages().len() == 1
+    });
+    assert!(own.messages()[0].contains("Subject: from alice"));
+    assert!(global.messages()[0].contains("Subject: from bob"));
+}
+
 /// `content_filter`: mail picked up or received goes, whole and
 /// unresolved, to the filter's `transport:nexthop` (smtp-sink standing for
 /// amavis); the re-injection smtpd (`-o content_filter=`) delivers what it

@@ -265,6 +265,7 @@ impl Msg {
                 )
             })
             .collect();
+        let sender = self.sender().to_string();
         // A content filter takes every recipient, unresolved.
         let filter = self
             .file
@@ -274,7 +275,7 @@ impl Msg {
         for (i, rcpt) in pending {
             let (transport, nexthop) = match &filter {
                 Some(route) => route.clone(),
-                None => match resolver.resolve(&rcpt.address) {
+                None => match resolver.resolve_from(&sender, &rcpt.address) {
                     Ok(res)
                         if res.class == Class::Local
                             && is_local_part(&res.recipient, double_bounce) =>

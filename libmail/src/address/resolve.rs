@@ -10,6 +10,16 @@
 //! | relay | `relay_domains` | `relay_transport` (the transport's next hop, else `relayhost`, else the domain) |
 //! | default | anything else | `default_transport` (same next-hop rule) |
 //!
+//! With the message's sender known ([`Resolver::resolve_from`], qmgr),
+//! `sender_dependent_relayhost_maps` overrides `relayhost` and
+//! `sender_dependent_default_transport_maps` overrides `default_transport`
+//! (keys: the sender, its forms without extension, the bare user for a
+//! local domain, `@domain`; the null sender is looked up as
+//! `empty_address_relayhost_maps_lookup_key` /
+//! `empty_address_default_transport_maps_lookup_key`, `<>`; `DUNNO` ends
+//! the search with no override). A next hop written in the transport
+//! itself (`smtp:[host]`) still wins over both relay hosts.
+//!
 //! Classes are tried in that order. Then `transport_maps` (keys from
 //! [`crate::table::search::transport_keys`]) may override the transport,
 //! the next hop, or both: `smtp:[mx.example]`, `:[host]` (next hop only),
@@ -18,7 +28,7 @@
 use super::domains::DomainList;
 use super::rewrite::{Context, Rewriter};
 use crate::config::params::{split_list, Params};
-use crate::table::search::{transport_keys, Maps};
+use crate::table::search::{address_keys, transport_keys, Key, Maps};
 use crate::table::{OpenOptions, TableError};
 
 /// Postfix's address classes.
@@ -59,6 +69,10 @@ pub struct Resolver {
     myhostname: String,
     delimiters: String,
     parent_transport: bool,
+    /// `sender_dependent_relayhost_maps` and its null-sender key.
+    sender_relayhost: Option<(Maps, String)>,
+    /// `sender_dependent_default_transport_maps` and its null-sender key.
+    sender_default_transport: Option<(Maps, String)>,
 }
 
 /// `transport:nexthop` → (transport, nexthop); either may be empty.
@@ -78,6 +92,14 @@ impl Resolver {
         };
         let maps = v("transport_maps")?;
         let parents = v("parent_domain_matches_subdomains")?;
+        let sender_maps = |name: &str, key: &str| -> Result<Option<(Maps, String)>, TableError> {
+            let value = v(name)?;
+            if value.trim().is_empty() {
+                return Ok(None);
+            }
+            let maps = Maps::open(name, &value, &OpenOptions::default())?;
+            Ok(Some((maps, v(key)?.trim().to_string())))
+        };
         Ok(Resolver {
             rewriter: Rewriter::new(params),
             mydestination: DomainList::from_param(params, "mydestination")?,
@@ -101,7 +123,41 @@ impl Resolver {
             myhostname: v("myhostname")?,
             delimiters: v("recipient_delimiter")?,
             parent_transport: split_list(&parents).contains(&"transport_maps"),
+            sender_relayhost: sender_maps(
+                "sender_dependent_relayhost_maps",
+                "empty_address_relayhost_maps_lookup_key",
+            )?,
+            sender_default_transport: sender_maps(
+                "sender_dependent_default_transport_maps",
+                "empty_address_default_transport_maps_lookup_key",
+            )?,
         })
+    }
+
+    /// What a sender-dependent table says for `sender`; `None` for no
+    /// entry, an empty value or `DUNNO` (the global setting applies).
+    fn by_sender(
+        &self,
+        table: &Option<(Maps, String)>,
+        sender: &str,
+    ) -> Result<Option<String>, TableError> {
+        let Some((maps, null_key)) = table else {
+            return Ok(None);
+        };
+        let keys = if sender.is_empty() {
+            vec![Key {
+                text: null_key.clone(),
+                whole: true,
+            }]
+        } else {
+            let domain = super::domain_of(sender);
+            let local = !domain.is_empty() && self.mydestination.matches(&domain)?;
+            address_keys(sender, &self.delimiters, local)
+        };
+        Ok(maps
+            .find_first(&keys)?
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty() && !v.eq_ignore_ascii_case("DUNNO")))
     }
 
     /// The rewriter this resolver canonicalizes with.
@@ -140,17 +196,38 @@ impl Resolver {
         )
     }
 
-    /// Resolves one recipient.
+    /// Resolves one recipient, whoever sends (no sender-dependent
+    /// tables: smtpd's relay and validation checks).
     pub fn resolve(&self, addr: &str) -> Result<Resolved, TableError> {
+        self.resolve_with(None, addr)
+    }
+
+    /// Resolves one recipient of mail from `sender` (`""`: the null
+    /// sender), with the sender-dependent relay host and default
+    /// transport.
+    pub fn resolve_from(&self, sender: &str, addr: &str) -> Result<Resolved, TableError> {
+        self.resolve_with(Some(sender), addr)
+    }
+
+    fn resolve_with(&self, sender: Option<&str>, addr: &str) -> Result<Resolved, TableError> {
         let recipient = self.rewriter.rewrite(Context::Local, addr);
         let domain = super::domain_of(&recipient);
         let class = self.class_of(&domain)?;
+        let remote = matches!(class, Class::Relay | Class::Default);
+        let (relayhost, default_transport) = match sender {
+            Some(s) if remote => (
+                self.by_sender(&self.sender_relayhost, s)?,
+                self.by_sender(&self.sender_default_transport, s)?,
+            ),
+            _ => (None, None),
+        };
+        let relayhost = relayhost.as_deref().unwrap_or(&self.relayhost);
         let remote_hop = |spec: &str| -> (String, String) {
             let (t, h) = split_transport(spec);
             let hop = if !h.is_empty() {
                 h.to_string()
-            } else if !self.relayhost.is_empty() {
-                self.relayhost.clone()
+            } else if !relayhost.is_empty() {
+                relayhost.to_string()
             } else {
                 domain.clone()
             };
@@ -178,7 +255,11 @@ impl Resolver {
                 )
             }
             Class::Relay => remote_hop(&self.relay_transport),
-            Class::Default => remote_hop(&self.default_transport),
+            Class::Default => remote_hop(
+                default_transport
+                    .as_deref()
+                    .unwrap_or(&self.default_transport),
+            ),
         };
         if let Some(maps) = &self.transport_maps {
             if class != Class::VirtualAlias {
@@ -222,6 +303,70 @@ mod tests {
     fn r(res: &Resolver, a: &str) -> (Class, String, String, String) {
         let x = res.resolve(a).unwrap();
         (x.class, x.transport, x.nexthop, x.recipient)
+    }
+
+    #[test]
+    fn sender_dependent_relayhost_and_default_transport() {
+        let res = resolver(
+            "relayhost = [global.example]\nrecipient_delimiter = +\n\
+             sender_dependent_relayhost_maps = inline:{ {alice@example.com=[a.example]:587}, \
+             {@example.org=[org.example]}, {bob@example.com=DUNNO}, {<>=[bounces.example]}, \
+             {carol@mx.example.com=[local.example]} }\n\
+             sender_dependent_default_transport_maps = inline:{ {dave@example.com=lmtp:unix:/run/x}, \
+             {erin@example.com=smtp:[fixed.example]} }\n",
+        );
+        let hop = |s: &str, a: &str| {
+            let x = res.resolve_from(s, a).unwrap();
+            (x.transport, x.nexthop)
+        };
+        let smtp = |h: &str| ("smtp".to_string(), h.to_string());
+        assert_eq!(
+            hop("alice@example.com", "x@remote.test"),
+            smtp("[a.example]:587")
+        );
+        assert_eq!(
+            hop("alice+tag@example.com", "x@remote.test"),
+            smtp("[a.example]:587")
+        );
+        assert_eq!(
+            hop("zed@example.org", "x@remote.test"),
+            smtp("[org.example]")
+        );
+        // DUNNO, no entry: the global relayhost.
+        assert_eq!(
+            hop("bob@example.com", "x@remote.test"),
+            smtp("[global.example]")
+        );
+        assert_eq!(
+            hop("zed@else.test", "x@remote.test"),
+            smtp("[global.example]")
+        );
+        // The null sender has its own key; a local sender its bare forms.
+        assert_eq!(hop("", "x@remote.test"), smtp("[bounces.example]"));
+        assert_eq!(
+            hop("carol@mx.example.com", "x@remote.test"),
+            smtp("[local.example]")
+        );
+        // Relay domains too; never local mail.
+        assert_eq!(
+            hop("alice@example.com", "x@relay.example"),
+            ("relay".to_string(), "[a.example]:587".to_string())
+        );
+        assert_eq!(hop("alice@example.com", "bob").0, "local");
+        // The default transport per sender; its own next hop wins.
+        assert_eq!(
+            hop("dave@example.com", "x@remote.test"),
+            ("lmtp".to_string(), "unix:/run/x".to_string())
+        );
+        assert_eq!(
+            hop("erin@example.com", "x@remote.test"),
+            smtp("[fixed.example]")
+        );
+        // Without a sender (smtpd's checks) the tables are not asked.
+        assert_eq!(
+            res.resolve("x@remote.test").unwrap().nexthop,
+            "[global.example]"
+        );
     }
 
     #[test]
