@@ -416,3 +416,45 @@ fn local_follows_dot_forward_and_home_maildir() {
     let log = inst.log();
     assert!(log.contains("status=sent (delivered to maildir)"), "{log}");
 }
+
+/// `mailbox_command` delivers the mailbox through a command (shell syntax
+/// untouched: `$EXTENSION` is the shell's, from the environment), and
+/// `mailbox_command_maps` gives one user a command of its own.
+#[test]
+fn mailbox_command_and_its_maps() {
+    let me = me();
+    let inst = start(
+        "mbxcmd",
+        &format!(
+            "recipient_delimiter = +\n\
+             mailbox_command = /bin/sh -c 'cat > $T/cmd-out.$EXTENSION'\n\
+             mailbox_command_maps = inline:{{ {{nosuchuser=/bin/false}} }}\n"
+        ),
+        "",
+    );
+    let (_, o) = inst.deliver("s@x", &[&format!("{me}+tag@test.example")], MSG);
+    assert_eq!(one(&o).status, Status::Sent, "{o:?}\n{}", inst.log());
+    let out = std::fs::read_to_string(inst.path("cmd-out.tag")).unwrap();
+    assert!(out.contains("Subject: test"), "{out}");
+    assert!(
+        inst.log()
+            .contains("status=sent (delivered to command: /bin/sh -c 'cat > "),
+        "{}",
+        inst.log()
+    );
+    drop(inst);
+    // The map's command for this user wins over mailbox_command.
+    let inst = start(
+        "mbxcmdmap",
+        &format!(
+            "mailbox_command = /bin/false\n\
+             mailbox_command_maps = inline:{{ {{{me}=/bin/sh -c 'cat > $T/map-out'}} }}\n"
+        ),
+        "",
+    );
+    let (_, o) = inst.deliver("s@x", &[&format!("{me}@test.example")], MSG);
+    assert_eq!(one(&o).status, Status::Sent, "{o:?}\n{}", inst.log());
+    assert!(std::fs::read_to_string(inst.path("map-out"))
+        .unwrap()
+        .contains("hello"));
+}

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use libmail::address::{split, unquote_local};
 use libmail::config::expand::Expansion;
 use libmail::deliver::Status;
-use libmail::table::search::{alias_keys, split_extension};
+use libmail::table::search::{alias_keys, split_extension, Key};
 
 use super::exec::{getpwnam, Passwd};
 use super::Config;
@@ -340,7 +340,7 @@ impl<'a> Planner<'a> {
         transport: &str,
         maps_name: &str,
     ) -> bool {
-        let key = libmail::table::search::Key {
+        let key = Key {
             text: user.to_string(),
             whole: true,
         };
@@ -445,10 +445,32 @@ impl<'a> Planner<'a> {
 
     fn mailbox(&mut self, address: &str, pw: &Passwd) {
         let cfg = self.cfg;
-        let action = if !cfg.mailbox_command.is_empty() {
-            Action::Command {
-                command: cfg.mailbox_command.clone(),
+        // mailbox_command_maps (key: the user), then mailbox_command; as
+        // in Postfix, no $name expansion (shell syntax passes untouched;
+        // the recipient's attributes are in the environment).
+        let key = Key {
+            text: pw.name.clone(),
+            whole: true,
+        };
+        let command = match cfg
+            .mailbox_command_maps
+            .as_ref()
+            .map(|m| m.find_first(std::slice::from_ref(&key)))
+        {
+            Some(Ok(Some((_, v)))) if !v.trim().is_empty() => v.trim().to_string(),
+            Some(Err(e)) => {
+                self.fail(
+                    address,
+                    Status::Deferred,
+                    "4.3.0",
+                    format!("mailbox_command_maps lookup failure: {e}"),
+                );
+                return;
             }
+            _ => cfg.mailbox_command.clone(),
+        };
+        let action = if !command.is_empty() {
+            Action::Command { command }
         } else if !cfg.home_mailbox.is_empty() {
             let p = format!("{}/{}", pw.home.trim_end_matches('/'), cfg.home_mailbox);
             if p.ends_with('/') {

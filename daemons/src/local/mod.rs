@@ -41,7 +41,7 @@
 //! delivery to another transport's agent (`libmail::deliver::pass_request`),
 //! which logs it.
 //!
-//! Not done (yet): `mailbox_command_maps`, `expand_owner_alias`, `owner-`/`-request`
+//! Not done (yet): `expand_owner_alias`, `owner-`/`-request`
 //! handling beyond using `owner-ALIAS` as the forwarding sender, biff,
 //! `command_execution_directory`, per-user `.forward` security beyond
 //! an owner check, DSN success notifications.
@@ -86,6 +86,8 @@ pub struct Config {
     /// UNIX account: Dovecot's virtual users).
     pub mailbox_transport_maps: Option<Maps>,
     pub mailbox_transport: String,
+    /// `mailbox_command_maps`: a per-user `mailbox_command`.
+    pub mailbox_command_maps: Option<Maps>,
     /// `fallback_transport_maps`, `fallback_transport`: where a name that
     /// is no account goes (before `luser_relay`).
     pub fallback_transport_maps: Option<Maps>,
@@ -160,6 +162,7 @@ impl Config {
             alias_maps,
             mailbox_transport_maps: maps("mailbox_transport_maps")?,
             mailbox_transport: v("mailbox_transport")?.trim().to_string(),
+            mailbox_command_maps: maps("mailbox_command_maps")?,
             fallback_transport_maps: maps("fallback_transport_maps")?,
             fallback_transport: v("fallback_transport")?.trim().to_string(),
             delimiter: v("recipient_delimiter")?,
