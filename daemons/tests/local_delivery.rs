@@ -425,11 +425,9 @@ fn mailbox_command_and_its_maps() {
     let me = me();
     let inst = start(
         "mbxcmd",
-        &format!(
-            "recipient_delimiter = +\n\
-             mailbox_command = /bin/sh -c 'cat > $T/cmd-out.$EXTENSION'\n\
-             mailbox_command_maps = inline:{{ {{nosuchuser=/bin/false}} }}\n"
-        ),
+        "recipient_delimiter = +\n\
+         mailbox_command = /bin/sh -c 'cat > $T/cmd-out.$EXTENSION'\n\
+         mailbox_command_maps = inline:{ {nosuchuser=/bin/false} }\n",
         "",
     );
     let (_, o) = inst.deliver("s@x", &[&format!("{me}+tag@test.example")], MSG);
