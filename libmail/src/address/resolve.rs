@@ -20,6 +20,10 @@
 //! the search with no override). A next hop written in the transport
 //! itself (`smtp:[host]`) still wins over both relay hosts.
 //!
+//! Last, a recipient found in `relocated_maps` (its address, the forms
+//! without extension, the bare user for a local domain, `@domain`) goes
+//! to the error agent: `5.1.6 User has moved to NEW_LOCATION`.
+//!
 //! Classes are tried in that order. Then `transport_maps` (keys from
 //! [`crate::table::search::transport_keys`]) may override the transport,
 //! the next hop, or both: `smtp:[mx.example]`, `:[host]` (next hop only),
@@ -69,6 +73,8 @@ pub struct Resolver {
     myhostname: String,
     delimiters: String,
     parent_transport: bool,
+    /// `relocated_maps`.
+    relocated: Option<Maps>,
     /// `sender_dependent_relayhost_maps` and its null-sender key.
     sender_relayhost: Option<(Maps, String)>,
     /// `sender_dependent_default_transport_maps` and its null-sender key.
@@ -123,6 +129,18 @@ impl Resolver {
             myhostname: v("myhostname")?,
             delimiters: v("recipient_delimiter")?,
             parent_transport: split_list(&parents).contains(&"transport_maps"),
+            relocated: {
+                let value = v("relocated_maps")?;
+                if value.trim().is_empty() {
+                    None
+                } else {
+                    Some(Maps::open(
+                        "relocated_maps",
+                        &value,
+                        &OpenOptions::default(),
+                    )?)
+                }
+            },
             sender_relayhost: sender_maps(
                 "sender_dependent_relayhost_maps",
                 "empty_address_relayhost_maps_lookup_key",
@@ -277,6 +295,14 @@ impl Resolver {
                 }
             }
         }
+        if let Some(maps) = &self.relocated {
+            let local = class == Class::Local;
+            let keys = address_keys(&recipient, &self.delimiters, local);
+            if let Some((_, place)) = maps.find_first(&keys)? {
+                transport = "error".to_string();
+                nexthop = format!("5.1.6 User has moved to {}", place.trim());
+            }
+        }
         Ok(Resolved {
             class,
             transport,
@@ -303,6 +329,31 @@ mod tests {
     fn r(res: &Resolver, a: &str) -> (Class, String, String, String) {
         let x = res.resolve(a).unwrap();
         (x.class, x.transport, x.nexthop, x.recipient)
+    }
+
+    #[test]
+    fn relocated_users_go_to_the_error_agent() {
+        let res = resolver(
+            "recipient_delimiter = +\n\
+             relocated_maps = inline:{ {old@example.com=new@example.net}, {bob=bob@home.example}, \
+             {@gone.example=the new company, +1 555 0100} }\n\
+             transport_maps = inline:{ {old@example.com=smtp:[elsewhere]} }\n",
+        );
+        let moved = |a: &str| {
+            let x = res.resolve(a).unwrap();
+            (x.transport, x.nexthop)
+        };
+        let err = |t: &str| ("error".to_string(), format!("5.1.6 User has moved to {t}"));
+        // Over transport_maps too; with an extension; bare user only here.
+        assert_eq!(moved("old@example.com"), err("new@example.net"));
+        assert_eq!(moved("old+x@example.com"), err("new@example.net"));
+        assert_eq!(moved("bob@mx.example.com"), err("bob@home.example"));
+        assert_eq!(moved("bob@other.example").0, "smtp");
+        assert_eq!(
+            moved("anyone@gone.example"),
+            err("the new company, +1 555 0100")
+        );
+        assert_eq!(moved("someone@example.com").0, "smtp");
     }
 
     #[test]
