@@ -570,6 +570,46 @@ fn destination_rate_delay_spaces_deliveries_to_one_destination() {
 }
 
 #[test]
+fn transport_rate_delay_spaces_deliveries_over_all_destinations() {
+    // Postfix 3.1's TRANSPORT_transport_rate_delay: one delivery at a
+    // time over the transport, whatever the destination (three domains
+    // here, which a destination rate delay would let go at once).
+    let mut i = Instance::new("transportdelay", "");
+    let top = i.top.display().to_string();
+    i.file(
+        "transport",
+        "a.example  discard:paced\nb.example  discard:paced\nc.example  discard:paced\n",
+    );
+    i.main_cf(&format!(
+        "transport_maps = texthash:{top}/transport\ndiscard_transport_rate_delay = 1s\n"
+    ));
+    i.start();
+    for d in ["a", "b", "c"] {
+        i.send(
+            &["-f", "erin@example.org", &format!("r@{d}.example")],
+            &msg("paced"),
+        );
+    }
+    i.kick();
+    let sent = r"postfix/discard\[\d+\]: [0-9A-F]+: to=<r@[abc]\.example>, relay=none, .*status=sent \(paced\)$";
+    let re = regex::Regex::new(sent).unwrap();
+    wait_for(30, "three paced deliveries", || {
+        i.log_text().lines().filter(|l| re.is_match(l)).count() == 3
+    });
+    let text = i.log_text();
+    let stamps: Vec<i64> = text
+        .lines()
+        .filter(|l| re.is_match(l))
+        .map(log_second)
+        .collect();
+    let mut spread = stamps[2] - stamps[0];
+    if spread < 0 {
+        spread += 86_400; // past midnight
+    }
+    assert!(spread >= 2, "deliveries at {stamps:?}:\n{text}");
+}
+
+#[test]
 fn with_a_recipient_limit_of_one_each_recipient_is_its_own_destination() {
     // Postfix: with TRANSPORT_destination_recipient_limit = 1 a destination
     // is a recipient, so the rate delay (like the concurrency limit)

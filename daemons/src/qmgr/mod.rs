@@ -16,10 +16,13 @@
 //!    (transport and next hop; with a recipient limit of 1, the recipient
 //!    too: [`DestKey`]);
 //!    with a `TRANSPORT_destination_rate_delay`, one at a time, each
-//!    starting that long after the previous one ended.
+//!    starting that long after the previous one ended (with a
+//!    `TRANSPORT_transport_rate_delay`, the same over all the transport's
+//!    destinations: [`Pace`]).
 //! 4. For each recipient the agent answers sent, bounced or deferred:
 //!    sent and bounced recipients are marked done in the queue file (one
-//!    byte in place, fdatasync once per reply); deferred ones get a line
+//!    byte in place, synced only if the file outlives the pass: see
+//!    `message::Msg`); deferred ones get a line
 //!    in `defer/ID`, bounced ones in `bounce/ID`.
 //!    Bounced recipients also go to `bounce/ID`, delivered ones with
 //!    NOTIFY=SUCCESS to `trace/ID`, both fsynced before the done marks.
@@ -99,6 +102,17 @@ struct Limits {
     /// each delivery to a destination before the next one starts, which
     /// makes the destination's concurrency 1.
     rate_delay: Duration,
+    /// `TRANSPORT_transport_rate_delay` (zero: none): the same for the
+    /// transport as a whole, whatever the destination.
+    transport_delay: Duration,
+}
+
+/// A transport with a rate delay: its deliveries go one at a time, each
+/// starting that long after the last one ended.
+#[derive(Default)]
+struct Pace {
+    running: usize,
+    not_before: Option<Instant>,
 }
 
 /// A destination, as Postfix's scheduler counts them: the transport and
@@ -136,6 +150,8 @@ pub(crate) struct Qmgr {
     msgs: HashMap<String, Msg>,
     dests: HashMap<DestKey, Dest>,
     limits: HashMap<String, Limits>,
+    /// Transports with a rate delay (`TRANSPORT_transport_rate_delay`).
+    paces: HashMap<String, Pace>,
     pools: Pools,
     notifier: Notifier,
     policy: Policy,
@@ -210,6 +226,7 @@ pub fn main() {
         msgs: HashMap::new(),
         dests: HashMap::new(),
         limits: HashMap::new(),
+        paces: HashMap::new(),
         notifier: Notifier::new(svc.layout.root().to_path_buf(), tx.clone()),
         pools: Pools::new(svc.layout.root().to_path_buf(), tx),
         policy: policy(p),
@@ -563,6 +580,11 @@ impl Qmgr {
             ),
             cohort_limit,
             rate_delay,
+            transport_delay: Duration::from_secs(time_param(
+                p,
+                &format!("{transport}_transport_rate_delay"),
+                time_param(p, "default_transport_rate_delay", 0),
+            )),
         };
         self.limits.insert(transport.to_string(), l);
         l
@@ -680,12 +702,35 @@ impl Qmgr {
                     continue;
                 }
             }
+            // A paced transport: one delivery at a time over all its
+            // destinations, after the pause that follows the last one.
+            let transport = &key.0;
+            let paced = self
+                .limits
+                .get(transport)
+                .is_some_and(|l| !l.transport_delay.is_zero());
+            if paced {
+                let pace = self.paces.entry(transport.clone()).or_default();
+                if pace.running > 0 {
+                    continue;
+                }
+                if let Some(t) = pace.not_before.filter(|t| now < *t) {
+                    self.next_dispatch = Some(self.next_dispatch.map_or(t, |n| n.min(t)));
+                    continue;
+                }
+                limit = limit.min(dest.running + 1);
+            }
+            let before = dest.running;
             while dest.running < limit {
                 let Some(job) = dest.waiting.pop_front() else {
                     break;
                 };
                 dest.running += 1;
                 self.pools.submit(job);
+            }
+            if paced {
+                let started = dest.running - before;
+                self.paces.entry(transport.clone()).or_default().running += started;
             }
         }
         // A destination is forgotten once idle, unless it is dead or has
@@ -719,6 +764,11 @@ impl Qmgr {
         let limits = self.limits_of(&r.request.transport);
         let dest = dest_key(&r.request, &limits);
         let backoff = Duration::from_secs(self.policy.min_backoff.max(1));
+        if !limits.transport_delay.is_zero() {
+            let pace = self.paces.entry(r.request.transport.clone()).or_default();
+            pace.running = pace.running.saturating_sub(1);
+            pace.not_before = Some(Instant::now() + limits.transport_delay);
+        }
         if let Some(d) = self.dests.get_mut(&dest) {
             d.running = d.running.saturating_sub(1);
             if !d.rate_delay.is_zero() {
