@@ -204,6 +204,64 @@ fn verify_checks_the_chain_and_the_host_name() {
     assert!(srv2.transactions().is_empty());
 }
 
+/// The certificate's SHA-256 fingerprint, as openssl prints it.
+fn sha256_fingerprint(cert: &std::path::Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .split_once('=')
+        .expect("Fingerprint=...")
+        .1
+        .to_string()
+}
+
+#[test]
+fn fingerprint_level_accepts_only_the_listed_certificate() {
+    let dir = common::peers::TempDir::new("tls-fingerprint");
+    // Self-signed, for a name that is not the server's: only the
+    // fingerprint counts.
+    let cert = TestCert::generate(&dir, "not.the.host.test");
+    let srv = Scripted::start(&ScriptedConfig::new().starttls(&cert));
+    let fp = sha256_fingerprint(&cert.cert);
+    let inst = relaying(
+        "tls-fp-ok",
+        &format!("[127.0.0.1]:{}", srv.port()),
+        &format!(
+            "smtp_tls_security_level = fingerprint\nsmtp_tls_fingerprint_digest = sha256\n\
+             smtp_tls_fingerprint_cert_match = 00:11, {}\nsmtp_tls_loglevel = 1\n",
+            fp.to_lowercase()
+        ),
+    );
+    send(&inst, &["bob@remote.test"], &msg("pinned"));
+    inst.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    inst.wait_log(r"Verified TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]");
+    assert!(srv.wait_transactions(1)[0].tls);
+
+    // Another certificate: not verified, deferred, nothing sent.
+    let other = TestCert::generate(&dir, "other.test");
+    let srv2 = Scripted::start(&ScriptedConfig::new().starttls(&other));
+    let inst2 = relaying(
+        "tls-fp-bad",
+        &format!("[127.0.0.1]:{}", srv2.port()),
+        &format!(
+            "smtp_tls_security_level = fingerprint\nsmtp_tls_fingerprint_digest = sha256\n\
+             smtp_tls_fingerprint_cert_match = {fp}\n"
+        ),
+    );
+    send(&inst2, &["bob@remote.test"], &msg("not pinned"));
+    let line = inst2.wait_log(r"to=<bob@remote\.test>.*status=deferred");
+    assert!(
+        line.contains("dsn=4.7.5, status=deferred (Server certificate not verified"),
+        "{line}"
+    );
+    assert!(srv2.transactions().is_empty());
+}
+
 #[test]
 fn auth_plain_with_password_maps_after_starttls() {
     let dir = common::peers::TempDir::new("auth");

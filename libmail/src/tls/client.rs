@@ -14,6 +14,10 @@
 //!   `secure` (`nexthop`; `dot-nexthop` and other match strategies are not
 //!   implemented). Without any trust anchor these levels cannot succeed,
 //!   as in Postfix.
+//! * `fingerprint` accepts the server's certificate when its fingerprint,
+//!   or its public key's, is in `smtp_tls_fingerprint_cert_match`
+//!   (digest `smtp_tls_fingerprint_digest`; colons and case do not
+//!   matter); no chain or name is checked, as in Postfix.
 //! * No SNI unless `smtp_tls_servername` asks for it (Postfix sends none
 //!   by default).
 //! * The client's own certificate (`smtp_tls_chain_files`, or
@@ -45,6 +49,7 @@ pub enum Level {
     None,
     May,
     Encrypt,
+    Fingerprint,
     Verify,
     Secure,
 }
@@ -52,12 +57,13 @@ pub enum Level {
 impl Level {
     /// A level word (`smtp_tls_security_level`, the first word of a
     /// `smtp_tls_policy_maps` value). `dane` and `dane-only` are taken as
-    /// `may` and `encrypt` (no DANE here); `fingerprint` is refused.
+    /// `may` and `encrypt` (no DANE here).
     pub fn parse(word: &str) -> Result<Level, String> {
         Ok(match word.to_ascii_lowercase().as_str() {
             "" | "none" => Level::None,
             "may" | "dane" => Level::May,
             "encrypt" | "dane-only" => Level::Encrypt,
+            "fingerprint" => Level::Fingerprint,
             "verify" => Level::Verify,
             "secure" => Level::Secure,
             other => return Err(format!("unsupported TLS security level \"{other}\"")),
@@ -82,8 +88,10 @@ impl Level {
         Level::parse(&v).map_err(|e| format!("{name}: {e}"))
     }
 
+    /// The server's certificate is checked (and the connection logged
+    /// `Verified`).
     pub fn verifies(self) -> bool {
-        self >= Level::Verify
+        self >= Level::Fingerprint
     }
 }
 
@@ -96,6 +104,9 @@ pub struct ClientTls {
     pub mandatory: Arc<ClientConfig>,
     /// `verify` / `secure`: mandatory settings, chain and name verified.
     pub verifying: Arc<ClientConfig>,
+    /// `fingerprint`: mandatory settings, the certificate's (or its
+    /// key's) fingerprint in `smtp_tls_fingerprint_cert_match`.
+    pub fingerprint: Arc<ClientConfig>,
     /// `smtp_tls_servername`, when set: the SNI name to send.
     pub servername: Option<String>,
 }
@@ -105,6 +116,7 @@ impl ClientTls {
         match level {
             Level::None | Level::May => self.opportunistic.clone(),
             Level::Encrypt => self.mandatory.clone(),
+            Level::Fingerprint => self.fingerprint.clone(),
             Level::Verify | Level::Secure => self.verifying.clone(),
         }
     }
@@ -210,6 +222,22 @@ pub fn client_configs(p: &Params, prefix: &str) -> Result<ClientTls, String> {
         &mproto_param,
     )?;
     let prov = Arc::new(provider(p, prefix, true)?);
+    let digest_param = format!("{prefix}_tls_fingerprint_digest");
+    let digest =
+        super::Digest::parse(&val(p, &digest_param)).map_err(|e| format!("{digest_param}: {e}"))?;
+    let mut fingerprint = ClientConfig::builder_with_provider(prov.clone())
+        .with_protocol_versions(&mandatory_versions)
+        .map_err(|e| format!("{mproto_param}: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Fingerprints(
+            prov.signature_verification_algorithms,
+            FingerprintList {
+                digest,
+                allowed: fingerprint_list(&val(p, &format!("{prefix}_tls_fingerprint_cert_match"))),
+            },
+        )))
+        .with_client_cert_resolver(own.clone());
+    fingerprint.enable_sni = sni;
     let store = roots(p, prefix)?;
     let verifier: Arc<dyn ServerCertVerifier> = if store.is_empty() {
         // No trust anchor: every certificate fails verification.
@@ -230,6 +258,7 @@ pub fn client_configs(p: &Params, prefix: &str) -> Result<ClientTls, String> {
         opportunistic: Arc::new(opportunistic),
         mandatory: Arc::new(mandatory),
         verifying: Arc::new(verifying),
+        fingerprint: Arc::new(fingerprint),
         servername,
     })
 }
@@ -277,6 +306,68 @@ impl ServerCertVerifier for Unverified {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
+    }
+    super::signature_checks!();
+}
+
+/// A fingerprint as compared: upper-case hex, without colons.
+fn fingerprint_key(f: &str) -> String {
+    f.chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// `smtp_tls_fingerprint_cert_match`: fingerprints separated by
+/// whitespace or commas.
+fn fingerprint_list(value: &str) -> Vec<String> {
+    value
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|f| !f.is_empty())
+        .map(fingerprint_key)
+        .collect()
+}
+
+/// The fingerprints `fingerprint` accepts, and their digest.
+#[derive(Debug)]
+struct FingerprintList {
+    digest: super::Digest,
+    allowed: Vec<String>,
+}
+
+impl FingerprintList {
+    /// Whether the certificate's fingerprint, or its public key's, is
+    /// listed.
+    fn matches(&self, cert: &[u8]) -> bool {
+        let (c, k) = super::cert_fingerprints(self.digest, cert);
+        [c, k]
+            .iter()
+            .filter(|f| !f.is_empty())
+            .any(|f| self.allowed.contains(&fingerprint_key(f)))
+    }
+}
+
+/// `fingerprint`: the certificate or its public key must have one of the
+/// listed fingerprints (the handshake's signatures are checked as usual).
+#[derive(Debug)]
+struct Fingerprints(WebPkiSupportedAlgorithms, FingerprintList);
+
+impl ServerCertVerifier for Fingerprints {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.1.matches(end_entity) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
     }
     super::signature_checks!();
 }
@@ -330,8 +421,13 @@ mod tests {
         assert_eq!(Level::parse("MAY").unwrap(), Level::May);
         assert_eq!(Level::parse("dane").unwrap(), Level::May);
         assert_eq!(Level::parse("secure").unwrap(), Level::Secure);
-        assert!(Level::parse("fingerprint").is_err());
+        assert_eq!(Level::parse("fingerprint").unwrap(), Level::Fingerprint);
         assert!(Level::Verify.verifies() && !Level::Encrypt.verifies());
+        assert!(Level::Fingerprint.verifies());
+        assert_eq!(
+            fingerprint_list("ab:cd:01, EF:02\n 0a0b"),
+            vec!["ABCD01", "EF02", "0A0B"]
+        );
         assert!(Level::Encrypt > Level::May);
     }
 

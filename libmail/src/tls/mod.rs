@@ -444,9 +444,7 @@ impl Digest {
             "sha256" => Ok(Digest::Sha256),
             "sha384" => Ok(Digest::Sha384),
             "sha512" => Ok(Digest::Sha512),
-            other => Err(format!(
-                "smtpd_tls_fingerprint_digest: unknown digest \"{other}\""
-            )),
+            other => Err(format!("unknown digest \"{other}\"")),
         }
     }
 
@@ -478,6 +476,15 @@ fn hex_pairs(bytes: &[u8]) -> String {
 fn md5(data: &[u8]) -> [u8; 16] {
     use md5::Digest as _;
     md5::Md5::digest(data).into()
+}
+
+/// A certificate's fingerprint and its public key's (the DER
+/// SubjectPublicKeyInfo; empty when the certificate cannot be read).
+pub(crate) fn cert_fingerprints(digest: Digest, cert: &[u8]) -> (String, String) {
+    let spki = der::cert_parts(cert)
+        .map(|p| digest.fingerprint(p.spki))
+        .unwrap_or_default();
+    (digest.fingerprint(cert), spki)
 }
 
 /// What smtpd knows of a client certificate.
@@ -516,7 +523,8 @@ impl ClientCerts {
     /// From `smtpd_tls_fingerprint_digest`, `smtpd_tls_CAfile` and
     /// `smtpd_tls_CApath`.
     pub fn from_params(p: &Params) -> Result<ClientCerts, String> {
-        let digest = Digest::parse(&val(p, "smtpd_tls_fingerprint_digest"))?;
+        let digest = Digest::parse(&val(p, "smtpd_tls_fingerprint_digest"))
+            .map_err(|e| format!("smtpd_tls_fingerprint_digest: {e}"))?;
         let roots = client::roots(p, "smtpd")?;
         let trust = if roots.is_empty() {
             None
@@ -544,12 +552,10 @@ impl ClientCerts {
                 .is_ok()
         });
         let parts = der::cert_parts(end);
+        let (fingerprint, pkey_fingerprint) = cert_fingerprints(self.digest, end);
         Some(PeerCert {
-            fingerprint: self.digest.fingerprint(end),
-            pkey_fingerprint: parts
-                .as_ref()
-                .map(|p| self.digest.fingerprint(p.spki))
-                .unwrap_or_default(),
+            fingerprint,
+            pkey_fingerprint,
             subject_cn: parts
                 .as_ref()
                 .map(|p| p.subject_cn.clone())
