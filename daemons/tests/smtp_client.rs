@@ -260,6 +260,22 @@ fn fingerprint_level_accepts_only_the_listed_certificate() {
         "{line}"
     );
     assert!(srv2.transactions().is_empty());
+
+    // A policy map's own list for that next hop (`match=a|b`) replaces
+    // the global one, which names the first certificate only.
+    let hop = format!("[127.0.0.1]:{}", srv2.port());
+    let inst3 = relaying(
+        "tls-fp-policy",
+        &hop,
+        &format!(
+            "smtp_tls_fingerprint_digest = sha256\nsmtp_tls_fingerprint_cert_match = {fp}\n\
+             smtp_tls_policy_maps = inline:{{ {{{hop}=fingerprint match=00:11|{}}} }}\n",
+            sha256_fingerprint(&other.cert)
+        ),
+    );
+    send(&inst3, &["bob@remote.test"], &msg("pinned per site"));
+    inst3.wait_log(r"to=<bob@remote\.test>.*status=sent");
+    assert!(srv2.wait_transactions(1)[0].tls);
 }
 
 #[test]

@@ -268,8 +268,9 @@ impl Config {
     }
 
     /// The TLS level for a next hop: `smtp_tls_policy_maps`, else the
-    /// default level.
-    fn tls_level(&self, nexthop: &str) -> Level {
+    /// default level; with a `fingerprint` entry's `match=a|b`, the
+    /// configuration that accepts those fingerprints.
+    fn tls_level(&self, nexthop: &str) -> (Level, Option<std::sync::Arc<rustls::ClientConfig>>) {
         if let Some(m) = &self.tls_policy {
             let keys = [Key {
                 text: nexthop.to_ascii_lowercase(),
@@ -277,24 +278,31 @@ impl Config {
             }];
             match m.find_first(&keys) {
                 Ok(Some((_, v))) => {
-                    let word = v.split_whitespace().next().unwrap_or("");
+                    let mut words = v.split_whitespace();
+                    let word = words.next().unwrap_or("");
                     match Level::parse(word) {
-                        Ok(l) => return l,
+                        Ok(Level::Fingerprint) => {
+                            let pinned = words
+                                .find_map(|w| w.strip_prefix("match="))
+                                .map(|list| self.tls.pinned(list));
+                            return (Level::Fingerprint, pinned);
+                        }
+                        Ok(l) => return (l, None),
                         Err(e) => {
                             libmail::warning!("{}: {nexthop}: {e}: using \"encrypt\"", m.parameter)
                         }
                     }
-                    return Level::Encrypt;
+                    return (Level::Encrypt, None);
                 }
                 Ok(None) => {}
                 Err(e) => {
                     // Safer to require TLS than to send in clear by mistake.
                     libmail::warning!("{}: lookup of {nexthop}: {e}", m.parameter);
-                    return self.level.max(Level::Encrypt);
+                    return (self.level.max(Level::Encrypt), None);
                 }
             }
         }
-        self.level
+        (self.level, None)
     }
 
     /// The credentials `smtp_sasl_password_maps` has for this delivery:
@@ -732,7 +740,7 @@ fn attempt_site(
             return reached;
         }
     };
-    let level = cfg.tls_level(site);
+    let (level, pinned) = cfg.tls_level(site);
     let peers: Vec<Peer> = match &hop {
         NextHop::Unix(_) => vec![Peer::Unix {
             host: cfg.myhostname.clone(),
@@ -818,6 +826,7 @@ fn attempt_site(
                 peer.clone(),
                 tls_level,
                 &verify_name,
+                pinned.as_ref(),
                 creds.as_ref(),
             ) {
                 Ok(s) => break Some(s),

@@ -16,7 +16,10 @@
 //! not sent), xtext-encoded, pipelined with MAIL when the server offers
 //! PIPELINING. A refused XFORWARD is logged and the mail goes on.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
 
 use libmail::deliver::{Rcpt, Request};
 use libmail::queue::QueueFile;
@@ -275,6 +278,7 @@ pub fn setup(
     peer: Peer,
     level: Level,
     verify_name: &str,
+    pinned: Option<&Arc<ClientConfig>>,
     creds: Option<&Credentials>,
 ) -> Result<Session, SetupFail> {
     let started = Instant::now();
@@ -290,7 +294,7 @@ pub fn setup(
         in_data: false,
     };
     if cfg.wrappermode && !cfg.lmtp {
-        s.handshake(cfg, level.max(Level::Encrypt), verify_name)?;
+        s.handshake(cfg, level.max(Level::Encrypt), verify_name, pinned)?;
     }
     s.conn.deadline(cfg.timeouts.helo);
     let greeting = s.conn.reply().map_err(|e| s.io_fail(Stage::Greeting, &e))?;
@@ -315,7 +319,7 @@ pub fn setup(
                 .command("STARTTLS")
                 .map_err(|e| s.io_fail(Stage::StartTls, &e))?;
             if r.positive() {
-                s.handshake(cfg, level, verify_name)?;
+                s.handshake(cfg, level, verify_name, pinned)?;
                 s.hello(cfg)?;
             } else if level > Level::May {
                 return Err(SetupFail::soft(
@@ -398,13 +402,18 @@ impl Session {
         cfg: &Config,
         level: Level,
         verify_name: &str,
+        pinned: Option<&Arc<ClientConfig>>,
     ) -> Result<(), SetupFail> {
         self.conn.deadline(cfg.timeouts.starttls);
         let name = match &cfg.tls.servername {
             Some(n) if n != "hostname" && n != "nexthop" => n.clone(),
             _ => verify_name.to_string(),
         };
-        let config = cfg.tls.config(level);
+        // A policy map's own fingerprints (`match=`) for this next hop.
+        let config = match pinned {
+            Some(c) if level == Level::Fingerprint => c.clone(),
+            _ => cfg.tls.config(level),
+        };
         match self
             .conn
             .start_tls(config, libmail::tls::client::server_name(&name))

@@ -107,6 +107,10 @@ pub struct ClientTls {
     /// `fingerprint`: mandatory settings, the certificate's (or its
     /// key's) fingerprint in `smtp_tls_fingerprint_cert_match`.
     pub fingerprint: Arc<ClientConfig>,
+    /// The digest and signature algorithms of `fingerprint`, for a
+    /// policy map's own list ([`ClientTls::pinned`]).
+    digest: super::Digest,
+    algs: WebPkiSupportedAlgorithms,
     /// `smtp_tls_servername`, when set: the SNI name to send.
     pub servername: Option<String>,
 }
@@ -119,6 +123,21 @@ impl ClientTls {
             Level::Fingerprint => self.fingerprint.clone(),
             Level::Verify | Level::Secure => self.verifying.clone(),
         }
+    }
+
+    /// The `fingerprint` configuration with another list of
+    /// fingerprints (a policy map's `match=a|b`).
+    pub fn pinned(&self, fingerprints: &str) -> Arc<ClientConfig> {
+        let mut c = (*self.fingerprint).clone();
+        c.dangerous()
+            .set_certificate_verifier(Arc::new(Fingerprints(
+                self.algs,
+                FingerprintList {
+                    digest: self.digest,
+                    allowed: fingerprints.split('|').flat_map(fingerprint_list).collect(),
+                },
+            )));
+        Arc::new(c)
     }
 }
 
@@ -225,12 +244,13 @@ pub fn client_configs(p: &Params, prefix: &str) -> Result<ClientTls, String> {
     let digest_param = format!("{prefix}_tls_fingerprint_digest");
     let digest =
         super::Digest::parse(&val(p, &digest_param)).map_err(|e| format!("{digest_param}: {e}"))?;
+    let algs = prov.signature_verification_algorithms;
     let mut fingerprint = ClientConfig::builder_with_provider(prov.clone())
         .with_protocol_versions(&mandatory_versions)
         .map_err(|e| format!("{mproto_param}: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Fingerprints(
-            prov.signature_verification_algorithms,
+            algs,
             FingerprintList {
                 digest,
                 allowed: fingerprint_list(&val(p, &format!("{prefix}_tls_fingerprint_cert_match"))),
@@ -259,6 +279,8 @@ pub fn client_configs(p: &Params, prefix: &str) -> Result<ClientTls, String> {
         mandatory: Arc::new(mandatory),
         verifying: Arc::new(verifying),
         fingerprint: Arc::new(fingerprint),
+        digest,
+        algs,
         servername,
     })
 }
