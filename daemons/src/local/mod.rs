@@ -65,7 +65,6 @@ use libmail::mailbox::{delivered_to, MailboxError, Source};
 use libmail::queue::{Access, Limits, Queue, QueueFile, QueueId, QueueLayout};
 use libmail::service::{bool_param, num_param, time_param};
 use libmail::table::search::Maps;
-use libmail::table::OpenOptions;
 
 use exec::{as_user, run_command, CommandResult, CommandSpec, Passwd};
 use expand::{Action, Planner, Target};
@@ -114,24 +113,8 @@ impl Config {
     /// Reads the parameters; `Err` says what is wrong (fatal at start).
     pub fn load(params: &Params, layout: QueueLayout) -> Result<Config, String> {
         let v = |n: &str| params.value(n).map_err(|e| format!("{n}: {e}"));
-        let alias_value = v("alias_maps")?;
-        let alias_maps = if alias_value.trim().is_empty() {
-            None
-        } else {
-            Some(
-                Maps::open("alias_maps", &alias_value, &OpenOptions::default())
-                    .map_err(|e| e.to_string())?,
-            )
-        };
-        let maps = |name: &str| -> Result<Option<Maps>, String> {
-            let value = v(name)?;
-            if value.trim().is_empty() {
-                return Ok(None);
-            }
-            Maps::open(name, &value, &OpenOptions::default())
-                .map(Some)
-                .map_err(|e| e.to_string())
-        };
+        let alias_maps = Maps::from_param(params, "alias_maps")?;
+        let maps = |name: &str| Maps::from_param(params, name);
         let kinds = LockKinds::parse(&v("mailbox_delivery_lock")?)?;
         let lock = LockPolicy {
             kinds,

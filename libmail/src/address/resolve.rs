@@ -33,7 +33,7 @@ use super::domains::DomainList;
 use super::rewrite::{Context, Rewriter};
 use crate::config::params::{split_list, Params};
 use crate::table::search::{address_keys, transport_keys, Key, Maps};
-use crate::table::{OpenOptions, TableError};
+use crate::table::TableError;
 
 /// Postfix's address classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,15 +96,13 @@ impl Resolver {
                 .value(n)
                 .map_err(|e| TableError::Config(format!("{n}: {e}")))
         };
-        let maps = v("transport_maps")?;
         let parents = v("parent_domain_matches_subdomains")?;
+        let maps = |name: &str| Maps::from_param(params, name).map_err(TableError::Config);
         let sender_maps = |name: &str, key: &str| -> Result<Option<(Maps, String)>, TableError> {
-            let value = v(name)?;
-            if value.trim().is_empty() {
-                return Ok(None);
-            }
-            let maps = Maps::open(name, &value, &OpenOptions::default())?;
-            Ok(Some((maps, v(key)?.trim().to_string())))
+            Ok(match maps(name)? {
+                Some(m) => Some((m, v(key)?.trim().to_string())),
+                None => None,
+            })
         };
         Ok(Resolver {
             rewriter: Rewriter::new(params),
@@ -112,15 +110,7 @@ impl Resolver {
             virtual_alias_domains: DomainList::from_param(params, "virtual_alias_domains")?,
             virtual_mailbox_domains: DomainList::from_param(params, "virtual_mailbox_domains")?,
             relay_domains: DomainList::from_param(params, "relay_domains")?,
-            transport_maps: if maps.trim().is_empty() {
-                None
-            } else {
-                Some(Maps::open(
-                    "transport_maps",
-                    &maps,
-                    &OpenOptions::default(),
-                )?)
-            },
+            transport_maps: maps("transport_maps")?,
             local_transport: v("local_transport")?,
             virtual_transport: v("virtual_transport")?,
             relay_transport: v("relay_transport")?,
@@ -129,18 +119,7 @@ impl Resolver {
             myhostname: v("myhostname")?,
             delimiters: v("recipient_delimiter")?,
             parent_transport: split_list(&parents).contains(&"transport_maps"),
-            relocated: {
-                let value = v("relocated_maps")?;
-                if value.trim().is_empty() {
-                    None
-                } else {
-                    Some(Maps::open(
-                        "relocated_maps",
-                        &value,
-                        &OpenOptions::default(),
-                    )?)
-                }
-            },
+            relocated: maps("relocated_maps")?,
             sender_relayhost: sender_maps(
                 "sender_dependent_relayhost_maps",
                 "empty_address_relayhost_maps_lookup_key",
