@@ -392,6 +392,19 @@ fn unlisted_recipients_are_rejected_even_for_trusted_clients() {
 }
 
 #[test]
+fn relocated_recipients_are_rejected_with_their_new_place() {
+    // Postfix: whatever resolves to the error agent is rejected at RCPT
+    // with its text (trivial-rewrite sends relocated users there).
+    let s = Setup::new();
+    s.table("reloc", "old@example.com new@example.net\n");
+    let r = s.rules("relocated_maps = texthash:{dir}/reloc\nrelay_domains = example.com\n");
+    assert_eq!(
+        said(&r.check_rcpt(&rcpt("old@example.com"))),
+        "550 5.1.6 <old@example.com>: Recipient address rejected: User has moved to new@example.net"
+    );
+}
+
+#[test]
 fn recipient_validation_follows_the_address_class() {
     let s = Setup::new();
     s.table("va", "known@valias.example x\n");
