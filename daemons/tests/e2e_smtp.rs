@@ -584,6 +584,47 @@ fn filter_actions_choose_the_filter_for_one_message() {
     assert!(got[0].contains("Subject: plain"), "{}", got[0]);
 }
 
+/// A FILTER decided by `smtpd_end_of_data_restrictions` reaches cleanup
+/// after the content and routes that message to the filter.
+#[test]
+fn end_of_data_filter_routes_the_message_to_the_filter() {
+    let mut inst = Instance::new("eod-filter", "");
+    let sink = Sink::start(&inst.top, &[]);
+    let port = inst.with_smtpd();
+    let me = format!("{}@mx.example.test", common::user());
+    inst.main_cf(&format!(
+        "smtpd_end_of_data_restrictions = check_sender_access inline:{{ {{eod@example.test=FILTER smtp:[127.0.0.1]:{}}} }}\n",
+        sink.port
+    ));
+    inst.start();
+    for (from, subject) in [
+        ("eod@example.test", "late filter"),
+        ("other@example.test", "kept"),
+    ] {
+        let (ok, talk) = common::smtp::swaks(
+            port,
+            &[
+                "--from",
+                from,
+                "--to",
+                &me,
+                "--header",
+                &format!("Subject: {subject}"),
+            ],
+        );
+        assert!(ok, "{talk}");
+    }
+    inst.wait_log(r"smtpd\[\d+\]: [0-9A-F]+: filter: END-OF-MESSAGE from ");
+    wait_for(30, "the filtered message at the filter", || {
+        sink.messages()
+            .iter()
+            .any(|m| m.contains("Subject: late filter"))
+    });
+    let got = inst.wait_maildir(&inst.user_maildir(), 1);
+    assert!(got[0].contains("Subject: kept"), "{}", got[0]);
+    assert_eq!(sink.messages().len(), 1);
+}
+
 /// local's `mailbox_transport`: every local name that no alias took goes
 /// to Dovecot's LMTP, whether or not it is an account here (Dovecot's
 /// users are not); the lmtp agent logs the deliveries (an alias with

@@ -1231,13 +1231,17 @@ impl<'c> Message<'c> {
         }
     }
 
-    /// HOLD or DISCARD decided after the content (smtpd's end-of-data
-    /// restrictions; smtpd logged them): as if the envelope had said so.
-    pub fn late_flags(&mut self, flags: u32) {
+    /// HOLD or DISCARD, and a FILTER, decided after the content (smtpd's
+    /// end-of-data restrictions; smtpd logged them): as if the envelope
+    /// had said so; the filter, last, wins over the content's checks'.
+    pub fn late(&mut self, flags: u32, filter: Option<String>) {
         if flags & FLAG_DISCARD != 0 {
             self.discard = true;
         } else if flags & FLAG_HOLD != 0 && !self.discard {
             self.hold = true;
+        }
+        if let Some(f) = filter.filter(|f| valid_filter(f)) {
+            self.filter = Some(f);
         }
     }
 

@@ -78,17 +78,27 @@ impl Committer {
     }
 }
 
-/// A list of late flags (`flags=N` alone, HOLD and DISCARD bits only);
-/// `None` for anything else.
-fn late_flags(a: &Attrs) -> Option<u32> {
-    let mut it = a.iter();
-    match (it.next(), it.next()) {
-        (Some(("flags", v)), None) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|f| f & !(FLAG_HOLD | FLAG_DISCARD) == 0),
-        _ => None,
+/// A late list: `flags=N` (HOLD and DISCARD bits only) and/or
+/// `filter=T`, each once; `None` for anything else.
+fn late_list(a: &Attrs) -> Option<(u32, Option<String>)> {
+    let (mut flags, mut filter) = (None, None);
+    for (name, v) in a.iter() {
+        match name {
+            "flags" if flags.is_none() => {
+                flags = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|f| f & !(FLAG_HOLD | FLAG_DISCARD) == 0)?,
+                )
+            }
+            "filter" if filter.is_none() && !v.is_empty() => filter = Some(v.to_string()),
+            _ => return None,
+        }
     }
+    if flags.is_none() && filter.is_none() {
+        return None;
+    }
+    Some((flags.unwrap_or(0), filter))
 }
 
 /// Sends the verdict; false when it could not be written (the client is
@@ -165,10 +175,11 @@ fn message(cfg: &Config, committer: &Committer, conn: &mut Conn<Stream>) -> bool
         match conn.recv_item() {
             Ok(Some(Item::Data(d))) if d.is_empty() => break,
             Ok(Some(Item::Data(d))) => msg.feed(&d),
-            // HOLD or DISCARD decided at the end of the content (smtpd's
-            // end-of-data restrictions): the only list allowed here.
-            Ok(Some(Item::Attrs(a))) => match late_flags(&a) {
-                Some(flags) => msg.late_flags(flags),
+            // HOLD, DISCARD or FILTER decided at the end of the content
+            // (smtpd's end-of-data restrictions): the only list allowed
+            // here.
+            Ok(Some(Item::Attrs(a))) => match late_list(&a) {
+                Some((flags, filter)) => msg.late(flags, filter),
                 None => {
                     libmail::warning!("{id}: protocol error: attribute list inside the content");
                     reply(conn, STAT_BAD, default_reason(STAT_BAD), None);
@@ -223,23 +234,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_lone_list_of_hold_and_discard_bits_is_late_flags() {
-        let flags = |a: Attrs| late_flags(&a);
+    fn only_hold_and_discard_bits_and_a_filter_make_a_late_list() {
+        let late = |a: Attrs| late_list(&a);
         assert_eq!(
-            flags(Attrs::new().with("flags", FLAG_HOLD)),
-            Some(FLAG_HOLD)
+            late(Attrs::new().with("flags", FLAG_HOLD)),
+            Some((FLAG_HOLD, None))
         );
         assert_eq!(
-            flags(Attrs::new().with("flags", FLAG_HOLD | FLAG_DISCARD)),
-            Some(FLAG_HOLD | FLAG_DISCARD)
+            late(Attrs::new().with("flags", FLAG_HOLD | FLAG_DISCARD)),
+            Some((FLAG_HOLD | FLAG_DISCARD, None))
         );
-        // Any other bit, name or a second attribute: not accepted there.
-        assert_eq!(flags(Attrs::new().with("flags", 1u32 << 9)), None);
-        assert_eq!(flags(Attrs::new().with("flags", "x")), None);
-        assert_eq!(flags(Attrs::new().with("rcpt", "a@b")), None);
         assert_eq!(
-            flags(Attrs::new().with("flags", FLAG_HOLD).with("rcpt", "a@b")),
+            late(Attrs::new().with("filter", "smtp:[h]:1")),
+            Some((0, Some("smtp:[h]:1".to_string())))
+        );
+        assert_eq!(
+            late(Attrs::new().with("flags", FLAG_HOLD).with("filter", "f:x")),
+            Some((FLAG_HOLD, Some("f:x".to_string())))
+        );
+        // Any other bit, name, an attribute twice, or nothing: not
+        // accepted there.
+        assert_eq!(late(Attrs::new().with("flags", 1u32 << 9)), None);
+        assert_eq!(late(Attrs::new().with("flags", "x")), None);
+        assert_eq!(late(Attrs::new().with("rcpt", "a@b")), None);
+        assert_eq!(
+            late(Attrs::new().with("flags", FLAG_HOLD).with("rcpt", "a@b")),
             None
         );
+        assert_eq!(
+            late(Attrs::new().with("filter", "a:b").with("filter", "c:d")),
+            None
+        );
+        assert_eq!(late(Attrs::new()), None);
     }
 }

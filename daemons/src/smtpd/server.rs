@@ -266,8 +266,8 @@ impl Queue for Cleanup {
         Ok(id)
     }
 
-    fn late_flags(&mut self, flags: u32) -> Result<(), Reply> {
-        self.client()?.late_flags(flags);
+    fn late(&mut self, flags: u32, filter: Option<&str>) -> Result<(), Reply> {
+        self.client()?.late(flags, filter);
         Ok(())
     }
 

@@ -135,11 +135,11 @@ pub trait Queue: Send {
     fn finish(&mut self) -> Result<String, Reply>;
     /// Drops the message being received (cleanup withdraws its file).
     fn abort(&mut self);
-    /// HOLD and/or DISCARD decided after the content
+    /// HOLD and/or DISCARD, and a FILTER, decided after the content
     /// (`smtpd_end_of_data_restrictions`), before [`end`](Self::end).
     /// Stand-alone mode (maildrop) has no such flags: it ignores them, as
     /// it ignores those of the envelope.
-    fn late_flags(&mut self, _flags: u32) -> Result<(), Reply> {
+    fn late(&mut self, _flags: u32, _filter: Option<&str>) -> Result<(), Reply> {
         Ok(())
     }
     /// Whether [`open`](Self::open) would answer now, without waiting.
@@ -2570,11 +2570,10 @@ impl Session {
 
     /// `smtpd_end_of_data_restrictions`, once the content is in; true
     /// when they refuse the message (the refusal is then the end's
-    /// result, and cleanup withdraws the file). HOLD and DISCARD go to
-    /// cleanup after the content ([`Queue::late_flags`]); the other
-    /// actions (FILTER, REDIRECT, BCC, PREPEND) come too late here: the
-    /// envelope went to cleanup at DATA, so they are logged and not
-    /// applied.
+    /// result, and cleanup withdraws the file). HOLD, DISCARD and FILTER
+    /// go to cleanup after the content ([`Queue::late`]); the other
+    /// actions (REDIRECT, BCC, PREPEND) come too late here: the envelope
+    /// went to cleanup at DATA, so they are logged and not applied.
     fn end_of_data_check(&mut self) -> bool {
         let v = self.gate.ask(Ask::EndOfData, &self.view(None));
         // Its log lines name the stage as Postfix does.
@@ -2596,8 +2595,8 @@ impl Session {
         if v.hold.is_some() && !held {
             flags |= libmail::ipc::cleanup::FLAG_HOLD;
         }
-        if flags != 0 {
-            if let Err(r) = self.queue.late_flags(flags) {
+        if flags != 0 || v.filter.is_some() {
+            if let Err(r) = self.queue.late(flags, v.filter.as_deref()) {
                 self.queue.abort();
                 self.ending = Some(Err(r));
                 return true;

@@ -235,14 +235,22 @@ impl CleanupClient {
         Ok(())
     }
 
-    /// After the content, before [`end`](Self::end): HOLD and DISCARD
-    /// decided once the content was in (smtpd's end-of-data
-    /// restrictions), as a `flags` list of [`FLAG_HOLD`] and
-    /// [`FLAG_DISCARD`] bits; cleanup applies them as if the envelope had
-    /// carried them.
-    pub fn late_flags(&mut self, flags: u32) {
-        self.conn
-            .put(&Attrs::new().with("flags", flags & (FLAG_HOLD | FLAG_DISCARD)));
+    /// After the content, before [`end`](Self::end): what was decided
+    /// once the content was in (smtpd's end-of-data restrictions) — HOLD
+    /// and DISCARD as a `flags` list of [`FLAG_HOLD`] and
+    /// [`FLAG_DISCARD`] bits, a FILTER as `filter`; cleanup applies them
+    /// as if the envelope had carried them (the filter over any the
+    /// content's checks chose).
+    pub fn late(&mut self, flags: u32, filter: Option<&str>) {
+        let mut a = Attrs::new();
+        let flags = flags & (FLAG_HOLD | FLAG_DISCARD);
+        if flags != 0 {
+            a.push("flags", flags);
+        }
+        if let Some(f) = filter {
+            a.push("filter", f);
+        }
+        self.conn.put(&a);
     }
 
     /// Ends the content and waits for the verdict: the queue ID once the
