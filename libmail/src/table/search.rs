@@ -42,10 +42,23 @@ impl Key {
 }
 
 /// `user+ext` → (`user`, Some(`+ext`)) at the first delimiter character.
-/// `postmaster`, a leading delimiter, or an empty delimiter set: no split.
+/// Not split, as in Postfix: an empty delimiter set, a leading delimiter,
+/// `postmaster`, `MAILER-DAEMON`, `double-bounce` (the default
+/// `double_bounce_sender`), and, when `-` is a delimiter, `owner-*` and
+/// `*-request` (`owner_request_special = yes`, the default).
 pub fn split_extension<'a>(local: &'a str, delimiters: &str) -> (&'a str, Option<&'a str>) {
-    if delimiters.is_empty() {
+    if delimiters.is_empty()
+        || ["postmaster", "mailer-daemon", "double-bounce"]
+            .iter()
+            .any(|n| local.eq_ignore_ascii_case(n))
+    {
         return (local, None);
+    }
+    if delimiters.contains('-') {
+        let lower = local.to_ascii_lowercase();
+        if lower.starts_with("owner-") || (lower.len() > 8 && lower.ends_with("-request")) {
+            return (local, None);
+        }
     }
     match local
         .char_indices()
@@ -266,6 +279,14 @@ mod tests {
         assert_eq!(split_extension("+user", "+"), ("+user", None));
         assert_eq!(split_extension("user", "+"), ("user", None));
         assert_eq!(split_extension("user+ext", ""), ("user+ext", None));
+        // Names Postfix never splits.
+        assert_eq!(split_extension("double-bounce", "-"), ("double-bounce", None));
+        assert_eq!(split_extension("MAILER-DAEMON", "-"), ("MAILER-DAEMON", None));
+        assert_eq!(split_extension("owner-list", "-"), ("owner-list", None));
+        assert_eq!(split_extension("list-request", "-"), ("list-request", None));
+        assert_eq!(split_extension("user-ext", "-"), ("user", Some("-ext")));
+        // owner-/-request only matter when `-` is a delimiter.
+        assert_eq!(split_extension("owner-list+x", "+"), ("owner-list", Some("+x")));
     }
 
     #[test]
