@@ -44,7 +44,8 @@
 //! Not done (yet): `expand_owner_alias`, `owner-`/`-request`
 //! handling beyond using `owner-ALIAS` as the forwarding sender, biff,
 //! `command_execution_directory`, per-user `.forward` security beyond
-//! an owner check, DSN success notifications.
+//! an owner check, the DSN actions `expanded` and `relayed` (qmgr
+//! sends success notices as `delivered`).
 
 pub mod exec;
 pub mod expand;

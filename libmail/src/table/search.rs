@@ -280,13 +280,22 @@ mod tests {
         assert_eq!(split_extension("user", "+"), ("user", None));
         assert_eq!(split_extension("user+ext", ""), ("user+ext", None));
         // Names Postfix never splits.
-        assert_eq!(split_extension("double-bounce", "-"), ("double-bounce", None));
-        assert_eq!(split_extension("MAILER-DAEMON", "-"), ("MAILER-DAEMON", None));
+        assert_eq!(
+            split_extension("double-bounce", "-"),
+            ("double-bounce", None)
+        );
+        assert_eq!(
+            split_extension("MAILER-DAEMON", "-"),
+            ("MAILER-DAEMON", None)
+        );
         assert_eq!(split_extension("owner-list", "-"), ("owner-list", None));
         assert_eq!(split_extension("list-request", "-"), ("list-request", None));
         assert_eq!(split_extension("user-ext", "-"), ("user", Some("-ext")));
         // owner-/-request only matter when `-` is a delimiter.
-        assert_eq!(split_extension("owner-list+x", "+"), ("owner-list", Some("+x")));
+        assert_eq!(
+            split_extension("owner-list+x", "+"),
+            ("owner-list", Some("+x"))
+        );
     }
 
     #[test]
