@@ -401,9 +401,6 @@ impl<'c> Message<'c> {
             }
         }
         for r in pending {
-            if r.address.trim().is_empty() {
-                continue;
-            }
             self.add_recipient(ctx, &r)?;
             if let (Some(maps), true) = (&self.cfg.recipient_bcc, self.bcc_ok()) {
                 let canon = rules.rewrite(ctx, &r.address, ENV_RECIPIENT)?;
@@ -443,7 +440,14 @@ impl<'c> Message<'c> {
     /// Canonical form, canonical maps, virtual expansion, duplicate filter.
     fn add_recipient(&mut self, ctx: Context, r: &Rcpt) -> Result<(), Defer> {
         let rules = &self.cfg.rules;
-        let canon = rules.rewrite(ctx, &r.address, ENV_RECIPIENT)?;
+        // Mail for the empty address (a configuration or program error)
+        // goes to empty_address_recipient, as in Postfix.
+        let address = if r.address.trim().is_empty() {
+            self.cfg.empty_address_recipient.as_str()
+        } else {
+            r.address.as_str()
+        };
+        let canon = rules.rewrite(ctx, address, ENV_RECIPIENT)?;
         let orig = r.orig.clone().unwrap_or_else(|| r.address.clone());
         for a in rules.expand_virtual(&canon)? {
             self.push_recipient(Rcpt {

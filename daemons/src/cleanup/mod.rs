@@ -85,6 +85,8 @@ pub struct Config {
     pub queue_minfree: u64,
     pub duplicate_filter_limit: usize,
     pub enable_original_recipient: bool,
+    /// `empty_address_recipient`: who gets mail for the empty address.
+    pub empty_address_recipient: String,
     pub ipc_timeout: Duration,
     /// `max_use`: also the most messages one kept connection carries.
     pub max_use: usize,
@@ -220,6 +222,10 @@ impl Config {
             queue_minfree: num_param(params, "queue_minfree", 0).max(0) as u64,
             duplicate_filter_limit: limit("duplicate_filter_limit", 1000),
             enable_original_recipient: bool_param(params, "enable_original_recipient", true),
+            empty_address_recipient: Some(text(params, "empty_address_recipient"))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "MAILER-DAEMON".into()),
             ipc_timeout: Duration::from_secs(time_param(params, "ipc_timeout", 3600).max(1)),
             max_use: num_param(params, "max_use", 100).max(1) as usize,
         })

@@ -226,6 +226,17 @@ fn masquerading_applies_to_headers_and_sender() {
 }
 
 #[test]
+fn the_empty_address_goes_to_empty_address_recipient() {
+    let (cfg, _s) = setup("");
+    let (g, _) = run(&cfg, &pickup_env("joe", &[""]), b"\n");
+    let (env, _, _) = queued(g);
+    assert_eq!(env.recipients[0].address, "MAILER-DAEMON@example.com");
+    let (cfg, _s) = setup("empty_address_recipient = nobody-home");
+    let (g, _) = run(&cfg, &pickup_env("joe", &[""]), b"\n");
+    assert_eq!(queued(g).0.recipients[0].address, "nobody-home@example.com");
+}
+
+#[test]
 fn virtual_aliases_expand_with_orig_and_without_duplicates() {
     let (cfg, _s) = setup(
         "virtual_alias_maps = inline:{ {team@example.com = a@x.org, b@x.org}, {b@example.com = b@x.org} }",
@@ -399,8 +410,9 @@ fn too_many_hops() {
 
 #[test]
 fn no_recipients() {
+    // (An empty recipient is one: see empty_address_recipient.)
     let (cfg, _s) = setup("");
-    let (g, _) = run(&cfg, &pickup_env("a@b", &[""]), b"\n");
+    let (g, _) = run(&cfg, &pickup_env("a@b", &[]), b"\n");
     assert!(matches!(g, Got::Refused(STAT_RCPT, _)));
     assert!(incoming_is_empty(&cfg));
 }
