@@ -514,9 +514,16 @@ fn print_records(
                     }
                     _ => text.to_string(),
                 };
+                // The content filter is a record of its own in Postfix's
+                // files, which postcat labels `content_filter`.
+                let filter = format!("{}=", libmail::queue::CONTENT_FILTER_ATTR);
+                let (label, value) = match value.strip_prefix(&filter) {
+                    Some(f) if kind == RecordType::Attr => (libmail::queue::CONTENT_FILTER_ATTR, f),
+                    _ => (kind.label(), value.as_str()),
+                };
                 (|| -> io::Result<()> {
                     prefix(out)?;
-                    writeln!(out, "{}: {value}", kind.label())
+                    writeln!(out, "{label}: {value}")
                 })()
                 .map_err(Err)?;
             }

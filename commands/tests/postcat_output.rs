@@ -634,3 +634,30 @@ fn f_is_an_invalid_option_as_in_postfix_3_7() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// The content filter, an attribute in Facteur's file, is shown with
+/// Postfix's label for its record: `content_filter: transport:nexthop`.
+#[test]
+fn the_content_filter_has_postfix_label() {
+    use libmail::queue::{IdStyle, NewRecipient, Queue, QueueLayout, Writer, CONTENT_FILTER_ATTR};
+    let s = setup("filter");
+    let layout = QueueLayout::new(s.top.join("q"), "deferred", 1).unwrap();
+    layout
+        .create_or_repair(&libmail::queue::Ownership::CurrentUser)
+        .unwrap();
+    let mut w = Writer::create(&layout, Queue::Incoming, IdStyle::Short).unwrap();
+    w.sender("a@example.org").unwrap();
+    w.recipient(&NewRecipient::new("b@example.net")).unwrap();
+    w.start_content().unwrap();
+    w.content_line(b"Subject: x").unwrap();
+    w.start_extracted().unwrap();
+    w.attr(CONTENT_FILTER_ATTR, "smtp:[127.0.0.1]:10024")
+        .unwrap();
+    let d = w.finish().unwrap().sync().unwrap();
+    let out = stdout_ok(&postcat(&s, &[d.path().to_str().unwrap()]));
+    assert!(
+        out.lines()
+            .any(|l| l == "content_filter: smtp:[127.0.0.1]:10024"),
+        "{out}"
+    );
+}
