@@ -646,7 +646,11 @@ fn flush_site(layout: &QueueLayout, site: &str) -> usize {
 /// may; a list starting with `static:` admits everyone (Postfix's
 /// shortcut: even `static:nobody`); otherwise the login name of the real
 /// UID (`unknown` without a passwd entry) is matched against the list.
-fn check_user_acl(params: &Params, param: &str, uid: u32) -> Result<Option<String>, String> {
+pub(crate) fn check_user_acl(
+    params: &Params,
+    param: &str,
+    uid: u32,
+) -> Result<Option<String>, String> {
     if uid == 0 {
         return Ok(None);
     }

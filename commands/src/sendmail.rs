@@ -42,6 +42,7 @@ pub const EX_DATAERR: i32 = 65;
 pub const EX_UNAVAILABLE: i32 = 69;
 pub const EX_SOFTWARE: i32 = 70;
 pub const EX_OSERR: i32 = 71;
+pub const EX_NOPERM: i32 = 77;
 pub const EX_TEMPFAIL: i32 = 75;
 pub const EX_CONFIG: i32 = 78;
 
@@ -329,6 +330,18 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
 
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
+    // authorized_submit_users, before anything is written (root and the
+    // mail owner pass, as with postqueue's lists).
+    match crate::postqueue::check_user_acl(&params, "authorized_submit_users", uid) {
+        Ok(None) => {}
+        Ok(Some(name)) => {
+            return fatal(
+                EX_NOPERM,
+                format!("User {name}({uid}) is not allowed to submit mail"),
+            )
+        }
+        Err(e) => return fatal(EX_CONFIG, e),
+    }
     let pw = passwd_of_uid(uid);
     let sender = match &opts.sender {
         Some(s) => first_address(s),

@@ -373,3 +373,41 @@ fn oversize_message_is_refused() {
     assert_eq!(code, 0, "{err}");
     take_one(&s);
 }
+
+/// `authorized_submit_users`: a user not on the list is refused before
+/// anything is written (exit 77, Postfix's message); the mail owner (and
+/// root) may always submit.
+#[test]
+fn authorized_submit_users_refuses_users_not_listed() {
+    let s = setup("submit-acl", "authorized_submit_users = alice\n", true);
+    let (code, err) = sendmail(
+        &s,
+        &["-f", "a@example.org", "c@example.net"],
+        b"Subject: x\n\nbody\n",
+    );
+    assert_eq!(code, 0, "the mail owner submits: {err}");
+    assert_eq!(maildrop_files(&s).len(), 1);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Only root can run sendmail as another user here.
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(env!("CARGO_BIN_EXE_sendmail"))
+        .arg("-C")
+        .arg(&s.etc)
+        .args(["-f", "a@example.org", "c@example.net"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{err}");
+    assert!(
+        err.contains("sendmail: fatal: User nobody(65534) is not allowed to submit mail")
+            || err.contains("sendmail: fatal: User unknown(65534) is not allowed to submit mail"),
+        "{err}"
+    );
+    assert_eq!(maildrop_files(&s).len(), 1, "nothing more was written");
+}
