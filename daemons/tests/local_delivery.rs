@@ -456,3 +456,31 @@ fn mailbox_command_and_its_maps() {
         .unwrap()
         .contains("hello"));
 }
+
+/// `command_execution_directory`, expanded for the recipient, is where
+/// delivery commands run; one that cannot be entered defers.
+#[test]
+fn commands_run_in_command_execution_directory() {
+    let me = me();
+    let inst = start(
+        "cmddir",
+        "mailbox_command = /bin/sh -c 'pwd > $T/pwd-out'\n\
+         command_execution_directory = $T/work/$user\n",
+        "",
+    );
+    let work = inst.path(&format!("work/{me}"));
+    std::fs::create_dir_all(&work).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(inst.path("work"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_, o) = inst.deliver("s@x", &[&format!("{me}@test.example")], MSG);
+    assert_eq!(one(&o).status, Status::Sent, "{o:?}\n{}", inst.log());
+    let pwd = std::fs::read_to_string(inst.path("pwd-out")).unwrap();
+    assert_eq!(
+        pwd.trim(),
+        work.canonicalize().unwrap().display().to_string()
+    );
+    // A directory that does not exist: deferred, as in Postfix.
+    std::fs::remove_dir(&work).unwrap();
+    let (_, o) = inst.deliver("s@x", &[&format!("{me}@test.example")], MSG);
+    assert_eq!(one(&o).status, Status::Deferred, "{o:?}\n{}", inst.log());
+}

@@ -43,7 +43,7 @@
 //!
 //! Not done (yet): `expand_owner_alias`, `owner-`/`-request`
 //! handling beyond using `owner-ALIAS` as the forwarding sender, biff,
-//! `command_execution_directory`, per-user `.forward` security beyond
+//! per-user `.forward` security beyond
 //! an owner check, the DSN actions `expanded` and `relayed` (qmgr
 //! sends success notices as `delivered`).
 
@@ -96,6 +96,8 @@ pub struct Config {
     pub forward_path: String,
     pub luser_relay: String,
     pub mailbox_command: String,
+    /// `command_execution_directory` as written (expanded per delivery).
+    pub command_directory: String,
     pub home_mailbox: String,
     pub spool: String,
     pub allow_commands: Vec<String>,
@@ -153,6 +155,11 @@ impl Config {
             forward_path: params.raw("forward_path").unwrap_or_default(),
             luser_relay: params.raw("luser_relay").unwrap_or_default(),
             mailbox_command: params.raw("mailbox_command").unwrap_or_default(),
+            command_directory: params
+                .raw("command_execution_directory")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             home_mailbox: v("home_mailbox")?,
             spool: v("mail_spool_directory")?,
             allow_commands: list("allow_mail_to_commands")?,
@@ -168,7 +175,10 @@ impl Config {
             original_recipient: bool_param(params, "enable_original_recipient", true),
             resolver,
             layout,
-            raw_params: raw_closure(params, &["forward_path", "luser_relay"]),
+            raw_params: raw_closure(
+                params,
+                &["forward_path", "luser_relay", "command_execution_directory"],
+            ),
         })
     }
 
@@ -209,6 +219,16 @@ impl Config {
             a.push(("shell", pw.shell.clone()));
         }
         a
+    }
+
+    /// A raw parameter expanded with a planned delivery's attributes.
+    fn expanded_for(&self, raw: &str, t: &Target) -> String {
+        let ext = (!t.extension.is_empty()).then(|| {
+            let d = self.delimiter.chars().next().unwrap_or('+');
+            format!("{d}{}", t.extension)
+        });
+        let attrs = self.attrs(&t.to, &t.local, ext.as_deref(), Some(&t.account));
+        expand::expand_raw(self, raw, &attrs)
     }
 
     /// The `.forward` files to try, forward_path expanded for this user.
@@ -567,7 +587,12 @@ fn deliver_target(cfg: &Config, req: &Request, rcpt: &Rcpt, qf: &QueueFile, t: &
                     env.push((name.to_string(), v));
                 }
             }
-            let cwd = if std::path::Path::new(&t.account.home).is_dir() {
+            // command_execution_directory (expanded for this recipient; a
+            // directory that cannot be entered defers the delivery), else
+            // the account's home, else /.
+            let cwd = if !cfg.command_directory.is_empty() {
+                cfg.expanded_for(&cfg.command_directory, t)
+            } else if std::path::Path::new(&t.account.home).is_dir() {
                 t.account.home.clone()
             } else {
                 "/".to_string()
