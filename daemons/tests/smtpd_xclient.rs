@@ -512,6 +512,38 @@ fn the_reject_footer_follows_refusals_but_not_the_log() {
 }
 
 #[test]
+fn reject_footer_maps_choose_a_footer_by_the_reply() {
+    // smtpd_reject_footer_maps, keyed by the whole reply, wins over
+    // smtpd_reject_footer; a reply the table does not know gets the
+    // general footer.
+    let mut i = Instance::new("smtpd-footer-maps", "");
+    let port = i.with_smtpd();
+    let map = i.file(
+        "footers.regexp",
+        "/Relay access denied/ \\c - see https://example.test/relay\n",
+    );
+    i.main_cf(&format!(
+        "mynetworks = 192.0.2.0/24\n\
+         smtpd_reject_footer = General footer\n\
+         smtpd_reject_footer_maps = regexp:{}",
+        map.display()
+    ));
+    i.start();
+    let mut c = Raw::connect(port);
+    assert!(c.cmd("EHLO client.example").starts_with("250-"));
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        c.cmd("RCPT TO:<u@elsewhere.example>"),
+        "454 4.7.1 <u@elsewhere.example>: Relay access denied - see https://example.test/relay\r\n"
+    );
+    assert_eq!(
+        c.cmd("HELP"),
+        "500-5.5.2 Error: command not recognized\r\n500 5.5.2 General footer\r\n"
+    );
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+}
+
+#[test]
 fn ehlo_keywords_are_discarded_by_client_address() {
     let mut i = Instance::new("smtpd-discard-map", "");
     let port = i.with_smtpd();

@@ -229,6 +229,8 @@ fn controls(p: &Params) -> Controls {
         .unwrap_or_else(|e| libmail::log::fatal(&e.to_string()));
     let discard_maps = Maps::from_param(p, "smtpd_discard_ehlo_keyword_address_maps")
         .unwrap_or_else(|e| libmail::log::fatal(&e));
+    let footer_maps =
+        Maps::from_param(p, "smtpd_reject_footer_maps").unwrap_or_else(|e| libmail::log::fatal(&e));
     Controls {
         xclient_hosts: hosts("smtpd_authorized_xclient_hosts"),
         xforward_hosts: hosts("smtpd_authorized_xforward_hosts"),
@@ -239,6 +241,7 @@ fn controls(p: &Params) -> Controls {
             .unwrap_or_default()
             .trim()
             .to_string(),
+        reject_footer_maps: footer_maps.map(|m| Shared(Arc::new(m))),
         discard_ehlo_maps: discard_maps.map(|m| Shared(Arc::new(m))),
         recipient_overshoot_limit: num_param(p, "smtpd_recipient_overshoot_limit", 1000).max(0)
             as usize,

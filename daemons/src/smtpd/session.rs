@@ -288,6 +288,9 @@ pub struct Controls {
     pub forbidden_commands: Shared<CommandList>,
     /// `smtpd_reject_footer`, unexpanded (empty: none).
     pub reject_footer: String,
+    /// `smtpd_reject_footer_maps`: a footer template per complete reply
+    /// (`550 5.7.1 <a@b>: Relay access denied`), over `reject_footer`.
+    pub reject_footer_maps: Option<Shared<Maps>>,
     /// `smtpd_discard_ehlo_keyword_address_maps`.
     pub discard_ehlo_maps: Option<Shared<Maps>>,
     /// `smtpd_recipient_overshoot_limit`: recipients past the limit that
@@ -329,6 +332,7 @@ impl Default for Controls {
                     .expect("the default list opens"),
             )),
             reject_footer: String::new(),
+            reject_footer_maps: None,
             discard_ehlo_maps: None,
             recipient_overshoot_limit: 0,
             forbid_unauth_pipelining: false,
@@ -1347,11 +1351,41 @@ impl Session {
     /// logged (the reject line was written before). Public for the
     /// replies the shell makes itself (the timeout's 421).
     pub fn with_footer(&mut self, mut r: Reply) -> Reply {
-        if r.code < 400 || self.set.controls.reject_footer.is_empty() {
+        if r.code < 400 {
             return r;
         }
         let set = self.set.clone();
-        let template = set.controls.reject_footer.as_str();
+        // smtpd_reject_footer_maps, keyed by the whole reply (its first
+        // line with the codes), wins over smtpd_reject_footer.
+        let from_map = set.controls.reject_footer_maps.as_ref().and_then(|m| {
+            let text = r.lines.first().map_or("", String::as_str);
+            let whole = if r.enhanced.is_empty() {
+                format!("{} {text}", r.code)
+            } else {
+                format!("{} {} {text}", r.code, r.enhanced)
+            };
+            let key = libmail::table::search::Key {
+                text: whole,
+                whole: true,
+            };
+            match m.0.find_first(std::slice::from_ref(&key)) {
+                Ok(v) => v.map(|(_, v)| v),
+                Err(e) => {
+                    self.logs
+                        .push(format!("warning: smtpd_reject_footer_maps: {e}"));
+                    None
+                }
+            }
+        });
+        let template = from_map
+            .as_deref()
+            .unwrap_or(set.controls.reject_footer.as_str())
+            .trim()
+            .to_string();
+        if template.is_empty() {
+            return r;
+        }
+        let template = template.as_str();
         let client_address = self.client.addr.to_string();
         let client_port = self
             .port
