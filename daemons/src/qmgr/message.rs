@@ -265,17 +265,34 @@ impl Msg {
                 )
             })
             .collect();
-        let sender = self.sender().to_string();
         // A content filter takes every recipient, unresolved.
         let filter = self
             .file
             .envelope()
             .content_filter()
             .map(|f| resolver.filter_route(f));
+        // The sender-dependent tables, asked once for the message; when
+        // they fail, only the remote recipients (the ones they decide)
+        // are deferred.
+        let (route, route_error) = match &filter {
+            Some(_) => (Default::default(), None),
+            None => match resolver.sender_route(self.sender()) {
+                Ok(r) => (r, None),
+                Err(e) => (Default::default(), Some(e.to_string())),
+            },
+        };
         for (i, rcpt) in pending {
             let (transport, nexthop) = match &filter {
                 Some(route) => route.clone(),
-                None => match resolver.resolve_from(&sender, &rcpt.address) {
+                None => match resolver
+                    .resolve_from(&route, &rcpt.address)
+                    .map_err(|e| e.to_string())
+                    .and_then(|res| match &route_error {
+                        Some(e) if matches!(res.class, Class::Relay | Class::Default) => {
+                            Err(e.clone())
+                        }
+                        _ => Ok(res),
+                    }) {
                     Ok(res)
                         if res.class == Class::Local
                             && is_local_part(&res.recipient, double_bounce) =>

@@ -10,7 +10,8 @@
 //! | relay | `relay_domains` | `relay_transport` (the transport's next hop, else `relayhost`, else the domain) |
 //! | default | anything else | `default_transport` (same next-hop rule) |
 //!
-//! With the message's sender known ([`Resolver::resolve_from`], qmgr),
+//! With the message's sender known ([`Resolver::sender_route`] once per
+//! message, then [`Resolver::resolve_from`] per recipient: qmgr),
 //! `sender_dependent_relayhost_maps` overrides `relayhost` and
 //! `sender_dependent_default_transport_maps` overrides `default_transport`
 //! (keys: the sender, its forms without extension, the bare user for a
@@ -79,6 +80,15 @@ pub struct Resolver {
     sender_relayhost: Option<(Maps, String)>,
     /// `sender_dependent_default_transport_maps` and its null-sender key.
     sender_default_transport: Option<(Maps, String)>,
+}
+
+/// What the sender-dependent tables say for one sender: the relay host
+/// and default transport that replace the global ones (`None`: no
+/// override). Looked up once per message ([`Resolver::sender_route`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SenderRoute {
+    relayhost: Option<String>,
+    default_transport: Option<String>,
 }
 
 /// `transport:nexthop` → (transport, nexthop); either may be empty.
@@ -193,32 +203,29 @@ impl Resolver {
         )
     }
 
+    /// The sender-dependent relay host and default transport of mail
+    /// from `sender` (`""`: the null sender), for
+    /// [`resolve_from`](Self::resolve_from).
+    pub fn sender_route(&self, sender: &str) -> Result<SenderRoute, TableError> {
+        Ok(SenderRoute {
+            relayhost: self.by_sender(&self.sender_relayhost, sender)?,
+            default_transport: self.by_sender(&self.sender_default_transport, sender)?,
+        })
+    }
+
     /// Resolves one recipient, whoever sends (no sender-dependent
     /// tables: smtpd's relay and validation checks).
     pub fn resolve(&self, addr: &str) -> Result<Resolved, TableError> {
-        self.resolve_with(None, addr)
+        self.resolve_from(&SenderRoute::default(), addr)
     }
 
-    /// Resolves one recipient of mail from `sender` (`""`: the null
-    /// sender), with the sender-dependent relay host and default
-    /// transport.
-    pub fn resolve_from(&self, sender: &str, addr: &str) -> Result<Resolved, TableError> {
-        self.resolve_with(Some(sender), addr)
-    }
-
-    fn resolve_with(&self, sender: Option<&str>, addr: &str) -> Result<Resolved, TableError> {
+    /// Resolves one recipient of mail whose sender's tables said `route`
+    /// (relay and default classes only).
+    pub fn resolve_from(&self, route: &SenderRoute, addr: &str) -> Result<Resolved, TableError> {
         let recipient = self.rewriter.rewrite(Context::Local, addr);
         let domain = super::domain_of(&recipient);
         let class = self.class_of(&domain)?;
-        let remote = matches!(class, Class::Relay | Class::Default);
-        let (relayhost, default_transport) = match sender {
-            Some(s) if remote => (
-                self.by_sender(&self.sender_relayhost, s)?,
-                self.by_sender(&self.sender_default_transport, s)?,
-            ),
-            _ => (None, None),
-        };
-        let relayhost = relayhost.as_deref().unwrap_or(&self.relayhost);
+        let relayhost = route.relayhost.as_deref().unwrap_or(&self.relayhost);
         let remote_hop = |spec: &str| -> (String, String) {
             let (t, h) = split_transport(spec);
             let hop = if !h.is_empty() {
@@ -253,7 +260,8 @@ impl Resolver {
             }
             Class::Relay => remote_hop(&self.relay_transport),
             Class::Default => remote_hop(
-                default_transport
+                route
+                    .default_transport
                     .as_deref()
                     .unwrap_or(&self.default_transport),
             ),
@@ -346,7 +354,8 @@ mod tests {
              {erin@example.com=smtp:[fixed.example]} }\n",
         );
         let hop = |s: &str, a: &str| {
-            let x = res.resolve_from(s, a).unwrap();
+            let route = res.sender_route(s).unwrap();
+            let x = res.resolve_from(&route, a).unwrap();
             (x.transport, x.nexthop)
         };
         let smtp = |h: &str| ("smtp".to_string(), h.to_string());
