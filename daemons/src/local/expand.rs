@@ -329,6 +329,40 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// A per-user table's value for `user` (trimmed, empty as none);
+    /// `None` when the lookup failed, after planning a deferral of
+    /// `address`.
+    fn by_user(
+        &mut self,
+        address: &str,
+        maps: Option<&libmail::table::search::Maps>,
+        user: &str,
+        maps_name: &str,
+    ) -> Option<Option<String>> {
+        let Some(maps) = maps else {
+            return Some(None);
+        };
+        let key = Key {
+            text: user.to_string(),
+            whole: true,
+        };
+        match maps.find_first(std::slice::from_ref(&key)) {
+            Ok(v) => Some(
+                v.map(|(_, v)| v.trim().to_string())
+                    .filter(|v| !v.is_empty()),
+            ),
+            Err(e) => {
+                self.fail(
+                    address,
+                    Status::Deferred,
+                    "4.3.0",
+                    format!("{maps_name} lookup failure: {e}"),
+                );
+                None
+            }
+        }
+    }
+
     /// Plans the hand-over of `address` to the transport that `maps`
     /// (keyed by the user name) or else `transport` names; false when
     /// neither does. A lookup failure defers.
@@ -340,27 +374,13 @@ impl<'a> Planner<'a> {
         transport: &str,
         maps_name: &str,
     ) -> bool {
-        let key = Key {
-            text: user.to_string(),
-            whole: true,
-        };
-        let found = match maps.map(|m| m.find_first(std::slice::from_ref(&key))) {
-            Some(Ok(Some((_, v)))) => Some(v.trim().to_string()),
-            Some(Ok(None)) | None => None,
-            Some(Err(e)) => {
-                self.fail(
-                    address,
-                    Status::Deferred,
-                    "4.3.0",
-                    format!("{maps_name} lookup failure: {e}"),
-                );
-                return true;
-            }
+        let Some(found) = self.by_user(address, maps, user, maps_name) else {
+            return true;
         };
         let service = match found {
-            Some(v) if !v.is_empty() => v,
-            _ if !transport.is_empty() => transport.to_string(),
-            _ => return false,
+            Some(v) => v,
+            None if !transport.is_empty() => transport.to_string(),
+            None => return false,
         };
         let acct = self.cfg.default_privs.clone();
         let t = self.target(address, Action::Pass { service }, &acct);
@@ -448,27 +468,11 @@ impl<'a> Planner<'a> {
         // mailbox_command_maps (key: the user), then mailbox_command; as
         // in Postfix, no $name expansion (shell syntax passes untouched;
         // the recipient's attributes are in the environment).
-        let key = Key {
-            text: pw.name.clone(),
-            whole: true,
+        let maps = cfg.mailbox_command_maps.as_ref();
+        let Some(found) = self.by_user(address, maps, &pw.name, "mailbox_command_maps") else {
+            return;
         };
-        let command = match cfg
-            .mailbox_command_maps
-            .as_ref()
-            .map(|m| m.find_first(std::slice::from_ref(&key)))
-        {
-            Some(Ok(Some((_, v)))) if !v.trim().is_empty() => v.trim().to_string(),
-            Some(Err(e)) => {
-                self.fail(
-                    address,
-                    Status::Deferred,
-                    "4.3.0",
-                    format!("mailbox_command_maps lookup failure: {e}"),
-                );
-                return;
-            }
-            _ => cfg.mailbox_command.clone(),
-        };
+        let command = found.unwrap_or_else(|| cfg.mailbox_command.clone());
         let action = if !command.is_empty() {
             Action::Command { command }
         } else if !cfg.home_mailbox.is_empty() {
