@@ -33,7 +33,7 @@ fn creates_then_repairs_the_queue_directory() {
     assert_eq!(code, 0, "{lines:#?}");
     for q in [
         "maildrop", "incoming", "active", "deferred", "hold", "corrupt", "defer", "bounce",
-        "public", "private", "pid",
+        "public", "private", "pid", "recycle",
     ] {
         assert!(queue.join(q).is_dir(), "{q} missing; {lines:#?}");
         assert!(

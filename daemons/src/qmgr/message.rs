@@ -49,11 +49,12 @@
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libmail::address::resolve::{Class, Resolver};
 use libmail::deliver::{delivery_line, now_f64, Outcome, Rcpt, Request, Status, Timing};
 use libmail::dsn::{self, Kind};
+use libmail::queue::recycle::{self, Reaper, Retired};
 use libmail::queue::statuslog::{self, Entry};
 use libmail::queue::{lock, Access, Limits, Queue, QueueFile, QueueId, QueueLayout, ReadError};
 use libmail::{info, warning};
@@ -141,6 +142,9 @@ pub(crate) struct Msg {
     /// deliver again, as Postfix may (its delivery agents never sync the
     /// marks); a killed process loses nothing, the page cache keeps them.
     unsynced_marks: bool,
+    /// Where the removed file waits in the recycling pool for the reaper
+    /// ([`Msg::reap`]); None when it was not removed, or was unlinked.
+    retiring: Option<PathBuf>,
 }
 
 /// (transport, nexthop, recipients) for one destination.
@@ -184,6 +188,7 @@ impl Msg {
             asked: None,
             logs: true,
             unsynced_marks: false,
+            retiring: None,
         })
     }
 
@@ -774,12 +779,18 @@ impl Msg {
         }
     }
 
-    /// Removes the file and its logs.
+    /// Removes the file (into the recycling pool when it can) and its
+    /// logs.
     fn remove(&mut self, layout: &QueueLayout) {
         let ids = self.id.to_string();
-        if let Err(e) = layout.remove(Queue::Active, &self.id, false) {
-            warning!("{ids}: remove: {e}");
-            return;
+        let path = layout.path_of(Queue::Active, &self.id);
+        match recycle::retire(layout, self.file.file(), &path, &ids) {
+            Ok(Retired::Pending(p)) => self.retiring = Some(p),
+            Ok(Retired::Removed) => {}
+            Err(e) => {
+                warning!("{ids}: remove: {e}");
+                return;
+            }
         }
         if self.logs {
             for q in [Queue::Defer, Queue::Bounce, Queue::Trace] {
@@ -787,6 +798,15 @@ impl Msg {
             }
         }
         info!("{ids}: removed");
+    }
+
+    /// The end of a settled message, off the main loop: a removed file
+    /// is emptied for reuse (or unlinked), and the file is closed, which
+    /// frees the blocks of an unlinked one.
+    pub(crate) fn reap(self, reaper: &mut Reaper) {
+        if let Some(p) = &self.retiring {
+            reaper.reap(self.file.file(), p);
+        }
     }
 
     /// To `deferred/`, due after the back-off: its age, within

@@ -210,10 +210,13 @@ pub fn main() {
             }
         }
     });
+    // What a crash left half recycled goes before this qmgr recycles.
+    libmail::queue::recycle::clean(&svc.layout);
     let (reaper, dead) = mpsc::channel::<Msg>();
+    let mut pool = libmail::queue::recycle::Reaper::new(&svc.layout);
     std::thread::Builder::new()
         .name("reaper".into())
-        .spawn(move || dead.into_iter().for_each(drop))
+        .spawn(move || dead.into_iter().for_each(|m| m.reap(&mut pool)))
         .unwrap_or_else(|e| libmail::log::fatal(&format!("cannot start a thread: {e}")));
     let p = &svc.params;
     let queue_run_delay = time_param(p, "queue_run_delay", 300).max(1);

@@ -8,7 +8,7 @@
 //! | path | owner (as root) | mode |
 //! |---|---|---|
 //! | `.` | root | 0755 |
-//! | `incoming active deferred hold corrupt bounce defer trace flush saved private` | mail_owner | 0700 |
+//! | `incoming active deferred hold corrupt bounce defer trace flush saved private recycle` | mail_owner | 0700 |
 //! | `maildrop` | mail_owner, group setgid_group (postdrop) | 0730 (users write, cannot list) |
 //! | `public` | mail_owner, group setgid_group | 0710 |
 //! | `pid` | root | 0755 |
@@ -196,8 +196,9 @@ enum Owner {
 }
 
 /// (relative name, mode, owner, group = setgid_group)
-const NON_QUEUE_DIRS: [(&str, u32, Owner, bool); 3] = [
+const NON_QUEUE_DIRS: [(&str, u32, Owner, bool); 4] = [
     ("private", 0o700, Owner::MailOwner, false),
+    (super::recycle::DIR, 0o700, Owner::MailOwner, false),
     ("public", 0o710, Owner::MailOwner, true),
     ("pid", 0o755, Owner::Root, false),
 ];
@@ -752,7 +753,7 @@ mod tests {
             ch.iter()
                 .filter(|c| matches!(c, Change::Created { .. }))
                 .count(),
-            1 + 11 + 3
+            1 + 11 + 4
         );
         assert_eq!(mode(&root), 0o755);
         assert_eq!(mode(&root.join("maildrop")), 0o730);

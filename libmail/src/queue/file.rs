@@ -181,12 +181,17 @@ fn now() -> (u64, u32) {
     (d.as_secs(), d.subsec_micros())
 }
 
+/// A fresh `dir/tmp.PID.N` name.
+fn temp_name(dir: &Path) -> PathBuf {
+    let pid = crate::log::process_id();
+    let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("tmp.{pid}.{n}"))
+}
+
 /// Creates `dir/tmp.PID.N` exclusively, mode 0600.
 fn create_temp(dir: &Path) -> io::Result<(File, PathBuf)> {
-    let pid = crate::log::process_id();
     loop {
-        let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("tmp.{pid}.{n}"));
+        let path = temp_name(dir);
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -280,7 +285,18 @@ impl Writer {
         for _ in 0..1000 {
             let (sec, usec) = now();
             let dir = layout.ensure_dir(queue, &hash_key_of_usec(usec))?;
-            let (file, tmp) = create_temp(&dir)?;
+            // incoming/ reuses the inodes of delivered messages (see
+            // `recycle`); maildrop/ files belong to their submitters.
+            let recycled = (queue == Queue::Incoming)
+                .then(|| {
+                    let tmp = temp_name(&dir);
+                    super::recycle::claim(layout, &tmp).map(|f| (f, tmp))
+                })
+                .flatten();
+            let (file, tmp) = match recycled {
+                Some(r) => r,
+                None => create_temp(&dir)?,
+            };
             let tmp = Unacked {
                 path: tmp,
                 keep: false,

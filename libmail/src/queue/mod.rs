@@ -18,6 +18,8 @@
 //! * [`lock`]: the locks between delivery agents and postsuper, and the
 //!   forced-expiry mark.
 //! * [`statuslog`]: the per-message defer and bounce logs.
+//! * [`recycle`]: the emptied files of delivered messages, reused for new
+//!   ones.
 //!
 //! The format is specified in `docs/queue-format.md`. In short: a queue
 //! file is a sequence of records `type, length, payload`; a fixed-width
@@ -36,7 +38,8 @@
 //!  sync / sync_many    fsync(file); fsync(dir)               durable    (-> Durable: ack now)
 //!  qmgr                rename incoming/ID -> active/ID       no fsync needed
 //!  delivery            agent: pwrite 'D' over 'R'            recipient done (not fsynced)
-//!  all done            unlink                                gone
+//!  all done            rename -> recycle/ID.x, then emptied  gone (see [`recycle`]),
+//!                      and renamed recycle/ID; or unlink     reused by the next create
 //! ```
 //!
 //! | state at the crash | what is on disk afterwards | what recovery does |
@@ -50,6 +53,8 @@
 //! | delivered, done mark not yet written (agent killed) | `R` still there | delivered again (**duplicate window 2**) |
 //! | delivered, done mark written but not fsynced, **power** loss | `R` may be back | delivered again (duplicate window 2; Postfix does not sync its done marks either) |
 //! | every recipient done, unlink not on disk | `ID`, all `D` | removed on sight, nothing delivered |
+//! | every recipient done, being recycled | `recycle/ID.x` (maybe still with content), or back in `active/` as `ID` (all `D`, or emptied: incomplete or truncated) | `.x` files removed at qmgr start; an all-done file removed on sight; an emptied one skipped (0600) or set aside as truncated, nothing delivered |
+//! | recycled file claimed by cleanup | `tmp.*` or `ID` 0600 in `incoming/` | as a file being written: never acknowledged, purged when old |
 //!
 //! Across daemons the same two windows appear: **window 1** is a handover
 //! whose acknowledgement was lost — cleanup killed between its fsync and
@@ -70,6 +75,7 @@ pub mod file;
 pub mod id;
 pub mod lock;
 pub mod record;
+pub mod recycle;
 pub mod statuslog;
 
 use std::fmt;

@@ -1,0 +1,451 @@
+//! Recycled queue files: the inodes of delivered messages, emptied and
+//! kept in `recycle/` for cleanup's next messages.
+//!
+//! Every message costs the file system an inode allocated by cleanup and
+//! freed by qmgr. Allocation is not cheap where it matters most: on ext4
+//! without a journal (this project's test machines, and many small VMs),
+//! the allocator skips every inode freed in the last minute or more, and
+//! reads each one's table entry to know it, so under a steady flow of mail
+//! each new file costs a scan as long as the recent traffic (measured:
+//! about a fifth of all CPU in the relay benchmark went there). Reusing
+//! the inode skips allocation and freeing on every file system.
+//!
+//! The life of a recycled file:
+//!
+//! ```text
+//!  qmgr main loop  flock(EX, NB); rename active/ID -> recycle/ID.x   "removed" (gone from the queue)
+//!  qmgr reaper     chmod 0600; ftruncate 0; rename -> recycle/ID     (or unlink, pool full)
+//!  cleanup         rename recycle/ID -> incoming/tmp.PID.N; open     as if just created
+//! ```
+//!
+//! * Only an emptied file is ever claimable: a name without `.x` is given
+//!   only after the truncation, so cleanup never sees an old message's
+//!   bytes, and no delivered content stays on disk in the pool.
+//! * The main loop's exclusive lock is held until the reaper closes the
+//!   file: postsuper, which locks before it touches a queue file and then
+//!   checks that the path still names it, finds the message gone.
+//! * A crash leaves at worst a `recycle/ID.x` (not claimable, possibly
+//!   with content): qmgr removes those when it starts ([`clean`]).
+//! * The pool holds at most [`POOL_LIMIT`] files; beyond that the reaper
+//!   unlinks as before. A missing `recycle/` directory (a queue made by an
+//!   older version) just means no recycling.
+//!
+//! Queue IDs stay unique: an ID is made of the creation time and the
+//! inode number, and an inode is only reused after its previous message
+//! has left the queue (Postfix's IDs repeat across inode reuse the same
+//! way).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::file::rename_noreplace;
+use super::QueueLayout;
+
+/// The pool's directory under `queue_directory`.
+pub const DIR: &str = "recycle";
+
+/// Most files kept in the pool.
+pub const POOL_LIMIT: usize = 1024;
+
+/// Suffix of a file the reaper has not emptied yet.
+const RETIRING: &str = ".x";
+
+/// Names read from the pool at most per directory read.
+const READ_AHEAD: usize = 256;
+
+/// After a read of the pool found nothing, new files are created for
+/// this long before the pool is read again.
+const EMPTY_BACKOFF: Duration = Duration::from_millis(100);
+
+struct Cache {
+    /// The pool the names were read from (a process normally has one).
+    dir: Option<PathBuf>,
+    names: Vec<std::ffi::OsString>,
+    next_read: Option<Instant>,
+}
+
+/// This process's view of the pool, shared by its threads so that they
+/// do not race each other for the same names.
+static CACHE: Mutex<Cache> = Mutex::new(Cache {
+    dir: None,
+    names: Vec::new(),
+    next_read: None,
+});
+
+fn pool_dir(layout: &QueueLayout) -> PathBuf {
+    layout.root().join(DIR)
+}
+
+/// The next name to try, reading the pool again when this process has
+/// used what it read (not more often than [`EMPTY_BACKOFF`] while the
+/// pool is empty).
+fn next_name(dir: &Path) -> Option<std::ffi::OsString> {
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if c.dir.as_deref() != Some(dir) {
+        *c = Cache {
+            dir: Some(dir.to_path_buf()),
+            names: Vec::new(),
+            next_read: None,
+        };
+    }
+    if let Some(n) = c.names.pop() {
+        return Some(n);
+    }
+    let now = Instant::now();
+    if c.next_read.is_some_and(|t| now < t) {
+        return None;
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        c.names.extend(
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name())
+                .filter(|n| claimable(n))
+                .take(READ_AHEAD),
+        );
+    }
+    c.next_read = c.names.is_empty().then_some(now + EMPTY_BACKOFF);
+    c.names.pop()
+}
+
+/// A name cleanup may take: an emptied file (no `.`, so neither a
+/// retiring one nor anything foreign with a suffix).
+fn claimable(name: &std::ffi::OsStr) -> bool {
+    let b = name.as_encoded_bytes();
+    !b.is_empty() && b.len() <= 64 && !b.contains(&b'.')
+}
+
+/// Takes an emptied file from the pool and names it `to` (a fresh
+/// temporary name in a queue directory), open for writing, mode 0600 and
+/// empty, exactly as if `to` had just been created. `None`: the pool had
+/// nothing usable; create a file instead.
+pub(crate) fn claim(layout: &QueueLayout, to: &Path) -> Option<File> {
+    let dir = pool_dir(layout);
+    for _ in 0..16 {
+        let name = next_name(&dir)?;
+        match rename_noreplace(&dir.join(&name), to) {
+            Ok(()) => {}
+            // Another process took it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
+        }
+        match fit(to) {
+            Some(f) => return Some(f),
+            None => {
+                let _ = fs::remove_file(to);
+            }
+        }
+    }
+    None
+}
+
+/// Opens a claimed file and checks it is what the reaper leaves: a
+/// regular file of this user with one link, empty, mode 0600 (repaired
+/// if a crash left it otherwise).
+fn fit(path: &Path) -> Option<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_file() || m.nlink() != 1 || m.uid() != me {
+        return None;
+    }
+    if m.len() != 0 {
+        f.set_len(0).ok()?;
+    }
+    if m.mode() & 0o7777 != 0o600 {
+        f.set_permissions(fs::Permissions::from_mode(0o600)).ok()?;
+    }
+    Some(f)
+}
+
+/// What [`retire`] did with a finished message's file.
+#[derive(Debug)]
+pub enum Retired {
+    /// Out of the queue, in the pool under a retiring name: hand the file
+    /// (still open, still locked) and this path to [`Reaper::reap`].
+    Pending(PathBuf),
+    /// Unlinked, as without recycling (the pool is missing, or someone
+    /// holds a lock on the file).
+    Removed,
+}
+
+/// Takes a finished message's file out of its queue (qmgr's removal of
+/// `path`, open as `file`): into the pool when it can be had alone,
+/// else unlinked. An error is the unlink's (`NotFound`: postsuper took
+/// the file first).
+pub fn retire(layout: &QueueLayout, file: &File, path: &Path, id: &str) -> io::Result<Retired> {
+    // SAFETY: flock on an open descriptor.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if locked {
+        let to = pool_dir(layout).join(format!("{id}{RETIRING}"));
+        match rename_noreplace(path, &to) {
+            Ok(()) => return Ok(Retired::Pending(to)),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound && to.parent().is_some_and(Path::is_dir) =>
+            {
+                return Err(e)
+            }
+            Err(_) => {}
+        }
+    }
+    fs::remove_file(path)?;
+    Ok(Retired::Removed)
+}
+
+/// The second half of retiring, off the caller's main loop (freeing the
+/// blocks of a truncated file can wait for the disk): empties the file and
+/// makes it claimable, or unlinks it when the pool is full.
+pub struct Reaper {
+    dir: PathBuf,
+    /// Files in the pool at the last count plus those added since.
+    estimate: usize,
+    /// Files reaped since the last count.
+    reaped: usize,
+}
+
+impl Reaper {
+    pub fn new(layout: &QueueLayout) -> Reaper {
+        let dir = pool_dir(layout);
+        let estimate = count(&dir);
+        Reaper {
+            dir,
+            estimate,
+            reaped: 0,
+        }
+    }
+
+    /// Finishes retiring `file`, now at `retiring` ([`Retired::Pending`]).
+    pub fn reap(&mut self, file: &File, retiring: &Path) {
+        // Cleanup takes files without telling: count again now and then
+        // (a full pool is read once per READ_AHEAD files, not each time).
+        self.reaped += 1;
+        if self.reaped >= READ_AHEAD {
+            self.estimate = count(&self.dir);
+            self.reaped = 0;
+        }
+        let name = retiring
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(RETIRING));
+        // (By path if the descriptor is read-only.)
+        let emptied = self.estimate < POOL_LIMIT
+            && file
+                .set_permissions(fs::Permissions::from_mode(0o600))
+                .is_ok()
+            && (file.set_len(0).is_ok()
+                || OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(retiring)
+                    .is_ok());
+        if let (true, Some(name)) = (emptied, name) {
+            if rename_noreplace(retiring, &self.dir.join(name)).is_ok() {
+                self.estimate += 1;
+                return;
+            }
+        }
+        let _ = fs::remove_file(retiring);
+    }
+}
+
+/// Files in the pool (a directory that cannot be read counts as full).
+fn count(dir: &Path) -> usize {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd.take(POOL_LIMIT + 1).count(),
+        Err(_) => POOL_LIMIT,
+    }
+}
+
+/// Removes what a crash left half retired (`recycle/*.x`, which may
+/// still hold a delivered message's bytes). qmgr calls it at start,
+/// before any retiring of its own.
+pub fn clean(layout: &QueueLayout) {
+    let dir = pool_dir(layout);
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let n = e.file_name();
+        if n.as_encoded_bytes().ends_with(RETIRING.as_bytes()) {
+            let _ = fs::remove_file(dir.join(n));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::dirs::Ownership;
+    use crate::queue::{Access, IdStyle, Limits, Queue, QueueFile, Writer};
+
+    struct Scratch(QueueLayout);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(self.0.root());
+        }
+    }
+
+    fn layout(name: &str) -> Scratch {
+        let root =
+            std::env::temp_dir().join(format!("facteur-recycle-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let l = QueueLayout::new(&root, "deferred, defer", 1).unwrap();
+        l.create_or_repair(&Ownership::CurrentUser).unwrap();
+        Scratch(l)
+    }
+
+    /// Writes a one-recipient message to incoming/ and returns its path.
+    fn message(l: &QueueLayout, body: &[u8]) -> PathBuf {
+        let mut w = Writer::create(l, Queue::Incoming, IdStyle::Short).unwrap();
+        w.sender("alice@example.org").unwrap();
+        w.recipient(&crate::queue::NewRecipient::new("bob@example.org"))
+            .unwrap();
+        w.start_content().unwrap();
+        w.content_line(body).unwrap();
+        w.finish().unwrap().sync().unwrap().path().to_path_buf()
+    }
+
+    fn pool_names(l: &QueueLayout) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(l.root().join(DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_retired_file_is_emptied_then_reused_by_the_next_message() {
+        let s = layout("reuse");
+        let l = &s.0;
+        let path = message(l, b"a secret that must not survive");
+        let ino = fs::metadata(&path).unwrap().ino();
+        let qf = QueueFile::open(&path, Access::ReadWrite, &Limits::default()).unwrap();
+        let id = qf.id().unwrap().to_string();
+
+        // Main loop: out of the queue, under the retiring name, not yet
+        // claimable.
+        let Retired::Pending(retiring) = retire(l, qf.file(), &path, &id).unwrap() else {
+            panic!("not recycled");
+        };
+        assert!(!path.exists());
+        assert_eq!(pool_names(l), vec![format!("{id}.x")]);
+        // (The pool is read again now, not after the empty read's pause.)
+        CACHE.lock().unwrap().next_read = None;
+        assert!(claim(l, &l.root().join("incoming/tmp.t.1")).is_none());
+
+        // Reaper: emptied, mode 0600, claimable under the ID.
+        let mut r = Reaper::new(l);
+        r.reap(qf.file(), &retiring);
+        drop(qf);
+        assert_eq!(pool_names(l), vec![id.clone()]);
+        let m = fs::metadata(l.root().join(DIR).join(&id)).unwrap();
+        assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o600));
+
+        // The next message gets the same inode, and a new ID.
+        CACHE.lock().unwrap().next_read = None;
+        let next = message(l, b"the next message");
+        assert_eq!(fs::metadata(&next).unwrap().ino(), ino);
+        assert!(pool_names(l).is_empty());
+        let q2 = QueueFile::open(&next, Access::ReadOnly, &Limits::default()).unwrap();
+        q2.verify().unwrap();
+        assert_ne!(q2.id().unwrap().to_string(), id);
+        let mut content = Vec::new();
+        let mut reader = q2.content();
+        while let Some((piece, _)) = reader.next_piece().unwrap() {
+            content.extend_from_slice(piece);
+        }
+        assert_eq!(content, b"the next message");
+    }
+
+    #[test]
+    fn a_locked_file_or_a_missing_pool_means_a_plain_unlink() {
+        let s = layout("locked");
+        let l = &s.0;
+        let path = message(l, b"x");
+        let qf = QueueFile::open(&path, Access::ReadOnly, &Limits::default()).unwrap();
+        let id = qf.id().unwrap().to_string();
+        let other = File::open(&path).unwrap();
+        // SAFETY: flock on an open descriptor.
+        assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_SH) }, 0);
+        assert!(matches!(
+            retire(l, qf.file(), &path, &id).unwrap(),
+            Retired::Removed
+        ));
+        assert!(!path.exists() && pool_names(l).is_empty());
+
+        let path = message(l, b"y");
+        let qf = QueueFile::open(&path, Access::ReadOnly, &Limits::default()).unwrap();
+        fs::remove_dir(l.root().join(DIR)).unwrap();
+        let id = qf.id().unwrap().to_string();
+        assert!(matches!(
+            retire(l, qf.file(), &path, &id).unwrap(),
+            Retired::Removed
+        ));
+        assert!(!path.exists());
+        // Gone already (postsuper took it): the unlink's error.
+        let e = retire(l, qf.file(), &path, &id).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_full_pool_unlinks_and_crash_debris_is_cleaned() {
+        let s = layout("full");
+        let l = &s.0;
+        let dir = l.root().join(DIR);
+        let path = message(l, b"z");
+        for i in 0..POOL_LIMIT {
+            File::create(dir.join(format!("F{i}"))).unwrap();
+        }
+        // (Read-only: the reaper empties by path then.)
+        let qf = QueueFile::open(&path, Access::ReadOnly, &Limits::default()).unwrap();
+        let id = qf.id().unwrap().to_string();
+        let mut r = Reaper::new(l);
+        let Retired::Pending(retiring) = retire(l, qf.file(), &path, &id).unwrap() else {
+            panic!("not recycled");
+        };
+        r.reap(qf.file(), &retiring);
+        assert!(!retiring.exists() && !dir.join(&id).exists());
+        assert_eq!(pool_names(l).len(), POOL_LIMIT);
+
+        fs::write(dir.join("ABCDE.x"), b"half retired").unwrap();
+        clean(l);
+        assert!(!dir.join("ABCDE.x").exists());
+        assert_eq!(pool_names(l).len(), POOL_LIMIT);
+    }
+
+    #[test]
+    fn claim_refuses_what_the_reaper_cannot_have_left() {
+        let s = layout("foreign");
+        let l = &s.0;
+        let dir = l.root().join(DIR);
+        // A directory is not even taken; a file with a second link is
+        // taken out of the pool, but never written to.
+        fs::create_dir(dir.join("D1")).unwrap();
+        fs::write(dir.join("L1"), b"linked").unwrap();
+        fs::hard_link(dir.join("L1"), l.root().join("elsewhere")).unwrap();
+        let to = l.root().join("incoming/tmp.t.2");
+        assert!(claim(l, &to).is_none());
+        assert!(!to.exists() && dir.join("D1").is_dir());
+        assert_eq!(fs::read(l.root().join("elsewhere")).unwrap(), b"linked");
+        // A leftover with content (a crash between truncation steps) is
+        // emptied on claim.
+        fs::write(dir.join("C1"), b"old bytes").unwrap();
+        CACHE.lock().unwrap().next_read = None;
+        let f = claim(l, &to).unwrap();
+        let m = f.metadata().unwrap();
+        assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o600));
+    }
+}
