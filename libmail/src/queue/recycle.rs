@@ -13,17 +13,20 @@
 //! The life of a recycled file:
 //!
 //! ```text
-//!  qmgr main loop  flock(EX, NB); rename active/ID -> recycle/ID.x   "removed" (gone from the queue)
-//!  qmgr reaper     chmod 0600; ftruncate 0; rename -> recycle/ID     (or unlink, pool full)
+//!  qmgr main loop  rename active/ID -> recycle/ID.x                 "removed" (gone from the queue)
+//!  qmgr reaper     flock(EX); chmod 0600; ftruncate 0;               (or unlink: pool full, or
+//!                  rename -> recycle/ID                               the lock not had in 1 s)
 //!  cleanup         rename recycle/ID -> incoming/tmp.PID.N; open     as if just created
 //! ```
 //!
 //! * Only an emptied file is ever claimable: a name without `.x` is given
 //!   only after the truncation, so cleanup never sees an old message's
 //!   bytes, and no delivered content stays on disk in the pool.
-//! * The main loop's exclusive lock is held until the reaper closes the
-//!   file: postsuper, which locks before it touches a queue file and then
-//!   checks that the path still names it, finds the message gone.
+//! * The reaper empties the file only under an exclusive lock: a
+//!   delivery agent that answered but has not closed the file yet, or a
+//!   postsuper at work on it, finishes first. postsuper, which locks
+//!   before it touches a queue file and then checks that the path still
+//!   names it, finds the message gone.
 //! * A crash leaves at worst a `recycle/ID.x` (not claimable, possibly
 //!   with content): qmgr removes those when it starts ([`clean`]).
 //! * The pool holds at most [`POOL_LIMIT`] files; beyond that the reaper
@@ -172,34 +175,48 @@ fn fit(path: &Path) -> Option<File> {
 #[derive(Debug)]
 pub enum Retired {
     /// Out of the queue, in the pool under a retiring name: hand the file
-    /// (still open, still locked) and this path to [`Reaper::reap`].
+    /// (still open) and this path to [`Reaper::reap`].
     Pending(PathBuf),
-    /// Unlinked, as without recycling (the pool is missing, or someone
-    /// holds a lock on the file).
+    /// Unlinked, as without recycling (no pool directory).
     Removed,
 }
 
 /// Takes a finished message's file out of its queue (qmgr's removal of
-/// `path`, open as `file`): into the pool when it can be had alone,
-/// else unlinked. An error is the unlink's (`NotFound`: postsuper took
-/// the file first).
-pub fn retire(layout: &QueueLayout, file: &File, path: &Path, id: &str) -> io::Result<Retired> {
-    // SAFETY: flock on an open descriptor.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if locked {
-        let to = pool_dir(layout).join(format!("{id}{RETIRING}"));
-        match rename_noreplace(path, &to) {
-            Ok(()) => return Ok(Retired::Pending(to)),
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound && to.parent().is_some_and(Path::is_dir) =>
-            {
-                return Err(e)
-            }
-            Err(_) => {}
+/// `path`): into the pool when there is one, else unlinked. An error is
+/// the unlink's (`NotFound`: postsuper took the file first).
+pub fn retire(layout: &QueueLayout, path: &Path, id: &str) -> io::Result<Retired> {
+    let to = pool_dir(layout).join(format!("{id}{RETIRING}"));
+    match rename_noreplace(path, &to) {
+        Ok(()) => return Ok(Retired::Pending(to)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && to.parent().is_some_and(Path::is_dir) => {
+            return Err(e)
         }
+        Err(_) => {}
     }
     fs::remove_file(path)?;
     Ok(Retired::Removed)
+}
+
+/// How long the reaper waits for the lock of a file it empties.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// An exclusive lock on `file`, waited for at most [`LOCK_WAIT`] (a
+/// holder keeps a finished file's lock for moments only; one that keeps
+/// it longer gets the file unlinked instead of emptied).
+fn lock_exclusive(file: &File) -> bool {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on an open descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return true;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
+            || Instant::now() >= deadline
+        {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The second half of retiring, off the caller's main loop (freeing the
@@ -239,6 +256,7 @@ impl Reaper {
             .and_then(|n| n.strip_suffix(RETIRING));
         // (By path if the descriptor is read-only.)
         let emptied = self.estimate < POOL_LIMIT
+            && lock_exclusive(file)
             && file
                 .set_permissions(fs::Permissions::from_mode(0o600))
                 .is_ok()
@@ -337,7 +355,7 @@ mod tests {
 
         // Main loop: out of the queue, under the retiring name, not yet
         // claimable.
-        let Retired::Pending(retiring) = retire(l, qf.file(), &path, &id).unwrap() else {
+        let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
             panic!("not recycled");
         };
         assert!(!path.exists());
@@ -371,32 +389,35 @@ mod tests {
     }
 
     #[test]
-    fn a_locked_file_or_a_missing_pool_means_a_plain_unlink() {
+    fn a_file_kept_locked_is_unlinked_and_a_missing_pool_means_unlink() {
         let s = layout("locked");
         let l = &s.0;
         let path = message(l, b"x");
-        let qf = QueueFile::open(&path, Access::ReadOnly, &Limits::default()).unwrap();
+        let qf = QueueFile::open(&path, Access::ReadWrite, &Limits::default()).unwrap();
         let id = qf.id().unwrap().to_string();
+        // A reader that keeps its shared lock past the wait.
         let other = File::open(&path).unwrap();
         // SAFETY: flock on an open descriptor.
         assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_SH) }, 0);
-        assert!(matches!(
-            retire(l, qf.file(), &path, &id).unwrap(),
-            Retired::Removed
-        ));
+        let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
+            panic!("not recycled");
+        };
+        Reaper::new(l).reap(qf.file(), &retiring);
         assert!(!path.exists() && pool_names(l).is_empty());
+        // Not emptied under the reader's feet.
+        assert!(other.metadata().unwrap().len() > 0);
 
         let path = message(l, b"y");
-        let qf = QueueFile::open(&path, Access::ReadOnly, &Limits::default()).unwrap();
         fs::remove_dir(l.root().join(DIR)).unwrap();
-        let id = qf.id().unwrap().to_string();
-        assert!(matches!(
-            retire(l, qf.file(), &path, &id).unwrap(),
-            Retired::Removed
-        ));
+        let id = QueueFile::open(&path, Access::ReadOnly, &Limits::default())
+            .unwrap()
+            .id()
+            .unwrap()
+            .to_string();
+        assert!(matches!(retire(l, &path, &id).unwrap(), Retired::Removed));
         assert!(!path.exists());
         // Gone already (postsuper took it): the unlink's error.
-        let e = retire(l, qf.file(), &path, &id).unwrap_err();
+        let e = retire(l, &path, &id).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
@@ -413,7 +434,7 @@ mod tests {
         let qf = QueueFile::open(&path, Access::ReadOnly, &Limits::default()).unwrap();
         let id = qf.id().unwrap().to_string();
         let mut r = Reaper::new(l);
-        let Retired::Pending(retiring) = retire(l, qf.file(), &path, &id).unwrap() else {
+        let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
             panic!("not recycled");
         };
         r.reap(qf.file(), &retiring);
