@@ -198,6 +198,30 @@ fn kill_9_under_load_loses_nothing() {
         i.queue_files("corrupt").is_empty(),
         "corrupt files after the crashes"
     );
+    // Delivered messages' files were recycled (libmail::queue::recycle),
+    // through the kills too: once qmgr's reaper is done, the pool holds
+    // emptied files only, no delivered bytes.
+    let pool = i.queue.join("recycle");
+    let settled = || {
+        std::fs::read_dir(&pool).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok())
+                .all(|e| !e.file_name().to_string_lossy().ends_with(".x"))
+        })
+    };
+    wait_for(10, "the reaper to empty the last files", settled);
+    let files: Vec<_> = std::fs::read_dir(&pool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty(), "nothing was recycled");
+    for f in &files {
+        assert_eq!(
+            std::fs::metadata(f).unwrap().len(),
+            0,
+            "{} not emptied",
+            f.display()
+        );
+    }
 }
 
 #[test]
