@@ -240,12 +240,16 @@ impl Config {
         pw: &Passwd,
     ) -> Vec<String> {
         let attrs = self.attrs(address, local, ext, Some(pw));
-        split_list(&self.forward_path)
+        let mut files: Vec<String> = split_list(&self.forward_path)
             .into_iter()
             .map(|raw| expand::expand_raw(self, raw, &attrs))
             .filter(|p| p.starts_with('/'))
             .take(20)
-            .collect()
+            .collect();
+        // The default forward_path expands to `$home/.forward` twice for
+        // an address without an extension: one look is enough.
+        files.dedup();
+        files
     }
 
     /// `luser_relay` expanded for an unknown recipient (None when unset).
