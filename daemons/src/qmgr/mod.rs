@@ -183,7 +183,10 @@ pub(crate) struct Qmgr {
     /// blocks, and on a file system mounted with `discard` that waits
     /// for the device (about a sixth of this loop's time, seen with
     /// perf), while the agents wait for their next job.
-    reaper: mpsc::Sender<Msg>,
+    reaper: mpsc::Sender<Vec<Msg>>,
+    /// Settled messages for the reaper, handed over once per batch of
+    /// events (one wake-up of its thread per batch, not per message).
+    settled: Vec<Msg>,
     /// Triggers, agents' replies and the bounce service's answers.
     rx: Receiver<Event>,
     /// A trigger or the timer asked for a scan of `incoming/`, or of
@@ -212,16 +215,17 @@ pub fn main() {
     });
     // What a crash left half recycled goes before this qmgr recycles.
     libmail::queue::recycle::clean(&svc.layout);
-    let (reaper, dead) = mpsc::channel::<Msg>();
+    let (reaper, dead) = mpsc::channel::<Vec<Msg>>();
     let mut pool = libmail::queue::recycle::Reaper::new(&svc.layout);
     std::thread::Builder::new()
         .name("reaper".into())
-        .spawn(move || dead.into_iter().for_each(|m| m.reap(&mut pool)))
+        .spawn(move || dead.into_iter().flatten().for_each(|m| m.reap(&mut pool)))
         .unwrap_or_else(|e| libmail::log::fatal(&format!("cannot start a thread: {e}")));
     let p = &svc.params;
     let queue_run_delay = time_param(p, "queue_run_delay", 300).max(1);
     let mut q = Qmgr {
         reaper,
+        settled: Vec::new(),
         rx,
         wake_incoming: false,
         wake_deferred: false,
@@ -322,8 +326,11 @@ impl Qmgr {
                         _ => {}
                     }
                 }
+                self.reap();
                 return;
             }
+            // What the last scans settled (messages found all done).
+            self.reap();
             self.dispatch();
             let now = Instant::now();
             // A trigger noted during a scan: look again at once.
@@ -401,6 +408,15 @@ impl Qmgr {
         }
         for r in done {
             self.apply_result(*r);
+        }
+        self.reap();
+    }
+
+    /// Hands the messages settled so far to the reaper thread.
+    fn reap(&mut self) {
+        if !self.settled.is_empty() {
+            // (Should the thread be gone, the messages are dropped here.)
+            let _ = self.reaper.send(std::mem::take(&mut self.settled));
         }
     }
 
@@ -821,9 +837,7 @@ impl Qmgr {
             Next::Settled => {
                 if let Some(m) = self.msgs.remove(key) {
                     self.recipients_held = self.recipients_held.saturating_sub(m.nrcpt());
-                    // (Should the thread be gone, the message is dropped
-                    // here, with the error.)
-                    let _ = self.reaper.send(m);
+                    self.settled.push(m);
                 }
             }
         }

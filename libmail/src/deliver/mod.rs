@@ -471,11 +471,14 @@ pub fn serve_connection<S, F>(
                 Err(e) => crate::warning!("{}: cannot mark recipients done: {e}", req.queue_id),
             }
         }
+        // The marks are written: the lock ends before the reply goes, so
+        // that qmgr, once it has the reply, finds the file free to remove
+        // or recycle (libmail::queue::recycle).
+        drop(held);
         if let Err(e) = conn.send(&reply) {
             crate::warning!("send delivery status: {e}");
             return;
         }
-        drop(held);
     }
 }
 
@@ -493,7 +496,7 @@ fn delivery_lock(
         .map_err(|e| e.to_string())
 }
 
-/// The locked queue file, until the reply is out: as locked, or opened
+/// The locked queue file, until the done marks are written: as locked, or opened
 /// as a queue file through the same descriptor to mark recipients done.
 enum Held {
     Locked(crate::queue::lock::Locked),
