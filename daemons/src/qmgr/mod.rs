@@ -68,7 +68,7 @@ mod notify;
 mod workers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use libmail::address::resolve::Resolver;
@@ -79,7 +79,7 @@ use libmail::{info, warning};
 
 use message::{Msg, Next, Policy};
 use notify::{NoticeJob, NoticeResult, Notifier};
-use workers::{Job, JobResult, Pools};
+use workers::{Connected, EventRx, Job, JobResult, Pools};
 
 /// What wakes the main loop.
 pub(crate) enum Event {
@@ -87,6 +87,8 @@ pub(crate) enum Event {
     Done(Box<JobResult>),
     /// The bounce service answered.
     Notice(Box<NoticeResult>),
+    /// A connection to a delivery agent was made (or not).
+    Connected(Box<Connected>),
 }
 
 /// Delivery limits of one transport.
@@ -187,8 +189,9 @@ pub(crate) struct Qmgr {
     /// Settled messages for the reaper, handed over once per batch of
     /// events (one wake-up of its thread per batch, not per message).
     settled: Vec<Msg>,
-    /// Triggers, agents' replies and the bounce service's answers.
-    rx: Receiver<Event>,
+    /// Triggers, the bounce service's answers, new agent connections
+    /// (the agents' replies come from their sockets: [`Qmgr::wait`]).
+    rx: EventRx,
     /// A trigger or the timer asked for a scan of `incoming/`, or of
     /// `deferred/` (which also scans `incoming/`).
     wake_incoming: bool,
@@ -202,9 +205,8 @@ pub fn main() {
         Resolver::new(&svc.params).unwrap_or_else(|e| libmail::log::fatal(&format!("{e}")));
     let _lock = exclusive(&svc);
     svc.ready();
-    // std's channel: its receiver sleeps at once where crossbeam's spins
-    // and yields first, at every reply of every agent.
-    let (tx, rx) = mpsc::channel::<Event>();
+    let (tx, rx) = workers::channel()
+        .unwrap_or_else(|e| libmail::log::fatal(&format!("cannot make an eventfd: {e}")));
     let ttx = tx.clone();
     std::thread::spawn(move || {
         while let Ok(b) = triggers.recv() {
@@ -313,17 +315,20 @@ impl Qmgr {
                 while self.pools.in_flight() + self.notifier.in_flight() > 0
                     && Instant::now() < deadline
                 {
-                    match self.rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(Event::Done(r)) => {
-                            self.pools.finished();
-                            self.free_slot(&r);
-                            self.apply_result(*r);
+                    for ev in self.wait(Duration::from_millis(200)) {
+                        match ev {
+                            Event::Done(r) => {
+                                self.pools.finished();
+                                self.free_slot(&r);
+                                self.apply_result(*r);
+                            }
+                            Event::Notice(r) => {
+                                self.notifier.finished();
+                                self.noticed(*r);
+                            }
+                            Event::Connected(c) => self.pools.connected(*c),
+                            Event::Trigger(_) => {}
                         }
-                        Ok(Event::Notice(r)) => {
-                            self.notifier.finished();
-                            self.noticed(*r);
-                        }
-                        _ => {}
                     }
                 }
                 self.reap();
@@ -345,14 +350,9 @@ impl Qmgr {
                             .map_or(Duration::MAX, |t| t.saturating_duration_since(now)),
                     )
             };
-            match self.rx.recv_timeout(wait) {
-                Ok(ev) => {
-                    let mut evs = vec![ev];
-                    evs.extend(self.rx.try_iter().take(10_000));
-                    self.handle(evs);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            let evs = self.wait(wait);
+            if !evs.is_empty() {
+                self.handle(evs);
             }
             if Instant::now() >= self.next_deferred_scan {
                 self.wake_deferred = true;
@@ -397,6 +397,7 @@ impl Qmgr {
                     self.notifier.finished();
                     self.noticed(*r);
                 }
+                Event::Connected(c) => self.pools.connected(*c),
             }
         }
         // The freed slots get their next jobs before the bookkeeping of
@@ -412,6 +413,46 @@ impl Qmgr {
         self.reap();
     }
 
+    /// Waits up to `timeout` for events: triggers, notices and new
+    /// connections from the channel, the agents' replies from their
+    /// sockets (read here, on the main thread), and the requests that
+    /// ended without one.
+    fn wait(&mut self, timeout: Duration) -> Vec<Event> {
+        let mut fds = vec![libc::pollfd {
+            fd: self.rx.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        self.pools.poll_fds(&mut fds);
+        let ms = if self.pools.has_ready() {
+            0
+        } else {
+            timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+        };
+        // SAFETY: a valid array of pollfds and its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let mut evs = Vec::new();
+        if n > 0 {
+            if fds[0].revents != 0 {
+                evs = self.rx.drain(10_000);
+            }
+            for p in &fds[1..] {
+                if p.revents != 0 {
+                    if let Some(r) = self.pools.readable(p.fd) {
+                        evs.push(Event::Done(Box::new(r)));
+                    }
+                }
+            }
+        }
+        evs.extend(
+            self.pools
+                .take_ready(Instant::now())
+                .into_iter()
+                .map(|r| Event::Done(Box::new(r))),
+        );
+        evs
+    }
+
     /// Hands the messages settled so far to the reaper thread.
     fn reap(&mut self) {
         if !self.settled.is_empty() {
@@ -424,7 +465,7 @@ impl Qmgr {
     /// [`handle`](Self::handle)), so that an agent waits for one
     /// message's activation at most, not for the whole scan's.
     fn handle_pending(&mut self) {
-        let evs: Vec<Event> = self.rx.try_iter().take(10_000).collect();
+        let evs = self.wait(Duration::ZERO);
         if !evs.is_empty() {
             self.handle(evs);
         }

@@ -7,13 +7,14 @@
 //! (connection refused) and the message is deferred with its logs.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Sender};
 
 use crate::bounce::proto::{self, Reply, Request};
 
+use super::workers::EventTx;
 use super::Event;
 
 /// Threads that talk to the bounce service.
@@ -42,7 +43,7 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(queue_directory: PathBuf, events: mpsc::Sender<Event>) -> Notifier {
+    pub fn new(queue_directory: PathBuf, events: EventTx) -> Notifier {
         let (tx, rx) = unbounded::<NoticeJob>();
         for n in 0..THREADS {
             let rx = rx.clone();

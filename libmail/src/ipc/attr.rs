@@ -192,15 +192,16 @@ impl<S: Read + Write> Conn<S> {
         !self.reader.buffer().is_empty()
     }
 
+    /// The stream, for a caller that goes on without the framing (what
+    /// was read ahead into the buffer is lost: only for a peer that has
+    /// nothing more to say until it is spoken to).
+    pub fn into_inner(self) -> S {
+        self.reader.into_inner()
+    }
+
     /// Queues a list for sending (see [`flush`](Self::flush)).
     pub fn put(&mut self, attrs: &Attrs) {
-        for (n, v) in &attrs.0 {
-            self.out.extend_from_slice(n.as_bytes());
-            self.out.push(b'=');
-            escape_into(&mut self.out, v.as_bytes());
-            self.out.push(b'\n');
-        }
-        self.out.push(b'\n');
+        encode_list(attrs, &mut self.out);
     }
 
     /// Queues a data chunk; an empty chunk is the end marker.
@@ -303,18 +304,7 @@ impl<S: Read + Write> Conn<S> {
             if attrs.0.len() >= MAX_ATTRS {
                 return Err(bad("too many attributes"));
             }
-            let eq = self
-                .line
-                .iter()
-                .position(|&b| b == b'=')
-                .ok_or_else(|| bad("attribute without ="))?;
-            let name = std::str::from_utf8(&self.line[..eq])
-                .ok()
-                .filter(|n| valid_name(n))
-                .ok_or_else(|| bad("bad attribute name"))?
-                .to_string();
-            let value = unescape(&self.line[eq + 1..])?;
-            attrs.0.push((name, value));
+            attrs.0.push(parse_line(&self.line)?);
             if !self.read_line()? {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -342,6 +332,68 @@ impl<S: Read + Write> Conn<S> {
     }
 }
 
+/// Appends `attrs` to `out` as one list on the wire.
+pub fn encode_list(attrs: &Attrs, out: &mut Vec<u8>) {
+    for (n, v) in &attrs.0 {
+        out.extend_from_slice(n.as_bytes());
+        out.push(b'=');
+        escape_into(out, v.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// One `name=value` line (without its LF).
+fn parse_line(line: &[u8]) -> io::Result<(String, String)> {
+    let eq = line
+        .iter()
+        .position(|&b| b == b'=')
+        .ok_or_else(|| bad("attribute without ="))?;
+    let name = std::str::from_utf8(&line[..eq])
+        .ok()
+        .filter(|n| valid_name(n))
+        .ok_or_else(|| bad("bad attribute name"))?
+        .to_string();
+    Ok((name, unescape(&line[eq + 1..])?))
+}
+
+/// Where the first complete list in `buf` ends (the index after its
+/// empty line), for a reader that gathers bytes as they come.
+pub fn list_end(buf: &[u8]) -> Option<usize> {
+    if buf.first() == Some(&b'\n') {
+        return Some(1);
+    }
+    buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+}
+
+/// Parses one complete list, `buf[..list_end(buf)]`, with the bounds of
+/// [`Conn::recv`].
+pub fn parse_list(buf: &[u8]) -> io::Result<Attrs> {
+    let body = buf
+        .strip_suffix(b"\n")
+        .ok_or_else(|| bad("attribute list without its end"))?;
+    let mut attrs = Attrs::new();
+    if body.is_empty() {
+        return Ok(attrs);
+    }
+    let body = body
+        .strip_suffix(b"\n")
+        .ok_or_else(|| bad("attribute list without its end"))?;
+    for line in body.split(|&b| b == b'\n') {
+        if line.len() > MAX_LINE {
+            return Err(bad("attribute line too long"));
+        }
+        if line.is_empty() {
+            return Err(bad("empty line inside an attribute list"));
+        }
+        if attrs.0.len() >= MAX_ATTRS {
+            return Err(bad("too many attributes"));
+        }
+        attrs.0.push(parse_line(line)?);
+    }
+    Ok(attrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +417,28 @@ mod tests {
 
     fn reader(bytes: &[u8]) -> Conn<Duplex> {
         Conn::new(Duplex(Cursor::new(bytes.to_vec()), Vec::new()))
+    }
+
+    #[test]
+    fn a_list_gathered_piecewise_parses_as_conn_reads_it() {
+        let a = Attrs::new()
+            .with("status", "sent")
+            .with("reason", "250 2.0.0 ok\nsecond line")
+            .with("rcpt", "x@y");
+        let mut wire = Vec::new();
+        encode_list(&a, &mut wire);
+        // Not complete until the empty line has arrived.
+        for cut in 0..wire.len() {
+            assert_eq!(list_end(&wire[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(list_end(&wire), Some(wire.len()));
+        assert_eq!(parse_list(&wire).unwrap(), a);
+        assert_eq!(reader(&wire).recv().unwrap(), Some(a));
+        assert_eq!(list_end(b"\nrest"), Some(1));
+        assert_eq!(parse_list(b"\n").unwrap(), Attrs::new());
+        assert!(parse_list(b"no-equals\n\n").is_err());
+        assert!(parse_list(b"bad name=x\n\n").is_err());
+        assert!(parse_list(b"a=1\n").is_err());
     }
 
     #[test]
