@@ -707,3 +707,55 @@ fn anvil_statistics_are_logged_on_their_timer() {
     assert_eq!(a.cmd("QUIT"), "221 2.0.0 Bye\r\n");
     assert_eq!(b.cmd("QUIT"), "221 2.0.0 Bye\r\n");
 }
+
+#[test]
+fn end_of_data_redirect_and_bcc_change_the_recipients_after_the_content() {
+    let me = user();
+    let (i, mut c) = end_of_data_session(
+        "smtpd-eod-redirect",
+        &format!(
+            "check_sender_access inline:{{ {{moved@example.org=REDIRECT {me}+moved@mx.example.test}}, {{copied@example.org=BCC {me}+copy@mx.example.test}} }}\n\
+             recipient_delimiter = +"
+        ),
+    );
+    for (sender, subject) in [
+        ("moved@example.org", "moved"),
+        ("copied@example.org", "copied"),
+    ] {
+        let reply = one_message(&mut c, sender, subject);
+        assert!(
+            reply.starts_with("250 2.0.0 Ok: queued as "),
+            "{sender}: {reply}"
+        );
+    }
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    i.wait_log(r"postfix/smtpd\[\d+\]: [0-9A-F]+: redirect: END-OF-MESSAGE from \S+\[127\.0\.0\.1\]: <moved@example\.org>: Sender address triggers REDIRECT \S+; from=<moved@example\.org> proto=ESMTP helo=<client\.example>$");
+    // Three deliveries: the redirected message to its new address only,
+    // the copied one to its recipient and to the BCC address.
+    let got = i.wait_maildir(&i.user_maildir(), 3);
+    let delivered_to = |subject: &str| -> Vec<String> {
+        let mut v: Vec<String> = got
+            .iter()
+            .filter(|m| m.contains(&format!("Subject: {subject}")))
+            .map(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("Delivered-To: "))
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        delivered_to("moved"),
+        vec![format!("{me}+moved@mx.example.test")]
+    );
+    assert_eq!(
+        delivered_to("copied"),
+        vec![
+            format!("{me}+copy@mx.example.test"),
+            format!("{me}@mx.example.test")
+        ]
+    );
+}

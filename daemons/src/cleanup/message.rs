@@ -38,8 +38,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libmail::address::rewrite::Context;
 use libmail::address::MAX_ADDRESS_LEN;
 use libmail::ipc::cleanup::{
-    default_reason, FLAG_DISCARD, FLAG_EXTRACT, FLAG_HOLD, FLAG_REQUEUE, STAT_CONT, STAT_DEFER,
-    STAT_HOPS, STAT_RCPT, STAT_SIZE, STAT_WRITE,
+    default_reason, Late, FLAG_DISCARD, FLAG_EXTRACT, FLAG_HOLD, FLAG_LATE_RCPTS, FLAG_REQUEUE,
+    STAT_CONT, STAT_DEFER, STAT_HOPS, STAT_RCPT, STAT_SIZE, STAT_WRITE,
 };
 use libmail::ipc::Attrs;
 use libmail::queue::{NewRecipient, Queue, Unsynced, Writer};
@@ -324,7 +324,8 @@ impl<'c> Message<'c> {
             header_piece: false,
             size: 0,
             body_bytes: 0,
-            rcpts_late: cfg.body_checks.is_some()
+            rcpts_late: flags & FLAG_LATE_RCPTS != 0
+                || cfg.body_checks.is_some()
                 || (!cfg.disable_mime_input_processing
                     && (cfg.mime_header_checks.is_some() || cfg.nested_header_checks.is_some())),
             message_id: None,
@@ -1235,18 +1236,35 @@ impl<'c> Message<'c> {
         }
     }
 
-    /// HOLD or DISCARD, and a FILTER, decided after the content (smtpd's
-    /// end-of-data restrictions; smtpd logged them): as if the envelope
-    /// had said so; the filter, last, wins over the content's checks'.
-    pub fn late(&mut self, flags: u32, filter: Option<String>) {
-        if flags & FLAG_DISCARD != 0 {
+    /// What smtpd's end-of-data restrictions decided after the content
+    /// (smtpd logged it): HOLD or DISCARD as if the envelope had said
+    /// so; the filter and the redirection, last, win over the content's
+    /// checks'; BCC addresses are added. The recipients are still to be
+    /// written when smtpd sent [`FLAG_LATE_RCPTS`]; a REDIRECT or BCC
+    /// that comes without it is too late, and only logged.
+    pub fn late(&mut self, late: Late) {
+        if late.flags & FLAG_DISCARD != 0 {
             self.discard = true;
-        } else if flags & FLAG_HOLD != 0 && !self.discard {
+        } else if late.flags & FLAG_HOLD != 0 && !self.discard {
             self.hold = true;
         }
-        if let Some(f) = filter.filter(|f| valid_filter(f)) {
+        if let Some(f) = late.filter.filter(|f| valid_filter(f)) {
             self.filter = Some(f);
         }
+        if late.redirect.is_none() && late.bcc.is_empty() {
+            return;
+        }
+        if !self.rcpts_late {
+            libmail::warning!(
+                "{}: REDIRECT or BCC after the content, but the recipients are written: ignored",
+                self.id
+            );
+            return;
+        }
+        if late.redirect.is_some() {
+            self.redirect = late.redirect;
+        }
+        self.bccs.extend(late.bcc);
     }
 
     /// The end marker arrived: the verdict.

@@ -13,9 +13,7 @@ use std::io;
 
 use std::sync::mpsc;
 
-use libmail::ipc::cleanup::{
-    default_reason, FLAG_DISCARD, FLAG_HOLD, STAT_BAD, STAT_DEFER, STAT_WRITE,
-};
+use libmail::ipc::cleanup::{default_reason, Late, STAT_BAD, STAT_DEFER, STAT_WRITE};
 use libmail::ipc::{Attrs, Conn, Item};
 use libmail::queue::{sync_many, Durable, Queue, Unsynced, Writer};
 use libmail::service::Stream;
@@ -76,29 +74,6 @@ impl Committer {
         rx.recv()
             .unwrap_or_else(|_| Err(io::Error::other("committer thread ended")))
     }
-}
-
-/// A late list: `flags=N` (HOLD and DISCARD bits only) and/or
-/// `filter=T`, each once; `None` for anything else.
-fn late_list(a: &Attrs) -> Option<(u32, Option<String>)> {
-    let (mut flags, mut filter) = (None, None);
-    for (name, v) in a.iter() {
-        match name {
-            "flags" if flags.is_none() => {
-                flags = Some(
-                    v.parse::<u32>()
-                        .ok()
-                        .filter(|f| f & !(FLAG_HOLD | FLAG_DISCARD) == 0)?,
-                )
-            }
-            "filter" if filter.is_none() && !v.is_empty() => filter = Some(v.to_string()),
-            _ => return None,
-        }
-    }
-    if flags.is_none() && filter.is_none() {
-        return None;
-    }
-    Some((flags.unwrap_or(0), filter))
 }
 
 /// Sends the verdict; false when it could not be written (the client is
@@ -178,8 +153,8 @@ fn message(cfg: &Config, committer: &Committer, conn: &mut Conn<Stream>) -> bool
             // HOLD, DISCARD or FILTER decided at the end of the content
             // (smtpd's end-of-data restrictions): the only list allowed
             // here.
-            Ok(Some(Item::Attrs(a))) => match late_list(&a) {
-                Some((flags, filter)) => msg.late(flags, filter),
+            Ok(Some(Item::Attrs(a))) => match Late::from_attrs(&a) {
+                Some(late) => msg.late(late),
                 None => {
                     libmail::warning!("{id}: protocol error: attribute list inside the content");
                     reply(conn, STAT_BAD, default_reason(STAT_BAD), None);
@@ -227,44 +202,4 @@ fn message(cfg: &Config, committer: &Committer, conn: &mut Conn<Stream>) -> bool
         },
     };
     sent && keep
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_hold_and_discard_bits_and_a_filter_make_a_late_list() {
-        let late = |a: Attrs| late_list(&a);
-        assert_eq!(
-            late(Attrs::new().with("flags", FLAG_HOLD)),
-            Some((FLAG_HOLD, None))
-        );
-        assert_eq!(
-            late(Attrs::new().with("flags", FLAG_HOLD | FLAG_DISCARD)),
-            Some((FLAG_HOLD | FLAG_DISCARD, None))
-        );
-        assert_eq!(
-            late(Attrs::new().with("filter", "smtp:[h]:1")),
-            Some((0, Some("smtp:[h]:1".to_string())))
-        );
-        assert_eq!(
-            late(Attrs::new().with("flags", FLAG_HOLD).with("filter", "f:x")),
-            Some((FLAG_HOLD, Some("f:x".to_string())))
-        );
-        // Any other bit, name, an attribute twice, or nothing: not
-        // accepted there.
-        assert_eq!(late(Attrs::new().with("flags", 1u32 << 9)), None);
-        assert_eq!(late(Attrs::new().with("flags", "x")), None);
-        assert_eq!(late(Attrs::new().with("rcpt", "a@b")), None);
-        assert_eq!(
-            late(Attrs::new().with("flags", FLAG_HOLD).with("rcpt", "a@b")),
-            None
-        );
-        assert_eq!(
-            late(Attrs::new().with("filter", "a:b").with("filter", "c:d")),
-            None
-        );
-        assert_eq!(late(Attrs::new()), None);
-    }
 }

@@ -18,6 +18,10 @@ impl Gate for RestrictionGate {
         self.0.may_block()
     }
 
+    fn late_recipients(&self) -> bool {
+        self.0.has_end_of_data()
+    }
+
     fn ask(&self, at: Ask, f: &Facts) -> Verdict {
         let d = match at {
             Ask::Connect => self.0.check(Stage::Client, f),

@@ -959,6 +959,12 @@ impl Restrictions {
         self.delay_reject
     }
 
+    /// Whether `smtpd_end_of_data_restrictions` has anything to run (and
+    /// so may still REDIRECT or BCC once the content is in).
+    pub fn has_end_of_data(&self) -> bool {
+        !self.end_of_data.is_empty()
+    }
+
     /// Whether a decision may wait on the network: a DNS restriction
     /// (its resolver exists once a list, a class or an access table's
     /// result named one), a policy service, or a table whose lookups may

@@ -266,8 +266,8 @@ impl Queue for Cleanup {
         Ok(id)
     }
 
-    fn late(&mut self, flags: u32, filter: Option<&str>) -> Result<(), Reply> {
-        self.client()?.late(flags, filter);
+    fn late(&mut self, late: &libmail::ipc::cleanup::Late) -> Result<(), Reply> {
+        self.client()?.late(late);
         Ok(())
     }
 

@@ -115,6 +115,11 @@ pub trait Gate: Send + Sync {
     fn may_block(&self) -> bool {
         true
     }
+    /// Whether the end-of-data stage may still change the recipients
+    /// (REDIRECT, BCC): cleanup then writes them after the content.
+    fn late_recipients(&self) -> bool {
+        false
+    }
 }
 
 /// Where an accepted message goes (cleanup). Blocking calls: the shell
@@ -135,11 +140,11 @@ pub trait Queue: Send {
     fn finish(&mut self) -> Result<String, Reply>;
     /// Drops the message being received (cleanup withdraws its file).
     fn abort(&mut self);
-    /// HOLD and/or DISCARD, and a FILTER, decided after the content
-    /// (`smtpd_end_of_data_restrictions`), before [`end`](Self::end).
+    /// What `smtpd_end_of_data_restrictions` decided after the content
+    /// (HOLD, DISCARD, FILTER, REDIRECT, BCC), before [`end`](Self::end).
     /// Stand-alone mode (maildrop) has no such flags: it ignores them, as
     /// it ignores those of the envelope.
-    fn late(&mut self, _flags: u32, _filter: Option<&str>) -> Result<(), Reply> {
+    fn late(&mut self, _late: &libmail::ipc::cleanup::Late) -> Result<(), Reply> {
         Ok(())
     }
     /// Whether [`open`](Self::open) would answer now, without waiting.
@@ -2331,6 +2336,9 @@ impl Session {
         if t.verdict.discard.is_some() {
             flags |= libmail::ipc::cleanup::FLAG_DISCARD;
         }
+        if self.gate.late_recipients() {
+            flags |= libmail::ipc::cleanup::FLAG_LATE_RCPTS;
+        }
         a.push("flags", flags);
         // An access table's FILTER, else the service's content_filter.
         let filter = t
@@ -2604,10 +2612,11 @@ impl Session {
 
     /// `smtpd_end_of_data_restrictions`, once the content is in; true
     /// when they refuse the message (the refusal is then the end's
-    /// result, and cleanup withdraws the file). HOLD, DISCARD and FILTER
-    /// go to cleanup after the content ([`Queue::late`]); the other
-    /// actions (REDIRECT, BCC, PREPEND) come too late here: the envelope
-    /// went to cleanup at DATA, so they are logged and not applied.
+    /// result, and cleanup withdraws the file). HOLD, DISCARD, FILTER,
+    /// REDIRECT and BCC go to cleanup after the content ([`Queue::late`];
+    /// cleanup was told at DATA to write the recipients last); PREPEND
+    /// comes too late here (the headers went to cleanup with the
+    /// content), so it is logged and not applied.
     fn end_of_data_check(&mut self) -> bool {
         let v = self.gate.ask(Ask::EndOfData, &self.view(None));
         // Its log lines name the stage as Postfix does.
@@ -2629,8 +2638,14 @@ impl Session {
         if v.hold.is_some() && !held {
             flags |= libmail::ipc::cleanup::FLAG_HOLD;
         }
-        if flags != 0 || v.filter.is_some() {
-            if let Err(r) = self.queue.late(flags, v.filter.as_deref()) {
+        let late = libmail::ipc::cleanup::Late {
+            flags,
+            filter: v.filter.clone(),
+            redirect: v.redirect.clone(),
+            bcc: v.bcc.clone(),
+        };
+        if !late.is_empty() {
+            if let Err(r) = self.queue.late(&late) {
                 self.queue.abort();
                 self.ending = Some(Err(r));
                 return true;

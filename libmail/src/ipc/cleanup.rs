@@ -83,6 +83,80 @@ pub const FLAG_DISCARD: u32 = 1 << 2;
 pub const FLAG_EXTRACT: u32 = 1 << 3;
 /// Put the message on hold.
 pub const FLAG_HOLD: u32 = 1 << 4;
+/// The recipients may still change once the content is in (smtpd has
+/// end-of-data restrictions, whose REDIRECT and BCC come in the late
+/// list): cleanup writes them after the content.
+pub const FLAG_LATE_RCPTS: u32 = 1 << 5;
+
+/// What was decided once the content was in (smtpd's end-of-data
+/// restrictions), sent after the content as one attribute list: HOLD and
+/// DISCARD as `flags` bits, a FILTER as `filter`, a REDIRECT as
+/// `redirect`, BCC addresses as `bcc` (repeated). Cleanup applies them as
+/// if the envelope had carried them; the filter and the redirection win
+/// over what the content's checks chose.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Late {
+    pub flags: u32,
+    pub filter: Option<String>,
+    pub redirect: Option<String>,
+    pub bcc: Vec<String>,
+}
+
+impl Late {
+    pub fn is_empty(&self) -> bool {
+        self.flags & (FLAG_HOLD | FLAG_DISCARD) == 0
+            && self.filter.is_none()
+            && self.redirect.is_none()
+            && self.bcc.is_empty()
+    }
+
+    pub fn to_attrs(&self) -> Attrs {
+        let mut a = Attrs::new();
+        let flags = self.flags & (FLAG_HOLD | FLAG_DISCARD);
+        if flags != 0 {
+            a.push("flags", flags);
+        }
+        if let Some(f) = &self.filter {
+            a.push("filter", f);
+        }
+        if let Some(r) = &self.redirect {
+            a.push("redirect", r);
+        }
+        for b in &self.bcc {
+            a.push("bcc", b);
+        }
+        a
+    }
+
+    /// A late list as cleanup accepts it: only those names, `flags` with
+    /// HOLD and DISCARD bits only, `flags`, `filter` and `redirect` at
+    /// most once, values not empty, at most 1,000 `bcc`; `None` for
+    /// anything else (a protocol error).
+    pub fn from_attrs(a: &Attrs) -> Option<Late> {
+        let mut late = Late::default();
+        let mut have_flags = false;
+        for (name, v) in a.iter() {
+            match name {
+                "flags" if !have_flags => {
+                    have_flags = true;
+                    late.flags = v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|f| f & !(FLAG_HOLD | FLAG_DISCARD) == 0)?;
+                }
+                "filter" if late.filter.is_none() && !v.is_empty() => {
+                    late.filter = Some(v.to_string())
+                }
+                "redirect" if late.redirect.is_none() && !v.is_empty() => {
+                    late.redirect = Some(v.to_string())
+                }
+                "bcc" if !v.is_empty() && late.bcc.len() < 1000 => late.bcc.push(v.to_string()),
+                _ => return None,
+            }
+        }
+        (have_flags || !late.is_empty()).then_some(late)
+    }
+}
 
 /// Whether a status is temporary (the client should retry later).
 pub fn is_temporary(status: u32) -> bool {
@@ -236,21 +310,9 @@ impl CleanupClient {
     }
 
     /// After the content, before [`end`](Self::end): what was decided
-    /// once the content was in (smtpd's end-of-data restrictions) — HOLD
-    /// and DISCARD as a `flags` list of [`FLAG_HOLD`] and
-    /// [`FLAG_DISCARD`] bits, a FILTER as `filter`; cleanup applies them
-    /// as if the envelope had carried them (the filter over any the
-    /// content's checks chose).
-    pub fn late(&mut self, flags: u32, filter: Option<&str>) {
-        let mut a = Attrs::new();
-        let flags = flags & (FLAG_HOLD | FLAG_DISCARD);
-        if flags != 0 {
-            a.push("flags", flags);
-        }
-        if let Some(f) = filter {
-            a.push("filter", f);
-        }
-        self.conn.put(&a);
+    /// once the content was in ([`Late`]).
+    pub fn late(&mut self, late: &Late) {
+        self.conn.put(&late.to_attrs());
     }
 
     /// Ends the content and waits for the verdict: the queue ID once the
@@ -317,6 +379,41 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_list_goes_over_the_wire_and_cleanup_takes_only_its_names() {
+        let late = Late {
+            flags: FLAG_HOLD,
+            filter: Some("smtp:[h]:1".into()),
+            redirect: Some("x@y".into()),
+            bcc: vec!["a@b".into(), "c@d".into()],
+        };
+        assert_eq!(Late::from_attrs(&late.to_attrs()), Some(late));
+        let from = |a: Attrs| Late::from_attrs(&a);
+        assert_eq!(
+            from(Attrs::new().with("flags", FLAG_HOLD | FLAG_DISCARD)).map(|l| l.flags),
+            Some(FLAG_HOLD | FLAG_DISCARD)
+        );
+        // Any other bit, name, an attribute twice where once is the
+        // rule, an empty value, or nothing: not accepted there.
+        assert_eq!(from(Attrs::new().with("flags", 1u32 << 9)), None);
+        assert_eq!(from(Attrs::new().with("flags", "x")), None);
+        assert_eq!(from(Attrs::new().with("rcpt", "a@b")), None);
+        assert_eq!(
+            from(Attrs::new().with("flags", FLAG_HOLD).with("rcpt", "a@b")),
+            None
+        );
+        assert_eq!(
+            from(Attrs::new().with("filter", "a:b").with("filter", "c:d")),
+            None
+        );
+        assert_eq!(
+            from(Attrs::new().with("redirect", "a@b").with("redirect", "c@d")),
+            None
+        );
+        assert_eq!(from(Attrs::new().with("bcc", "")), None);
+        assert_eq!(from(Attrs::new()), None);
+    }
 
     #[test]
     fn statuses_have_default_reasons_with_enhanced_codes() {
