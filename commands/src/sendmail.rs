@@ -120,8 +120,11 @@ pub fn main(args: Vec<String>) -> i32 {
     }
     match run(args) {
         Ok(()) => EX_OK,
+        // (An empty message: the command run in sendmail's place said it.)
         Err(Fatal(code, msg)) => {
-            eprintln!("sendmail: fatal: {msg}");
+            if !msg.is_empty() {
+                eprintln!("sendmail: fatal: {msg}");
+            }
             code
         }
     }
@@ -309,17 +312,17 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
             ));
         }
         Mode::Flush => {
-            let params =
-                Params::load(&config_dir).map_err(|d| Fatal(EX_CONFIG, d.postfix_located()))?;
-            let qdir = params
-                .value("queue_directory")
-                .map_err(|e| Fatal(EX_CONFIG, format!("queue_directory: {e}")))?;
-            return libmail::ipc::flush(std::path::Path::new(&qdir)).map_err(|e| {
-                Fatal(
-                    EX_UNAVAILABLE,
-                    format!("Cannot flush mail queue - mail system is down ({e})"),
-                )
-            });
+            // Postfix's sendmail runs `postqueue -f`: the same access list
+            // (authorized_flush_users), words and exit status.
+            let mut a = Vec::new();
+            if let Some(d) = &opts.config_dir {
+                a.extend(["-c".to_string(), d.clone()]);
+            }
+            a.push("-f".to_string());
+            return match crate::postqueue::main(a) {
+                0 => Ok(()),
+                code => Err(Fatal(code, String::new())),
+            };
         }
     }
     let params = match Params::load(&config_dir) {

@@ -411,3 +411,40 @@ fn authorized_submit_users_refuses_users_not_listed() {
     );
     assert_eq!(maildrop_files(&s).len(), 1, "nothing more was written");
 }
+
+/// `sendmail -q` is `postqueue -f`, as in Postfix: `authorized_flush_users`
+/// refuses a user not listed, in postqueue's words.
+#[test]
+fn q_is_postqueue_f_with_its_access_list() {
+    let s = setup("flush-acl", "authorized_flush_users = root\n", true);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Only root can run sendmail as another user here.
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(env!("CARGO_BIN_EXE_sendmail"))
+        .arg("-C")
+        .arg(&s.etc)
+        .arg("-q")
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err == "postqueue: fatal: User nobody(65534) is not allowed to flush the mail queue\n"
+            || err
+                == "postqueue: fatal: User unknown(65534) is not allowed to flush the mail queue\n",
+        "{err}"
+    );
+    // Root may: it gets as far as the mail system (down here).
+    let (code, err) = sendmail(&s, &["-q"], b"");
+    assert_eq!(code, 69, "{err}");
+    assert_eq!(
+        err,
+        "postqueue: fatal: Cannot flush mail queue - mail system is down\n"
+    );
+}
