@@ -682,3 +682,36 @@ fn a_local_submission_cleanup_refuses_goes_back_to_its_sender() {
         i.queue_files("maildrop").is_empty() && i.queue_files("bounce").is_empty()
     });
 }
+
+/// Mail an alias forwards goes out from `owner-ALIAS@$myorigin` when
+/// that alias exists, or, with `expand_owner_alias = yes`, from the
+/// address `owner-ALIAS` expands to (Postfix's local(8)).
+#[test]
+fn forwarded_alias_mail_is_sent_from_its_owner() {
+    for (tag, expand, want) in [
+        ("owner", "no", r"owner-list@[^>]+"),
+        ("owner-expanded", "yes", r"listadmin@example\.org"),
+    ] {
+        let mut i = Instance::new(tag, "");
+        let top = i.top.display().to_string();
+        i.file(
+            "aliases",
+            // texthash: postmap's format (no colon after the name).
+            "list someone@elsewhere.test\nowner-list listadmin@example.org\n",
+        );
+        i.main_cf(&format!(
+            "alias_maps = texthash:{top}/aliases\n\
+             transport_maps = inline:{{elsewhere.test=discard:}}\n\
+             expand_owner_alias = {expand}"
+        ));
+        i.start();
+        i.send(&["-f", "carol@example.org", "list"], &msg("to the list"));
+        // The forwarded copy: its own queue ID, from the owner, and
+        // delivered (discarded) to the list's member.
+        let line = i.wait_log(&format!(
+            r"postfix/qmgr\[\d+\]: [0-9A-F]+: from=<{want}>, size=\d+, nrcpt=1 \(queue active\)$"
+        ));
+        assert!(!line.is_empty());
+        i.wait_log(r"to=<someone@elsewhere\.test>, .*status=sent");
+    }
+}

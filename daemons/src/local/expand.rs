@@ -412,8 +412,8 @@ impl<'a> Planner<'a> {
         let name = split_extension(local, &self.cfg.delimiter).0.to_string();
         if !name.starts_with("owner-") {
             let okeys = alias_keys(&format!("owner-{name}"), "");
-            if let Ok(Some(_)) = maps.find_first(&okeys) {
-                self.owner = Some(format!("owner-{name}@{}", self.cfg.myorigin));
+            if let Ok(Some((_, owner))) = maps.find_first(&okeys) {
+                self.owner = Some(self.owner_sender(&name, &owner));
             }
         }
         self.alias_path.push(local.to_string());
@@ -424,6 +424,31 @@ impl<'a> Planner<'a> {
         self.alias_path.pop();
         self.owner = saved_owner;
         true
+    }
+
+    /// The sender of mail forwarded for alias `name`, whose `owner-name`
+    /// alias is `owner`: `owner-name@$myorigin`, or with
+    /// `expand_owner_alias` the address that alias expands to (when it is
+    /// one address: a list, a command, a file or an include keeps the
+    /// owner alias's own name).
+    fn owner_sender(&self, name: &str, owner: &str) -> String {
+        let own = || format!("owner-{name}@{}", self.cfg.myorigin);
+        if !self.cfg.expand_owner_alias {
+            return own();
+        }
+        let items = split_items(owner);
+        let [item] = items.as_slice() else {
+            return own();
+        };
+        let a = item.trim().trim_start_matches('\\');
+        if a.is_empty() || a.starts_with(['|', '/']) || a.starts_with(":include:") {
+            return own();
+        }
+        if a.contains('@') {
+            a.to_string()
+        } else {
+            format!("{a}@{}", self.cfg.myorigin)
+        }
     }
 
     /// Tries the user's forward_path files; true when one was used.

@@ -41,8 +41,9 @@
 //! delivery to another transport's agent (`libmail::deliver::pass_request`),
 //! which logs it.
 //!
-//! Not done (yet): `expand_owner_alias`, `owner-`/`-request`
-//! handling beyond using `owner-ALIAS` as the forwarding sender, biff,
+//! Not done (yet): `owner-`/`-request` handling beyond using
+//! `owner-ALIAS` (or, with `expand_owner_alias`, its expansion) as the
+//! forwarding sender, biff,
 //! per-user `.forward` security beyond
 //! an owner check, the DSN actions `expanded` and `relayed` (qmgr
 //! sends success notices as `delivered`).
@@ -109,6 +110,9 @@ pub struct Config {
     pub myorigin: String,
     pub hostname: String,
     pub original_recipient: bool,
+    /// `expand_owner_alias`: forwarded mail of an alias with an
+    /// `owner-ALIAS` goes out from what that alias expands to.
+    pub expand_owner_alias: bool,
     resolver: Resolver,
 }
 
@@ -173,6 +177,7 @@ impl Config {
             myorigin: resolver.rewriter().myorigin().to_string(),
             hostname: v("myhostname")?,
             original_recipient: bool_param(params, "enable_original_recipient", true),
+            expand_owner_alias: bool_param(params, "expand_owner_alias", false),
             resolver,
             layout,
             raw_params: raw_closure(
