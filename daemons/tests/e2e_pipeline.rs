@@ -715,3 +715,39 @@ fn forwarded_alias_mail_is_sent_from_its_owner() {
         i.wait_log(r"to=<someone@elsewhere\.test>, .*status=sent");
     }
 }
+
+/// `owner_request_special = no`: `*-request` and `owner-*` split at a `-`
+/// delimiter like any address, and an alias's `owner-ALIAS` is not its
+/// sender.
+#[test]
+fn owner_request_special_off_splits_and_keeps_the_sender() {
+    let mut i = Instance::new("ownreq-off", "");
+    let me = user();
+    let top = i.top.display().to_string();
+    i.file(
+        "aliases",
+        "list someone@elsewhere.test\nowner-list listadmin@example.org\n",
+    );
+    i.main_cf(&format!(
+        "alias_maps = texthash:{top}/aliases\n\
+         transport_maps = inline:{{elsewhere.test=discard:}}\n\
+         recipient_delimiter = -\n\
+         owner_request_special = no"
+    ));
+    i.start();
+    i.send(
+        &["-f", "carol@example.org", &format!("{me}-request")],
+        &msg("to request"),
+    );
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(got[0].contains("Subject: to request"), "{}", got[0]);
+    i.send(&["-f", "carol@example.org", "list"], &msg("to the list"));
+    i.wait_log(r"to=<someone@elsewhere\.test>, .*status=sent");
+    let log = i.log_text();
+    assert!(!log.contains("owner-list"), "{log}");
+    assert_eq!(
+        log.matches("from=<carol@example.org>, size=").count(),
+        3,
+        "the request, the list's message and its forwarded copy: {log}"
+    );
+}

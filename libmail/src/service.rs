@@ -314,6 +314,11 @@ impl Service {
             std::process::exit(1)
         }
         crate::log::set_verbose(verbose);
+        crate::table::search::set_owner_request_special(bool_param(
+            &params,
+            "owner_request_special",
+            true,
+        ));
         let layout = QueueLayout::from_params(&params).unwrap_or_else(|e| crate::log::fatal(&e));
         if let Err(e) = std::env::set_current_dir(layout.root()) {
             crate::log::fatal(&format!("chdir {}: {e}", layout.root().display()));

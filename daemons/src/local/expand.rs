@@ -410,7 +410,7 @@ impl<'a> Planner<'a> {
         // owner-ALIAS becomes the sender of mail forwarded for this alias.
         let saved_owner = self.owner.clone();
         let name = split_extension(local, &self.cfg.delimiter).0.to_string();
-        if !name.starts_with("owner-") {
+        if libmail::table::search::owner_request_special() && !name.starts_with("owner-") {
             let okeys = alias_keys(&format!("owner-{name}"), "");
             if let Ok(Some((_, owner))) = maps.find_first(&okeys) {
                 self.owner = Some(self.owner_sender(&name, &owner));

@@ -41,9 +41,7 @@
 //! delivery to another transport's agent (`libmail::deliver::pass_request`),
 //! which logs it.
 //!
-//! Not done (yet): `owner-`/`-request` handling beyond using
-//! `owner-ALIAS` (or, with `expand_owner_alias`, its expansion) as the
-//! forwarding sender, biff,
+//! Not done (yet): biff,
 //! per-user `.forward` security beyond
 //! an owner check, the DSN actions `expanded` and `relayed` (qmgr
 //! sends success notices as `delivered`).

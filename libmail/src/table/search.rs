@@ -41,12 +41,37 @@ impl Key {
     }
 }
 
+/// `owner_request_special` of this process's configuration (set once by
+/// the daemon skeleton; Postfix keeps it in a global the same way).
+static OWNER_REQUEST_SPECIAL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+/// Sets `owner_request_special` for [`split_extension`].
+pub fn set_owner_request_special(on: bool) {
+    OWNER_REQUEST_SPECIAL.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `owner-*` and `*-request` get their special handling
+/// (`owner_request_special`, default yes).
+pub fn owner_request_special() -> bool {
+    OWNER_REQUEST_SPECIAL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `user+ext` → (`user`, Some(`+ext`)) at the first delimiter character.
 /// Not split, as in Postfix: an empty delimiter set, a leading delimiter,
 /// `postmaster`, `MAILER-DAEMON`, `double-bounce` (the default
 /// `double_bounce_sender`), and, when `-` is a delimiter, `owner-*` and
-/// `*-request` (`owner_request_special = yes`, the default).
+/// `*-request` (while `owner_request_special = yes`, the default).
 pub fn split_extension<'a>(local: &'a str, delimiters: &str) -> (&'a str, Option<&'a str>) {
+    split_extension_with(local, delimiters, owner_request_special())
+}
+
+/// [`split_extension`] with `owner_request_special` given.
+pub fn split_extension_with<'a>(
+    local: &'a str,
+    delimiters: &str,
+    owner_special: bool,
+) -> (&'a str, Option<&'a str>) {
     if delimiters.is_empty()
         || ["postmaster", "mailer-daemon", "double-bounce"]
             .iter()
@@ -54,7 +79,7 @@ pub fn split_extension<'a>(local: &'a str, delimiters: &str) -> (&'a str, Option
     {
         return (local, None);
     }
-    if delimiters.contains('-') {
+    if owner_special && delimiters.contains('-') {
         let lower = local.to_ascii_lowercase();
         if lower.starts_with("owner-") || (lower.len() > 8 && lower.ends_with("-request")) {
             return (local, None);
@@ -295,6 +320,20 @@ mod tests {
         assert_eq!(
             split_extension("owner-list+x", "+"),
             ("owner-list", Some("+x"))
+        );
+        // ... and while owner_request_special is on; the reserved names
+        // stay whole either way.
+        assert_eq!(
+            split_extension_with("owner-list", "-", false),
+            ("owner", Some("-list"))
+        );
+        assert_eq!(
+            split_extension_with("list-request", "-", false),
+            ("list", Some("-request"))
+        );
+        assert_eq!(
+            split_extension_with("MAILER-DAEMON", "-", false),
+            ("MAILER-DAEMON", None)
         );
     }
 
