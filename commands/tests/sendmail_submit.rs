@@ -374,6 +374,21 @@ fn oversize_message_is_refused() {
     take_one(&s);
 }
 
+/// sendmail run as nobody (65534; the caller must be root), nothing on
+/// its standard input.
+fn as_nobody(s: &Setup, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new(env!("CARGO_BIN_EXE_sendmail"))
+        .arg("-C")
+        .arg(&s.etc)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// `authorized_submit_users`: a user not on the list is refused before
 /// anything is written (exit 77, Postfix's message); the mail owner (and
 /// root) may always submit.
@@ -392,16 +407,7 @@ fn authorized_submit_users_refuses_users_not_listed() {
         // Only root can run sendmail as another user here.
         return;
     }
-    use std::os::unix::process::CommandExt;
-    let out = Command::new(env!("CARGO_BIN_EXE_sendmail"))
-        .arg("-C")
-        .arg(&s.etc)
-        .args(["-f", "a@example.org", "c@example.net"])
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = as_nobody(&s, &["-f", "a@example.org", "c@example.net"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{err}");
     assert!(
@@ -422,16 +428,7 @@ fn q_is_postqueue_f_with_its_access_list() {
         // Only root can run sendmail as another user here.
         return;
     }
-    use std::os::unix::process::CommandExt;
-    let out = Command::new(env!("CARGO_BIN_EXE_sendmail"))
-        .arg("-C")
-        .arg(&s.etc)
-        .arg("-q")
-        .uid(65534)
-        .gid(65534)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = as_nobody(&s, &["-q"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{err}");
     assert!(

@@ -683,6 +683,27 @@ fn a_local_submission_cleanup_refuses_goes_back_to_its_sender() {
     });
 }
 
+/// A started instance with the alias `list` (a remote member, discarded
+/// on delivery) and its `owner-list`, plus `extra` main.cf lines; mail
+/// from carol@example.org to `list` is submitted.
+fn list_instance(tag: &str, extra: &str) -> Instance {
+    let mut i = Instance::new(tag, "");
+    let top = i.top.display().to_string();
+    i.file(
+        "aliases",
+        // texthash: postmap's format (no colon after the name).
+        "list someone@elsewhere.test\nowner-list listadmin@example.org\n",
+    );
+    i.main_cf(&format!(
+        "alias_maps = texthash:{top}/aliases\n\
+         transport_maps = inline:{{elsewhere.test=discard:}}\n\
+         {extra}"
+    ));
+    i.start();
+    i.send(&["-f", "carol@example.org", "list"], &msg("to the list"));
+    i
+}
+
 /// Mail an alias forwards goes out from `owner-ALIAS@$myorigin` when
 /// that alias exists, or, with `expand_owner_alias = yes`, from the
 /// address `owner-ALIAS` expands to (Postfix's local(8)).
@@ -692,26 +713,12 @@ fn forwarded_alias_mail_is_sent_from_its_owner() {
         ("owner", "no", r"owner-list@[^>]+"),
         ("owner-expanded", "yes", r"listadmin@example\.org"),
     ] {
-        let mut i = Instance::new(tag, "");
-        let top = i.top.display().to_string();
-        i.file(
-            "aliases",
-            // texthash: postmap's format (no colon after the name).
-            "list someone@elsewhere.test\nowner-list listadmin@example.org\n",
-        );
-        i.main_cf(&format!(
-            "alias_maps = texthash:{top}/aliases\n\
-             transport_maps = inline:{{elsewhere.test=discard:}}\n\
-             expand_owner_alias = {expand}"
-        ));
-        i.start();
-        i.send(&["-f", "carol@example.org", "list"], &msg("to the list"));
+        let i = list_instance(tag, &format!("expand_owner_alias = {expand}"));
         // The forwarded copy: its own queue ID, from the owner, and
         // delivered (discarded) to the list's member.
-        let line = i.wait_log(&format!(
+        i.wait_log(&format!(
             r"postfix/qmgr\[\d+\]: [0-9A-F]+: from=<{want}>, size=\d+, nrcpt=1 \(queue active\)$"
         ));
-        assert!(!line.is_empty());
         i.wait_log(r"to=<someone@elsewhere\.test>, .*status=sent");
     }
 }
@@ -721,33 +728,23 @@ fn forwarded_alias_mail_is_sent_from_its_owner() {
 /// sender.
 #[test]
 fn owner_request_special_off_splits_and_keeps_the_sender() {
-    let mut i = Instance::new("ownreq-off", "");
-    let me = user();
-    let top = i.top.display().to_string();
-    i.file(
-        "aliases",
-        "list someone@elsewhere.test\nowner-list listadmin@example.org\n",
+    let i = list_instance(
+        "ownreq-off",
+        "recipient_delimiter = -\nowner_request_special = no",
     );
-    i.main_cf(&format!(
-        "alias_maps = texthash:{top}/aliases\n\
-         transport_maps = inline:{{elsewhere.test=discard:}}\n\
-         recipient_delimiter = -\n\
-         owner_request_special = no"
-    ));
-    i.start();
+    let me = user();
     i.send(
         &["-f", "carol@example.org", &format!("{me}-request")],
         &msg("to request"),
     );
     let got = i.wait_maildir(&i.user_maildir(), 1);
     assert!(got[0].contains("Subject: to request"), "{}", got[0]);
-    i.send(&["-f", "carol@example.org", "list"], &msg("to the list"));
     i.wait_log(r"to=<someone@elsewhere\.test>, .*status=sent");
     let log = i.log_text();
     assert!(!log.contains("owner-list"), "{log}");
     assert_eq!(
         log.matches("from=<carol@example.org>, size=").count(),
         3,
-        "the request, the list's message and its forwarded copy: {log}"
+        "the list's message, its forwarded copy and the request: {log}"
     );
 }
