@@ -260,6 +260,9 @@ pub struct CommandSpec<'a> {
     pub env: Vec<(String, String)>,
     pub cwd: String,
     pub time_limit: Duration,
+    /// `local_command_shell` in words (the command is appended as one
+    /// more argument); empty: `/bin/sh -c`.
+    pub shell: &'a [String],
 }
 
 fn clean_output(out: &[u8]) -> String {
@@ -271,7 +274,7 @@ fn clean_output(out: &[u8]) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Runs `/bin/sh -c COMMAND` with the message (`prefix`, then the
+/// Runs `/bin/sh -c COMMAND` (or `local_command_shell COMMAND`) with the message (`prefix`, then the
 /// content with a `From ` line first, as Postfix hands it to procmail)
 /// on standard input, standard output and error captured (the first
 /// [`MAX_OUTPUT`] bytes) for the reason text, killed (its whole process
@@ -296,9 +299,19 @@ pub fn run_command(
         Ok(f) => f,
         Err(e) => return fail("4.3.0", format!("cannot duplicate descriptor: {e}")),
     };
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(spec.command)
+    let mut cmd = match spec.shell.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        }
+        None => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c");
+            c
+        }
+    };
+    cmd.arg(spec.command)
         .env_clear()
         .envs(spec.env.iter().map(|(a, b)| (a.as_str(), b.as_str())))
         .current_dir(&spec.cwd)
@@ -463,7 +476,32 @@ mod tests {
             env: vec![("FOO".into(), "bar".into())],
             cwd: "/".into(),
             time_limit: limit,
+            shell: &[],
         }
+    }
+
+    #[test]
+    fn local_command_shell_runs_the_command() {
+        let dir = std::env::temp_dir().join(format!("facteur-local-shell-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        // A "shell" that marks what it runs, then runs it with sh.
+        let shell: Vec<String> = ["/usr/bin/env", "SHELLED=yes", "/bin/sh", "-c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let c = format!(
+            "cat > {}; echo $SHELLED >> {}",
+            out.display(),
+            out.display()
+        );
+        let mut s = spec(&c, Duration::from_secs(30));
+        s.shell = &shell;
+        let r = run_command(&s, b"", &mut SliceSource::new(b"body\n"));
+        assert_eq!(r, CommandResult::Ok);
+        assert_eq!(std::fs::read(&out).unwrap(), b"body\nyes\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub struct Config {
     pub size_limit: u64,
     pub lock: LockPolicy,
     pub command_time_limit: Duration,
+    /// `local_command_shell`, split into words: the program (and its
+    /// arguments) that runs a delivery command, given as the last
+    /// argument; empty: `/bin/sh -c`.
+    pub command_shell: Vec<String>,
     pub default_privs: Passwd,
     pub myorigin: String,
     pub hostname: String,
@@ -168,6 +172,10 @@ impl Config {
             allow_files: list("allow_mail_to_files")?,
             size_limit: num_param(params, "mailbox_size_limit", 51_200_000).max(0) as u64,
             lock,
+            command_shell: v("local_command_shell")?
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
             command_time_limit: Duration::from_secs(
                 time_param(params, "command_time_limit", 1000).max(1),
             ),
@@ -610,6 +618,7 @@ fn deliver_target(cfg: &Config, req: &Request, rcpt: &Rcpt, qf: &QueueFile, t: &
                 env,
                 cwd,
                 time_limit: cfg.command_time_limit,
+                shell: &cfg.command_shell,
             };
             let mut head_from = mbox::from_line(&req.sender).into_bytes();
             head_from.extend_from_slice(&head);
