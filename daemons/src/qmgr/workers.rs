@@ -380,8 +380,9 @@ impl Pools {
                 "unknown mail transport error: peer closed the connection".into(),
             ));
         }
+        let seen = b.reply.len();
         b.reply.extend_from_slice(&chunk[..n]);
-        let Some(end) = attr::list_end(&b.reply) else {
+        let Some(end) = attr::list_end_after(&b.reply, seen) else {
             if b.reply.len() > MAX_REPLY {
                 return Some(self.fail(fd, "unknown mail transport error: reply too long".into()));
             }

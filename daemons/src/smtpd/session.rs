@@ -2640,9 +2640,9 @@ impl Session {
         }
         let late = libmail::ipc::cleanup::Late {
             flags,
-            filter: v.filter.clone(),
-            redirect: v.redirect.clone(),
-            bcc: v.bcc.clone(),
+            filter: v.filter,
+            redirect: v.redirect,
+            bcc: v.bcc,
         };
         if !late.is_empty() {
             if let Err(r) = self.queue.late(&late) {

@@ -360,10 +360,21 @@ fn parse_line(line: &[u8]) -> io::Result<(String, String)> {
 /// Where the first complete list in `buf` ends (the index after its
 /// empty line), for a reader that gathers bytes as they come.
 pub fn list_end(buf: &[u8]) -> Option<usize> {
-    if buf.first() == Some(&b'\n') {
+    list_end_after(buf, 0)
+}
+
+/// [`list_end`] for a buffer whose first `seen` bytes were already
+/// looked at without finding the end: only what came since is scanned
+/// (with the byte before it), so gathering a long list stays linear.
+pub fn list_end_after(buf: &[u8], seen: usize) -> Option<usize> {
+    if seen == 0 && buf.first() == Some(&b'\n') {
         return Some(1);
     }
-    buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2)
+    let from = seen.saturating_sub(1).min(buf.len());
+    buf[from..]
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| from + i + 2)
 }
 
 /// Parses one complete list, `buf[..list_end(buf)]`, with the bounds of
@@ -432,6 +443,10 @@ mod tests {
             assert_eq!(list_end(&wire[..cut]), None, "cut at {cut}");
         }
         assert_eq!(list_end(&wire), Some(wire.len()));
+        // Scanning on from where the last look stopped finds the same end.
+        for seen in 0..wire.len() {
+            assert_eq!(list_end_after(&wire, seen), Some(wire.len()), "seen {seen}");
+        }
         assert_eq!(parse_list(&wire).unwrap(), a);
         assert_eq!(reader(&wire).recv().unwrap(), Some(a));
         assert_eq!(list_end(b"\nrest"), Some(1));

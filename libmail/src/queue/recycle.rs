@@ -254,19 +254,14 @@ impl Reaper {
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_suffix(RETIRING));
-        // (By path if the descriptor is read-only.)
+        // (The descriptor is qmgr's, open for writing; a file that cannot
+        // be emptied is unlinked.)
         let emptied = self.estimate < POOL_LIMIT
             && lock_exclusive(file)
             && file
                 .set_permissions(fs::Permissions::from_mode(0o600))
                 .is_ok()
-            && (file.set_len(0).is_ok()
-                || OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(retiring)
-                    .is_ok());
+            && file.set_len(0).is_ok();
         if let (true, Some(name)) = (emptied, name) {
             if rename_noreplace(retiring, &self.dir.join(name)).is_ok() {
                 self.estimate += 1;
@@ -430,8 +425,7 @@ mod tests {
         for i in 0..POOL_LIMIT {
             File::create(dir.join(format!("F{i}"))).unwrap();
         }
-        // (Read-only: the reaper empties by path then.)
-        let qf = QueueFile::open(&path, Access::ReadOnly, &Limits::default()).unwrap();
+        let qf = QueueFile::open(&path, Access::ReadWrite, &Limits::default()).unwrap();
         let id = qf.id().unwrap().to_string();
         let mut r = Reaper::new(l);
         let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
