@@ -285,18 +285,20 @@ impl Writer {
         for _ in 0..1000 {
             let (sec, usec) = now();
             let dir = layout.ensure_dir(queue, &hash_key_of_usec(usec))?;
-            // incoming/ reuses the inodes of delivered messages (see
-            // `recycle`); maildrop/ files belong to their submitters.
-            let recycled = (queue == Queue::Incoming)
-                .then(|| {
-                    let tmp = temp_name(&dir);
-                    super::recycle::claim(layout, &tmp).map(|f| (f, tmp))
-                })
-                .flatten();
-            let (file, tmp) = match recycled {
-                Some(r) => r,
-                None => create_temp(&dir)?,
-            };
+            // incoming/ reuses the inodes of delivered messages, renamed
+            // straight to the ID made of their inode (see `recycle`);
+            // maildrop/ files belong to their submitters.
+            if queue == Queue::Incoming {
+                let claimed = super::recycle::claim(layout, |ino| {
+                    let id = QueueId::new(style, sec, usec, ino);
+                    (dir.join(id.as_str()), id)
+                });
+                if let Some((file, path, id)) = claimed {
+                    let named = Unacked { path, keep: false };
+                    return Ok(Writer::start(queue, file, id, dir, named, (sec, usec)));
+                }
+            }
+            let (file, tmp) = create_temp(&dir)?;
             let tmp = Unacked {
                 path: tmp,
                 keep: false,
@@ -316,41 +318,53 @@ impl Writer {
             let mut tmp = tmp;
             tmp.keep = true;
             let named = Unacked { path, keep: false };
-            let mut buf = Vec::with_capacity(FLUSH_AT + CONTENT_CHUNK + 16);
-            // Placeholder size record, filled in by finish().
-            buf.push(RecordType::Size.byte());
-            put_varint(&mut buf, SIZE_PAYLOAD_LEN);
-            buf.extend_from_slice(&[b' '; SIZE_PAYLOAD_LEN]);
-            return Ok(Writer {
-                complete_mode: if queue == Queue::Maildrop {
-                    0o744
-                } else {
-                    0o700
-                },
-                file,
-                id,
-                dir,
-                named,
-                created: (sec, usec),
-                buf,
-                flushed: 0,
-                crc: Crc32c::new(),
-                stage: Stage::Envelope,
-                failed: false,
-                have_sender: false,
-                have_time: false,
-                have_full_name: false,
-                have_envid: false,
-                have_ret: false,
-                in_line: false,
-                rcpt_count: 0,
-                content_size: 0,
-                data_offset: 0,
-                xtra_offset: 0,
-                flags: 0,
-            });
+            return Ok(Writer::start(queue, file, id, dir, named, (sec, usec)));
         }
         Err(io::Error::other("cannot find a free queue ID"))
+    }
+
+    /// A writer for `file`, just created (or claimed) and named `named`.
+    fn start(
+        queue: Queue,
+        file: File,
+        id: QueueId,
+        dir: PathBuf,
+        named: Unacked,
+        created: (u64, u32),
+    ) -> Writer {
+        let mut buf = Vec::with_capacity(FLUSH_AT + CONTENT_CHUNK + 16);
+        // Placeholder size record, filled in by finish().
+        buf.push(RecordType::Size.byte());
+        put_varint(&mut buf, SIZE_PAYLOAD_LEN);
+        buf.extend_from_slice(&[b' '; SIZE_PAYLOAD_LEN]);
+        Writer {
+            complete_mode: if queue == Queue::Maildrop {
+                0o744
+            } else {
+                0o700
+            },
+            file,
+            id,
+            dir,
+            named,
+            created,
+            buf,
+            flushed: 0,
+            crc: Crc32c::new(),
+            stage: Stage::Envelope,
+            failed: false,
+            have_sender: false,
+            have_time: false,
+            have_full_name: false,
+            have_envid: false,
+            have_ret: false,
+            in_line: false,
+            rcpt_count: 0,
+            content_size: 0,
+            data_offset: 0,
+            xtra_offset: 0,
+            flags: 0,
+        }
     }
 
     pub fn id(&self) -> QueueId {

@@ -15,20 +15,27 @@
 //! ```text
 //!  qmgr main loop  rename active/ID -> recycle/ID.x                 "removed" (gone from the queue)
 //!  qmgr reaper     flock(EX); chmod 0600; ftruncate 0;               (or unlink: pool full, or
-//!                  rename -> recycle/ID                               the lock not had in 1 s)
-//!  cleanup         rename recycle/ID -> incoming/tmp.PID.N; open     as if just created
+//!                  rename -> recycle/iINODE                           the lock not had in 1 s)
+//!  cleanup         ID := (now, INODE);                                as if just created and
+//!                  rename recycle/iINODE -> incoming/ID; open          named (one rename)
 //! ```
 //!
-//! * Only an emptied file is ever claimable: a name without `.x` is given
-//!   only after the truncation, so cleanup never sees an old message's
-//!   bytes, and no delivered content stays on disk in the pool.
+//! * Only an emptied file is ever claimable: a pool name (`i` and the
+//!   inode number in hex) is given only after the truncation, so cleanup
+//!   never sees an old message's bytes, and no delivered content stays on
+//!   disk in the pool.
+//! * The pool name carries the inode number because a queue ID is made
+//!   from it: cleanup renames a pool file straight to its new ID, and
+//!   checks after opening it that the inode is the one the name said
+//!   (else the file is removed: a name nobody but the reaper gives).
 //! * The reaper empties the file only under an exclusive lock: a
 //!   delivery agent that answered but has not closed the file yet, or a
 //!   postsuper at work on it, finishes first. postsuper, which locks
 //!   before it touches a queue file and then checks that the path still
 //!   names it, finds the message gone.
 //! * A crash leaves at worst a `recycle/ID.x` (not claimable, possibly
-//!   with content): qmgr removes those when it starts ([`clean`]).
+//!   with content): qmgr removes those, and any other name that is not a
+//!   pool name, when it starts ([`clean`]).
 //! * The pool holds at most [`POOL_LIMIT`] files; beyond that the reaper
 //!   unlinks as before. A missing `recycle/` directory (a queue made by an
 //!   older version) just means no recycling.
@@ -116,31 +123,60 @@ fn next_name(dir: &Path) -> Option<std::ffi::OsString> {
     c.names.pop()
 }
 
-/// A name cleanup may take: an emptied file (no `.`, so neither a
-/// retiring one nor anything foreign with a suffix).
-fn claimable(name: &std::ffi::OsStr) -> bool {
-    let b = name.as_encoded_bytes();
-    !b.is_empty() && b.len() <= 64 && !b.contains(&b'.')
+/// The pool name of an emptied file: `i` and its inode number in hex.
+fn pool_name(ino: u64) -> String {
+    format!("i{ino:x}")
 }
 
-/// Takes an emptied file from the pool and names it `to` (a fresh
-/// temporary name in a queue directory), open for writing, mode 0600 and
-/// empty, exactly as if `to` had just been created. `None`: the pool had
-/// nothing usable; create a file instead.
-pub(crate) fn claim(layout: &QueueLayout, to: &Path) -> Option<File> {
+/// The inode number a pool name gives, `None` for any other name (a
+/// retiring `ID.x`, anything foreign). Only such names are claimed.
+fn pool_inode(name: &std::ffi::OsStr) -> Option<u64> {
+    let hex = name.to_str()?.strip_prefix('i')?;
+    if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn claimable(name: &std::ffi::OsStr) -> bool {
+    pool_inode(name).is_some()
+}
+
+/// Takes an emptied file from the pool and gives it the path `target`
+/// makes of its inode number (its new queue ID's, in a queue directory),
+/// open for writing, mode 0600 and empty, exactly as if it had just been
+/// created under that name; returns the file, the path and what `target`
+/// gave with it. `None`: the pool had nothing usable; create a file
+/// instead.
+pub(crate) fn claim<T>(
+    layout: &QueueLayout,
+    mut target: impl FnMut(u64) -> (PathBuf, T),
+) -> Option<(File, PathBuf, T)> {
     let dir = pool_dir(layout);
     for _ in 0..16 {
         let name = next_name(&dir)?;
-        match rename_noreplace(&dir.join(&name), to) {
+        let Some(ino) = pool_inode(&name) else {
+            continue;
+        };
+        let (to, extra) = target(ino);
+        match rename_noreplace(&dir.join(&name), &to) {
             Ok(()) => {}
-            // Another process took it first.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Another process took it first; or a foreign file has the
+            // new name (the caller's next attempt has another time).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+                ) =>
+            {
+                continue
+            }
             Err(_) => return None,
         }
-        match fit(to) {
-            Some(f) => return Some(f),
+        match fit(&to, ino) {
+            Some(f) => return Some((f, to, extra)),
             None => {
-                let _ = fs::remove_file(to);
+                let _ = fs::remove_file(&to);
             }
         }
     }
@@ -148,9 +184,9 @@ pub(crate) fn claim(layout: &QueueLayout, to: &Path) -> Option<File> {
 }
 
 /// Opens a claimed file and checks it is what the reaper leaves: a
-/// regular file of this user with one link, empty, mode 0600 (repaired
-/// if a crash left it otherwise).
-fn fit(path: &Path) -> Option<File> {
+/// regular file of this user with one link and the inode its pool name
+/// gave, empty, mode 0600 (repaired if a crash left it otherwise).
+fn fit(path: &Path, ino: u64) -> Option<File> {
     let f = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -159,7 +195,7 @@ fn fit(path: &Path) -> Option<File> {
     let m = f.metadata().ok()?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if !m.is_file() || m.nlink() != 1 || m.uid() != me {
+    if !m.is_file() || m.nlink() != 1 || m.uid() != me || m.ino() != ino {
         return None;
     }
     if m.len() != 0 {
@@ -250,20 +286,18 @@ impl Reaper {
             self.estimate = count(&self.dir);
             self.reaped = 0;
         }
-        let name = retiring
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(RETIRING));
         // (The descriptor is qmgr's, open for writing; a file that cannot
         // be emptied is unlinked.)
+        let ino = file.metadata().map(|m| m.ino());
         let emptied = self.estimate < POOL_LIMIT
+            && ino.is_ok()
             && lock_exclusive(file)
             && file
                 .set_permissions(fs::Permissions::from_mode(0o600))
                 .is_ok()
             && file.set_len(0).is_ok();
-        if let (true, Some(name)) = (emptied, name) {
-            if rename_noreplace(retiring, &self.dir.join(name)).is_ok() {
+        if let (true, Ok(ino)) = (emptied, ino) {
+            if rename_noreplace(retiring, &self.dir.join(pool_name(ino))).is_ok() {
                 self.estimate += 1;
                 return;
             }
@@ -281,8 +315,9 @@ fn count(dir: &Path) -> usize {
 }
 
 /// Removes what a crash left half retired (`recycle/*.x`, which may
-/// still hold a delivered message's bytes). qmgr calls it at start,
-/// before any retiring of its own.
+/// still hold a delivered message's bytes) and whatever else is not a
+/// pool name (an older version's pool). qmgr calls it at start, before
+/// any retiring of its own.
 pub fn clean(layout: &QueueLayout) {
     let dir = pool_dir(layout);
     let Ok(rd) = fs::read_dir(&dir) else {
@@ -290,7 +325,7 @@ pub fn clean(layout: &QueueLayout) {
     };
     for e in rd.filter_map(|e| e.ok()) {
         let n = e.file_name();
-        if n.as_encoded_bytes().ends_with(RETIRING.as_bytes()) {
+        if !claimable(&n) {
             let _ = fs::remove_file(dir.join(n));
         }
     }
@@ -357,14 +392,14 @@ mod tests {
         assert_eq!(pool_names(l), vec![format!("{id}.x")]);
         // (The pool is read again now, not after the empty read's pause.)
         CACHE.lock().unwrap().next_read = None;
-        assert!(claim(l, &l.root().join("incoming/tmp.t.1")).is_none());
+        assert!(claim(l, |_| (l.root().join("incoming/T1"), ())).is_none());
 
-        // Reaper: emptied, mode 0600, claimable under the ID.
+        // Reaper: emptied, mode 0600, claimable under its inode number.
         let mut r = Reaper::new(l);
         r.reap(qf.file(), &retiring);
         drop(qf);
-        assert_eq!(pool_names(l), vec![id.clone()]);
-        let m = fs::metadata(l.root().join(DIR).join(&id)).unwrap();
+        assert_eq!(pool_names(l), vec![format!("i{ino:x}")]);
+        let m = fs::metadata(l.root().join(DIR).join(pool_name(ino))).unwrap();
         assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o600));
 
         // The next message gets the same inode, and a new ID.
@@ -423,7 +458,7 @@ mod tests {
         let dir = l.root().join(DIR);
         let path = message(l, b"z");
         for i in 0..POOL_LIMIT {
-            File::create(dir.join(format!("F{i}"))).unwrap();
+            File::create(dir.join(pool_name(1 << 40 | i as u64))).unwrap();
         }
         let qf = QueueFile::open(&path, Access::ReadWrite, &Limits::default()).unwrap();
         let id = qf.id().unwrap().to_string();
@@ -431,13 +466,17 @@ mod tests {
         let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
             panic!("not recycled");
         };
+        let ino = qf.file().metadata().unwrap().ino();
         r.reap(qf.file(), &retiring);
-        assert!(!retiring.exists() && !dir.join(&id).exists());
+        assert!(!retiring.exists() && !dir.join(pool_name(ino)).exists());
         assert_eq!(pool_names(l).len(), POOL_LIMIT);
 
+        // A crash's half-retired file and an older version's pool name go;
+        // the pool names stay.
         fs::write(dir.join("ABCDE.x"), b"half retired").unwrap();
+        File::create(dir.join("3E13898EBDB")).unwrap();
         clean(l);
-        assert!(!dir.join("ABCDE.x").exists());
+        assert!(!dir.join("ABCDE.x").exists() && !dir.join("3E13898EBDB").exists());
         assert_eq!(pool_names(l).len(), POOL_LIMIT);
     }
 
@@ -446,21 +485,43 @@ mod tests {
         let s = layout("foreign");
         let l = &s.0;
         let dir = l.root().join(DIR);
-        // A directory is not even taken; a file with a second link is
-        // taken out of the pool, but never written to.
-        fs::create_dir(dir.join("D1")).unwrap();
-        fs::write(dir.join("L1"), b"linked").unwrap();
-        fs::hard_link(dir.join("L1"), l.root().join("elsewhere")).unwrap();
-        let to = l.root().join("incoming/tmp.t.2");
-        assert!(claim(l, &to).is_none());
-        assert!(!to.exists() && dir.join("D1").is_dir());
-        assert_eq!(fs::read(l.root().join("elsewhere")).unwrap(), b"linked");
+        let ino_of = |p: &Path| fs::metadata(p).unwrap().ino();
+        // A directory is not even taken; a file with a second link, or
+        // under the name of another inode, is taken out of the pool but
+        // never written to.
+        fs::create_dir(dir.join("i1")).unwrap();
+        let linked = l.root().join("elsewhere");
+        fs::write(&linked, b"linked").unwrap();
+        fs::hard_link(&linked, dir.join(pool_name(ino_of(&linked)))).unwrap();
+        let misnamed = dir.join("misnamed");
+        fs::write(&misnamed, b"").unwrap();
+        let wrong = ino_of(&misnamed) + (1 << 40);
+        fs::rename(&misnamed, dir.join(pool_name(wrong))).unwrap();
+        let mut tried = Vec::new();
+        let to = |ino: u64| (l.root().join(format!("incoming/T{ino:x}")), ino);
+        assert!(claim(l, |ino| {
+            tried.push(ino);
+            to(ino)
+        })
+        .is_none());
+        tried.sort();
+        assert_eq!(tried, vec![ino_of(&linked), wrong]);
+        assert!(dir.join("i1").is_dir());
+        assert!(fs::read_dir(l.root().join("incoming"))
+            .unwrap()
+            .next()
+            .is_none());
+        assert_eq!(fs::read(&linked).unwrap(), b"linked");
         // A leftover with content (a crash between truncation steps) is
-        // emptied on claim.
-        fs::write(dir.join("C1"), b"old bytes").unwrap();
+        // emptied on claim, and named after its inode.
+        let old = l.root().join("old");
+        fs::write(&old, b"old bytes").unwrap();
+        let ino = ino_of(&old);
+        fs::rename(&old, dir.join(pool_name(ino))).unwrap();
         CACHE.lock().unwrap().next_read = None;
-        let f = claim(l, &to).unwrap();
+        let (f, path, got) = claim(l, to).unwrap();
+        assert_eq!((path, got), to(ino));
         let m = f.metadata().unwrap();
-        assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o600));
+        assert_eq!((m.len(), m.mode() & 0o7777, m.ino()), (0, 0o600, ino));
     }
 }
