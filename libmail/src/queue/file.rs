@@ -276,6 +276,9 @@ pub struct Writer {
     data_offset: u64,
     xtra_offset: u64,
     flags: u64,
+    /// The length of a recycled file before this message (see
+    /// `recycle::Claimed`), cut to the message's at the end.
+    prior_len: u64,
 }
 
 impl Writer {
@@ -293,9 +296,14 @@ impl Writer {
                     let id = QueueId::new(style, sec, usec, ino);
                     (dir.join(id.as_str()), id)
                 });
-                if let Some((file, path, id)) = claimed {
-                    let named = Unacked { path, keep: false };
-                    return Ok(Writer::start(queue, file, id, dir, named, (sec, usec)));
+                if let Some(c) = claimed {
+                    let named = Unacked {
+                        path: c.path,
+                        keep: false,
+                    };
+                    let mut w = Writer::start(queue, c.file, c.extra, dir, named, (sec, usec));
+                    w.prior_len = c.len;
+                    return Ok(w);
                 }
             }
             let (file, tmp) = create_temp(&dir)?;
@@ -364,6 +372,7 @@ impl Writer {
             data_offset: 0,
             xtra_offset: 0,
             flags: 0,
+            prior_len: 0,
         }
     }
 
@@ -605,6 +614,11 @@ impl Writer {
             } else {
                 self.flush()?;
                 self.file.write_all_at(&payload, 2)?;
+            }
+            // A recycled file was longer: cut what this message did not
+            // overwrite.
+            if self.prior_len > self.flushed {
+                self.file.set_len(self.flushed)?;
             }
             self.file
                 .set_permissions(fs::Permissions::from_mode(self.complete_mode))

@@ -14,16 +14,24 @@
 //!
 //! ```text
 //!  qmgr main loop  rename active/ID -> recycle/ID.x                 "removed" (gone from the queue)
-//!  qmgr reaper     flock(EX); chmod 0600; ftruncate 0;               (or unlink: pool full, or
-//!                  rename -> recycle/iINODE                           the lock not had in 1 s)
+//!  qmgr reaper     flock(EX); chmod 0600; zeros over the content       (or unlink: pool full, or
+//!                  (ftruncate 0 past 64 KiB); rename -> recycle/iINODE the lock not had in 1 s)
 //!  cleanup         ID := (now, INODE);                                as if just created and
 //!                  rename recycle/iINODE -> incoming/ID; open          named (one rename)
 //! ```
 //!
 //! * Only an emptied file is ever claimable: a pool name (`i` and the
-//!   inode number in hex) is given only after the truncation, so cleanup
-//!   never sees an old message's bytes, and no delivered content stays on
-//!   disk in the pool.
+//!   inode number in hex) is given only after the content was overwritten
+//!   with zeros (or truncated), so cleanup never sees an old message's
+//!   bytes, and no delivered content stays in the pool.
+//! * A small file keeps its length and its blocks: the next message is
+//!   written over them and the writer cuts the file to its own length at
+//!   the end. Freeing the blocks (truncation) and allocating new ones cost
+//!   more than the zeros: with `discard` the freeing sends the disk a trim
+//!   per message, and the next message's fsync had to write the block
+//!   bitmap and group descriptor its allocation dirtied. The zeros are
+//!   written to the page cache only; the next message's bytes usually
+//!   replace them before any writeback.
 //! * The pool name carries the inode number because a queue ID is made
 //!   from it: cleanup renames a pool file straight to its new ID, and
 //!   checks after opening it that the inode is the one the name said
@@ -142,16 +150,28 @@ fn claimable(name: &std::ffi::OsStr) -> bool {
     pool_inode(name).is_some()
 }
 
+/// A file taken from the pool.
+pub(crate) struct Claimed<T> {
+    /// Open for writing, mode 0600, at offset 0.
+    pub file: File,
+    /// Its length: zeros (or, after a power loss, possibly an old
+    /// message's bytes) that the new content overwrites; the writer cuts
+    /// the file to its own length at the end.
+    pub len: u64,
+    pub path: PathBuf,
+    /// What `target` gave with the path.
+    pub extra: T,
+}
+
 /// Takes an emptied file from the pool and gives it the path `target`
 /// makes of its inode number (its new queue ID's, in a queue directory),
-/// open for writing, mode 0600 and empty, exactly as if it had just been
-/// created under that name; returns the file, the path and what `target`
-/// gave with it. `None`: the pool had nothing usable; create a file
+/// as if it had just been created under that name, but for its length
+/// (see [`Claimed`]). `None`: the pool had nothing usable; create a file
 /// instead.
 pub(crate) fn claim<T>(
     layout: &QueueLayout,
     mut target: impl FnMut(u64) -> (PathBuf, T),
-) -> Option<(File, PathBuf, T)> {
+) -> Option<Claimed<T>> {
     let dir = pool_dir(layout);
     for _ in 0..16 {
         let name = next_name(&dir)?;
@@ -174,7 +194,14 @@ pub(crate) fn claim<T>(
             Err(_) => return None,
         }
         match fit(&to, ino) {
-            Some(f) => return Some((f, to, extra)),
+            Some((file, len)) => {
+                return Some(Claimed {
+                    file,
+                    len,
+                    path: to,
+                    extra,
+                })
+            }
             None => {
                 let _ = fs::remove_file(&to);
             }
@@ -185,8 +212,9 @@ pub(crate) fn claim<T>(
 
 /// Opens a claimed file and checks it is what the reaper leaves: a
 /// regular file of this user with one link and the inode its pool name
-/// gave, empty, mode 0600 (repaired if a crash left it otherwise).
-fn fit(path: &Path, ino: u64) -> Option<File> {
+/// gave, mode 0600 (repaired if a crash left it otherwise); returns it
+/// with its length.
+fn fit(path: &Path, ino: u64) -> Option<(File, u64)> {
     let f = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -198,13 +226,10 @@ fn fit(path: &Path, ino: u64) -> Option<File> {
     if !m.is_file() || m.nlink() != 1 || m.uid() != me || m.ino() != ino {
         return None;
     }
-    if m.len() != 0 {
-        f.set_len(0).ok()?;
-    }
     if m.mode() & 0o7777 != 0o600 {
         f.set_permissions(fs::Permissions::from_mode(0o600)).ok()?;
     }
-    Some(f)
+    Some((f, m.len()))
 }
 
 /// What [`retire`] did with a finished message's file.
@@ -231,6 +256,32 @@ pub fn retire(layout: &QueueLayout, path: &Path, id: &str) -> io::Result<Retired
     }
     fs::remove_file(path)?;
     Ok(Retired::Removed)
+}
+
+/// Largest file emptied by overwriting it with zeros (keeping its
+/// blocks); a larger one is truncated.
+const ZERO_FILL_MAX: u64 = 64 * 1024;
+
+/// Overwrites the content of a retired file with zeros, or truncates it
+/// when it is larger than [`ZERO_FILL_MAX`].
+fn empty(file: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    static ZEROS: [u8; 8192] = [0; 8192];
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    if len > ZERO_FILL_MAX {
+        return file.set_len(0).is_ok();
+    }
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(ZEROS.len() as u64) as usize;
+        if file.write_all_at(&ZEROS[..n], at).is_err() {
+            return false;
+        }
+        at += n as u64;
+    }
+    true
 }
 
 /// How long the reaper waits for the lock of a file it empties.
@@ -295,7 +346,7 @@ impl Reaper {
             && file
                 .set_permissions(fs::Permissions::from_mode(0o600))
                 .is_ok()
-            && file.set_len(0).is_ok();
+            && empty(file);
         if let (true, Ok(ino)) = (emptied, ino) {
             if rename_noreplace(retiring, &self.dir.join(pool_name(ino))).is_ok() {
                 self.estimate += 1;
@@ -394,28 +445,72 @@ mod tests {
         CACHE.lock().unwrap().next_read = None;
         assert!(claim(l, |_| (l.root().join("incoming/T1"), ())).is_none());
 
-        // Reaper: emptied, mode 0600, claimable under its inode number.
+        // Reaper: zeros over the content (the length and the blocks
+        // stay), mode 0600, claimable under its inode number.
+        let len = fs::metadata(&retiring).unwrap().len();
         let mut r = Reaper::new(l);
         r.reap(qf.file(), &retiring);
         drop(qf);
         assert_eq!(pool_names(l), vec![format!("i{ino:x}")]);
-        let m = fs::metadata(l.root().join(DIR).join(pool_name(ino))).unwrap();
-        assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o600));
+        let pooled = l.root().join(DIR).join(pool_name(ino));
+        let m = fs::metadata(&pooled).unwrap();
+        assert_eq!((m.len(), m.mode() & 0o7777), (len, 0o600));
+        assert!(fs::read(&pooled).unwrap().iter().all(|&b| b == 0));
 
-        // The next message gets the same inode, and a new ID.
+        // The next message gets the same inode, and a new ID; shorter, it
+        // leaves nothing of the old length behind.
         CACHE.lock().unwrap().next_read = None;
-        let next = message(l, b"the next message");
+        let next = message(l, b"the next");
         assert_eq!(fs::metadata(&next).unwrap().ino(), ino);
         assert!(pool_names(l).is_empty());
+        assert!(fs::metadata(&next).unwrap().len() < len);
+        assert_eq!(content_of(&next), b"the next");
         let q2 = QueueFile::open(&next, Access::ReadOnly, &Limits::default()).unwrap();
-        q2.verify().unwrap();
         assert_ne!(q2.id().unwrap().to_string(), id);
+
+        // Longer than the file it reuses: written past the old end.
+        let q2 = QueueFile::open(&next, Access::ReadWrite, &Limits::default()).unwrap();
+        let id2 = q2.id().unwrap().to_string();
+        let Retired::Pending(retiring) = retire(l, &next, &id2).unwrap() else {
+            panic!("not recycled");
+        };
+        r.reap(q2.file(), &retiring);
+        drop(q2);
+        CACHE.lock().unwrap().next_read = None;
+        let long = vec![b'y'; 3000];
+        let third = message(l, &long);
+        assert_eq!(fs::metadata(&third).unwrap().ino(), ino);
+        assert_eq!(content_of(&third), long);
+    }
+
+    /// The content of a complete queue file, after checking its CRC.
+    fn content_of(path: &Path) -> Vec<u8> {
+        let q = QueueFile::open(path, Access::ReadOnly, &Limits::default()).unwrap();
+        q.verify().unwrap();
         let mut content = Vec::new();
-        let mut reader = q2.content();
+        let mut reader = q.content();
         while let Some((piece, _)) = reader.next_piece().unwrap() {
             content.extend_from_slice(piece);
         }
-        assert_eq!(content, b"the next message");
+        content
+    }
+
+    #[test]
+    fn a_large_retired_file_is_truncated() {
+        let s = layout("large");
+        let l = &s.0;
+        let path = message(l, &vec![b'z'; 900]);
+        let qf = QueueFile::open(&path, Access::ReadWrite, &Limits::default()).unwrap();
+        // Past the zero-fill size (a bigger message in effect).
+        qf.file().set_len(ZERO_FILL_MAX + 1).unwrap();
+        let ino = qf.file().metadata().unwrap().ino();
+        let id = qf.id().unwrap().to_string();
+        let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
+            panic!("not recycled");
+        };
+        Reaper::new(l).reap(qf.file(), &retiring);
+        let m = fs::metadata(l.root().join(DIR).join(pool_name(ino))).unwrap();
+        assert_eq!((m.len(), m.mode() & 0o7777), (0, 0o600));
     }
 
     #[test]
@@ -512,16 +607,17 @@ mod tests {
             .next()
             .is_none());
         assert_eq!(fs::read(&linked).unwrap(), b"linked");
-        // A leftover with content (a crash between truncation steps) is
-        // emptied on claim, and named after its inode.
+        // A pool file is named after its inode; its mode is repaired if
+        // a crash left it otherwise, and its length told (the writer
+        // overwrites it and cuts the rest).
         let old = l.root().join("old");
-        fs::write(&old, b"old bytes").unwrap();
+        fs::write(&old, b"000").unwrap();
         let ino = ino_of(&old);
         fs::rename(&old, dir.join(pool_name(ino))).unwrap();
         CACHE.lock().unwrap().next_read = None;
-        let (f, path, got) = claim(l, to).unwrap();
-        assert_eq!((path, got), to(ino));
-        let m = f.metadata().unwrap();
-        assert_eq!((m.len(), m.mode() & 0o7777, m.ino()), (0, 0o600, ino));
+        let c = claim(l, to).unwrap();
+        assert_eq!((c.path, c.extra, c.len), (to(ino).0, ino, 3));
+        let m = c.file.metadata().unwrap();
+        assert_eq!((m.mode() & 0o7777, m.ino()), (0o600, ino));
     }
 }
