@@ -21,7 +21,8 @@
 # settings (and chroot off in Postfix's master.cf, as Facteur has none).
 # Printed per mode and system: messages per second end to end and the peak
 # resident memory of the MTA (the sum over master and its children,
-# sampled every 100 ms), then the Facteur/Postfix ratios. A side whose
+# sampled every 100 ms), the CPU time per message of the MTA (and of
+# Dovecot, for lmtp), then the Facteur/Postfix ratios. A side whose
 # delivery agent is not built (Facteur before its smtp/lmtp agents) is
 # reported as skipped.
 #
@@ -87,6 +88,15 @@ report() {
   echo "$1 $2 $rate ${peak:-0}" >> "$work/results"
 }
 
+# per_msg WHO PID CPU0 COUNT: CPU-milliseconds per message that PID's
+# tree (exited children included) spent since tree_cpu gave CPU0.
+per_msg() {
+  local c1
+  c1=$(tree_cpu "$2")
+  [ "${4:-0}" -gt 0 ] || return 0
+  printf '       %s: %.2f CPU-ms/msg\n' "$1" "$(echo "($c1 - $3) * 1000 / $4" | bc -l)"
+}
+
 # run_relay SYSTEM
 run_relay() {
   local sys=$1 d=$work/relay-$sys sport spid
@@ -103,7 +113,8 @@ run_relay() {
   "start_$sys" "$d" "$extra"
   wait_listening "$mta_port"
   rss_sampler "$mta_pid" "$d/rss"; pids+=("$rss_pid")
-  local start end got
+  local start end got c0
+  c0=$(tree_cpu "$mta_pid")
   start=$(date +%s.%N)
   submit "$RN" "$mta_port" "user@relay.example.net"
   echo "       submitted in $(elapsed "$start" "$(date +%s.%N)") s"
@@ -113,6 +124,7 @@ run_relay() {
   kill "$rss_pid" 2>/dev/null || true; wait "$rss_pid" 2>/dev/null || true
   report relay "$sys" "$got" "$start" "$end" "$d/rss"
   echo "       cpu: $(cpu_breakdown "$mta_pid")"
+  per_msg "$sys" "$mta_pid" "$c0" "$got"
   if [ "$sys" = postfix ]; then stop_postfix "$d" "$mta_pid"; else stop_facteur "$mta_pid"; fi
   kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
 }
@@ -139,7 +151,9 @@ virtual_transport = lmtp:unix:$sock"
   "start_$sys" "$d" "$extra"
   wait_listening "$mta_port"
   rss_sampler "$mta_pid" "$d/rss"; pids+=("$rss_pid")
-  local box=$root/alice@example.test/Maildir start end got
+  local box=$root/alice@example.test/Maildir start end got c0 dpid d0
+  dpid=$(cat "$dv/run/master.pid")
+  c0=$(tree_cpu "$mta_pid"); d0=$(tree_cpu "$dpid")
   start=$(date +%s.%N)
   submit "$LN" "$mta_port" "alice@example.test"
   wait_count "lmtp $sys" "maildir_count $box" "$LN" || true
@@ -148,6 +162,8 @@ virtual_transport = lmtp:unix:$sock"
   kill "$rss_pid" 2>/dev/null || true; wait "$rss_pid" 2>/dev/null || true
   report lmtp "$sys" "$got" "$start" "$end" "$d/rss"
   echo "       cpu: $(cpu_breakdown "$mta_pid")"
+  per_msg "$sys" "$mta_pid" "$c0" "$got"
+  per_msg Dovecot "$dpid" "$d0" "$got"
   if [ "$sys" = postfix ]; then stop_postfix "$d" "$mta_pid"; else stop_facteur "$mta_pid"; fi
   sh "$fixture" stop "$dv" >/dev/null 2>&1 || true
 }
