@@ -114,6 +114,13 @@ impl std::os::fd::AsRawFd for Stream {
 }
 
 impl Stream {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_nonblocking(on),
+            Stream::Tcp(s) => s.set_nonblocking(on),
+        }
+    }
+
     pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Unix(s) => {
@@ -573,41 +580,95 @@ fn accept_failed(e: &io::Error) {
     }
 }
 
+/// Most trigger connections a trigger server keeps open (a client such as
+/// cleanup keeps its own to send a byte per message); a new one past it
+/// closes the oldest, whose client connects again when it next writes.
+const MAX_TRIGGER_CONNS: usize = 64;
+
 fn trigger_loop(listener: Listener, tx: mpsc::Sender<u8>) {
+    use std::os::fd::AsRawFd;
     let mut buf = [0u8; 1024];
-    loop {
-        match &listener {
-            Listener::Fifo(f) => {
-                let mut f: &File = f;
+    let forward = |bytes: &[u8]| {
+        for &b in bytes {
+            let _ = tx.send(b);
+        }
+    };
+    let lfd = match &listener {
+        Listener::Fifo(f) => {
+            let mut f: &File = f;
+            loop {
                 match f.read(&mut buf) {
-                    Ok(0) => std::thread::sleep(Duration::from_millis(100)),
-                    Ok(n) => {
-                        for &b in &buf[..n] {
-                            let _ = tx.send(b);
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    Ok(n) if n > 0 => forward(&buf[..n]),
+                    _ => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
-            _ => match accept(&listener, None) {
-                Ok(Some(mut s)) => {
-                    let _ = s.set_timeouts(Some(Duration::from_secs(5)));
-                    let mut got = 0;
-                    while got < 1024 {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                got += n;
-                                for &b in &buf[..n] {
-                                    let _ = tx.send(b);
-                                }
-                            }
+        }
+        Listener::Unix(l) => l.as_raw_fd(),
+        Listener::Tcp(l) => l.as_raw_fd(),
+    };
+    // Every connection held is read as bytes come, so one that stays
+    // open (or a slow one) holds up no other.
+    let mut conns: std::collections::VecDeque<Stream> = Default::default();
+    loop {
+        if stopping() {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        let mut pfds: Vec<libc::pollfd> = std::iter::once(lfd)
+            .chain(conns.iter().map(|c| c.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: a valid array of pollfds of that length.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 200) };
+        if r <= 0 {
+            continue;
+        }
+        // Connections first (their indices are those of the poll), then
+        // the new ones.
+        for i in (0..conns.len()).rev() {
+            if pfds[i + 1].revents == 0 {
+                continue;
+            }
+            let mut open = true;
+            loop {
+                match conns[i].read(&mut buf) {
+                    Ok(0) => open = false,
+                    Ok(n) => {
+                        forward(&buf[..n]);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => open = false,
+                }
+                break;
+            }
+            if !open {
+                conns.remove(i);
+            }
+        }
+        if pfds[0].revents != 0 {
+            let s = match &listener {
+                Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+                Listener::Fifo(_) => unreachable!("FIFOs are read above"),
+            };
+            match s {
+                Ok(s) => {
+                    if s.set_nonblocking(true).is_ok() {
+                        conns.push_back(s);
+                        if conns.len() > MAX_TRIGGER_CONNS {
+                            conns.pop_front();
                         }
                     }
                 }
-                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => accept_failed(&e),
-            },
+            }
         }
     }
 }
@@ -783,6 +844,41 @@ fn take_listener(kind: &str) -> Option<Listener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trigger_server_reads_kept_connections_and_new_ones_alike() {
+        let dir = std::env::temp_dir().join(format!("service-triggers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("qmgr");
+        let l = UnixListener::bind(&path).unwrap();
+        // As master leaves it: shared, non-blocking.
+        l.set_nonblocking(true).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || trigger_loop(Listener::Unix(l), tx));
+        let got = || rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        // A client that keeps its connection open between triggers.
+        let mut kept = UnixStream::connect(&path).unwrap();
+        kept.write_all(b"I").unwrap();
+        assert_eq!(got(), b'I');
+        // Others are served meanwhile, each as it comes.
+        crate::ipc::trigger(&path, b"D").unwrap();
+        assert_eq!(got(), b'D');
+        kept.write_all(b"A").unwrap();
+        assert_eq!(got(), b'A');
+        // Past the limit, the oldest connection is closed.
+        let mut more: Vec<UnixStream> = (0..MAX_TRIGGER_CONNS)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let last = more.last_mut().unwrap();
+        last.write_all(b"W").unwrap();
+        assert_eq!(got(), b'W');
+        let mut b = [0u8; 1];
+        kept.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(kept.read(&mut b).unwrap(), 0, "the oldest was not closed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn bare_times_are_in_the_parameters_own_unit() {

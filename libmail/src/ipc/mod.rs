@@ -58,7 +58,10 @@ pub fn trigger(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Triggers sent from a thread of their own, coalesced: [`fire`] never
 /// blocks, and every `fire` is followed by at least one trigger sent
 /// after it; requests that arrive while one is waiting to be sent share
-/// it (cleanup fires one per message; qmgr needs one per batch).
+/// it (cleanup fires one per message; qmgr needs one per batch). The
+/// connection stays open between triggers (the trigger servers read
+/// every connection they hold as bytes come); a new one is made when it
+/// broke (the service restarted or closed it).
 ///
 /// [`fire`]: Coalesced::fire
 #[derive(Clone)]
@@ -72,8 +75,15 @@ impl Coalesced {
         let spawned = std::thread::Builder::new()
             .name("trigger".into())
             .spawn(move || {
+                let mut conn: Option<TriggerConn> = None;
                 while rx.recv().is_ok() {
-                    let _ = trigger(&path, bytes);
+                    if conn.as_mut().is_some_and(|c| c.write(bytes).is_ok()) {
+                        continue;
+                    }
+                    conn = open_trigger(&path).ok();
+                    if conn.as_mut().is_some_and(|c| c.write(bytes).is_err()) {
+                        conn = None;
+                    }
                 }
             });
         if let Err(e) = spawned {
@@ -114,6 +124,14 @@ pub fn open_trigger(path: &Path) -> io::Result<TriggerConn> {
 }
 
 impl TriggerConn {
+    /// Writes trigger bytes, keeping the connection open.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            TriggerConn::Fifo(f) => f.write_all(bytes),
+            TriggerConn::Socket(s) => s.write_all(bytes),
+        }
+    }
+
     /// Writes the trigger bytes and closes.
     pub fn send(self, bytes: &[u8]) -> io::Result<()> {
         match self {
@@ -151,7 +169,7 @@ impl NonBlock for std::fs::OpenOptions {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::unix::net::UnixListener;
+    use std::os::unix::net::{UnixListener, UnixStream};
 
     #[test]
     fn open_trigger_sends_nothing_until_asked_on_sockets_and_fifos() {
@@ -194,6 +212,33 @@ mod tests {
         let mut b = [0u8; 8];
         assert_eq!(reader.read(&mut b).unwrap(), 1);
         assert_eq!(&b[..1], b"W");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn coalesced_triggers_keep_their_connection_and_make_a_new_one_when_it_broke() {
+        let dir = std::env::temp_dir().join(format!("ipc-coalesced-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("qmgr");
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = Coalesced::start(sock.clone(), b"I");
+        let one_byte = |c: &mut UnixStream| {
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).unwrap();
+            b[0]
+        };
+        t.fire();
+        let (mut first, _) = l.accept().unwrap();
+        assert_eq!(one_byte(&mut first), b'I');
+        // The next trigger comes on the same connection.
+        t.fire();
+        assert_eq!(one_byte(&mut first), b'I');
+        // The service closed it (it restarted): a new connection.
+        drop(first);
+        t.fire();
+        let (mut second, _) = l.accept().unwrap();
+        assert_eq!(one_byte(&mut second), b'I');
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
