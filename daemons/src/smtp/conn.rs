@@ -128,6 +128,9 @@ pub struct Conn {
     stream: Stream,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
+    /// The socket's timeouts as last set (`None`: not set yet): most
+    /// exchanges of a session have the same, set once.
+    timeout: std::cell::Cell<Option<Duration>>,
 }
 
 impl Conn {
@@ -136,6 +139,7 @@ impl Conn {
             stream: Stream::Plain(socket),
             rbuf: Vec::new(),
             wbuf: Vec::with_capacity(64 << 10),
+            timeout: std::cell::Cell::new(None),
         }
     }
 
@@ -149,8 +153,15 @@ impl Conn {
 
     /// The deadline of the next exchange (`None`: none).
     pub fn deadline(&self, t: Duration) {
+        if self.timeout.get() == Some(t) {
+            return;
+        }
         if let Some(s) = self.socket() {
-            let _ = s.set_timeouts(if t.is_zero() { None } else { Some(t) });
+            if s.set_timeouts(if t.is_zero() { None } else { Some(t) })
+                .is_ok()
+            {
+                self.timeout.set(Some(t));
+            }
         }
     }
 
