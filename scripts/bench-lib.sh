@@ -161,19 +161,35 @@ sink_count() {
 # Files in a Maildir's new/.
 maildir_count() { ls -f "$1/new" 2>/dev/null | grep -vc '^\.' || true; }
 
-# settle_fs: writes back dirty data and drops the kernel's clean caches
-# (root only; SETTLE=0 skips it), so that each system starts from the
-# same file-system state, whatever ran before it. It matters on a file
-# system without a journal (this VM's root): ext4 then skips, at each
-# file creation, every inode freed in the last 60 s (360 s while its
-# inode-table block is dirty) and reads each one's table entry to find
-# out; the thousands of queue files the previous run removed would
-# otherwise make the next run's creations slower than its own.
+# settle_fs: lets each system start from the same file-system state,
+# whatever ran before it: waits until SETTLE_SECS (default 61) have passed
+# since the last MTA run of any benchmark ended, then writes back dirty
+# data and drops the kernel's clean caches (root only; SETTLE=0 skips it
+# all). It matters on a file system without a journal (this VM's root):
+# ext4 then skips, at each file creation, every inode freed in the last
+# 60 s (360 s while its inode-table block is dirty) and reads each one's
+# table entry to find out. Without the pause the thousands of queue files
+# the previous run removed made the next run's creations slower than its
+# own (a third of cleanup's CPU in a Facteur lmtp run just after
+# Postfix's); with it each run pays for its own removals only.
+settle_stamp=/tmp/facteur-bench-last-run
 settle_fs() {
-  [ "${SETTLE:-1}" = 1 ] && [ -w /proc/sys/vm/drop_caches ] || return 0
+  [ "${SETTLE:-1}" = 1 ] || return 0
+  local last now wait
+  last=$(cat "$settle_stamp" 2>/dev/null || echo 0)
+  now=$(date +%s)
+  wait=$((last + ${SETTLE_SECS:-61} - now))
+  if [ "$wait" -gt 0 ] && [ "$wait" -le "${SETTLE_SECS:-61}" ]; then
+    echo "       (waiting ${wait} s for the file system to forget the last run's files)"
+    sleep "$wait"
+  fi
   sync
-  echo 3 > /proc/sys/vm/drop_caches
+  [ -w /proc/sys/vm/drop_caches ] && echo 3 > /proc/sys/vm/drop_caches
+  return 0
 }
+
+# settled: notes that an MTA run ended now (see settle_fs).
+settled() { date +%s > "$settle_stamp" 2>/dev/null || true; }
 
 # start_postfix DIR EXTRA_MAIN_CF: a private Postfix with an smtpd on a
 # free port; sets mta_pid and mta_port.
@@ -199,6 +215,7 @@ start_postfix() {
 stop_postfix() {
   /usr/sbin/postfix -c "$1/etc" stop >/dev/null 2>&1 || true
   local pid=$2 i
+  settled
   for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
   kill -9 "$pid" 2>/dev/null || true
 }
@@ -229,6 +246,7 @@ start_facteur() {
 
 stop_facteur() {
   local pid=$1 i
+  settled
   kill "$pid" 2>/dev/null || true
   for i in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
   kill -9 "$pid" 2>/dev/null || true

@@ -19,7 +19,9 @@
 # of the daemons (the sum over the process tree, sampled every 100 ms).
 # Then the ratios. Needs root (Postfix's master runs as root; Facteur then runs as
 # root too, delivering as the recipient), strace, and postfix installed.
-# NO_BUILD=1: use target/release as it is. SYSTEMS="postfix facteur" (the
+# NO_BUILD=1: use target/release as it is. Each system
+# starts at least SETTLE_SECS (61) after the last run ended, caches dropped
+# (bench-lib.sh settle_fs; SETTLE=0 skips that). SYSTEMS="postfix facteur" (the
 # default) or one of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,8 @@ cleanup() {
   [ -n "${fapid:-}" ] && kill "$fapid" 2>/dev/null || true
   /usr/sbin/postfix -c "$work/postfix/etc" stop >/dev/null 2>&1 || true
   rm -rf "$work"
+  # (Removing the runs' files counts as a run for settle_fs.)
+  settled
 }
 trap cleanup EXIT
 trap "exit 130" INT TERM
@@ -166,10 +170,12 @@ mkdir -p "$pf/queue"
 chown "$user" "$pf/mail"
 chown postfix "$pf/data"
 /usr/sbin/postfix -c "$pf/etc" check >/dev/null 2>&1 || true
+settle_fs
 /usr/sbin/postfix -c "$pf/etc" start >/dev/null 2>&1
 pfpid=$(head -1 "$pf/queue/pid/master.pid" | tr -d ' ')
 run postfix "$pfpid" "$pf_submit" "$pf/mail/$user"
 /usr/sbin/postfix -c "$pf/etc" stop >/dev/null 2>&1 || true
+settled
 ;; esac
 
 case " $SYSTEMS " in *" facteur "*)
@@ -204,11 +210,13 @@ CF
 chown "$user" "$fa/mail"
 chown postfix "$fa/data"
 "$bin/facteur" -c "$fa/etc" set-permissions >/dev/null
+settle_fs
 "$bin/master" -d -c "$fa/etc" >/dev/null 2>&1 &
 fapid=$!; pids+=("$fapid")
 for _ in $(seq 200); do [ -S "$fa/queue/public/pickup" ] && break; sleep 0.05; done
 run facteur "$fapid" "$fa_submit" "$fa/mail/$user"
 kill "$fapid" 2>/dev/null || true; wait "$fapid" 2>/dev/null || true
+settled
 ;; esac
 
 [ "$(wc -l < "$work/results")" -ge 2 ] || exit 0

@@ -28,7 +28,9 @@
 #
 # Environment: SYSTEMS="postfix facteur" (the default) or one of them;
 # STALL_SECS (default 60): give up on a run when no message arrived for
-# that long; NO_BUILD=1: use target/release as it is. Needs root (Postfix's master), postfix (smtp-source,
+# that long; NO_BUILD=1: use target/release as it is. Each system
+# starts at least SETTLE_SECS (61) after the last run ended, caches dropped
+# (bench-lib.sh settle_fs; SETTLE=0 skips that). Needs root (Postfix's master), postfix (smtp-source,
 # smtp-sink), and for lmtp Dovecot (dovecot-core, dovecot-lmtpd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +69,8 @@ cleanup() {
   for c in "${postfixes[@]}"; do /usr/sbin/postfix -c "$c" stop >/dev/null 2>&1 || true; done
   for d in "${dovecots[@]}"; do sh "$fixture" stop "$d" >/dev/null 2>&1 || true; done
   rm -rf "$work"
+  # (Removing the runs' files counts as a run for settle_fs.)
+  settled
 }
 trap cleanup EXIT
 trap "exit 130" INT TERM

@@ -29,7 +29,9 @@
 #
 # Environment: SCENARIOS, SYSTEMS="postfix facteur" (the default) or one
 # of them, NO_BUILD=1 (use target/release as it is), STALL_SECS (default
-# 60: give up waiting when nothing moved for that long). Needs root
+# 60: give up waiting when nothing moved for that long), SETTLE_SECS
+# (default 61: each system starts that long after the last run ended,
+# caches dropped; bench-lib.sh settle_fs; SETTLE=0 skips it). Needs root
 # (Postfix's master), postfix (smtp-source), strace, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +66,8 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for c in "${postfixes[@]}"; do /usr/sbin/postfix -c "$c" stop >/dev/null 2>&1 || true; done
   rm -rf "$work"
+  # (Removing the runs' files counts as a run for settle_fs.)
+  settled
 }
 trap cleanup EXIT
 trap "exit 130" INT TERM
