@@ -675,3 +675,39 @@ fn improper_pipelining_is_only_logged_by_default() {
         r"postfix/smtpd\[\d+\]: improper command pipelining after HELO from \S+\[127\.0\.0\.1\]: $",
     );
 }
+
+#[test]
+fn strict_rfc821_envelopes_wants_brackets_and_the_default_does_not() {
+    // Postfix 3.7's replies, both settings.
+    for strict in [true, false] {
+        let mut i = Instance::new(&format!("smtpd-strict-{strict}"), "");
+        let port = i.with_smtpd();
+        if strict {
+            i.main_cf("strict_rfc821_envelopes = yes");
+        }
+        i.start();
+        let mut c = Raw::connect(port);
+        assert!(c.cmd("EHLO client.example").starts_with("250-"));
+        let rcpt = format!("{}@mx.example.test", user());
+        if strict {
+            assert_eq!(
+                c.cmd("MAIL FROM:a@example.org"),
+                "501 5.1.7 Bad sender address syntax\r\n"
+            );
+            assert_eq!(c.cmd("MAIL FROM:<<a@example.org>>"), "250 2.1.0 Ok\r\n");
+            assert_eq!(
+                c.cmd(&format!("RCPT TO:{rcpt}")),
+                "501 5.1.3 Bad recipient address syntax\r\n"
+            );
+        } else {
+            assert_eq!(c.cmd("MAIL FROM:a@example.org"), "250 2.1.0 Ok\r\n");
+            assert_eq!(c.cmd(&format!("RCPT TO:{rcpt}")), "250 2.1.5 Ok\r\n");
+        }
+        assert_eq!(
+            c.cmd(&format!("RCPT TO:<{rcpt}>x")),
+            "501 5.1.3 Bad recipient address syntax\r\n"
+        );
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>>")), "250 2.1.5 Ok\r\n");
+        assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    }
+}

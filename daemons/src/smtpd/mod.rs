@@ -246,6 +246,7 @@ fn controls(p: &Params) -> Controls {
         recipient_overshoot_limit: num_param(p, "smtpd_recipient_overshoot_limit", 1000).max(0)
             as usize,
         forbid_unauth_pipelining: bool_param(p, "smtpd_forbid_unauth_pipelining", false),
+        strict_rfc821_envelopes: bool_param(p, "strict_rfc821_envelopes", false),
         ipv6: libmail::config::host::protocols(&v("inet_protocols"))
             .map(|(_, v6)| v6)
             .unwrap_or(false),

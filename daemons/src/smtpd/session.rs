@@ -303,6 +303,8 @@ pub struct Controls {
     pub recipient_overshoot_limit: usize,
     /// `smtpd_forbid_unauth_pipelining`.
     pub forbid_unauth_pipelining: bool,
+    /// `strict_rfc821_envelopes`: MAIL and RCPT addresses in `<>` only.
+    pub strict_rfc821_envelopes: bool,
     /// `inet_protocols` has IPv6: XCLIENT and XFORWARD take IPv6
     /// addresses (Postfix refuses them otherwise).
     pub ipv6: bool,
@@ -341,6 +343,7 @@ impl Default for Controls {
             discard_ehlo_maps: None,
             recipient_overshoot_limit: 0,
             forbid_unauth_pipelining: false,
+            strict_rfc821_envelopes: false,
             ipv6: false,
         }
     }
@@ -1580,7 +1583,7 @@ impl Session {
             "XFORWARD" => return self.xforward(line),
             _ => {}
         }
-        let cmd = match command::parse(line) {
+        let cmd = match command::parse_with(line, self.set.controls.strict_rfc821_envelopes) {
             Ok(c) => c,
             Err(r) => {
                 let verb = line

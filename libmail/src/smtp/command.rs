@@ -2,7 +2,9 @@
 //! the ESMTP parameters, parsed strictly enough to be safe and leniently
 //! enough for real clients, as Postfix's smtpd is (with
 //! `strict_rfc821_envelopes = no`): `MAIL FROM: <a@b>` with a space,
-//! `MAIL FROM:a@b` without brackets, source routes `<@x,@y:a@b>` dropped.
+//! `MAIL FROM:a@b` without brackets, `<<a@b>>` and `<a@b>>`, source
+//! routes `<@x,@y:a@b>` dropped; [`parse_with`] under `strict` wants the
+//! brackets.
 //!
 //! A parse error is the reply Postfix sends for it (`501 5.5.4 Syntax:
 //! MAIL FROM:<address>`, `555 5.5.4 Unsupported option: X`, ...). Every
@@ -81,8 +83,15 @@ fn verb(line: &str) -> (String, &str) {
     }
 }
 
-/// Parses one command line (without its CRLF).
+/// Parses one command line (without its CRLF), leniently
+/// (`strict_rfc821_envelopes = no`).
 pub fn parse(line: &str) -> Result<Command, Reply> {
+    parse_with(line, false)
+}
+
+/// Parses one command line; `strict` (`strict_rfc821_envelopes = yes`):
+/// MAIL and RCPT addresses must be in `<>`.
+pub fn parse_with(line: &str, strict: bool) -> Result<Command, Reply> {
     let (v, arg) = verb(line);
     Ok(match v.as_str() {
         "HELO" => {
@@ -98,14 +107,14 @@ pub fn parse(line: &str) -> Result<Command, Reply> {
             Command::Ehlo(arg.to_string())
         }
         "MAIL" => {
-            let (addr, params) =
-                path_and_params(arg, "FROM:").ok_or_else(|| syntax("MAIL FROM:<address>"))?;
+            let (addr, params) = path_and_params(arg, "FROM:", strict)
+                .ok_or_else(|| syntax("MAIL FROM:<address>"))?;
             let addr = addr.map_err(|_| Reply::new(501, "5.1.7", "Bad sender address syntax"))?;
             Command::Mail(addr, mail_params(&params)?)
         }
         "RCPT" => {
             let (addr, params) =
-                path_and_params(arg, "TO:").ok_or_else(|| syntax("RCPT TO:<address>"))?;
+                path_and_params(arg, "TO:", strict).ok_or_else(|| syntax("RCPT TO:<address>"))?;
             let addr =
                 addr.map_err(|_| Reply::new(501, "5.1.3", "Bad recipient address syntax"))?;
             if addr.is_empty() {
@@ -179,8 +188,15 @@ pub fn parse(line: &str) -> Result<Command, Reply> {
 }
 
 /// `FROM:<addr> params` (or `TO:`): `None` when the keyword is missing;
-/// the inner result fails for a malformed address.
-fn path_and_params<'a>(arg: &'a str, keyword: &str) -> Option<(Result<String, ()>, Vec<&'a str>)> {
+/// the inner result fails for a malformed address, and under `strict`
+/// for one without `<>`. As in Postfix, brackets may be doubled
+/// (`<<a@b>>`) and extra closing ones follow (`<a@b>>`), but the path
+/// must end at a blank (`<a@b>x` is malformed).
+fn path_and_params<'a>(
+    arg: &'a str,
+    keyword: &str,
+    strict: bool,
+) -> Option<(Result<String, ()>, Vec<&'a str>)> {
     if arg.len() < keyword.len() || !arg[..keyword.len()].eq_ignore_ascii_case(keyword) {
         return None;
     }
@@ -188,11 +204,24 @@ fn path_and_params<'a>(arg: &'a str, keyword: &str) -> Option<(Result<String, ()
     if rest.is_empty() {
         return None;
     }
-    let (path, tail) = if let Some(body) = rest.strip_prefix('<') {
+    let (path, tail) = if rest.starts_with('<') {
+        let body = rest.trim_start_matches('<');
+        let opened = rest.len() - body.len();
         match closing_bracket(body) {
-            Some(end) => (Ok(&body[..end]), &body[end + 1..]),
+            Some(end) => {
+                let after = &body[end..];
+                let tail = after.trim_start_matches('>');
+                let closed = after.len() - tail.len();
+                if closed < opened || !(tail.is_empty() || tail.starts_with([' ', '\t'])) {
+                    (Err(()), "")
+                } else {
+                    (Ok(&body[..end]), tail)
+                }
+            }
             None => (Err(()), ""),
         }
+    } else if strict {
+        (Err(()), "")
     } else {
         let end = rest.find([' ', '\t']).unwrap_or(rest.len());
         (Ok(&rest[..end]), &rest[end..])
@@ -417,6 +446,55 @@ mod tests {
 
     fn err(line: &str) -> String {
         parse(line).unwrap_err().log_form()
+    }
+
+    /// The address of a MAIL command, or its error reply.
+    fn sender(line: &str, strict: bool) -> Result<String, String> {
+        match parse_with(line, strict) {
+            Ok(Command::Mail(a, _)) => Ok(a),
+            Ok(c) => panic!("not MAIL: {c:?}"),
+            Err(r) => Err(r.log_form()),
+        }
+    }
+
+    #[test]
+    fn brackets_as_postfix_takes_them_and_strict_rfc821_envelopes() {
+        // Checked against Postfix 3.7's smtpd, both settings.
+        for strict in [false, true] {
+            for ok in [
+                "MAIL FROM:<a@example.com>",
+                "MAIL FROM: <a@example.com>",
+                "MAIL FROM:<<a@example.com>>",
+                "MAIL FROM:<a@example.com>>",
+                "MAIL FROM:<a@example.com>\tSIZE=10",
+                "MAIL FROM:<@x.com:a@example.com>",
+            ] {
+                assert_eq!(sender(ok, strict).as_deref(), Ok("a@example.com"), "{ok}");
+            }
+            assert_eq!(sender("MAIL FROM:<>", strict).as_deref(), Ok(""));
+            for bad in ["MAIL FROM:<<a@example.com>", "MAIL FROM:<a@example.com>x"] {
+                assert_eq!(
+                    sender(bad, strict),
+                    Err("501 5.1.7 Bad sender address syntax".to_string()),
+                    "{bad}"
+                );
+            }
+        }
+        assert_eq!(sender("MAIL FROM:a@b SIZE=10", false).as_deref(), Ok("a@b"));
+        assert_eq!(
+            sender("MAIL FROM:a@b SIZE=10", true),
+            Err("501 5.1.7 Bad sender address syntax".to_string())
+        );
+        assert_eq!(
+            parse_with("RCPT TO:b@example.com", true)
+                .unwrap_err()
+                .log_form(),
+            "501 5.1.3 Bad recipient address syntax"
+        );
+        assert_eq!(
+            parse_with("RCPT TO:<<b@example.com>>", true).unwrap(),
+            Command::Rcpt("b@example.com".into(), RcptParams::default())
+        );
     }
 
     #[test]
