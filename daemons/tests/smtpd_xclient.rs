@@ -711,3 +711,69 @@ fn strict_rfc821_envelopes_wants_brackets_and_the_default_does_not() {
         assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
     }
 }
+
+/// `receive_override_options` on a second smtpd (as on the service that
+/// takes mail back from a content filter): no address mappings, no
+/// header/body checks, no unknown-recipient check there; the first smtpd
+/// keeps them all.
+#[test]
+fn receive_override_options_switch_off_mappings_checks_and_unknown_recipients() {
+    let mut i = Instance::new("smtpd-override", "");
+    let port = i.with_smtpd();
+    let back = common::free_port();
+    let top = i.top.display().to_string();
+    i.file("header_checks", "/^Subject: forbidden/ REJECT not here\n");
+    i.main_cf(&format!(
+        "header_checks = regexp:{top}/header_checks\n\
+         sender_canonical_maps = inline:{{carol@example.org=carol@canon.example}}"
+    ));
+    let mcf = std::path::Path::new(&i.etc).join("master.cf");
+    let mut text = std::fs::read_to_string(&mcf).unwrap();
+    text.push_str(&format!(
+        "127.0.0.1:{back} inet n - n - - smtpd\n  -o receive_override_options=no_address_mappings,no_header_body_checks,no_unknown_recipient_checks\n"
+    ));
+    std::fs::write(&mcf, text).unwrap();
+    i.start();
+    let me = format!("{}@mx.example.test", user());
+    for (p, overridden) in [(port, false), (back, true)] {
+        let mut c = Raw::connect(p);
+        assert!(c.cmd("EHLO client.example").starts_with("250-"));
+        assert_eq!(c.cmd("MAIL FROM:<carol@example.org>"), "250 2.1.0 Ok\r\n");
+        let unknown = c.cmd("RCPT TO:<nosuchuser@mx.example.test>");
+        if overridden {
+            assert_eq!(unknown, "250 2.1.5 Ok\r\n");
+            assert_eq!(c.cmd("RSET"), "250 2.0.0 Ok\r\n");
+            assert_eq!(c.cmd("MAIL FROM:<carol@example.org>"), "250 2.1.0 Ok\r\n");
+        } else {
+            assert!(
+                unknown.starts_with("550 5.1.1 <nosuchuser@mx.example.test>"),
+                "{unknown}"
+            );
+        }
+        assert_eq!(c.cmd(&format!("RCPT TO:<{me}>")), "250 2.1.5 Ok\r\n");
+        assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+        let end = c.cmd(&format!("Subject: forbidden\r\n\r\nfrom port {p}\r\n."));
+        if overridden {
+            assert!(end.starts_with("250 2.0.0 Ok: queued as "), "{end}");
+        } else {
+            assert_eq!(end, "550 5.7.1 not here\r\n");
+        }
+        assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    }
+    // The message taken back was not mapped either: its sender as sent.
+    i.wait_log(
+        r"postfix/qmgr\[\d+\]: [0-9A-F]+: from=<carol@example\.org>, size=\d+, nrcpt=1 \(queue active\)$",
+    );
+    // And with mappings on, the canonical map applies.
+    let mut c = Raw::connect(port);
+    assert!(c.cmd("EHLO client.example").starts_with("250-"));
+    assert_eq!(c.cmd("MAIL FROM:<carol@example.org>"), "250 2.1.0 Ok\r\n");
+    assert_eq!(c.cmd(&format!("RCPT TO:<{me}>")), "250 2.1.5 Ok\r\n");
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+    assert!(c
+        .cmd("Subject: fine\r\n\r\nmapped\r\n.")
+        .starts_with("250 2.0.0 Ok: queued as "));
+    i.wait_log(
+        r"postfix/qmgr\[\d+\]: [0-9A-F]+: from=<carol@canon\.example>, size=\d+, nrcpt=1 \(queue active\)$",
+    );
+}

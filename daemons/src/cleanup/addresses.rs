@@ -172,6 +172,25 @@ impl AddressRules {
         Ok(a)
     }
 
+    /// [`rewrite`](Self::rewrite), or only the canonical form when
+    /// `mapped` is false (`receive_override_options =
+    /// no_address_mappings`).
+    pub fn rewrite_if(
+        &self,
+        ctx: Context,
+        addr: &str,
+        class: u8,
+        mapped: bool,
+    ) -> Result<String, Defer> {
+        if mapped {
+            self.rewrite(ctx, addr, class)
+        } else if addr.is_empty() {
+            Ok(String::new())
+        } else {
+            Ok(self.rewriter.rewrite(ctx, addr))
+        }
+    }
+
     /// `user@host.example.com` → `user@example.com` for
     /// `masquerade_domains = example.com`; `!domain` entries stop it; the
     /// users in `masquerade_exceptions` are never masqueraded.

@@ -38,8 +38,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libmail::address::rewrite::Context;
 use libmail::address::MAX_ADDRESS_LEN;
 use libmail::ipc::cleanup::{
-    default_reason, Late, FLAG_DISCARD, FLAG_EXTRACT, FLAG_HOLD, FLAG_LATE_RCPTS, FLAG_REQUEUE,
-    STAT_CONT, STAT_DEFER, STAT_HOPS, STAT_RCPT, STAT_SIZE, STAT_WRITE,
+    default_reason, Late, FLAG_DISCARD, FLAG_EXTRACT, FLAG_HOLD, FLAG_LATE_RCPTS, FLAG_NO_CHECKS,
+    FLAG_NO_MAPS, FLAG_REQUEUE, STAT_CONT, STAT_DEFER, STAT_HOPS, STAT_RCPT, STAT_SIZE, STAT_WRITE,
 };
 use libmail::ipc::Attrs;
 use libmail::queue::{NewRecipient, Queue, Unsynced, Writer};
@@ -148,6 +148,9 @@ pub struct Message<'c> {
     reason: String,
     hold: bool,
     discard: bool,
+    /// Address mappings (canonical, virtual, masquerading, automatic
+    /// BCC) on: not when the receiving service said no_address_mappings.
+    maps: bool,
     redirect: Option<String>,
     /// The after-queue content filter (`transport[:nexthop]`): the
     /// client's (smtpd's or pickup's `content_filter`, an access table's
@@ -199,8 +202,10 @@ impl<'c> Message<'c> {
         let origin = env.get("origin").unwrap_or("unknown").to_string();
         // Mail the system makes itself (notices) is not inspected unless
         // internal_mail_filter_classes says so.
-        let inspect = origin != "bounce" || cfg.inspect_bounces;
         let flags: u32 = env.get_num("flags").unwrap_or(0);
+        // (The receiving service may switch checks and mappings off:
+        // receive_override_options.)
+        let inspect = (origin != "bounce" || cfg.inspect_bounces) && flags & FLAG_NO_CHECKS == 0;
         let mut attrs: Vec<(String, String)> = Vec::new();
         for (n, v) in env.iter() {
             if let Some(name) = n.strip_prefix("attr.") {
@@ -298,6 +303,7 @@ impl<'c> Message<'c> {
             reason: String::new(),
             hold: flags & FLAG_HOLD != 0,
             discard: flags & FLAG_DISCARD != 0,
+            maps: flags & FLAG_NO_MAPS == 0,
             redirect: None,
             filter: env
                 .get("filter")
@@ -355,7 +361,7 @@ impl<'c> Message<'c> {
     }
 
     fn bcc_ok(&self) -> bool {
-        self.origin != "bounce"
+        self.origin != "bounce" && self.maps
     }
 
     fn envelope(&mut self, env: &Attrs, ctx: Context) -> Result<(), Defer> {
@@ -371,7 +377,7 @@ impl<'c> Message<'c> {
             self.refuse(STAT_CONT, "5.1.3 Bad address syntax".into());
             return Ok(());
         }
-        self.sender = rules.rewrite(ctx, raw_sender, ENV_SENDER)?;
+        self.sender = rules.rewrite_if(ctx, raw_sender, ENV_SENDER, self.maps)?;
         self.log.sender = Some(self.sender.clone());
         // Recipients with their rcpt.* attributes.
         let mut pending: Vec<Rcpt> = Vec::new();
@@ -448,9 +454,14 @@ impl<'c> Message<'c> {
         } else {
             r.address.as_str()
         };
-        let canon = rules.rewrite(ctx, address, ENV_RECIPIENT)?;
+        let canon = rules.rewrite_if(ctx, address, ENV_RECIPIENT, self.maps)?;
         let orig = r.orig.clone().unwrap_or_else(|| r.address.clone());
-        for a in rules.expand_virtual(&canon)? {
+        let expanded = if self.maps {
+            rules.expand_virtual(&canon)?
+        } else {
+            vec![canon]
+        };
+        for a in expanded {
             self.push_recipient(Rcpt {
                 orig: (self.cfg.enable_original_recipient && orig != a).then(|| orig.clone()),
                 address: a,
@@ -1001,15 +1012,17 @@ impl<'c> Message<'c> {
             if let (Some(ctx), true, false) = (self.hdr_ctx, class != 0, requeue) {
                 let value = h.value();
                 let rules = &self.cfg.rules;
+                let maps = self.maps;
                 let mut failed: Option<Defer> = None;
-                let rewritten =
-                    headers::rewrite_addresses(&value, |a| match rules.rewrite(ctx, a, class) {
+                let rewritten = headers::rewrite_addresses(&value, |a| {
+                    match rules.rewrite_if(ctx, a, class, maps) {
                         Ok(r) => r,
                         Err(d) => {
                             failed.get_or_insert(d);
                             a.to_string()
                         }
-                    });
+                    }
+                });
                 if let Some(d) = failed {
                     self.defer(&d);
                     break;
@@ -1114,7 +1127,10 @@ impl<'c> Message<'c> {
     /// The recipients to write, once REDIRECT and BCC actions are known.
     fn final_recipients(&mut self) -> Result<Vec<Rcpt>, Defer> {
         if let Some(r) = self.redirect.take() {
-            let canon = self.cfg.rules.rewrite(Context::Local, &r, ENV_RECIPIENT)?;
+            let canon = self
+                .cfg
+                .rules
+                .rewrite_if(Context::Local, &r, ENV_RECIPIENT, self.maps)?;
             self.rcpts = vec![Rcpt {
                 address: canon,
                 orig: None,

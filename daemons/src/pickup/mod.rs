@@ -71,6 +71,8 @@ pub struct Options {
     /// `content_filter`: `transport:nexthop` for every message picked up
     /// (a `postsuper -r` message's old one is dropped), empty for none.
     pub content_filter: String,
+    /// `receive_override_options`' bits for cleanup.
+    pub cleanup_flags: u32,
 }
 
 impl Options {
@@ -85,6 +87,10 @@ impl Options {
                 bounce
             },
             content_filter: v("content_filter"),
+            cleanup_flags: libmail::ipc::cleanup::ReceiveOverride::parse(&v(
+                "receive_override_options",
+            ))
+            .cleanup_flags,
         }
     }
 }
@@ -333,8 +339,11 @@ pub fn pickup_file(
         a.push("attr.rewrite_context", "local");
     }
     a.push("attr.log_uid", uid);
+    let flags = opts.cleanup_flags | if requeued { FLAG_REQUEUE } else { 0 };
+    if flags != 0 {
+        a.push("flags", flags);
+    }
     if requeued {
-        a.push("flags", FLAG_REQUEUE);
         a.push("orig_id", id.as_str());
     }
     for (_, r) in env.pending() {

@@ -929,7 +929,14 @@ impl Restrictions {
             soft_bounce: flag(params, "soft_bounce")?,
             delay_reject: flag(params, "smtpd_delay_reject")?,
             relay_before_recipient: flag(params, "smtpd_relay_before_recipient_restrictions")?,
-            reject_unlisted_recipient: flag(params, "smtpd_reject_unlisted_recipient")?,
+            // receive_override_options = no_unknown_recipient_checks
+            // (a service that takes mail back from a content filter)
+            // skips the implicit check; an explicit restriction stays.
+            reject_unlisted_recipient: flag(params, "smtpd_reject_unlisted_recipient")?
+                && !libmail::ipc::cleanup::ReceiveOverride::names(
+                    &params.value("receive_override_options").unwrap_or_default(),
+                    "no_unknown_recipient_checks",
+                ),
             reject_unlisted_sender: flag(params, "smtpd_reject_unlisted_sender")?,
             show_table_name: flag(params, "show_user_unknown_table_name")?,
             allow_untrusted_routing: flag(params, "allow_untrusted_routing")?,

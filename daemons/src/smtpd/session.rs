@@ -305,6 +305,8 @@ pub struct Controls {
     pub forbid_unauth_pipelining: bool,
     /// `strict_rfc821_envelopes`: MAIL and RCPT addresses in `<>` only.
     pub strict_rfc821_envelopes: bool,
+    /// `receive_override_options`' bits for cleanup.
+    pub cleanup_flags: u32,
     /// `inet_protocols` has IPv6: XCLIENT and XFORWARD take IPv6
     /// addresses (Postfix refuses them otherwise).
     pub ipv6: bool,
@@ -344,6 +346,7 @@ impl Default for Controls {
             recipient_overshoot_limit: 0,
             forbid_unauth_pipelining: false,
             strict_rfc821_envelopes: false,
+            cleanup_flags: 0,
             ipv6: false,
         }
     }
@@ -2332,7 +2335,7 @@ impl Session {
                 },
             );
         }
-        let mut flags = libmail::ipc::cleanup::FLAG_BOUNCE;
+        let mut flags = libmail::ipc::cleanup::FLAG_BOUNCE | self.set.controls.cleanup_flags;
         if t.verdict.hold.is_some() {
             flags |= libmail::ipc::cleanup::FLAG_HOLD;
         }
