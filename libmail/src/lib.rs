@@ -21,4 +21,6 @@ pub mod sasl;
 pub mod service;
 pub mod smtp;
 pub mod table;
+#[cfg(test)]
+mod testutil;
 pub mod tls;

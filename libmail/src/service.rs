@@ -847,9 +847,7 @@ mod tests {
 
     #[test]
     fn a_trigger_server_reads_kept_connections_and_new_ones_alike() {
-        let dir = std::env::temp_dir().join(format!("service-triggers-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("service-triggers");
         let path = dir.join("qmgr");
         let l = UnixListener::bind(&path).unwrap();
         // As master leaves it: shared, non-blocking.

@@ -173,9 +173,7 @@ mod tests {
 
     #[test]
     fn open_trigger_sends_nothing_until_asked_on_sockets_and_fifos() {
-        let dir = std::env::temp_dir().join(format!("ipc-trigger-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("ipc-trigger");
 
         // Nothing listening: an error, as trigger() gives.
         assert!(open_trigger(&dir.join("none")).is_err());
@@ -217,9 +215,7 @@ mod tests {
 
     #[test]
     fn coalesced_triggers_keep_their_connection_and_make_a_new_one_when_it_broke() {
-        let dir = std::env::temp_dir().join(format!("ipc-coalesced-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::scratch_dir("ipc-coalesced");
         let sock = dir.join("qmgr");
         let l = UnixListener::bind(&sock).unwrap();
         let t = Coalesced::start(sock.clone(), b"I");
