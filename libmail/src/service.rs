@@ -588,9 +588,15 @@ const MAX_TRIGGER_CONNS: usize = 64;
 fn trigger_loop(listener: Listener, tx: mpsc::Sender<u8>) {
     use std::os::fd::AsRawFd;
     let mut buf = [0u8; 1024];
+    // Each distinct byte of a read once: a trigger is a request, a
+    // repeated one asks nothing more, and a flood of them must not grow
+    // the channel.
     let forward = |bytes: &[u8]| {
+        let mut seen = [false; 256];
         for &b in bytes {
-            let _ = tx.send(b);
+            if !std::mem::replace(&mut seen[usize::from(b)], true) {
+                let _ = tx.send(b);
+            }
         }
     };
     let lfd = match &listener {
@@ -609,19 +615,22 @@ fn trigger_loop(listener: Listener, tx: mpsc::Sender<u8>) {
     // Every connection held is read as bytes come, so one that stays
     // open (or a slow one) holds up no other.
     let mut conns: std::collections::VecDeque<Stream> = Default::default();
+    let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(MAX_TRIGGER_CONNS + 1);
     loop {
         if stopping() {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
-        let mut pfds: Vec<libc::pollfd> = std::iter::once(lfd)
-            .chain(conns.iter().map(|c| c.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        pfds.clear();
+        pfds.extend(
+            std::iter::once(lfd)
+                .chain(conns.iter().map(|c| c.as_raw_fd()))
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                }),
+        );
         // SAFETY: a valid array of pollfds of that length.
         let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 200) };
         if r <= 0 {
@@ -633,20 +642,19 @@ fn trigger_loop(listener: Listener, tx: mpsc::Sender<u8>) {
             if pfds[i + 1].revents == 0 {
                 continue;
             }
-            let mut open = true;
-            loop {
-                match conns[i].read(&mut buf) {
-                    Ok(0) => open = false,
-                    Ok(n) => {
-                        forward(&buf[..n]);
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => open = false,
+            // One read per connection and wakeup: a client that writes
+            // without end cannot keep the others waiting.
+            let open = match conns[i].read(&mut buf) {
+                Ok(0) => false,
+                Ok(n) => {
+                    forward(&buf[..n]);
+                    true
                 }
-                break;
-            }
+                Err(e) => matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ),
+            };
             if !open {
                 conns.remove(i);
             }
@@ -860,9 +868,10 @@ mod tests {
         kept.write_all(b"I").unwrap();
         assert_eq!(got(), b'I');
         // Others are served meanwhile, each as it comes.
-        crate::ipc::trigger(&path, b"D").unwrap();
+        crate::ipc::trigger(&path, b"DDDD").unwrap();
         assert_eq!(got(), b'D');
         kept.write_all(b"A").unwrap();
+        // (The repeated D of one write came once.)
         assert_eq!(got(), b'A');
         // Past the limit, the oldest connection is closed.
         let mut more: Vec<UnixStream> = (0..MAX_TRIGGER_CONNS)

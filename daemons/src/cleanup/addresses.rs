@@ -182,10 +182,8 @@ impl AddressRules {
         class: u8,
         mapped: bool,
     ) -> Result<String, Defer> {
-        if mapped {
+        if mapped || addr.is_empty() {
             self.rewrite(ctx, addr, class)
-        } else if addr.is_empty() {
-            Ok(String::new())
         } else {
             Ok(self.rewriter.rewrite(ctx, addr))
         }

@@ -87,10 +87,9 @@ impl Options {
                 bounce
             },
             content_filter: v("content_filter"),
-            cleanup_flags: libmail::ipc::cleanup::ReceiveOverride::parse(&v(
+            cleanup_flags: libmail::ipc::cleanup::receive_override_flags(&v(
                 "receive_override_options",
-            ))
-            .cleanup_flags,
+            )),
         }
     }
 }

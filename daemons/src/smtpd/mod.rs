@@ -247,10 +247,9 @@ fn controls(p: &Params) -> Controls {
             as usize,
         forbid_unauth_pipelining: bool_param(p, "smtpd_forbid_unauth_pipelining", false),
         strict_rfc821_envelopes: bool_param(p, "strict_rfc821_envelopes", false),
-        cleanup_flags: libmail::ipc::cleanup::ReceiveOverride::parse(&v(
+        cleanup_flags: libmail::ipc::cleanup::receive_override_flags(&v(
             "receive_override_options",
-        ))
-        .cleanup_flags,
+        )),
         ipv6: libmail::config::host::protocols(&v("inet_protocols"))
             .map(|(_, v6)| v6)
             .unwrap_or(false),

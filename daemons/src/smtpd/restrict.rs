@@ -933,7 +933,7 @@ impl Restrictions {
             // (a service that takes mail back from a content filter)
             // skips the implicit check; an explicit restriction stays.
             reject_unlisted_recipient: flag(params, "smtpd_reject_unlisted_recipient")?
-                && !libmail::ipc::cleanup::ReceiveOverride::names(
+                && !libmail::ipc::cleanup::receive_override_names(
                     &params.value("receive_override_options").unwrap_or_default(),
                     "no_unknown_recipient_checks",
                 ),

@@ -94,45 +94,35 @@ pub const FLAG_NO_MAPS: u32 = 1 << 6;
 /// (`receive_override_options = no_header_body_checks`).
 pub const FLAG_NO_CHECKS: u32 = 1 << 7;
 
-/// `receive_override_options` of a receiving service (smtpd, pickup),
+/// The cleanup request flags ([`FLAG_NO_MAPS`], [`FLAG_NO_CHECKS`]) of a
+/// receiving service's (smtpd's, pickup's) `receive_override_options`,
 /// typically set on the service that takes mail back from a content
 /// filter so that mapping and checks are not done twice.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReceiveOverride {
-    /// [`FLAG_NO_MAPS`] and [`FLAG_NO_CHECKS`] for cleanup's request.
-    pub cleanup_flags: u32,
-    /// `no_unknown_recipient_checks`: smtpd's implicit unknown-recipient
-    /// check (`smtpd_reject_unlisted_recipient`) is skipped.
-    pub no_unknown_recipient_checks: bool,
+/// `no_unknown_recipient_checks` is smtpd's own (see
+/// [`receive_override_names`]); `no_milters` is taken (there are no
+/// milters); an unknown word is warned about and ignored.
+pub fn receive_override_flags(value: &str) -> u32 {
+    let mut flags = 0;
+    for w in override_words(value) {
+        match w.to_ascii_lowercase().as_str() {
+            "no_address_mappings" => flags |= FLAG_NO_MAPS,
+            "no_header_body_checks" => flags |= FLAG_NO_CHECKS,
+            "no_unknown_recipient_checks" | "no_milters" => {}
+            _ => crate::warning!("receive_override_options: unknown option \"{w}\" ignored"),
+        }
+    }
+    flags
 }
 
-impl ReceiveOverride {
-    /// Reads the list; `no_milters` is taken (there are no milters); an
-    /// unknown word is warned about and ignored.
-    pub fn parse(value: &str) -> ReceiveOverride {
-        let mut o = ReceiveOverride::default();
-        for w in Self::words(value) {
-            match w.to_ascii_lowercase().as_str() {
-                "no_address_mappings" => o.cleanup_flags |= FLAG_NO_MAPS,
-                "no_header_body_checks" => o.cleanup_flags |= FLAG_NO_CHECKS,
-                "no_unknown_recipient_checks" => o.no_unknown_recipient_checks = true,
-                "no_milters" => {}
-                _ => crate::warning!("receive_override_options: unknown option \"{w}\" ignored"),
-            }
-        }
-        o
-    }
+/// Whether `receive_override_options` names `option` (no warnings).
+pub fn receive_override_names(value: &str, option: &str) -> bool {
+    override_words(value).any(|w| w.eq_ignore_ascii_case(option))
+}
 
-    /// Whether the list names `option` (without warnings).
-    pub fn names(value: &str, option: &str) -> bool {
-        Self::words(value).any(|w| w.eq_ignore_ascii_case(option))
-    }
-
-    fn words(value: &str) -> impl Iterator<Item = &str> {
-        value
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|w| !w.is_empty())
-    }
+fn override_words(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
 }
 
 /// What was decided once the content was in (smtpd's end-of-data

@@ -301,9 +301,14 @@ impl Writer {
                         path: c.path,
                         keep: false,
                     };
-                    let mut w = Writer::start(queue, c.file, c.extra, dir, named, (sec, usec));
-                    w.prior_len = c.len;
-                    return Ok(w);
+                    return Ok(Writer::start(
+                        queue,
+                        (c.file, c.len),
+                        c.extra,
+                        dir,
+                        named,
+                        (sec, usec),
+                    ));
                 }
             }
             let (file, tmp) = create_temp(&dir)?;
@@ -326,15 +331,16 @@ impl Writer {
             let mut tmp = tmp;
             tmp.keep = true;
             let named = Unacked { path, keep: false };
-            return Ok(Writer::start(queue, file, id, dir, named, (sec, usec)));
+            return Ok(Writer::start(queue, (file, 0), id, dir, named, (sec, usec)));
         }
         Err(io::Error::other("cannot find a free queue ID"))
     }
 
-    /// A writer for `file`, just created (or claimed) and named `named`.
+    /// A writer for `file`, just created (or claimed) and named `named`,
+    /// with the length it had (a claimed file's, cut at the end).
     fn start(
         queue: Queue,
-        file: File,
+        (file, prior_len): (File, u64),
         id: QueueId,
         dir: PathBuf,
         named: Unacked,
@@ -372,7 +378,7 @@ impl Writer {
             data_offset: 0,
             xtra_offset: 0,
             flags: 0,
-            prior_len: 0,
+            prior_len,
         }
     }
 

@@ -182,7 +182,8 @@ pub(crate) fn claim<T>(
         match rename_noreplace(&dir.join(&name), &to) {
             Ok(()) => {}
             // Another process took it first; or a foreign file has the
-            // new name (the caller's next attempt has another time).
+            // new name (the next pool file gives another inode, so
+            // another name).
             Err(e)
                 if matches!(
                     e.kind(),
@@ -262,14 +263,11 @@ pub fn retire(layout: &QueueLayout, path: &Path, id: &str) -> io::Result<Retired
 /// blocks); a larger one is truncated.
 const ZERO_FILL_MAX: u64 = 64 * 1024;
 
-/// Overwrites the content of a retired file with zeros, or truncates it
-/// when it is larger than [`ZERO_FILL_MAX`].
-fn empty(file: &File) -> bool {
+/// Overwrites the content of a retired file of `len` bytes with zeros,
+/// or truncates it when it is larger than [`ZERO_FILL_MAX`].
+fn empty(file: &File, len: u64) -> bool {
     use std::os::unix::fs::FileExt;
     static ZEROS: [u8; 8192] = [0; 8192];
-    let Ok(len) = file.metadata().map(|m| m.len()) else {
-        return false;
-    };
     if len > ZERO_FILL_MAX {
         return file.set_len(0).is_ok();
     }
@@ -339,15 +337,15 @@ impl Reaper {
         }
         // (The descriptor is qmgr's, open for writing; a file that cannot
         // be emptied is unlinked.)
-        let ino = file.metadata().map(|m| m.ino());
+        let meta = file.metadata();
         let emptied = self.estimate < POOL_LIMIT
-            && ino.is_ok()
             && lock_exclusive(file)
             && file
                 .set_permissions(fs::Permissions::from_mode(0o600))
                 .is_ok()
-            && empty(file);
-        if let (true, Ok(ino)) = (emptied, ino) {
+            && meta.as_ref().is_ok_and(|m| empty(file, m.len()));
+        if let (true, Ok(m)) = (emptied, meta) {
+            let ino = m.ino();
             if rename_noreplace(retiring, &self.dir.join(pool_name(ino))).is_ok() {
                 self.estimate += 1;
                 return;
