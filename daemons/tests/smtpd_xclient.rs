@@ -131,6 +131,77 @@ fn xclient_is_for_authorized_clients_and_the_restrictions_see_the_new_client() {
     );
 }
 
+/// XCLIENT `ADDR=[UNAVAILABLE]`: the address is the text `unknown` —
+/// outside `mynetworks`, looked up as `unknown` in access tables, in the
+/// Received: header, the queue file's client attributes and the logs.
+/// Replies and log lines as Postfix 3.7.11 gave them for the same session.
+#[test]
+fn xclient_unavailable_address_is_unknown_to_restrictions_header_and_log() {
+    let mut i = Instance::new("xclient-unknown-addr", "");
+    let port = i.with_smtpd();
+    let me = user();
+    i.main_cf(
+        "smtpd_authorized_xclient_hosts = 127.0.0.1\n\
+         mynetworks = 127.0.0.0/8\n\
+         smtpd_restriction_classes = by_client\n\
+         by_client = check_client_access inline:{ { unknown = REJECT address unknown } }\n\
+         smtpd_recipient_restrictions = check_recipient_access inline:{ { probe@mx.example.test = by_client } }, permit\n\
+         smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
+    );
+    i.start();
+    let mut c = Raw::connect(port);
+    c.cmd("EHLO proxy.example");
+    assert_eq!(
+        c.cmd("XCLIENT ADDR=[UNAVAILABLE]"),
+        "220 mx.example.test ESMTP Postfix\r\n"
+    );
+    c.cmd("EHLO y.example");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>"), "250 2.1.0 Ok\r\n");
+    // Loopback could relay; the unknown address is in no network.
+    assert_eq!(
+        c.cmd("RCPT TO:<u@elsewhere.example>"),
+        "554 5.7.1 <u@elsewhere.example>: Relay access denied\r\n"
+    );
+    // check_client_access finds the key `unknown`: the client's name,
+    // which XCLIENT left as it was, is not in the table.
+    let reply = c.cmd("RCPT TO:<probe@mx.example.test>");
+    let rejected = regex::Regex::new(
+        r"^554 5\.7\.1 <(\S+)\[unknown\]>: Client host rejected: address unknown\r\n$",
+    )
+    .unwrap();
+    let name = rejected
+        .captures(&reply)
+        .unwrap_or_else(|| panic!("{reply}"))[1]
+        .to_string();
+    assert_eq!(
+        c.cmd(&format!("RCPT TO:<{me}@mx.example.test>")),
+        "250 2.1.5 Ok\r\n"
+    );
+    assert_eq!(c.cmd("DATA"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+    assert!(c
+        .cmd("Subject: from nowhere\r\n\r\nhi\r\n.")
+        .starts_with("250 2.0.0 Ok: queued as "));
+    assert_eq!(c.cmd("QUIT"), "221 2.0.0 Bye\r\n");
+    let got = i.wait_maildir(&i.user_maildir(), 1);
+    assert!(
+        got[0].contains(&format!(
+            "\nReceived: from y.example ({name} [unknown])\n\tby mx.example.test (Postfix) with ESMTP id "
+        )),
+        "{}",
+        got[0]
+    );
+    let label = regex::escape(&format!("{name}[unknown]"));
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: NOQUEUE: reject: RCPT from {label}: 554 5\.7\.1 <u@elsewhere\.example>: Relay access denied; from=<a@example\.org> to=<u@elsewhere\.example> proto=ESMTP helo=<y\.example>$"
+    ));
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: [0-9A-F]+: client={label}$"
+    ));
+    i.wait_log(&format!(
+        r"postfix/smtpd\[\d+\]: disconnect from {label} ehlo=2 xclient=0/1 mail=1 rcpt=1/3 data=1 quit=1 commands=6/9$"
+    ));
+}
+
 /// A policy server on loopback that refuses every request, naming the
 /// client attributes it was sent; serves `connections` connections.
 fn echoing_policy_server(connections: usize) -> u16 {

@@ -400,7 +400,7 @@ impl ClientLimits {
 
     /// Whether a client is exempt (`smtpd_client_event_limit_exceptions`);
     /// a lookup error counts as not exempt, with a warning.
-    pub fn exempt(&self, name: &str, addr: IpAddr) -> Result<bool, String> {
+    pub fn exempt(&self, name: &str, addr: Option<IpAddr>) -> Result<bool, String> {
         self.exceptions
             .matches(Some(name), addr)
             .map_err(|e| format!("smtpd_client_event_limit_exceptions: table lookup problem: {e}"))
@@ -642,7 +642,7 @@ mod tests {
     #[test]
     fn exceptions_use_the_network_list() {
         let l = limits(|_| {});
-        assert_eq!(l.exempt("unknown", ip("192.0.2.9")), Ok(true));
-        assert_eq!(l.exempt("unknown", ip("203.0.113.5")), Ok(false));
+        assert_eq!(l.exempt("unknown", Some(ip("192.0.2.9"))), Ok(true));
+        assert_eq!(l.exempt("unknown", Some(ip("203.0.113.5"))), Ok(false));
     }
 }

@@ -143,8 +143,9 @@ pub enum Stage {
 #[derive(Debug, Clone)]
 pub struct Facts<'a> {
     /// The client address; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
-    /// is taken as the IPv4 address, as Postfix's smtpd does.
-    pub client_addr: IpAddr,
+    /// is taken as the IPv4 address, as Postfix's smtpd does. `None`:
+    /// unknown (XCLIENT `ADDR=[UNAVAILABLE]`), shown as `unknown`.
+    pub client_addr: Option<IpAddr>,
     /// The verified name, or `unknown`.
     pub client_name: &'a str,
     /// The PTR name, or `unknown`.
@@ -209,7 +210,11 @@ pub struct Facts<'a> {
 impl<'a> Facts<'a> {
     /// A client that has sent nothing yet; set the other fields with
     /// struct update syntax.
-    pub fn new(client_addr: IpAddr, client_name: &'a str, reverse_name: &'a str) -> Facts<'a> {
+    pub fn new(
+        client_addr: Option<IpAddr>,
+        client_name: &'a str,
+        reverse_name: &'a str,
+    ) -> Facts<'a> {
         Facts {
             client_addr,
             client_name,
@@ -1116,8 +1121,9 @@ struct Eval<'r, 'f> {
     r: &'r Restrictions,
     f: &'f Facts<'f>,
     cmd: Cmd,
-    /// The client address, IPv4-mapped IPv6 turned into IPv4.
-    addr: IpAddr,
+    /// The client address, IPv4-mapped IPv6 turned into IPv4; `None`
+    /// when unknown.
+    addr: Option<IpAddr>,
     /// What `state->sender` / `state->recipient` show (the recipient is
     /// hidden at DATA with several recipients).
     sender: Option<&'f str>,
@@ -1142,7 +1148,7 @@ impl<'r, 'f> Eval<'r, 'f> {
             r,
             f,
             cmd,
-            addr: f.client_addr.to_canonical(),
+            addr: f.client_addr.map(|a| a.to_canonical()),
             sender: f.sender,
             recipient: f.recipient,
             recursion: 0,
@@ -1180,7 +1186,14 @@ impl<'r, 'f> Eval<'r, 'f> {
     }
 
     fn namaddr(&self) -> String {
-        format!("{}[{}]", self.f.client_name, self.addr)
+        format!("{}[{}]", self.f.client_name, self.addr_text())
+    }
+
+    /// The client address as replies, tables and policy servers see it:
+    /// `unknown` when XCLIENT made it unavailable.
+    fn addr_text(&self) -> String {
+        self.addr
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string())
     }
 
     fn warn(&mut self, text: impl Into<String>) {
@@ -1695,7 +1708,7 @@ impl<'r, 'f> Eval<'r, 'f> {
                 }
             }
             Kind::PermitInetInterfaces => {
-                if r.inet_interfaces.contains(&self.addr) {
+                if self.addr.is_some_and(|a| r.inet_interfaces.contains(&a)) {
                     let n = self.namaddr();
                     self.permit(&list[*i].text, What::Client, &n, None)
                 } else {
@@ -2036,7 +2049,7 @@ impl<'r, 'f> Eval<'r, 'f> {
                 "4.7.25",
                 format!(
                     "Client host rejected: cannot find your hostname, [{}]",
-                    self.addr
+                    self.addr_text()
                 ),
             ),
             Kind::RejectUnknownReverseClient if self.f.reverse_name == "unknown" => self.reject(
@@ -2045,7 +2058,7 @@ impl<'r, 'f> Eval<'r, 'f> {
                 "4.7.1",
                 format!(
                     "Client host rejected: cannot find your reverse hostname, [{}]",
-                    self.addr
+                    self.addr_text()
                 ),
             ),
             Kind::RejectUnknownClient | Kind::RejectUnknownReverseClient => Status::Dunno,
@@ -2185,12 +2198,16 @@ impl<'r, 'f> Eval<'r, 'f> {
 
     /// reject_rbl_client: the reversed client address under the domain.
     fn rbl_client(&mut self, arg: &str) -> Res {
+        // An unknown address (XCLIENT) is in no list: nothing to ask.
+        let Some(addr) = self.addr else {
+            return Ok(Status::Dunno);
+        };
         let (domain, filter) = split_dnsbl(arg);
-        let query = libmail::dns::reverse_name(self.addr, domain);
+        let query = libmail::dns::reverse_name(addr, domain);
         if self.dnsbl_query(&query, filter).is_none() {
             return Ok(Status::Dunno);
         }
-        let what = self.addr.to_string();
+        let what = addr.to_string();
         Ok(self.rbl_reject(&query, domain, &what, What::Client))
     }
 
@@ -2198,8 +2215,11 @@ impl<'r, 'f> Eval<'r, 'f> {
     /// recipient lists only for a recipient this server accepts anyway
     /// (it never overrides reject_unauth_destination).
     fn dnswl_client(&mut self, arg: &str, what: What) -> Result<bool, Abort> {
+        let Some(addr) = self.addr else {
+            return Ok(false);
+        };
         let (domain, filter) = split_dnsbl(arg);
-        let query = libmail::dns::reverse_name(self.addr, domain);
+        let query = libmail::dns::reverse_name(addr, domain);
         if self.dnsbl_query(&query, filter).is_none() {
             return Ok(false);
         }
@@ -2299,7 +2319,7 @@ impl<'r, 'f> Eval<'r, 'f> {
             ("rbl_domain", esc(domain)),
             ("rbl_reason", esc(&reason)),
             ("rbl_txt", esc(&reason)),
-            ("client_address", self.addr.to_string()),
+            ("client_address", self.addr_text()),
             ("client_name", esc(self.f.client_name)),
             ("reverse_client_name", esc(self.f.reverse_name)),
             ("helo_name", esc(self.f.helo.unwrap_or(""))),
@@ -2758,7 +2778,7 @@ impl<'r, 'f> Eval<'r, 'f> {
         what: What,
         def: DefAcl,
     ) -> Res {
-        let addr = self.addr.to_string();
+        let addr = self.addr_text();
         let keys = host_keys(Some(host), Some(&addr), self.r.access_parent_matches);
         Ok(self.access(table, &keys, name, what, def)?.0)
     }

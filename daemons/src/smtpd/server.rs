@@ -581,7 +581,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shell: Arc<Shell>) {
     };
     let local = stream.local_addr().ok();
     let client = Client {
-        addr,
+        addr: Some(addr),
         port: peer.port(),
         name,
         reverse_name,

@@ -169,7 +169,8 @@ pub use libmail::sasl::Step as SaslStep;
 /// The connecting client.
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub addr: IpAddr,
+    /// `None` once XCLIENT said `ADDR=[UNAVAILABLE]` (shown `unknown`).
+    pub addr: Option<IpAddr>,
     pub port: u16,
     /// The verified name, or `unknown`.
     pub name: String,
@@ -182,15 +183,31 @@ pub struct Client {
 impl Client {
     /// `name[addr]` as logs show a client.
     pub fn label(&self) -> String {
-        format!("{}[{}]", self.name, self.addr)
+        format!("{}[{}]", self.name, self.addr_text())
+    }
+
+    /// The address as logs, replies and policy requests show it:
+    /// `unknown` when XCLIENT made it unavailable, as in Postfix.
+    pub fn addr_text(&self) -> String {
+        self.addr
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string())
     }
 
     /// The address as the Received: header writes it.
     fn received_addr(&self) -> String {
         match self.addr {
-            IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => format!("IPv6:{a}"),
+            Some(IpAddr::V4(a)) => a.to_string(),
+            Some(IpAddr::V6(a)) => format!("IPv6:{a}"),
+            None => "unknown".to_string(),
         }
+    }
+
+    /// The key of this client's counters in the anvil. Postfix counts
+    /// every client of unknown address under the one key `unknown`; the
+    /// unspecified address, never a connecting client's, is that key.
+    fn anvil_addr(&self) -> IpAddr {
+        self.addr
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
     }
 }
 
@@ -908,7 +925,7 @@ impl Session {
         if self.xclient_ok {
             return None;
         }
-        self.limits.as_ref()?.over(self.client.addr, ev)
+        self.limits.as_ref()?.over(self.client.anvil_addr(), ev)
     }
 
     /// `warning: <what> limit exceeded: N from name[addr] for service S`.
@@ -931,7 +948,7 @@ impl Session {
             .limits
             .as_ref()
             .filter(|_| !self.xclient_ok)
-            .and_then(|l| l.over_already(self.client.addr, Event::NewTls));
+            .and_then(|l| l.over_already(self.client.anvil_addr(), Event::NewTls));
         match over {
             Some(n) => {
                 self.limit_warning("New TLS session rate", n);
@@ -951,7 +968,7 @@ impl Session {
     /// A handshake made a new TLS session (not a resumed one).
     pub fn new_tls_session(&mut self) {
         if let Some(l) = self.limits.as_ref().filter(|_| !self.xclient_ok) {
-            l.count(self.client.addr, Event::NewTls);
+            l.count(self.client.anvil_addr(), Event::NewTls);
         }
     }
 
@@ -1003,7 +1020,10 @@ impl Session {
             let r = pl(
                 450,
                 "4.7.1",
-                &format!("Error: too many AUTH commands from {}", self.client.addr),
+                &format!(
+                    "Error: too many AUTH commands from {}",
+                    self.client.addr_text()
+                ),
             );
             return fail(self, r);
         }
@@ -1245,7 +1265,7 @@ impl Session {
         // As Postfix: clients that may use XCLIENT are neither counted nor
         // limited (they speak for others).
         if let Some(l) = self.limits.clone().filter(|_| !self.xclient_ok) {
-            let (guard, count, rate) = l.connect(self.client.addr);
+            let (guard, count, rate) = l.connect(self.client.anvil_addr());
             self.connected = Some(guard);
             let over = if l.limits.connection_count > 0 && count > l.limits.connection_count {
                 Some(("Connection concurrency", count))
@@ -1261,7 +1281,8 @@ impl Session {
                     "4.7.0",
                     format!(
                         "{} Error: too many connections from {}",
-                        self.set.myhostname, self.client.addr
+                        self.set.myhostname,
+                        self.client.addr_text()
                     ),
                 );
                 return Step::Close(self.with_footer(r));
@@ -1303,7 +1324,7 @@ impl Session {
         let found = match &set.controls.discard_ehlo_maps {
             None => None,
             Some(m) => match m.0.find_first(&[Key {
-                text: self.client.addr.to_string(),
+                text: self.client.addr_text(),
                 whole: true,
             }]) {
                 Ok(v) => v.map(|(_, v)| v),
@@ -1397,7 +1418,7 @@ impl Session {
             return r;
         }
         let template = template.as_str();
-        let client_address = self.client.addr.to_string();
+        let client_address = self.client.addr_text();
         let client_port = self
             .port
             .map_or_else(|| "unknown".to_string(), |p| p.to_string());
@@ -1825,10 +1846,11 @@ impl Session {
                         return fail(self, syntax_error("REVERSE_NAME"));
                     }
                 }
-                // An unknown address ([UNAVAILABLE]) is not supported: the
-                // restrictions need one.
+                // [UNAVAILABLE]: the address is `unknown` from now on (no
+                // address block holds it, tables see the text `unknown`).
+                "ADDR" if unavailable => x.client.addr = None,
                 "ADDR" => match mailhost_addr(&value, ipv6) {
-                    Some(a) => x.client.addr = a,
+                    Some(a) => x.client.addr = Some(a),
                     None => return fail(self, syntax_error("ADDR")),
                 },
                 "PORT" => {
@@ -2127,7 +2149,7 @@ impl Session {
             let r = pl(
                 450,
                 "4.7.1",
-                &format!("Error: too much mail from {}", self.client.addr),
+                &format!("Error: too much mail from {}", self.client.addr_text()),
             );
             return self.error(r);
         }
@@ -2216,7 +2238,10 @@ impl Session {
             let r = pl(
                 450,
                 "4.7.1",
-                &format!("Error: too many recipients from {}", self.client.addr),
+                &format!(
+                    "Error: too many recipients from {}",
+                    self.client.addr_text()
+                ),
             );
             return self.error(r);
         }
@@ -2381,7 +2406,7 @@ impl Session {
                 a.push("attr.rewrite_context", "remote");
                 a.push("attr.client_name", &self.client.name);
                 a.push("attr.reverse_client_name", &self.client.reverse_name);
-                a.push("attr.client_address", self.client.addr);
+                a.push("attr.client_address", self.client.addr_text());
                 if let Some(p) = self.port {
                     a.push("attr.client_port", p);
                 }
@@ -2837,7 +2862,8 @@ mod xclient_tests {
             self.seen.lock().unwrap().push(format!(
                 "{at:?} {}[{}] rev={} port={:?} dest={:?}:{:?} helo={:?} esmtp={} login={:?}/{:?}",
                 f.client_name,
-                f.client_addr,
+                f.client_addr
+                    .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
                 f.reverse_name,
                 f.client_port,
                 f.server_addr,
@@ -2848,15 +2874,15 @@ mod xclient_tests {
                 f.sasl_username,
             ));
             let mut v = Verdict::default();
-            if at == Ask::Connect && Some(f.client_addr) == self.refuse {
-                v.reply = Some(Reply::new(
-                    554,
-                    "5.7.1",
-                    format!(
-                        "<{}[{}]>: Client host rejected: go away",
-                        f.client_name, f.client_addr
-                    ),
-                ));
+            match f.client_addr {
+                Some(a) if at == Ask::Connect && Some(a) == self.refuse => {
+                    v.reply = Some(Reply::new(
+                        554,
+                        "5.7.1",
+                        format!("<{}[{a}]>: Client host rejected: go away", f.client_name),
+                    ));
+                }
+                _ => {}
             }
             v
         }
@@ -2919,7 +2945,7 @@ mod xclient_tests {
             }),
             Box::new(KeepQueue(envelopes.clone())),
             Client {
-                addr: "127.0.0.1".parse().unwrap(),
+                addr: Some("127.0.0.1".parse().unwrap()),
                 port: 4242,
                 name: "localhost".into(),
                 reverse_name: "localhost".into(),
@@ -3043,11 +3069,41 @@ mod xclient_tests {
             said(&mut t.s, "XCLIENT ADDR=2001:db8::1"),
             "501 5.5.4 Bad ADDR syntax: 2001:db8::1\r\n"
         );
-        // An unknown address is not supported (the restrictions need one).
+        // Only [UNAVAILABLE] stands for an unknown address (Postfix 3.7
+        // refuses these two too).
+        for v in ["[TEMPUNAVAIL]", "unknown"] {
+            assert_eq!(
+                said(&mut t.s, &format!("XCLIENT ADDR={v}")),
+                format!("501 5.5.4 Bad ADDR syntax: {v}\r\n")
+            );
+        }
+    }
+
+    #[test]
+    fn xclient_unavailable_address_is_unknown_everywhere() {
+        let mut t = session(xclient_controls(), true, None);
+        let s = &mut t.s;
+        said(s, "EHLO proxy");
         assert_eq!(
-            said(&mut t.s, "XCLIENT ADDR=[UNAVAILABLE]"),
-            "501 5.5.4 Bad ADDR syntax: [UNAVAILABLE]\r\n"
+            said(s, "XCLIENT ADDR=[UNAVAILABLE]"),
+            "220 mx.example.test ESMTP Postfix\r\n"
         );
+        // The name stays: only the address was replaced (as in Postfix).
+        assert!(message(s).starts_with("250 2.0.0 Ok: queued as QID1"));
+        let seen = t.seen.lock().unwrap().join("\n");
+        assert!(seen.contains("Rcpt localhost[unknown] "), "{seen}");
+        let env = &t.envelopes.lock().unwrap()[0];
+        assert_eq!(env.get("attr.client_address"), Some("unknown"));
+        let logs = s.take_logs().join("\n");
+        assert!(logs.contains("QID1: client=localhost[unknown]"), "{logs}");
+        // No longer a listed client (by address): XCLIENT is refused now.
+        assert_eq!(
+            said(s, "XCLIENT NAME=x.example"),
+            "550 5.7.0 Error: insufficient authorization\r\n"
+        );
+        assert!(s
+            .disconnect_line()
+            .starts_with("disconnect from localhost[unknown] ehlo=1 xclient=0/2 "));
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub fn run(params: &Params, settings: Settings, gate: Arc<dyn Gate>) -> i32 {
         partial: Vec::new(),
     });
     let client = Client {
-        addr: std::net::IpAddr::from([127, 0, 0, 1]),
+        addr: Some(std::net::IpAddr::from([127, 0, 0, 1])),
         port: 0,
         name: "localhost".into(),
         reverse_name: "localhost".into(),

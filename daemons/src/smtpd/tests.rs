@@ -97,7 +97,7 @@ fn session(delay: bool) -> (Session, Arc<Mutex<Record>>) {
         Arc::new(TestGate { delay }),
         Box::new(TestQueue(rec.clone())),
         Client {
-            addr: "127.0.0.1".parse().unwrap(),
+            addr: Some("127.0.0.1".parse().unwrap()),
             port: 4242,
             name: "localhost".into(),
             reverse_name: "localhost".into(),
@@ -126,7 +126,7 @@ fn bare_lf_session(exclusions: &str) -> (Session, Arc<Mutex<Record>>) {
         Arc::new(TestGate { delay: true }),
         Box::new(TestQueue(rec.clone())),
         Client {
-            addr: "192.0.2.7".parse().unwrap(),
+            addr: Some("192.0.2.7".parse().unwrap()),
             port: 4242,
             name: "unknown".into(),
             reverse_name: "unknown".into(),
@@ -391,7 +391,7 @@ fn tls_session(
         gate.clone(),
         Box::new(TestQueue(rec.clone())),
         Client {
-            addr: "127.0.0.1".parse().unwrap(),
+            addr: Some("127.0.0.1".parse().unwrap()),
             port: 4242,
             name: "localhost".into(),
             reverse_name: "localhost".into(),
@@ -898,7 +898,7 @@ fn the_reject_code_is_configurable() {
         Arc::new(TestGate { delay: true }),
         Box::new(TestQueue(rec)),
         Client {
-            addr: "192.0.2.7".parse().unwrap(),
+            addr: Some("192.0.2.7".parse().unwrap()),
             port: 4242,
             name: "unknown".into(),
             reverse_name: "unknown".into(),

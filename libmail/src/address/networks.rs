@@ -269,18 +269,25 @@ impl NetworkList {
     }
 
     /// Whether a client matches: its host name (`None` or `unknown` when
-    /// it has none) and its address. Each item is tried against the name,
-    /// then the address, before the next item.
-    pub fn matches(&self, name: Option<&str>, addr: IpAddr) -> Result<bool, TableError> {
+    /// it has none) and its address (`None` when unknown: XCLIENT
+    /// `ADDR=[UNAVAILABLE]`; then, as in Postfix, the text `unknown` is
+    /// matched against names and tables, and no block contains it). Each
+    /// item is tried against the name, then the address, before the next.
+    pub fn matches(
+        &self,
+        name: Option<&str>,
+        addr: impl Into<Option<IpAddr>>,
+    ) -> Result<bool, TableError> {
+        let addr = addr.into();
         let name = name.map(str::to_ascii_lowercase);
-        let addr_text = addr.to_string();
+        let addr_text = addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
         for (neg, pattern) in &self.items {
             let hit = match pattern {
                 Pattern::Name(p) => {
                     name.as_deref().is_some_and(|n| self.name_matches(p, n))
                         || addr_text.eq_ignore_ascii_case(p)
                 }
-                Pattern::Net(c) => c.contains(addr),
+                Pattern::Net(c) => addr.is_some_and(|a| c.contains(a)),
                 Pattern::Table(maps) => {
                     let by_name = match name.as_deref() {
                         Some(n) if !n.is_empty() => maps.find_first(&self.name_keys(n))?.is_some(),
@@ -428,6 +435,22 @@ mod tests {
         let d = list("127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128");
         assert!(d.matches_addr(ip("127.0.0.1")).unwrap());
         assert!(d.matches_addr(ip("::ffff:127.0.0.1")).unwrap());
+    }
+
+    #[test]
+    fn an_unknown_address_is_the_text_unknown() {
+        // XCLIENT ADDR=[UNAVAILABLE]: no block holds it, not even 0/0;
+        // a name pattern or a table key `unknown` does (as in Postfix).
+        let nets = list("0.0.0.0/0 [::]/0");
+        assert!(!nets.matches(Some("host.example"), None).unwrap());
+        assert!(list("unknown").matches(None, None).unwrap());
+        assert!(!list("!unknown, 0.0.0.0/0").matches(None, None).unwrap());
+        let d = scratch("unknown");
+        let t = d.0.join("t");
+        std::fs::write(&t, "unknown x\n").unwrap();
+        let by_table = list(&format!("texthash:{}", t.display()));
+        assert!(by_table.matches(Some("host.example"), None).unwrap());
+        assert!(!by_table.matches(None, ip("192.0.2.1")).unwrap());
     }
 
     #[test]

@@ -483,7 +483,7 @@ impl super::Eval<'_, '_> {
                 "protocol_name",
                 if f.esmtp { "ESMTP" } else { "SMTP" }.into(),
             ),
-            ("client_address", self.addr.to_string()),
+            ("client_address", self.addr_text()),
             ("client_name", f.client_name.to_string()),
             (
                 "client_port",

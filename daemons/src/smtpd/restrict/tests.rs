@@ -77,7 +77,7 @@ fn stranger<'a>() -> Facts<'a> {
         helo: Some("mx.client.example"),
         sender: Some("sender@example.net"),
         ..Facts::new(
-            "192.0.2.1".parse().unwrap(),
+            Some("192.0.2.1".parse().unwrap()),
             "client.example",
             "client.example",
         )
@@ -169,7 +169,7 @@ fn default_relay_list_defers_unauthorised_relay_with_454() {
         "454 4.7.1 <x@elsewhere.example>: Relay access denied"
     );
     let trusted = Facts {
-        client_addr: "10.1.2.3".parse().unwrap(),
+        client_addr: Some("10.1.2.3".parse().unwrap()),
         ..rcpt("x@elsewhere.example")
     };
     assert_eq!(said(&r.check_rcpt(&trusted)), "permit");
@@ -273,7 +273,7 @@ fn client_reject_is_answered_at_rcpt_with_delay_reject() {
     assert_eq!(
         said(&now.check(
             Stage::Client,
-            &Facts::new("192.0.2.1".parse().unwrap(), "unknown", "unknown")
+            &Facts::new(Some("192.0.2.1".parse().unwrap()), "unknown", "unknown")
         )),
         "554 5.7.1 <unknown[192.0.2.1]>: Client host rejected: Access denied"
     );
@@ -339,7 +339,7 @@ fn permit_ends_only_its_own_list() {
          smtpd_sender_restrictions = reject",
     );
     let trusted = Facts {
-        client_addr: "10.0.0.7".parse().unwrap(),
+        client_addr: Some("10.0.0.7".parse().unwrap()),
         ..rcpt("alice@example.com")
     };
     assert_eq!(
@@ -358,7 +358,7 @@ fn unlisted_recipients_are_rejected_even_for_trusted_clients() {
     let s = Setup::new();
     let r = s.rules("");
     let trusted = |a: &'static str| Facts {
-        client_addr: "10.9.9.9".parse().unwrap(),
+        client_addr: Some("10.9.9.9".parse().unwrap()),
         ..rcpt(a)
     };
     assert_eq!(
@@ -744,12 +744,12 @@ fn non_fqdn_addresses_are_rejected_by_context() {
         "504 5.5.2 <alice>: Recipient address rejected: need fully-qualified address"
     );
     let literal = Facts {
-        client_addr: "10.0.0.1".parse().unwrap(),
+        client_addr: Some("10.0.0.1".parse().unwrap()),
         ..rcpt("alice@[192.0.2.9]")
     };
     assert_eq!(said(&r.check_rcpt(&literal)), "permit");
     let ascii = Facts {
-        client_addr: "10.0.0.1".parse().unwrap(),
+        client_addr: Some("10.0.0.1".parse().unwrap()),
         ..rcpt("alice@bücher.example")
     };
     assert_eq!(
@@ -953,7 +953,7 @@ fn access_ok_ends_the_list_and_dunno_ends_the_search() {
     // Network prefixes of the address; `unknown` for a nameless client.
     let net = Facts {
         client_name: "other.example",
-        client_addr: "192.0.2.77".parse().unwrap(),
+        client_addr: Some("192.0.2.77".parse().unwrap()),
         ..rcpt("alice@example.com")
     };
     assert_eq!(
@@ -962,7 +962,7 @@ fn access_ok_ends_the_list_and_dunno_ends_the_search() {
     );
     let nameless = Facts {
         client_name: "unknown",
-        client_addr: "198.51.100.1".parse().unwrap(),
+        client_addr: Some("198.51.100.1".parse().unwrap()),
         ..rcpt("alice@example.com")
     };
     assert_eq!(
@@ -1201,7 +1201,7 @@ fn message_actions_need_a_transaction() {
     let d = r.check(
         Stage::Client,
         &Facts::new(
-            "192.0.2.1".parse().unwrap(),
+            Some("192.0.2.1".parse().unwrap()),
             "client.example",
             "client.example",
         ),
@@ -1364,7 +1364,7 @@ fn unknown_restrictions_fail_when_reached() {
     );
     // Not reached: no effect.
     let trusted = Facts {
-        client_addr: "10.0.0.1".parse().unwrap(),
+        client_addr: Some("10.0.0.1".parse().unwrap()),
         ..rcpt("alice@example.com")
     };
     assert_eq!(said(&r.check_rcpt(&trusted)), "permit");
@@ -1454,7 +1454,7 @@ fn permit_mynetworks_and_permit_sasl_authenticated() {
          smtpd_client_restrictions = permit_mynetworks, permit_sasl_authenticated, reject",
     );
     let from = |a: &str| Facts {
-        client_addr: a.parse().unwrap(),
+        client_addr: Some(a.parse().unwrap()),
         ..rcpt("alice@example.com")
     };
     assert_eq!(said(&r.check_rcpt(&from("10.1.1.1"))), "permit");
@@ -1485,7 +1485,7 @@ fn permit_actions_are_logged_when_asked() {
          smtpd_client_restrictions = permit_mynetworks, reject",
     );
     let d = r.check_rcpt(&Facts {
-        client_addr: "10.0.0.1".parse().unwrap(),
+        client_addr: Some("10.0.0.1".parse().unwrap()),
         ..rcpt("alice@example.com")
     });
     assert_eq!(
@@ -1498,7 +1498,7 @@ fn permit_actions_are_logged_when_asked() {
     );
     let quiet = s.rules("smtpd_client_restrictions = permit_mynetworks, reject");
     let d = quiet.check_rcpt(&Facts {
-        client_addr: "10.0.0.1".parse().unwrap(),
+        client_addr: Some("10.0.0.1".parse().unwrap()),
         ..rcpt("alice@example.com")
     });
     assert!(events(&d).is_empty());
@@ -1773,7 +1773,7 @@ fn permit_inet_interfaces_and_legacy_check_relay_domains() {
          smtpd_client_restrictions = permit_inet_interfaces, reject",
     );
     let local = Facts {
-        client_addr: "127.0.0.1".parse().unwrap(),
+        client_addr: Some("127.0.0.1".parse().unwrap()),
         ..rcpt("alice@example.com")
     };
     assert_eq!(said(&r.check_rcpt(&local)), "permit");
@@ -2023,7 +2023,11 @@ fn policy_request_is_postfix_s_text() {
     ));
     let d = r.check(
         Stage::Client,
-        &Facts::new("::ffff:192.0.2.7".parse().unwrap(), "unknown", "unknown"),
+        &Facts::new(
+            Some("::ffff:192.0.2.7".parse().unwrap()),
+            "unknown",
+            "unknown",
+        ),
     );
     assert_eq!(said(&d), "permit");
     let req = &srv.requests()[0];
@@ -2353,7 +2357,7 @@ fn ns_record(owner: &str, host: &str) -> String {
 
 fn local_client<'a>() -> Facts<'a> {
     Facts {
-        client_addr: "127.0.0.1".parse().unwrap(),
+        client_addr: Some("127.0.0.1".parse().unwrap()),
         ..stranger()
     }
 }
@@ -2439,6 +2443,47 @@ fn rbl_client_rejects_a_listed_client_with_the_txt_reason() {
     );
     // Not listed: passes.
     assert_eq!(said(&r.check_rcpt(&rcpt("alice@example.com"))), "permit");
+}
+
+/// XCLIENT `ADDR=[UNAVAILABLE]`: the listed address is no longer the
+/// client's, so no DNS list is asked, no network or interface holds it,
+/// and it shows as `unknown` in replies and access-table keys.
+#[test]
+fn an_unknown_client_address_is_in_no_list_network_or_interface() {
+    let d = dns_or_skip!();
+    let s = Setup::new();
+    s.table("clients", "unknown REJECT by address\n");
+    let unknown = |r: &Restrictions, name: &'static str| {
+        let f = Facts {
+            recipient: Some("alice@example.com"),
+            ..Facts::new(None, name, name)
+        };
+        r.check_rcpt(&f)
+    };
+    let listed = s.rules(&format!(
+        "{}mynetworks = 0.0.0.0/0 [::]/0\n\
+         smtpd_recipient_restrictions = reject_rbl_client bl.test, \
+         permit_inet_interfaces, permit_mynetworks, permit_dnswl_client wl.test, \
+         reject_unknown_client_hostname, check_client_access texthash:{{dir}}/clients",
+        d.main_cf()
+    ));
+    // The same restrictions for 127.0.0.1: the DNSBL refuses it.
+    assert!(said(&listed.check_rcpt(&Facts {
+        recipient: Some("alice@example.com"),
+        ..local_client()
+    }))
+    .contains("blocked using bl.test"));
+    let dec = unknown(&listed, "unknown");
+    assert_eq!(
+        said(&dec),
+        "450 4.7.25 Client host rejected: cannot find your hostname, [unknown]"
+    );
+    assert!(warnings(&dec).is_empty(), "{:?}", warnings(&dec));
+    let dec = unknown(&listed, "client.example");
+    assert_eq!(
+        said(&dec),
+        "554 5.7.1 <client.example[unknown]>: Client host rejected: by address"
+    );
 }
 
 #[test]
@@ -2577,7 +2622,7 @@ fn rhswl_client_permits_a_listed_name_but_never_relays() {
     let friendly = |rcpt: &'static str| Facts {
         recipient: Some(rcpt),
         ..Facts::new(
-            "192.0.2.7".parse().unwrap(),
+            Some("192.0.2.7".parse().unwrap()),
             "friendly.test",
             "friendly.test",
         )
@@ -2914,7 +2959,7 @@ fn a_access_searches_the_addresses_only() {
     let s = Setup::new();
     let client = |name: &'static str| Facts {
         recipient: Some("alice@example.com"),
-        ..Facts::new("192.0.2.1".parse().unwrap(), name, name)
+        ..Facts::new(Some("192.0.2.1".parse().unwrap()), name, name)
     };
     // The IPv6 address of the client's name, in a CIDR table.
     s.table("nets", "2001:db8::/32 REJECT IPv6 network\n");
@@ -3079,7 +3124,7 @@ fn ns_access_searches_the_name_servers_of_the_nearest_domain_with_some() {
     );
     let f = Facts {
         recipient: Some("alice@example.com"),
-        ..Facts::new("192.0.2.1".parse().unwrap(), "unknown", "ns.test")
+        ..Facts::new(Some("192.0.2.1".parse().unwrap()), "unknown", "ns.test")
     };
     assert_eq!(
         said(&r.check_rcpt(&f)),
@@ -3123,7 +3168,7 @@ fn mx_access_for_client_and_helo_names() {
     );
     let f = Facts {
         recipient: Some("alice@example.com"),
-        ..Facts::new("192.0.2.1".parse().unwrap(), "spam.test", "spam.test")
+        ..Facts::new(Some("192.0.2.1".parse().unwrap()), "spam.test", "spam.test")
     };
     assert_eq!(
         said(&r.check_rcpt(&f)),
