@@ -784,7 +784,7 @@ impl Msg {
     fn remove(&mut self, layout: &QueueLayout) {
         let ids = self.id.to_string();
         let path = layout.path_of(Queue::Active, &self.id);
-        match recycle::retire(layout, &path, &ids) {
+        match recycle::retire(layout, &path, self.dev_ino().1) {
             Ok(Retired::Pending(p)) => self.retiring = Some(p),
             Ok(Retired::Removed) => {}
             Err(e) => {

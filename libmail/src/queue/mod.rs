@@ -38,8 +38,8 @@
 //!  sync / sync_many    fsync(file); fsync(dir)               durable    (-> Durable: ack now)
 //!  qmgr                rename incoming/ID -> active/ID       no fsync needed
 //!  delivery            agent: pwrite 'D' over 'R'            recipient done (not fsynced)
-//!  all done            rename -> recycle/ID.x, then emptied  gone (see [`recycle`]),
-//!                      and renamed recycle/iINODE; or unlink reused by the next create
+//!  all done            rename -> recycle/iINODE (0700),      gone (see [`recycle`]),
+//!                      emptied, then 0600; or unlink         reused by the next create
 //! ```
 //!
 //! | state at the crash | what is on disk afterwards | what recovery does |
@@ -53,7 +53,7 @@
 //! | delivered, done mark not yet written (agent killed) | `R` still there | delivered again (**duplicate window 2**) |
 //! | delivered, done mark written but not fsynced, **power** loss | `R` may be back | delivered again (duplicate window 2; Postfix does not sync its done marks either) |
 //! | every recipient done, unlink not on disk | `ID`, all `D` | removed on sight, nothing delivered |
-//! | every recipient done, being recycled | `recycle/ID.x` (maybe still with content), or back in `active/` as `ID` (all `D`, or emptied: incomplete, zeroed or truncated) | `.x` files removed at qmgr start; an all-done file removed on sight; an emptied one skipped (0600) or set aside as corrupt or truncated, nothing delivered |
+//! | every recipient done, being recycled | `recycle/iINODE` of mode 0700 (maybe still with content), or back in `active/` as `ID` (all `D`, or emptied: zeroed or truncated) | pool files not of mode 0600 never claimed, removed at qmgr start; an all-done file removed on sight; an emptied one skipped (0600) or set aside as corrupt or truncated, nothing delivered |
 //! | recycled file claimed by cleanup | `ID` 0600 in `incoming/` | as a file being written: never acknowledged, purged when old |
 //! | recycled file claimed by cleanup, **power** loss before the new message's fsync, the new name on disk (another batch's directory fsync) but not the emptied inode | the new name with the old message's last synced bytes | the old message as if its removal had not reached the disk: removed on sight if its done marks did, else delivered again (duplicate window 2); the new one was never acknowledged |
 //!

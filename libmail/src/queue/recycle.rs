@@ -13,17 +13,20 @@
 //! The life of a recycled file:
 //!
 //! ```text
-//!  qmgr main loop  rename active/ID -> recycle/ID.x                 "removed" (gone from the queue)
-//!  qmgr reaper     flock(EX); chmod 0600; zeros over the content       (or unlink: pool full, or
-//!                  (ftruncate 0 past 64 KiB); rename -> recycle/iINODE the lock not had in 1 s)
-//!  cleanup         ID := (now, INODE);                                as if just created and
+//!  qmgr main loop  rename active/ID -> recycle/iINODE (mode 0700)     "removed" (gone from the queue)
+//!  qmgr reaper     flock(EX); zeros over the content (ftruncate 0     (or unlink: pool full, or
+//!                  past 64 KiB); fchmod 0600: claimable               the lock not had in 1 s)
+//!  cleanup         lstat: 0600?; ID := (now, INODE);                  as if just created and
 //!                  rename recycle/iINODE -> incoming/ID; open          named (one rename)
 //! ```
 //!
-//! * Only an emptied file is ever claimable: a pool name (`i` and the
-//!   inode number in hex) is given only after the content was overwritten
-//!   with zeros (or truncated), so cleanup never sees an old message's
-//!   bytes, and no delivered content stays in the pool.
+//! * Only an emptied file is ever claimable: a pool file is claimable
+//!   when its mode is 0600, and the reaper sets that mode last, after the
+//!   content was overwritten with zeros (or truncated); a finished
+//!   message's file comes with mode 0700. So cleanup never sees an old
+//!   message's bytes, and no delivered content stays in the pool. The
+//!   name (`i` and the inode number in hex) is given once, by qmgr's
+//!   rename out of the queue: emptying renames nothing.
 //! * A small file keeps its length and its blocks: the next message is
 //!   written over them and the writer cuts the file to its own length at
 //!   the end. Freeing the blocks (truncation) and allocating new ones cost
@@ -41,9 +44,13 @@
 //!   postsuper at work on it, finishes first. postsuper, which locks
 //!   before it touches a queue file and then checks that the path still
 //!   names it, finds the message gone.
-//! * A crash leaves at worst a `recycle/ID.x` (not claimable, possibly
-//!   with content): qmgr removes those, and any other name that is not a
-//!   pool name, when it starts ([`clean`]).
+//! * cleanup checks the mode before it renames (an `lstat`), and again
+//!   on the file it opened: a file retired again between the two (taken
+//!   by another cleanup, written, delivered and retired within that
+//!   moment) is not emptied, and is removed instead of written to.
+//! * A crash leaves at worst a pool file of mode 0700 (not claimable,
+//!   possibly with content): qmgr removes those, and any name that is not
+//!   a pool name, when it starts ([`clean`]).
 //! * The pool holds at most [`POOL_LIMIT`] files; beyond that the reaper
 //!   unlinks as before. A missing `recycle/` directory (a queue made by an
 //!   older version) just means no recycling.
@@ -69,9 +76,6 @@ pub const DIR: &str = "recycle";
 
 /// Most files kept in the pool.
 pub const POOL_LIMIT: usize = 1024;
-
-/// Suffix of a file the reaper has not emptied yet.
-const RETIRING: &str = ".x";
 
 /// Names read from the pool at most per directory read.
 const READ_AHEAD: usize = 256;
@@ -136,8 +140,8 @@ fn pool_name(ino: u64) -> String {
     format!("i{ino:x}")
 }
 
-/// The inode number a pool name gives, `None` for any other name (a
-/// retiring `ID.x`, anything foreign). Only such names are claimed.
+/// The inode number a pool name gives, `None` for any other name.
+/// Only such names are claimed.
 fn pool_inode(name: &std::ffi::OsStr) -> Option<u64> {
     let hex = name.to_str()?.strip_prefix('i')?;
     if hex.is_empty() || hex.len() > 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -178,6 +182,11 @@ pub(crate) fn claim<T>(
         let Some(ino) = pool_inode(&name) else {
             continue;
         };
+        // Not emptied yet (the reaper at work), or not a file: passed
+        // over (seen again at the next read of the pool).
+        if !fs::symlink_metadata(dir.join(&name)).is_ok_and(|m| emptied(&m)) {
+            continue;
+        }
         let (to, extra) = target(ino);
         match rename_noreplace(&dir.join(&name), &to) {
             Ok(()) => {}
@@ -211,10 +220,15 @@ pub(crate) fn claim<T>(
     None
 }
 
-/// Opens a claimed file and checks it is what the reaper leaves: a
-/// regular file of this user with one link and the inode its pool name
-/// gave, mode 0600 (repaired if a crash left it otherwise); returns it
-/// with its length.
+/// Whether a pool file's metadata say the reaper emptied it: a regular
+/// file of mode 0600 (a finished message's file has 0700).
+fn emptied(m: &fs::Metadata) -> bool {
+    m.is_file() && m.mode() & 0o7777 == 0o600
+}
+
+/// Opens a claimed file and checks it is what the reaper leaves: an
+/// emptied file (see [`emptied`]) of this user with one link and the
+/// inode its pool name gave; returns it with its length.
 fn fit(path: &Path, ino: u64) -> Option<(File, u64)> {
     let f = OpenOptions::new()
         .write(true)
@@ -224,11 +238,8 @@ fn fit(path: &Path, ino: u64) -> Option<(File, u64)> {
     let m = f.metadata().ok()?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if !m.is_file() || m.nlink() != 1 || m.uid() != me || m.ino() != ino {
+    if !emptied(&m) || m.nlink() != 1 || m.uid() != me || m.ino() != ino {
         return None;
-    }
-    if m.mode() & 0o7777 != 0o600 {
-        f.set_permissions(fs::Permissions::from_mode(0o600)).ok()?;
     }
     Some((f, m.len()))
 }
@@ -236,18 +247,20 @@ fn fit(path: &Path, ino: u64) -> Option<(File, u64)> {
 /// What [`retire`] did with a finished message's file.
 #[derive(Debug)]
 pub enum Retired {
-    /// Out of the queue, in the pool under a retiring name: hand the file
-    /// (still open) and this path to [`Reaper::reap`].
+    /// Out of the queue, in the pool under its pool name but not
+    /// claimable yet (mode 0700): hand the file (still open) and this
+    /// path to [`Reaper::reap`].
     Pending(PathBuf),
     /// Unlinked, as without recycling (no pool directory).
     Removed,
 }
 
-/// Takes a finished message's file out of its queue (qmgr's removal of
-/// `path`): into the pool when there is one, else unlinked. An error is
-/// the unlink's (`NotFound`: postsuper took the file first).
-pub fn retire(layout: &QueueLayout, path: &Path, id: &str) -> io::Result<Retired> {
-    let to = pool_dir(layout).join(format!("{id}{RETIRING}"));
+/// Takes a finished message's file, of inode `ino`, out of its queue
+/// (qmgr's removal of `path`): into the pool when there is one, else
+/// unlinked. An error is the unlink's (`NotFound`: postsuper took the
+/// file first).
+pub fn retire(layout: &QueueLayout, path: &Path, ino: u64) -> io::Result<Retired> {
+    let to = pool_dir(layout).join(pool_name(ino));
     match rename_noreplace(path, &to) {
         Ok(()) => return Ok(Retired::Pending(to)),
         Err(e) if e.kind() == io::ErrorKind::NotFound && to.parent().is_some_and(Path::is_dir) => {
@@ -326,7 +339,8 @@ impl Reaper {
         }
     }
 
-    /// Finishes retiring `file`, now at `retiring` ([`Retired::Pending`]).
+    /// Finishes retiring `file`, now at `retiring` ([`Retired::Pending`]):
+    /// empties it, then gives it mode 0600, which makes it claimable.
     pub fn reap(&mut self, file: &File, retiring: &Path) {
         // Cleanup takes files without telling: count again now and then
         // (a full pool is read once per READ_AHEAD files, not each time).
@@ -337,20 +351,17 @@ impl Reaper {
         }
         // (The descriptor is qmgr's, open for writing; a file that cannot
         // be emptied is unlinked.)
-        let meta = file.metadata();
         let emptied = self.estimate < POOL_LIMIT
             && lock_exclusive(file)
+            && file.metadata().is_ok_and(|m| empty(file, m.len()))
             && file
                 .set_permissions(fs::Permissions::from_mode(0o600))
-                .is_ok()
-            && meta.as_ref().is_ok_and(|m| empty(file, m.len()));
-        if let (true, Ok(m)) = (emptied, meta) {
-            let ino = m.ino();
-            if rename_noreplace(retiring, &self.dir.join(pool_name(ino))).is_ok() {
-                self.estimate += 1;
-                return;
-            }
+                .is_ok();
+        if emptied {
+            self.estimate += 1;
+            return;
         }
+        // (Not claimable: nobody took it meanwhile.)
         let _ = fs::remove_file(retiring);
     }
 }
@@ -363,10 +374,11 @@ fn count(dir: &Path) -> usize {
     }
 }
 
-/// Removes what a crash left half retired (`recycle/*.x`, which may
-/// still hold a delivered message's bytes) and whatever else is not a
-/// pool name (an older version's pool). qmgr calls it at start, before
-/// any retiring of its own.
+/// Removes what a crash left half retired (a pool file not emptied:
+/// not of mode 0600, and it may still hold a delivered message's bytes)
+/// and whatever is not a pool name (an older version's pool, whose
+/// retiring files were named `ID.x`). qmgr calls it at start, before any
+/// retiring of its own.
 pub fn clean(layout: &QueueLayout) {
     let dir = pool_dir(layout);
     let Ok(rd) = fs::read_dir(&dir) else {
@@ -374,8 +386,10 @@ pub fn clean(layout: &QueueLayout) {
     };
     for e in rd.filter_map(|e| e.ok()) {
         let n = e.file_name();
-        if !claimable(&n) {
-            let _ = fs::remove_file(dir.join(n));
+        let path = dir.join(&n);
+        let keep = claimable(&n) && fs::symlink_metadata(&path).is_ok_and(|m| emptied(&m));
+        if !keep {
+            let _ = fs::remove_file(path);
         }
     }
 }
@@ -432,19 +446,21 @@ mod tests {
         let qf = QueueFile::open(&path, Access::ReadWrite, &Limits::default()).unwrap();
         let id = qf.id().unwrap().to_string();
 
-        // Main loop: out of the queue, under the retiring name, not yet
-        // claimable.
-        let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
+        // Main loop: out of the queue, under its pool name, but not
+        // claimable yet (mode 0700, the content still there).
+        let Retired::Pending(retiring) = retire(l, &path, ino).unwrap() else {
             panic!("not recycled");
         };
         assert!(!path.exists());
-        assert_eq!(pool_names(l), vec![format!("{id}.x")]);
+        assert_eq!(pool_names(l), vec![format!("i{ino:x}")]);
+        assert_eq!(fs::metadata(&retiring).unwrap().mode() & 0o7777, 0o700);
         // (The pool is read again now, not after the empty read's pause.)
         CACHE.lock().unwrap().next_read = None;
         assert!(claim(l, |_| (l.root().join("incoming/T1"), ())).is_none());
+        assert!(retiring.exists() && !l.root().join("incoming/T1").exists());
 
         // Reaper: zeros over the content (the length and the blocks
-        // stay), mode 0600, claimable under its inode number.
+        // stay), then mode 0600: claimable, the name unchanged.
         let len = fs::metadata(&retiring).unwrap().len();
         let mut r = Reaper::new(l);
         r.reap(qf.file(), &retiring);
@@ -468,8 +484,7 @@ mod tests {
 
         // Longer than the file it reuses: written past the old end.
         let q2 = QueueFile::open(&next, Access::ReadWrite, &Limits::default()).unwrap();
-        let id2 = q2.id().unwrap().to_string();
-        let Retired::Pending(retiring) = retire(l, &next, &id2).unwrap() else {
+        let Retired::Pending(retiring) = retire(l, &next, ino).unwrap() else {
             panic!("not recycled");
         };
         r.reap(q2.file(), &retiring);
@@ -502,8 +517,7 @@ mod tests {
         // Past the zero-fill size (a bigger message in effect).
         qf.file().set_len(ZERO_FILL_MAX + 1).unwrap();
         let ino = qf.file().metadata().unwrap().ino();
-        let id = qf.id().unwrap().to_string();
-        let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
+        let Retired::Pending(retiring) = retire(l, &path, ino).unwrap() else {
             panic!("not recycled");
         };
         Reaper::new(l).reap(qf.file(), &retiring);
@@ -517,12 +531,12 @@ mod tests {
         let l = &s.0;
         let path = message(l, b"x");
         let qf = QueueFile::open(&path, Access::ReadWrite, &Limits::default()).unwrap();
-        let id = qf.id().unwrap().to_string();
+        let ino = qf.file().metadata().unwrap().ino();
         // A reader that keeps its shared lock past the wait.
         let other = File::open(&path).unwrap();
         // SAFETY: flock on an open descriptor.
         assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_SH) }, 0);
-        let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
+        let Retired::Pending(retiring) = retire(l, &path, ino).unwrap() else {
             panic!("not recycled");
         };
         Reaper::new(l).reap(qf.file(), &retiring);
@@ -532,15 +546,11 @@ mod tests {
 
         let path = message(l, b"y");
         fs::remove_dir(l.root().join(DIR)).unwrap();
-        let id = QueueFile::open(&path, Access::ReadOnly, &Limits::default())
-            .unwrap()
-            .id()
-            .unwrap()
-            .to_string();
-        assert!(matches!(retire(l, &path, &id).unwrap(), Retired::Removed));
+        let ino = fs::metadata(&path).unwrap().ino();
+        assert!(matches!(retire(l, &path, ino).unwrap(), Retired::Removed));
         assert!(!path.exists());
         // Gone already (postsuper took it): the unlink's error.
-        let e = retire(l, &path, &id).unwrap_err();
+        let e = retire(l, &path, ino).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
@@ -551,26 +561,36 @@ mod tests {
         let dir = l.root().join(DIR);
         let path = message(l, b"z");
         for i in 0..POOL_LIMIT {
-            File::create(dir.join(pool_name(1 << 40 | i as u64))).unwrap();
+            emptied_file(&dir.join(pool_name(1 << 40 | i as u64)), b"");
         }
         let qf = QueueFile::open(&path, Access::ReadWrite, &Limits::default()).unwrap();
-        let id = qf.id().unwrap().to_string();
+        let ino = qf.file().metadata().unwrap().ino();
         let mut r = Reaper::new(l);
-        let Retired::Pending(retiring) = retire(l, &path, &id).unwrap() else {
+        let Retired::Pending(retiring) = retire(l, &path, ino).unwrap() else {
             panic!("not recycled");
         };
-        let ino = qf.file().metadata().unwrap().ino();
         r.reap(qf.file(), &retiring);
         assert!(!retiring.exists() && !dir.join(pool_name(ino)).exists());
         assert_eq!(pool_names(l).len(), POOL_LIMIT);
 
-        // A crash's half-retired file and an older version's pool name go;
-        // the pool names stay.
+        // A crash's half-retired file (a pool name, mode 0700, content),
+        // an older version's retiring name and pool name go; the emptied
+        // pool files stay.
+        let half = dir.join(pool_name(1 << 41));
+        fs::write(&half, b"half retired").unwrap();
+        fs::set_permissions(&half, fs::Permissions::from_mode(0o700)).unwrap();
         fs::write(dir.join("ABCDE.x"), b"half retired").unwrap();
-        File::create(dir.join("3E13898EBDB")).unwrap();
+        emptied_file(&dir.join("3E13898EBDB"), b"");
         clean(l);
+        assert!(!half.exists());
         assert!(!dir.join("ABCDE.x").exists() && !dir.join("3E13898EBDB").exists());
         assert_eq!(pool_names(l).len(), POOL_LIMIT);
+    }
+
+    /// A file of mode 0600 with `content`, as the reaper leaves one.
+    fn emptied_file(path: &Path, content: &[u8]) {
+        fs::write(path, content).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     #[test]
@@ -579,15 +599,20 @@ mod tests {
         let l = &s.0;
         let dir = l.root().join(DIR);
         let ino_of = |p: &Path| fs::metadata(p).unwrap().ino();
-        // A directory is not even taken; a file with a second link, or
-        // under the name of another inode, is taken out of the pool but
-        // never written to.
+        // A directory, or a file not emptied (not of mode 0600), is not
+        // even taken; a file with a second link, or under the name of
+        // another inode, is taken out of the pool but never written to.
         fs::create_dir(dir.join("i1")).unwrap();
+        let full = l.root().join("full");
+        fs::write(&full, b"a delivered message").unwrap();
+        fs::set_permissions(&full, fs::Permissions::from_mode(0o700)).unwrap();
+        let full_name = dir.join(pool_name(ino_of(&full)));
+        fs::rename(&full, &full_name).unwrap();
         let linked = l.root().join("elsewhere");
-        fs::write(&linked, b"linked").unwrap();
+        emptied_file(&linked, b"linked");
         fs::hard_link(&linked, dir.join(pool_name(ino_of(&linked)))).unwrap();
         let misnamed = dir.join("misnamed");
-        fs::write(&misnamed, b"").unwrap();
+        emptied_file(&misnamed, b"");
         let wrong = ino_of(&misnamed) + (1 << 40);
         fs::rename(&misnamed, dir.join(pool_name(wrong))).unwrap();
         let mut tried = Vec::new();
@@ -600,16 +625,16 @@ mod tests {
         tried.sort();
         assert_eq!(tried, vec![ino_of(&linked), wrong]);
         assert!(dir.join("i1").is_dir());
+        assert_eq!(fs::read(&full_name).unwrap(), b"a delivered message");
         assert!(fs::read_dir(l.root().join("incoming"))
             .unwrap()
             .next()
             .is_none());
         assert_eq!(fs::read(&linked).unwrap(), b"linked");
-        // A pool file is named after its inode; its mode is repaired if
-        // a crash left it otherwise, and its length told (the writer
-        // overwrites it and cuts the rest).
+        // A pool file is named after its inode; its length is told (the
+        // writer overwrites it and cuts the rest).
         let old = l.root().join("old");
-        fs::write(&old, b"000").unwrap();
+        emptied_file(&old, b"000");
         let ino = ino_of(&old);
         fs::rename(&old, dir.join(pool_name(ino))).unwrap();
         CACHE.lock().unwrap().next_read = None;
