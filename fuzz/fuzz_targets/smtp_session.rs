@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         Arc::new(Open),
         Box::new(Null(0)),
         Client {
-            addr: "192.0.2.1".parse().unwrap(),
+            addr: Some("192.0.2.1".parse().unwrap()),
             port: 1,
             name: "unknown".into(),
             reverse_name: "unknown".into(),
