@@ -1192,8 +1192,7 @@ impl<'r, 'f> Eval<'r, 'f> {
     /// The client address as replies, tables and policy servers see it:
     /// `unknown` when XCLIENT made it unavailable.
     fn addr_text(&self) -> String {
-        self.addr
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+        libmail::address::networks::addr_or_unknown(self.addr)
     }
 
     fn warn(&mut self, text: impl Into<String>) {

@@ -189,8 +189,7 @@ impl Client {
     /// The address as logs, replies and policy requests show it:
     /// `unknown` when XCLIENT made it unavailable, as in Postfix.
     pub fn addr_text(&self) -> String {
-        self.addr
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+        libmail::address::networks::addr_or_unknown(self.addr)
     }
 
     /// The address as the Received: header writes it.
@@ -2862,8 +2861,7 @@ mod xclient_tests {
             self.seen.lock().unwrap().push(format!(
                 "{at:?} {}[{}] rev={} port={:?} dest={:?}:{:?} helo={:?} esmtp={} login={:?}/{:?}",
                 f.client_name,
-                f.client_addr
-                    .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+                libmail::address::networks::addr_or_unknown(f.client_addr),
                 f.reverse_name,
                 f.client_port,
                 f.server_addr,

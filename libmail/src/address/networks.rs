@@ -39,6 +39,13 @@ const MAX_FILE_DEPTH: usize = 8;
 /// Longest file read for a `/file` item.
 const MAX_FILE_BYTES: u64 = 16 << 20;
 
+/// A client address as Postfix writes it in logs, replies, tables and
+/// policy requests: `unknown` when there is none (XCLIENT
+/// `ADDR=[UNAVAILABLE]`).
+pub fn addr_or_unknown(addr: Option<IpAddr>) -> String {
+    addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
 /// An address block: `addr/prefix`, host bits zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -280,7 +287,7 @@ impl NetworkList {
     ) -> Result<bool, TableError> {
         let addr = addr.into();
         let name = name.map(str::to_ascii_lowercase);
-        let addr_text = addr.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let addr_text = addr_or_unknown(addr);
         for (neg, pattern) in &self.items {
             let hit = match pattern {
                 Pattern::Name(p) => {
